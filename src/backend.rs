@@ -1,0 +1,159 @@
+//! The one place that names concrete Burn backends. Everything else is generic over
+//! `B: Backend` and receives its device and compute dtype from here.
+
+use anyhow::{bail, Result};
+use burn::tensor::{backend::Backend, DType};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Burn's portable CPU backend (rayon + SIMD); default.
+    #[default]
+    Flex,
+    /// NVIDIA GPU through burn-cuda (needs the `cuda` cargo feature and a driver).
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+    /// f32 on CPU, bf16 on CUDA.
+    pub fn default_for(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::Flex => Self::F32,
+            BackendKind::Cuda => Self::Bf16,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Flex => "flex",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+/// Work that runs on any backend.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
+}
+
+/// Work that needs gradients (training).
+pub trait AutodiffTask {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
+}
+
+/// Run `task` on the chosen backend and precision.
+pub fn dispatch<T: BackendTask>(kind: BackendKind, precision: Precision, task: T) -> Result<T::Output> {
+    match kind {
+        BackendKind::Flex => run_flex(precision, task),
+        BackendKind::Cuda => run_cuda(precision, task),
+    }
+}
+
+/// Run `task` on the chosen backend wrapped in Burn's autodiff.
+pub fn dispatch_autodiff<T: AutodiffTask>(kind: BackendKind, precision: Precision, task: T) -> Result<T::Output> {
+    match kind {
+        BackendKind::Flex => {
+            #[cfg(feature = "flex")]
+            {
+                type B = burn::backend::Autodiff<burn::backend::Flex>;
+                return task.run::<B>(burn::backend::flex::FlexDevice, precision.dtype());
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = task;
+                bail!("this build has no flex backend (rebuild with --features flex)")
+            }
+        }
+        BackendKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let device = cuda_device()?;
+                type B = burn::backend::Autodiff<burn::backend::Cuda>;
+                return task.run::<B>(device, precision.dtype());
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = task;
+                bail!("this build has no cuda backend (rebuild with --features cuda)")
+            }
+        }
+    }
+}
+
+fn run_flex<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> {
+    #[cfg(feature = "flex")]
+    {
+        return task.run::<burn::backend::Flex>(burn::backend::flex::FlexDevice, precision.dtype());
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (precision, task);
+        bail!("this build has no flex backend (rebuild with --features flex)")
+    }
+}
+
+fn run_cuda<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> {
+    #[cfg(feature = "cuda")]
+    {
+        let device = cuda_device()?;
+        return task.run::<burn::backend::Cuda>(device, precision.dtype());
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (precision, task);
+        bail!("this build has no cuda backend (rebuild with --features cuda)")
+    }
+}
+
+/// The first CUDA device, after checking that a tensor can be made on it: cubecl panics when the
+/// driver library is missing; turn that into an error.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    let device = burn::backend::cuda::CudaDevice::new(0);
+    let probe_device = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(move || {
+        let t = Tensor::<burn::backend::Cuda, 1>::from_floats([1.0, 2.0], &probe_device);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(previous);
+    match ok {
+        Ok(_) => Ok(device),
+        Err(_) => bail!(
+            "the cuda backend is compiled in but no usable CUDA device was found (is the NVIDIA driver \
+             installed and a GPU visible?); use --backend flex"
+        ),
+    }
+}

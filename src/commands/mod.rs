@@ -1,0 +1,4 @@
+//! The library side of each CLI command; `main.rs` only parses arguments and calls these.
+
+pub mod forward;
+pub mod inspect;

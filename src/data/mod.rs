@@ -1,0 +1,3 @@
+//! Data: tokenizers, text sources, benchmark tasks.
+
+pub mod tokenizer;

