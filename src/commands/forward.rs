@@ -43,19 +43,31 @@ impl BackendTask for ForwardTask<'_> {
         let logits: Vec<f32> = to_f32_vec(out.final_logits.unwrap())?;
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        let top = order.iter().take(self.top).map(|&i| (i as u32, logits[i])).collect();
+        let top = order
+            .iter()
+            .take(self.top)
+            .map(|&i| (i as u32, logits[i]))
+            .collect();
         let bounds = out.final_token_boundaries.unwrap(); // [L+1, 1, hidden]
         let [n_b, _, hidden] = bounds.dims();
         let flat = to_f32_vec(bounds)?;
         let boundaries = (0..n_b)
-            .map(|l| BoundarySummary { l, first8: flat[l * hidden..l * hidden + hidden.min(8)].to_vec() })
+            .map(|l| BoundarySummary {
+                l,
+                first8: flat[l * hidden..l * hidden + hidden.min(8)].to_vec(),
+            })
             .collect();
-        Ok(ForwardReport { token_ids: ids, top, boundaries })
+        Ok(ForwardReport {
+            token_ids: ids,
+            top,
+            boundaries,
+        })
     }
 }
 
 /// Read a float tensor back to the host as f32, whatever its compute dtype.
 pub fn to_f32_vec<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Result<Vec<f32>> {
     let data = t.cast(DType::F32).into_data();
-    data.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
+    data.to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
 }

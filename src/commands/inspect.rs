@@ -40,12 +40,25 @@ impl std::fmt::Display for InspectReport {
         writeln!(f, "sha256        {}", self.sha256)?;
         writeln!(f, "format        {} ({})", self.format, self.storage_dtype)?;
         writeln!(f, "architecture  {:?}", c.architecture)?;
-        writeln!(f, "layers        {} (numbered 0..{}; x(l) = input of layer l)", c.num_hidden_layers, c.num_hidden_layers - 1)?;
+        writeln!(
+            f,
+            "layers        {} (numbered 0..{}; x(l) = input of layer l)",
+            c.num_hidden_layers,
+            c.num_hidden_layers - 1
+        )?;
         writeln!(f, "hidden size   {}", c.hidden_size)?;
         writeln!(f, "intermediate  {}", c.intermediate_size)?;
-        writeln!(f, "heads         {} query, {} key/value, head_dim {}", c.num_attention_heads, c.num_key_value_heads, c.head_dim)?;
+        writeln!(
+            f,
+            "heads         {} query, {} key/value, head_dim {}",
+            c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        )?;
         writeln!(f, "vocab         {}", c.vocab_size)?;
-        writeln!(f, "rope          theta {}, scaling {:?}", c.rope_theta, c.rope_scaling)?;
+        writeln!(
+            f,
+            "rope          theta {}, scaling {:?}",
+            c.rope_theta, c.rope_scaling
+        )?;
         writeln!(f, "tied embed    {}", c.tie_word_embeddings)?;
         write!(f, "adds BOS      {}", self.tokenizer_adds_bos)
     }

@@ -1,4 +1,5 @@
 //! The library side of each CLI command; `main.rs` only parses arguments and calls these.
 
+pub mod bench;
 pub mod forward;
 pub mod inspect;

@@ -22,7 +22,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("adds_bos", &self.adds_bos).finish()
+        f.debug_struct("TextTokenizer")
+            .field("adds_bos", &self.adds_bos)
+            .finish()
     }
 }
 
@@ -31,15 +33,24 @@ impl TextTokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
             .map_err(|e| anyhow::anyhow!("{origin}: invalid tokenizer ({e})"))?;
         // Detect whether the post-processor adds a token in front of a plain sequence.
-        let probe = inner.encode("a", true).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-        let plain = inner.encode("a", false).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let probe = inner
+            .encode("a", true)
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let plain = inner
+            .encode("a", false)
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         let adds_bos = probe.get_ids().len() > plain.get_ids().len()
             && probe.get_ids().first() != plain.get_ids().first();
-        Ok(Self { inner, adds_bos, json })
+        Ok(Self {
+            inner,
+            adds_bos,
+            json,
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let json = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_json_str(json, &path.display().to_string())
     }
 
@@ -55,7 +66,10 @@ impl TextTokenizer {
         }
         let tokens = g.require_str_array("tokenizer.ggml.tokens")?;
         let merges = g.require_str_array("tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let types: Vec<i64> = match g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
@@ -66,14 +80,21 @@ impl TextTokenizer {
             // ggml token types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
             let ty = types.get(id).copied().unwrap_or(1);
             if ty == 3 || ty == 4 {
-                added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}));
+                added.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+                );
             }
         }
-        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let post_processor = if add_bos {
             let bos = g.require_u64("tokenizer.ggml.bos_token_id")? as usize;
-            let bos_tok = tokens.get(bos).with_context(|| format!("{origin}: bos_token_id {bos} out of range"))?;
+            let bos_tok = tokens
+                .get(bos)
+                .with_context(|| format!("{origin}: bos_token_id {bos} out of range"))?;
             json!({"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                 "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -113,7 +134,9 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -91,7 +91,10 @@ impl JsonKeys<'_> {
             .get(key)
             .with_context(|| format!("{}: missing key \"{key}\"", self.file.display()))?;
         v.as_u64().map(|x| x as usize).with_context(|| {
-            format!("{}: key \"{key}\" should be a non-negative integer, found {v}", self.file.display())
+            format!(
+                "{}: key \"{key}\" should be a non-negative integer, found {v}",
+                self.file.display()
+            )
         })
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -101,7 +104,12 @@ impl JsonKeys<'_> {
         let v = self
             .get(key)
             .with_context(|| format!("{}: missing key \"{key}\"", self.file.display()))?;
-        v.as_f64().with_context(|| format!("{}: key \"{key}\" should be a number, found {v}", self.file.display()))
+        v.as_f64().with_context(|| {
+            format!(
+                "{}: key \"{key}\" should be a number, found {v}",
+                self.file.display()
+            )
+        })
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         self.get(key).map(|_| self.f64(key)).transpose()
@@ -110,7 +118,10 @@ impl JsonKeys<'_> {
         self.get(key)
             .map(|v| {
                 v.as_bool().with_context(|| {
-                    format!("{}: key \"{key}\" should be true or false, found {v}", self.file.display())
+                    format!(
+                        "{}: key \"{key}\" should be true or false, found {v}",
+                        self.file.display()
+                    )
                 })
             })
             .transpose()
@@ -127,9 +138,10 @@ impl JsonKeys<'_> {
 impl ModelConfig {
     /// Parse a Hugging Face `config.json`.
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let json: Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", path.display()))?;
         Self::from_hf_json(path, &json)
     }
 
@@ -153,22 +165,31 @@ impl ModelConfig {
         }
         if let Some(act) = k.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                bail!("{}: hidden_act = \"{act}\" is not supported (expected \"silu\")", file.display());
+                bail!(
+                    "{}: hidden_act = \"{act}\" is not supported (expected \"silu\")",
+                    file.display()
+                );
             }
         }
         let hidden_size = k.usize("hidden_size")?;
         let num_attention_heads = k.usize("num_attention_heads")?;
-        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 && k.get("head_dim").is_none() {
+        if num_attention_heads == 0
+            || hidden_size % num_attention_heads != 0 && k.get("head_dim").is_none()
+        {
             bail!("{}: hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}", file.display());
         }
-        let num_key_value_heads = k.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = k
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             bail!(
                 "{}: num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}",
                 file.display()
             );
         }
-        let head_dim = k.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = k
+            .opt_usize("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads);
         // transformers >= 5 nests rope settings in `rope_parameters`; older configs use
         // `rope_theta` and `rope_scaling` at the top level.
         let rope_params = k.get("rope_parameters").cloned();
@@ -211,7 +232,8 @@ impl ModelConfig {
             bos_token_id: k.opt_token("bos_token_id"),
             eos_token_id: k.opt_token("eos_token_id"),
         };
-        cfg.validate().with_context(|| format!("{}", file.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", file.display()))?;
         Ok(cfg)
     }
 
@@ -236,7 +258,11 @@ impl ModelConfig {
         let head_dim = match g.get(&key("attention.key_length")) {
             Some(_) => g.require_u64(&key("attention.key_length"))? as usize,
             None if num_attention_heads > 0 => hidden_size / num_attention_heads,
-            None => bail!("{}: {} is 0", g.path().display(), key("attention.head_count")),
+            None => bail!(
+                "{}: {} is 0",
+                g.path().display(),
+                key("attention.head_count")
+            ),
         };
         let embd = g
             .tensor_info("token_embd.weight")
@@ -251,16 +277,27 @@ impl ModelConfig {
         };
         let rope_scaling = match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => None,
-            Some("linear") => Some(RopeScaling::Linear { factor: g.require_f64(&key("rope.scaling.factor"))? }),
-            Some(other) => bail!("{}: unsupported {} = \"{other}\"", g.path().display(), key("rope.scaling.type")),
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: g.require_f64(&key("rope.scaling.factor"))?,
+            }),
+            Some(other) => bail!(
+                "{}: unsupported {} = \"{other}\"",
+                g.path().display(),
+                key("rope.scaling.type")
+            ),
         };
         let rope_scaling = match (rope_scaling, g.tensor_info("rope_freqs.weight")) {
             (s, None) => s,
             (None, Some(_)) => {
                 let f = g.tensor_f32("rope_freqs.weight")?;
-                Some(RopeScaling::Factors { factors: f.data.iter().map(|&x| x as f64).collect() })
+                Some(RopeScaling::Factors {
+                    factors: f.data.iter().map(|&x| x as f64).collect(),
+                })
             }
-            (Some(_), Some(_)) => bail!("{}: both rope.scaling.type and rope_freqs.weight are set", g.path().display()),
+            (Some(_), Some(_)) => bail!(
+                "{}: both rope.scaling.type and rope_freqs.weight are set",
+                g.path().display()
+            ),
         };
         let qkv_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
         let cfg = Self {
@@ -283,10 +320,17 @@ impl ModelConfig {
                 None => 4096,
             },
             sliding_window: None,
-            bos_token_id: g.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32),
-            eos_token_id: g.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32),
+            bos_token_id: g
+                .get("tokenizer.ggml.bos_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|x| x as u32),
+            eos_token_id: g
+                .get("tokenizer.ggml.eos_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|x| x as u32),
         };
-        cfg.validate().with_context(|| format!("{}", g.path().display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", g.path().display()))?;
         Ok(cfg)
     }
 
@@ -317,7 +361,11 @@ impl ModelConfig {
         }
         if let Some(RopeScaling::Factors { factors }) = &self.rope_scaling {
             if factors.len() != self.head_dim / 2 {
-                bail!("rope frequency factors: {} values for head_dim {}", factors.len(), self.head_dim);
+                bail!(
+                    "rope frequency factors: {} values for head_dim {}",
+                    factors.len(),
+                    self.head_dim
+                );
             }
         }
         Ok(())
@@ -325,7 +373,10 @@ impl ModelConfig {
 
     /// The config with a different layer count (after pruning).
     pub fn with_layers(&self, n: usize) -> Self {
-        Self { num_hidden_layers: n, ..self.clone() }
+        Self {
+            num_hidden_layers: n,
+            ..self.clone()
+        }
     }
 
     /// A Hugging Face `config.json` for this architecture (used when exporting).
@@ -364,9 +415,17 @@ impl ModelConfig {
         match &self.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => {
-                o.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": factor}));
+                o.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "linear", "factor": factor}),
+                );
             }
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 o.insert(
                     "rope_scaling".into(),
                     serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
@@ -389,7 +448,9 @@ fn parse_rope_scaling(file: &Path, s: &Value) -> Result<Option<RopeScaling>> {
         .unwrap_or("default");
     Ok(match kind {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear { factor: k.f64("factor")? }),
+        "linear" => Some(RopeScaling::Linear {
+            factor: k.f64("factor")?,
+        }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: k.f64("factor")?,
             low_freq_factor: k.f64("low_freq_factor")?,

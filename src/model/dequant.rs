@@ -114,11 +114,18 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
     }
     let mut out = Vec::with_capacity(n);
     match ty {
-        GgmlType::F32 => {
-            out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())))
-        }
-        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        GgmlType::BF16 => out.extend(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::F32 => out.extend(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        ),
+        GgmlType::F16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::BF16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in raw.chunks_exact(34) {
                 let d = f16_at(b, 0);
@@ -142,19 +149,31 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
             }
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let (block, header) = if ty == GgmlType::Q5_0 { (22, 2) } else { (24, 4) };
+            let (block, header) = if ty == GgmlType::Q5_0 {
+                (22, 2)
+            } else {
+                (24, 4)
+            };
             for b in raw.chunks_exact(block) {
                 let d = f16_at(b, 0);
-                let (m, offset) = if ty == GgmlType::Q5_0 { (0.0, 16) } else { (f16_at(b, 2), 0) };
+                let (m, offset) = if ty == GgmlType::Q5_0 {
+                    (0.0, 16)
+                } else {
+                    (f16_at(b, 2), 0)
+                };
                 let qh = u32::from_le_bytes(b[header..header + 4].try_into().unwrap());
                 let qs = &b[header + 4..header + 20];
                 let value = |q: u32| (q as i32 - offset) as f32 * d + m;
-                out.extend(qs.iter().enumerate().map(|(j, &q)| {
-                    value((q & 0x0F) as u32 | (((qh >> j) & 1) << 4))
-                }));
-                out.extend(qs.iter().enumerate().map(|(j, &q)| {
-                    value((q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4))
-                }));
+                out.extend(
+                    qs.iter()
+                        .enumerate()
+                        .map(|(j, &q)| value((q & 0x0F) as u32 | (((qh >> j) & 1) << 4))),
+                );
+                out.extend(
+                    qs.iter()
+                        .enumerate()
+                        .map(|(j, &q)| value((q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4))),
+                );
             }
         }
         GgmlType::Unsupported(_) => unreachable!(),
@@ -219,6 +238,9 @@ mod tests {
     fn wrong_sizes_and_unsupported_types_are_errors() {
         assert!(dequantize(GgmlType::Q4_1, &[0u8; 19], 32).is_err());
         let err = dequantize(GgmlType::Unsupported(12), &[0u8; 144], 256).unwrap_err();
-        assert!(err.to_string().contains("unsupported tensor type Q4_K"), "{err}");
+        assert!(
+            err.to_string().contains("unsupported tensor type Q4_K"),
+            "{err}"
+        );
     }
 }

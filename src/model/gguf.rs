@@ -237,10 +237,16 @@ impl GgufFile {
         // SAFETY: the file is opened read-only; a concurrent truncation by another process is
         // outside our control, as for every mmap-based model loader.
         let mmap = unsafe { Mmap::map(&file) }.context("cannot memory-map file")?;
-        let mut cur = Cursor { bytes: &mmap, pos: 0 };
+        let mut cur = Cursor {
+            bytes: &mmap,
+            pos: 0,
+        };
         let magic = cur.take(4, "magic")?;
         if magic != GGUF_MAGIC {
-            bail!("not a GGUF file: the first bytes are {:?}, expected \"GGUF\"", magic);
+            bail!(
+                "not a GGUF file: the first bytes are {:?}, expected \"GGUF\"",
+                magic
+            );
         }
         let version = cur.u32("version")?;
         if !(2..=3).contains(&version) {
@@ -249,7 +255,9 @@ impl GgufFile {
         let n_tensors = cur.u64("tensor count")?;
         let n_kv = cur.u64("metadata count")?;
         if n_tensors > 1 << 24 || n_kv > 1 << 24 {
-            bail!("corrupt header: {n_tensors} tensors and {n_kv} metadata entries are implausible");
+            bail!(
+                "corrupt header: {n_tensors} tensors and {n_kv} metadata entries are implausible"
+            );
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
@@ -273,7 +281,12 @@ impl GgufFile {
             let ggml_type = GgmlType::from_id(type_id)
                 .with_context(|| format!("tensor {name} has unknown ggml type id {type_id}"))?;
             let offset = cur.u64(&format!("offset of tensor {name}"))?;
-            tensors.push(GgufTensorInfo { name, dims, ggml_type, offset });
+            tensors.push(GgufTensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
@@ -285,10 +298,14 @@ impl GgufFile {
         let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
         let file_len = mmap.len() as u64;
         for t in &tensors {
-            let n_bytes = t
-                .ggml_type
-                .bytes_for(t.num_elements())
-                .with_context(|| format!("tensor {}: {} elements do not fill whole {:?} blocks", t.name, t.num_elements(), t.ggml_type))?;
+            let n_bytes = t.ggml_type.bytes_for(t.num_elements()).with_context(|| {
+                format!(
+                    "tensor {}: {} elements do not fill whole {:?} blocks",
+                    t.name,
+                    t.num_elements(),
+                    t.ggml_type
+                )
+            })?;
             let end = data_start + t.offset + n_bytes;
             if end > file_len {
                 bail!(
@@ -297,7 +314,14 @@ impl GgufFile {
                 );
             }
         }
-        Ok(Self { path: path.to_path_buf(), mmap, version, metadata, tensors, data_start })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            version,
+            metadata,
+            tensors,
+            data_start,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -309,29 +333,41 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.metadata.get(key).with_context(|| {
-            format!("{}: missing metadata key {key}", self.path.display())
-        })
+        self.metadata
+            .get(key)
+            .with_context(|| format!("{}: missing metadata key {key}", self.path.display()))
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
         v.as_u64().with_context(|| {
-            format!("{}: metadata {key} should be an unsigned integer, found {}", self.path.display(), v.type_name())
+            format!(
+                "{}: metadata {key} should be an unsigned integer, found {}",
+                self.path.display(),
+                v.type_name()
+            )
         })
     }
 
     pub fn require_f64(&self, key: &str) -> Result<f64> {
         let v = self.require(key)?;
         v.as_f64().with_context(|| {
-            format!("{}: metadata {key} should be a number, found {}", self.path.display(), v.type_name())
+            format!(
+                "{}: metadata {key} should be a number, found {}",
+                self.path.display(),
+                v.type_name()
+            )
         })
     }
 
     pub fn require_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
         v.as_str().with_context(|| {
-            format!("{}: metadata {key} should be a string, found {}", self.path.display(), v.type_name())
+            format!(
+                "{}: metadata {key} should be a string, found {}",
+                self.path.display(),
+                v.type_name()
+            )
         })
     }
 
@@ -339,13 +375,20 @@ impl GgufFile {
     pub fn require_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.require(key)?;
         let arr = v.as_array().with_context(|| {
-            format!("{}: metadata {key} should be an array, found {}", self.path.display(), v.type_name())
+            format!(
+                "{}: metadata {key} should be an array, found {}",
+                self.path.display(),
+                v.type_name()
+            )
         })?;
         arr.iter()
             .enumerate()
             .map(|(i, x)| {
                 x.as_str().with_context(|| {
-                    format!("{}: metadata {key}[{i}] should be a string", self.path.display())
+                    format!(
+                        "{}: metadata {key}[{i}] should be a string",
+                        self.path.display()
+                    )
                 })
             })
             .collect()
@@ -364,9 +407,9 @@ impl GgufFile {
 
     /// Dequantise a tensor to f32 in row-major (slowest-first) shape.
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor> {
-        let info = self.tensor_info(name).with_context(|| {
-            format!("{}: no tensor named {name}", self.path.display())
-        })?;
+        let info = self
+            .tensor_info(name)
+            .with_context(|| format!("{}: no tensor named {name}", self.path.display()))?;
         let data = dequantize(info.ggml_type, self.raw(info), info.num_elements() as usize)
             .with_context(|| format!("{}: tensor {name}", self.path.display()))?;
         HostTensor::new(info.shape(), data)

@@ -29,7 +29,10 @@ impl HostTensor {
                 data[j * r + i] = self.data[i * c + j];
             }
         }
-        Self { shape: vec![c, r], data }
+        Self {
+            shape: vec![c, r],
+            data,
+        }
     }
 
     /// Undo llama.cpp's q/k permutation for the interleaved RoPE layout.
@@ -40,7 +43,10 @@ impl HostTensor {
     /// maps interleaved row 2i + s back to half-split row s * head_dim/2 + i.
     pub fn unpermute_rope_rows(&self, n_head: usize) -> Result<Self> {
         if self.shape.len() != 2 {
-            bail!("q/k un-permutation needs a matrix, got shape {:?}", self.shape);
+            bail!(
+                "q/k un-permutation needs a matrix, got shape {:?}",
+                self.shape
+            );
         }
         let (rows, cols) = (self.shape[0], self.shape[1]);
         if n_head == 0 || rows % (2 * n_head) != 0 {
@@ -59,14 +65,23 @@ impl HostTensor {
                 }
             }
         }
-        Ok(Self { shape: self.shape.clone(), data })
+        Ok(Self {
+            shape: self.shape.clone(),
+            data,
+        })
     }
 
     /// Same un-permutation for a bias vector (Qwen2-style q/k biases in GGUF).
     pub fn unpermute_rope_vector(&self, n_head: usize) -> Result<Self> {
-        let as_matrix = Self { shape: vec![self.data.len(), 1], data: self.data.clone() };
+        let as_matrix = Self {
+            shape: vec![self.data.len(), 1],
+            data: self.data.clone(),
+        };
         let m = as_matrix.unpermute_rope_rows(n_head)?;
-        Ok(Self { shape: self.shape.clone(), data: m.data })
+        Ok(Self {
+            shape: self.shape.clone(),
+            data: m.data,
+        })
     }
 }
 

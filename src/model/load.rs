@@ -28,7 +28,10 @@ impl ModelFiles {
         let path = source.path.clone();
         let (config, tokenizer, store, format) = if path.is_dir() {
             open_hf_dir(&path)?
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             let g = GgufFile::open(&path)?;
             let config = ModelConfig::from_gguf(&g)?;
             let tokenizer = TextTokenizer::from_gguf(&g)?;
@@ -40,7 +43,13 @@ impl ModelFiles {
                 path.display()
             );
         };
-        Ok(Self { source, config, tokenizer, store, format })
+        Ok(Self {
+            source,
+            config,
+            tokenizer,
+            store,
+            format,
+        })
     }
 
     /// Build the Burn model with all layers.
@@ -50,17 +59,30 @@ impl ModelFiles {
     }
 
     /// Build the Burn model holding only the original layers `keep`.
-    pub fn build_with_layers<B: Backend>(&self, device: &B::Device, dtype: DType, keep: &[usize]) -> Result<Transformer<B>> {
-        Loader::<B> { store: &self.store, cfg: &self.config, device, dtype }
-            .transformer(keep)
-            .with_context(|| format!("loading weights from {}", self.source.path.display()))
+    pub fn build_with_layers<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        keep: &[usize],
+    ) -> Result<Transformer<B>> {
+        Loader::<B> {
+            store: &self.store,
+            cfg: &self.config,
+            device,
+            dtype,
+        }
+        .transformer(keep)
+        .with_context(|| format!("loading weights from {}", self.source.path.display()))
     }
 }
 
 fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, TextTokenizer, WeightStore, &'static str)> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
-        bail!("{}: missing config.json (expected a Hugging Face model directory)", dir.display());
+        bail!(
+            "{}: missing config.json (expected a Hugging Face model directory)",
+            dir.display()
+        );
     }
     let config = ModelConfig::from_hf_config_file(&config_path)?;
     let tok_path = dir.join("tokenizer.json");

@@ -18,8 +18,9 @@ impl Rope {
         let dim = cfg.head_dim;
         let base = cfg.rope_theta as f32;
         // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in float32
-        let mut inv_freq: Vec<f32> =
-            (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+            .collect();
         match &cfg.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => {
@@ -32,7 +33,12 @@ impl Rope {
                     *f /= *d as f32;
                 }
             }
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 let (factor, low, high, old) = (
                     *factor as f32,
                     *low_freq_factor as f32,
@@ -43,7 +49,11 @@ impl Rope {
                 let high_freq_wavelen = old / high;
                 for f in &mut inv_freq {
                     let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    let scaled = if wavelen > low_freq_wavelen { *f / factor } else { *f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
                     let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
                     *f = if medium {
                         let smooth = (old / wavelen - low) / (high - low);
@@ -76,12 +86,18 @@ impl Rope {
                 sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
             }
         }
-        let make = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [len, dim]), (device, dtype));
+        let make = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [len, dim]), (device, dtype))
+        };
         (make(cos), make(sin))
     }
 
     /// Rotate x [batch, heads, len, head_dim] with tables [len, head_dim].
-    pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+    pub fn apply<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> Tensor<B, 4> {
         let [_, _, _, dim] = x.dims();
         let half = dim / 2;
         let x1 = x.clone().narrow(3, 0, half);

@@ -29,7 +29,10 @@ impl Shard {
         SafeTensors::deserialize(&mmap).map_err(|e| {
             anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
         })?;
-        Ok(Self { path: path.to_path_buf(), mmap })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+        })
     }
 
     fn view(&self) -> SafeTensors<'_> {
@@ -57,12 +60,17 @@ impl SafetensorsSet {
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .with_context(|| format!("{}: missing object \"weight_map\"", index_path.display()))?;
+                .with_context(|| {
+                    format!("{}: missing object \"weight_map\"", index_path.display())
+                })?;
             let mut files: Vec<String> = Vec::new();
             let mut index = BTreeMap::new();
             for (name, file) in map {
                 let file = file.as_str().with_context(|| {
-                    format!("{}: weight_map[{name}] should be a file name", index_path.display())
+                    format!(
+                        "{}: weight_map[{name}] should be a file name",
+                        index_path.display()
+                    )
                 })?;
                 let i = match files.iter().position(|f| f == file) {
                     Some(i) => i,
@@ -73,7 +81,10 @@ impl SafetensorsSet {
                 };
                 index.insert(name.clone(), i);
             }
-            let shards = files.iter().map(|f| Shard::open(&dir.join(f))).collect::<Result<Vec<_>>>()?;
+            let shards = files
+                .iter()
+                .map(|f| Shard::open(&dir.join(f)))
+                .collect::<Result<Vec<_>>>()?;
             for (name, &i) in &index {
                 if shards[i].view().tensor(name).is_err() {
                     bail!(
@@ -86,8 +97,16 @@ impl SafetensorsSet {
             Ok(Self { shards, index })
         } else if single.exists() {
             let shard = Shard::open(&single)?;
-            let index = shard.view().names().into_iter().map(|n| (n.to_string(), 0)).collect();
-            Ok(Self { shards: vec![shard], index })
+            let index = shard
+                .view()
+                .names()
+                .into_iter()
+                .map(|n| (n.to_string(), 0))
+                .collect();
+            Ok(Self {
+                shards: vec![shard],
+                index,
+            })
         } else {
             bail!(
                 "{}: no model.safetensors and no model.safetensors.index.json",
@@ -107,20 +126,35 @@ impl SafetensorsSet {
     /// The stored dtype of one tensor, e.g. "BF16".
     pub fn dtype(&self, name: &str) -> Option<String> {
         let &i = self.index.get(name)?;
-        Some(format!("{:?}", self.shards[i].view().tensor(name).ok()?.dtype()))
+        Some(format!(
+            "{:?}",
+            self.shards[i].view().tensor(name).ok()?.dtype()
+        ))
     }
 
     /// Read one tensor as f32 (bf16/f16/f32 stored).
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor> {
-        let &i = self.index.get(name).with_context(|| format!("no tensor named {name}"))?;
+        let &i = self
+            .index
+            .get(name)
+            .with_context(|| format!("no tensor named {name}"))?;
         let shard = &self.shards[i];
         let view = shard.view();
         let t = view.tensor(name).expect("indexed at open");
         let bytes = t.data();
         let data: Vec<f32> = match t.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             other => bail!(
                 "{}: tensor {name} has dtype {other:?}; supported: F32, F16, BF16",
                 shard.path.display()

@@ -12,8 +12,8 @@
 //! positions count in a loss. Pad positions compute garbage that no caller reads.
 
 use burn::tensor::{
-    activation::silu, backend::Backend, module::attention, module::embedding, ops::AttentionModuleOptions, DType,
-    Int, Tensor, TensorData,
+    activation::silu, backend::Backend, module::attention, module::embedding,
+    ops::AttentionModuleOptions, DType, Int, Tensor, TensorData,
 };
 
 use super::config::ModelConfig;
@@ -103,7 +103,12 @@ impl TokenBatch {
             ids.extend_from_slice(r);
             ids.extend(std::iter::repeat(pad_id).take(seq - r.len()));
         }
-        Self { ids, batch: rows.len(), seq, lengths: rows.iter().map(|r| r.len()).collect() }
+        Self {
+            ids,
+            batch: rows.len(),
+            seq,
+            lengths: rows.iter().map(|r| r.len()).collect(),
+        }
     }
 
     pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
@@ -112,7 +117,11 @@ impl TokenBatch {
     }
 }
 
-pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     // transformers: x * rsqrt(mean(x^2, -1) + eps) * weight
     let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
     let x = x * (variance + eps).sqrt().recip();
@@ -121,7 +130,13 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 
 
 impl<B: Backend> DecoderLayer<B> {
     /// x [batch, seq, hidden] at absolute positions pos_start.. -> [batch, seq, hidden]
-    pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
         let h = rms_norm(x.clone(), &self.input_norm, cfg.rms_norm_eps);
         let x = x + self.o_proj.forward(self.attention(h, cfg, cos, sin));
         let h = rms_norm(x.clone(), &self.post_attention_norm, cfg.rms_norm_eps);
@@ -130,19 +145,34 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// SwiGLU: down(silu(gate(h)) * up(h)); h [batch, seq, hidden]
     pub fn mlp(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h))
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h))
     }
 
     /// Causal self-attention; h [batch, seq, hidden] -> [batch, seq, heads * head_dim]
-    fn attention(&self, h: Tensor<B, 3>, cfg: &ModelConfig, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+    fn attention(
+        &self,
+        h: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2); // [b, heads, t, hd]
         let q = Rope::apply(split(self.q_proj.forward(h.clone()), nh), cos, sin);
         let k = Rope::apply(split(self.k_proj.forward(h.clone()), nkv), cos, sin);
         let v = split(self.v_proj.forward(h), nkv);
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
         let out = attention(q, k, v, None, None, options); // [b, nh, t, hd]
         out.swap_dims(1, 2).reshape([b, t, nh * hd])
     }
@@ -154,7 +184,9 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, t, hd]).reshape([b, nkv * rep, t, hd])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, rep, t, hd])
+        .reshape([b, nkv * rep, t, hd])
 }
 
 impl<B: Backend> Transformer<B> {
@@ -208,7 +240,12 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Full forward pass over a right-padded batch.
-    pub fn forward(&self, batch: &TokenBatch, capture: Capture, logits: Logits) -> anyhow::Result<ForwardOutput<B>> {
+    pub fn forward(
+        &self,
+        batch: &TokenBatch,
+        capture: Capture,
+        logits: Logits,
+    ) -> anyhow::Result<ForwardOutput<B>> {
         if let Some(w) = self.config.sliding_window {
             if batch.seq > w {
                 anyhow::bail!("sequence length {} exceeds the sliding window {w}: sliding-window attention is not implemented", batch.seq);
@@ -241,7 +278,8 @@ impl<B: Backend> Transformer<B> {
         Ok(ForwardOutput {
             logits: out_logits,
             final_logits,
-            final_token_boundaries: (capture == Capture::FinalToken).then(|| Tensor::stack(finals, 0)),
+            final_token_boundaries: (capture == Capture::FinalToken)
+                .then(|| Tensor::stack(finals, 0)),
             boundaries: (capture == Capture::All).then_some(all),
         })
     }

@@ -63,7 +63,8 @@ impl WeightStore {
         match self {
             Self::Safetensors(s) => s.tensor_f32(hf_name),
             Self::Gguf(g) => {
-                let name = gguf_name(hf_name).with_context(|| format!("no GGUF name for {hf_name}"))?;
+                let name =
+                    gguf_name(hf_name).with_context(|| format!("no GGUF name for {hf_name}"))?;
                 let t = g.tensor_f32(&name)?;
                 // llama.cpp permutes llama q/k for its interleaved RoPE; qwen2 uses NEOX (half-split) as is.
                 if cfg.architecture != Architecture::Qwen2 {
@@ -90,7 +91,9 @@ impl WeightStore {
     /// A short description of the stored tensor types, e.g. "Q4_1 (GGUF)" or "BF16".
     pub fn storage_dtype(&self) -> String {
         match self {
-            Self::Safetensors(s) => s.dtype("model.embed_tokens.weight").unwrap_or_else(|| "?".into()),
+            Self::Safetensors(s) => s
+                .dtype("model.embed_tokens.weight")
+                .unwrap_or_else(|| "?".into()),
             Self::Gguf(g) => {
                 let mut counts = std::collections::BTreeMap::new();
                 for t in &g.tensors {
@@ -112,9 +115,16 @@ fn upload<B: Backend, const D: usize>(
     dtype: DType,
 ) -> Result<Tensor<B, D>> {
     if t.shape != expected {
-        bail!("tensor {name} has shape {:?}, expected {:?}", t.shape, expected);
+        bail!(
+            "tensor {name} has shape {:?}, expected {:?}",
+            t.shape,
+            expected
+        );
     }
-    Ok(Tensor::from_data(TensorData::new(t.data, expected), (device, dtype)))
+    Ok(Tensor::from_data(
+        TensorData::new(t.data, expected),
+        (device, dtype),
+    ))
 }
 
 pub struct Loader<'a, B: Backend> {
@@ -126,7 +136,13 @@ pub struct Loader<'a, B: Backend> {
 
 impl<B: Backend> Loader<'_, B> {
     fn vector(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        upload(self.store.get(name, self.cfg)?, [len], name, self.device, self.dtype)
+        upload(
+            self.store.get(name, self.cfg)?,
+            [len],
+            name,
+            self.device,
+            self.dtype,
+        )
     }
 
     /// HF linear weight [out, in] (+ optional bias) -> Linear with W [in, out].
@@ -134,10 +150,17 @@ impl<B: Backend> Loader<'_, B> {
         let wname = format!("{prefix}.weight");
         let w = self.store.get(&wname, self.cfg)?;
         if w.shape != [out, inp] {
-            bail!("tensor {wname} has shape {:?}, expected [{out}, {inp}]", w.shape);
+            bail!(
+                "tensor {wname} has shape {:?}, expected [{out}, {inp}]",
+                w.shape
+            );
         }
         let weight = upload(w.transposed(), [inp, out], &wname, self.device, self.dtype)?;
-        let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), out)?) } else { None };
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), out)?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -169,7 +192,10 @@ impl<B: Backend> Loader<'_, B> {
         let c = self.cfg;
         for &i in keep {
             if i >= c.num_hidden_layers {
-                bail!("layer {i} does not exist (the model has {} layers)", c.num_hidden_layers);
+                bail!(
+                    "layer {i} does not exist (the model has {} layers)",
+                    c.num_hidden_layers
+                );
             }
         }
         let embed_name = "model.embed_tokens.weight";
@@ -187,9 +213,18 @@ impl<B: Backend> Loader<'_, B> {
             embed_tokens.clone().transpose()
         } else {
             let w = self.store.get("lm_head.weight", c)?;
-            upload(w.transposed(), [c.hidden_size, c.vocab_size], "lm_head.weight", self.device, self.dtype)?
+            upload(
+                w.transposed(),
+                [c.hidden_size, c.vocab_size],
+                "lm_head.weight",
+                self.device,
+                self.dtype,
+            )?
         };
-        let layers = keep.iter().map(|&i| self.layer(i)).collect::<Result<Vec<_>>>()?;
+        let layers = keep
+            .iter()
+            .map(|&i| self.layer(i))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             config: c.with_layers(layers.len()),
             embed_tokens,

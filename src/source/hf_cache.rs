@@ -12,11 +12,18 @@ fn hub_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache").join("huggingface").join("hub")
 }
 
-pub fn resolve(repo: &str, dataset: bool, revision: Option<&str>, path: Option<&str>) -> Result<PathBuf> {
+pub fn resolve(
+    repo: &str,
+    dataset: bool,
+    revision: Option<&str>,
+    path: Option<&str>,
+) -> Result<PathBuf> {
     let hub = hub_dir();
     let kind = if dataset { "datasets" } else { "models" };
     let repo_dir = hub.join(format!("{kind}--{}", repo.replace('/', "--")));
@@ -35,20 +42,31 @@ pub fn resolve(repo: &str, dataset: bool, revision: Option<&str>, path: Option<&
     } else {
         let ref_file = repo_dir.join("refs").join(rev);
         std::fs::read_to_string(&ref_file)
-            .with_context(|| format!("revision {rev} of {repo} is not in the cache ({} missing)", ref_file.display()))?
+            .with_context(|| {
+                format!(
+                    "revision {rev} of {repo} is not in the cache ({} missing)",
+                    ref_file.display()
+                )
+            })?
             .trim()
             .to_string()
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
     if !snapshot.is_dir() {
-        bail!("{repo}: snapshot {commit} is not in the cache ({} missing)", snapshot.display());
+        bail!(
+            "{repo}: snapshot {commit} is not in the cache ({} missing)",
+            snapshot.display()
+        );
     }
     let target = match path {
         Some(p) => snapshot.join(p),
         None => snapshot,
     };
     if !target.exists() {
-        bail!("{repo}@{commit}: {} does not exist in the cached snapshot", target.display());
+        bail!(
+            "{repo}@{commit}: {} does not exist in the cached snapshot",
+            target.display()
+        );
     }
     Ok(target)
 }

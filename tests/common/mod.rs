@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+pub type B = burn::backend::Flex;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+}
+
+/// A reference tensor read from a fixture safetensors file.
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+pub fn read_reference(file: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let data = t.data();
+            let (f, i) = match t.dtype() {
+                Dtype::F32 => (
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    vec![],
+                ),
+                Dtype::I64 => (
+                    vec![],
+                    data.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                other => panic!("unexpected dtype {other:?} in {}", file.display()),
+            };
+            (
+                name,
+                RefTensor {
+                    shape: t.shape().to_vec(),
+                    f32: f,
+                    i64: i,
+                },
+            )
+        })
+        .collect()
+}
+
+/// max |a - b| / max |b|: the error relative to the reference tensor's scale.
+pub fn rel_err(ours: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(ours.len(), reference.len(), "length mismatch");
+    let scale = reference
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+/// A unique temporary cache root for a test.
+pub fn temp_cache() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

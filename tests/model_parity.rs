@@ -1,0 +1,257 @@
+//! The forward pass against Hugging Face transformers (reference outputs made by
+//! tests/fixtures/make_fixtures.py): logits and every layer-boundary state of each tiny fixture
+//! model, on a right-padded batch of unequal lengths, to a relative error of 1e-4 in f32
+//! (max |ours - ref| / max |ref|, over the real, non-pad positions of each tensor).
+
+mod common;
+
+use burn::tensor::DType;
+use common::{fixtures, read_reference, rel_err, B};
+use layerprune::commands::forward::to_f32_vec;
+use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch};
+use layerprune::source;
+
+const TOL: f32 = 1e-4;
+
+fn check_model(model_dir: &str, reference: &str) {
+    let cache = common::temp_cache();
+    let src = source::resolve_str(
+        fixtures().join("models").join(model_dir).to_str().unwrap(),
+        cache.path(),
+    )
+    .unwrap();
+    let files = ModelFiles::open(src).unwrap();
+    let reference = read_reference(
+        &fixtures()
+            .join("reference")
+            .join(format!("{reference}.safetensors")),
+    );
+    let ids = &reference["input_ids"];
+    let mask = &reference["attention_mask"].i64;
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let rows: Vec<Vec<u32>> = (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    assert!(
+        rows.iter()
+            .map(|r| r.len())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
+        "fixture batch should have unequal lengths"
+    );
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let device = Default::default();
+    let model = files.build::<B>(&device, DType::F32).unwrap();
+    let out = model.forward(&batch, Capture::All, Logits::All).unwrap();
+
+    let vocab = files.config.vocab_size;
+    let hidden = files.config.hidden_size;
+    let real = |i: usize, j: usize| mask[i * t + j] == 1;
+    let pick = |flat: &[f32], width: usize| -> Vec<f32> {
+        let mut v = Vec::new();
+        for i in 0..b {
+            for j in 0..t {
+                if real(i, j) {
+                    v.extend_from_slice(&flat[(i * t + j) * width..(i * t + j + 1) * width]);
+                }
+            }
+        }
+        v
+    };
+    let logits = to_f32_vec(out.logits.unwrap()).unwrap();
+    let e = rel_err(
+        &pick(&logits, vocab),
+        &pick(&reference["logits"].f32, vocab),
+    );
+    eprintln!("{model_dir}: logits relative error {e:e}");
+    assert!(e < TOL, "{model_dir}: logits relative error {e:e}");
+
+    let boundaries = out.boundaries.unwrap();
+    let ref_b = &reference["boundaries"];
+    assert_eq!(
+        boundaries.len(),
+        ref_b.shape[0],
+        "{model_dir}: number of boundaries (L + 1)"
+    );
+    let per = b * t * hidden;
+    for (l, x) in boundaries.into_iter().enumerate() {
+        let ours = to_f32_vec(x).unwrap();
+        let e = rel_err(
+            &pick(&ours, hidden),
+            &pick(&ref_b.f32[l * per..(l + 1) * per], hidden),
+        );
+        assert!(e < TOL, "{model_dir}: boundary x({l}) relative error {e:e}");
+    }
+
+    // The cheap variant (final non-pad token only) must equal the full capture at those positions.
+    let out2 = model
+        .forward(&batch, Capture::FinalToken, Logits::FinalToken)
+        .unwrap();
+    let finals = to_f32_vec(out2.final_token_boundaries.unwrap()).unwrap(); // [L+1, b, hidden]
+    let final_logits = to_f32_vec(out2.final_logits.unwrap()).unwrap(); // [b, vocab]
+    for i in 0..b {
+        let j = rows[i].len() - 1;
+        for l in 0..ref_b.shape[0] {
+            let r = &ref_b.f32[l * per + (i * t + j) * hidden..l * per + (i * t + j + 1) * hidden];
+            let o = &finals[(l * b + i) * hidden..(l * b + i + 1) * hidden];
+            assert!(
+                rel_err(o, r) < TOL,
+                "{model_dir}: final-token boundary {l} row {i}"
+            );
+        }
+        let r = &reference["logits"].f32[(i * t + j) * vocab..(i * t + j + 1) * vocab];
+        assert!(
+            rel_err(&final_logits[i * vocab..(i + 1) * vocab], r) < TOL,
+            "{model_dir}: final logits row {i}"
+        );
+    }
+}
+
+#[test]
+fn tiny_llama_tied_f32_matches_transformers() {
+    check_model("tiny-llama", "tiny-llama");
+}
+
+#[test]
+fn tiny_llama3_rope_scaling_matches_transformers() {
+    check_model("tiny-llama3", "tiny-llama3");
+}
+
+#[test]
+fn tiny_mistral_bf16_sharded_matches_transformers() {
+    check_model("tiny-mistral", "tiny-mistral");
+}
+
+#[test]
+fn tiny_qwen2_f16_qkv_bias_matches_transformers() {
+    check_model("tiny-qwen2", "tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_gguf_mixed_quant_matches_transformers() {
+    check_model("tiny-llama.gguf", "tiny-llama-gguf");
+}
+
+/// Each dequantised GGUF tensor (F16, Q8_0, Q4_0, Q4_1; q/k un-permuted) equals what
+/// transformers' GGUF loader produces.
+#[test]
+fn gguf_dequantised_weights_match_transformers() {
+    let cache = common::temp_cache();
+    let src = source::resolve_str(
+        fixtures().join("models/tiny-llama.gguf").to_str().unwrap(),
+        cache.path(),
+    )
+    .unwrap();
+    let files = ModelFiles::open(src).unwrap();
+    let reference =
+        read_reference(&fixtures().join("reference/tiny-llama-gguf-weights.safetensors"));
+    assert!(reference.len() >= 8);
+    for (name, r) in &reference {
+        let ours = files.store.get(name, &files.config).unwrap();
+        assert_eq!(ours.shape, r.shape, "{name}");
+        let max_diff = ours
+            .data
+            .iter()
+            .zip(&r.f32)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(max_diff <= 1e-6, "{name}: max difference {max_diff}");
+    }
+}
+
+#[test]
+fn tokenizers_match_transformers() {
+    let cache = common::temp_cache();
+    let text = std::fs::read_to_string(fixtures().join("reference/tokenizer.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hf = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let gguf = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama.gguf").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let ids: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let gguf_ids: Vec<u32> = c["gguf_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            hf.tokenizer.encode(text).unwrap(),
+            ids,
+            "tokenizer.json on {text:?}"
+        );
+        assert_eq!(
+            gguf.tokenizer.encode(text).unwrap(),
+            gguf_ids,
+            "GGUF tokenizer on {text:?}"
+        );
+    }
+    assert!(!hf.tokenizer.adds_bos && !gguf.tokenizer.adds_bos);
+}
+
+/// Dropping a block is a list edit, and running layers start..end reproduces the forward pass.
+#[test]
+fn run_layers_composes_and_drop_block_renumbers() {
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let device = Default::default();
+    let mut model = files.build::<B>(&device, DType::F32).unwrap();
+    let batch = TokenBatch::right_padded(&[vec![5, 6, 7, 8, 9]], 0);
+    let full = model
+        .forward(&batch, Capture::All, Logits::None)
+        .unwrap()
+        .boundaries
+        .unwrap();
+    let x0 = model.embed(batch.to_tensor::<B>(&device));
+    let x2 = model.run_layers(x0, 0, 2);
+    let x4 = model.run_layers(x2.clone(), 2, 4);
+    assert!(
+        rel_err(
+            &to_f32_vec(x2).unwrap(),
+            &to_f32_vec(full[2].clone()).unwrap()
+        ) < 1e-6
+    );
+    assert!(
+        rel_err(
+            &to_f32_vec(x4).unwrap(),
+            &to_f32_vec(full[4].clone()).unwrap()
+        ) < 1e-6
+    );
+    model.drop_block(1, 2).unwrap();
+    assert_eq!(model.kept_layers(), vec![0, 3]);
+    assert_eq!(model.config.num_hidden_layers, 2);
+    assert!(model.drop_block(1, 5).is_err());
+}
