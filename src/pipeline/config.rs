@@ -214,8 +214,9 @@ fn user_layers(
     sets: &[String],
 ) -> Result<Figment, ConfigError> {
     let env = Env::prefixed("LAYERPRUNE_").split("__").filter(|k| {
-        let k = k.as_str().to_ascii_lowercase();
-        ["stages__", "sources__", "sweep__"]
+        // figment may hand the key over before or after `split` turned "__" into "."
+        let k = k.as_str().to_ascii_lowercase().replace("__", ".");
+        ["stages.", "sources.", "sweep."]
             .iter()
             .any(|p| k.starts_with(p))
             || [
@@ -340,10 +341,11 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();
         if let Some(field) = unknown_field(&msg) {
+            // serde_path_to_error's path already ends with the unknown field
             let key = if path == "." {
                 field.clone()
             } else {
-                format!("{path}.{field}")
+                path.clone()
             };
             return origins.error(
                 &key,

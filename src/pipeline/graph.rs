@@ -217,6 +217,47 @@ fn restrict(a: &Assignment, axes: &BTreeSet<String>) -> Assignment {
         .collect()
 }
 
+/// A parameter error as a configuration error at `stages.<name>.<path>`, with a suggestion for
+/// unknown keys and the sweep values in force.
+fn param_error(
+    cfg: &PipelineConfig,
+    name: &str,
+    assignment: &Assignment,
+    e: stages::ParamError,
+) -> ConfigError {
+    if let Some(field) = unknown_field(&e.message) {
+        // serde_path_to_error's path already ends with the unknown field
+        let inner = if e.path.is_empty() {
+            field.clone()
+        } else {
+            e.path.clone()
+        };
+        let expected = expected_fields(&e.message);
+        return cfg.error(
+            &format!("stages.{name}.{inner}"),
+            format!(
+                "unknown key{}",
+                did_you_mean(&field, expected.iter().map(|s| s.as_str()))
+            ),
+        );
+    }
+    let key = if e.path.is_empty() {
+        format!("stages.{name}")
+    } else {
+        format!("stages.{name}.{}", e.path)
+    };
+    let sweep = if assignment.is_empty() {
+        String::new()
+    } else {
+        let parts: Vec<String> = assignment
+            .iter()
+            .map(|(k, v)| format!("{k}={}", display_value(v)))
+            .collect();
+        format!(" (sweep: {})", parts.join(", "))
+    };
+    cfg.error(&key, format!("{}{sweep}", e.message))
+}
+
 /// Expand the pipeline into jobs. `cache_root` is used for local-file digests and hf refs.
 pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, ConfigError> {
     let order = stage_order(cfg)?;
@@ -305,42 +346,9 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
 
         for assignment in product(&axes_vec, &cfg.sweep) {
             let raw = substitute(&sc.params, &assignment);
-            let params = stage.check_params(&raw).map_err(|e| {
-                if let Some(field) = unknown_field(&e.message) {
-                    let key = if e.path.is_empty() {
-                        format!("stages.{name}.{field}")
-                    } else {
-                        format!("stages.{name}.{}.{field}", e.path)
-                    };
-                    let expected = expected_fields(&e.message);
-                    return cfg.error(
-                        &key,
-                        format!(
-                            "unknown key{}",
-                            did_you_mean(&field, expected.iter().map(|s| s.as_str()))
-                        ),
-                    );
-                }
-                let key = if e.path.is_empty() {
-                    format!("stages.{name}")
-                } else {
-                    format!("stages.{name}.{}", e.path)
-                };
-                let sweep_note = if assignment.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (with {})", label("", &assignment).trim_start_matches('['))
-                };
-                cfg.error(
-                    &key,
-                    format!(
-                        "{}{}",
-                        e.message,
-                        sweep_note.trim_end_matches(']').to_string()
-                            + if sweep_note.is_empty() { "" } else { ")" }
-                    ),
-                )
-            })?;
+            let params = stage
+                .check_params(&raw)
+                .map_err(|e| param_error(cfg, name, &assignment, e))?;
             // sources
             let mut sources = BTreeMap::new();
             for &p in stage.source_params() {
