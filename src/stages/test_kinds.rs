@@ -82,7 +82,10 @@ impl Stage for TestValueStage {
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: TestValueParams = ctx.params()?;
         log_line(&format!("{} {} start", ctx.stage, ctx.key));
-        std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
+        // LAYERPRUNE_TEST_NO_SLEEP=1 lets a test resume a killed job (same key) without waiting.
+        if std::env::var("LAYERPRUNE_TEST_NO_SLEEP").is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
+        }
         if p.fail {
             log_line(&format!("{} {} fail", ctx.stage, ctx.key));
             bail!("failing on purpose (fail = true)");
