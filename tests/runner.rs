@@ -344,8 +344,10 @@ inputs = { parent = "quick" }
         "{}",
         stdout(&o)
     );
-    // resume, quickly
-    let o = env.run(&["run", "p.toml", "--set", "stages.slow.sleep_ms=0"]);
+    // resume the same job (same key), without its sleep
+    let mut c = env.cmd(&["run", "p.toml"]);
+    c.env("LAYERPRUNE_TEST_NO_SLEEP", "1");
+    let o = c.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("1 jobs run, 1 cached"),
@@ -358,6 +360,12 @@ inputs = { parent = "quick" }
         stderr(&o)
     );
     assert_eq!(complete_artifacts(&env).len(), 2);
+    let leftovers = std::fs::read_dir(env.path("cache/test-value"))
+        .unwrap()
+        .flatten();
+    assert!(leftovers
+        .into_iter()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
 }
 
 #[test]
