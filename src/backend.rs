@@ -59,6 +59,22 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// How many sub-batches to run concurrently: one per CPU core (rayon's pool size) on flex,
+/// one on GPUs.
+pub fn default_workers(kind: BackendKind) -> usize {
+    match kind {
+        BackendKind::Flex => std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
+        BackendKind::Cuda => 1,
+    }
+}
+
 /// Work that runs on any backend.
 pub trait BackendTask {
     type Output;

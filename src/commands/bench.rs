@@ -42,6 +42,8 @@ pub struct ForwardBench<'a> {
     pub files: &'a ModelFiles,
     pub rows: &'a [Vec<u32>],
     pub batch: usize,
+    /// Sub-batches run on their own threads (CPU).
+    pub workers: usize,
 }
 
 impl BackendTask for ForwardBench<'_> {
@@ -62,7 +64,8 @@ impl BackendTask for ForwardBench<'_> {
         let mut tokens = 0;
         for chunk in self.rows.chunks(self.batch) {
             let batch = TokenBatch::right_padded(chunk, 0);
-            let out = model.forward(&batch, Capture::FinalToken, Logits::None)?;
+            let out =
+                model.forward_parallel(&batch, Capture::FinalToken, Logits::None, self.workers)?;
             // read back so that asynchronous backends finish the work inside the timing
             let _ = crate::commands::forward::to_f32_vec(out.final_token_boundaries.unwrap())?;
             tokens += batch.lengths.iter().sum::<usize>();

@@ -92,19 +92,66 @@ impl Rope {
         (make(cos), make(sin))
     }
 
-    /// Rotate x [batch, heads, len, head_dim] with tables [len, head_dim].
-    pub fn apply<B: Backend>(
-        x: Tensor<B, 4>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-    ) -> Tensor<B, 4> {
-        let [_, _, _, dim] = x.dims();
+    /// The rotation for one batch shape: tables expanded to every (row, position, head) so that
+    /// the per-layer work is contiguous element-wise products (fast on every backend), and
+    /// rotate_half written as a matrix product, which is exact (one nonzero term per output).
+    pub fn for_batch<B: Backend>(
+        &self,
+        batch: usize,
+        start: usize,
+        len: usize,
+        heads: &[usize],
+        device: &B::Device,
+        dtype: DType,
+    ) -> RopeBatch<B> {
+        let (cos, sin) = self.tables::<B>(start, len, device, dtype);
+        let dim = 2 * self.inv_freq.len();
         let half = dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = cos.clone().unsqueeze::<4>(); // [1, 1, len, dim]
-        let sin = sin.clone().unsqueeze::<4>();
-        x * cos + rotated * sin
+        // rotate_half(x) = [-x2, x1] = x R with R[j + half, j] = -1 and R[j - half, j] = 1
+        let mut r = vec![0f32; dim * dim];
+        for j in 0..half {
+            r[(j + half) * dim + j] = -1.0;
+            r[j * dim + j + half] = 1.0;
+        }
+        let rotate = Tensor::<B, 2>::from_data(TensorData::new(r, [dim, dim]), (device, dtype));
+        let expand = |t: &Tensor<B, 2>, h: usize| -> Tensor<B, 2> {
+            // [len, dim] -> [batch, len, h, dim] -> [batch * len * h, dim]
+            t.clone()
+                .unsqueeze_dim::<3>(1)
+                .unsqueeze_dim::<4>(0)
+                .expand([batch, len, h, dim])
+                .reshape([batch * len * h, dim])
+        };
+        let mut by_heads = Vec::new();
+        for &h in heads {
+            if !by_heads.iter().any(|(hh, _, _)| *hh == h) {
+                by_heads.push((h, expand(&cos, h), expand(&sin, h)));
+            }
+        }
+        RopeBatch { rotate, by_heads }
+    }
+}
+
+/// RoPE tables for one (batch, length, position offset).
+#[derive(Debug, Clone)]
+pub struct RopeBatch<B: Backend> {
+    /// [head_dim, head_dim]
+    rotate: Tensor<B, 2>,
+    /// (heads, cos, sin) with tables [batch * len * heads, head_dim]
+    by_heads: Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+impl<B: Backend> RopeBatch<B> {
+    /// Rotate x [batch, len, heads, head_dim] (contiguous) -> same shape.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, t, h, d] = x.dims();
+        let (_, cos, sin) = self
+            .by_heads
+            .iter()
+            .find(|(hh, _, _)| *hh == h)
+            .expect("tables for this head count");
+        let x = x.reshape([b * t * h, d]);
+        let rotated = x.clone().matmul(self.rotate.clone());
+        (x * cos.clone() + rotated * sin.clone()).reshape([b, t, h, d])
     }
 }

@@ -18,7 +18,7 @@ use burn::tensor::{
 
 use super::config::ModelConfig;
 use super::linear::Linear;
-use super::rope::Rope;
+use super::rope::{Rope, RopeBatch};
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer<B: Backend> {
@@ -130,15 +130,9 @@ pub fn rms_norm<B: Backend, const D: usize>(
 
 impl<B: Backend> DecoderLayer<B> {
     /// x [batch, seq, hidden] at absolute positions pos_start.. -> [batch, seq, hidden]
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cfg: &ModelConfig,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
         let h = rms_norm(x.clone(), &self.input_norm, cfg.rms_norm_eps);
-        let x = x + self.o_proj.forward(self.attention(h, cfg, cos, sin));
+        let x = x + self.o_proj.forward(self.attention(h, cfg, rope));
         let h = rms_norm(x.clone(), &self.post_attention_norm, cfg.rms_norm_eps);
         x + self.mlp(h)
     }
@@ -150,23 +144,21 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// Causal self-attention; h [batch, seq, hidden] -> [batch, seq, heads * head_dim]
-    fn attention(
-        &self,
-        h: Tensor<B, 3>,
-        cfg: &ModelConfig,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
+    fn attention(&self, h: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2); // [b, heads, t, hd]
-        let q = Rope::apply(split(self.q_proj.forward(h.clone()), nh), cos, sin);
-        let k = Rope::apply(split(self.k_proj.forward(h.clone()), nkv), cos, sin);
-        let v = split(self.v_proj.forward(h), nkv);
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]); // [b, t, n, hd], contiguous
+        let q = rope
+            .apply(heads(self.q_proj.forward(h.clone()), nh))
+            .swap_dims(1, 2); // [b, nh, t, hd]
+        let k = rope
+            .apply(heads(self.k_proj.forward(h.clone()), nkv))
+            .swap_dims(1, 2); // [b, nkv, t, hd]
+        let v = heads(self.v_proj.forward(h), nkv).swap_dims(1, 2);
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
         let options = AttentionModuleOptions {
             scale: None,
@@ -218,17 +210,25 @@ impl<B: Backend> Transformer<B> {
         embedding(self.embed_tokens.clone(), ids)
     }
 
-    /// RoPE tables for positions 0..seq.
-    pub fn rope_tables(&self, seq: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        self.rope.tables::<B>(0, seq, &self.device, self.dtype)
+    /// RoPE tables for a batch of `batch` rows at positions 0..seq.
+    pub fn rope_for(&self, batch: usize, seq: usize) -> RopeBatch<B> {
+        let c = &self.config;
+        self.rope.for_batch(
+            batch,
+            0,
+            seq,
+            &[c.num_attention_heads, c.num_key_value_heads],
+            &self.device,
+            self.dtype,
+        )
     }
 
     /// Run layers start..end of the current list on x [batch, seq, hidden] (positions 0..seq).
     pub fn run_layers(&self, mut x: Tensor<B, 3>, start: usize, end: usize) -> Tensor<B, 3> {
-        let [_, t, _] = x.dims();
-        let (cos, sin) = self.rope_tables(t);
+        let [b, t, _] = x.dims();
+        let rope = self.rope_for(b, t);
         for layer in &self.layers[start..end] {
-            x = layer.forward(x, &self.config, &cos, &sin);
+            x = layer.forward(x, &self.config, &rope);
         }
         x
     }
@@ -254,7 +254,7 @@ impl<B: Backend> Transformer<B> {
         let ids = batch.to_tensor::<B>(&self.device);
         let last = final_positions::<B>(batch, &self.device);
         let mut x = self.embed(ids);
-        let (cos, sin) = self.rope_tables(batch.seq);
+        let rope = self.rope_for(batch.batch, batch.seq);
         let mut finals = Vec::new();
         let mut all = Vec::new();
         let mut keep = |x: &Tensor<B, 3>| match capture {
@@ -264,7 +264,7 @@ impl<B: Backend> Transformer<B> {
         };
         keep(&x);
         for layer in &self.layers {
-            x = layer.forward(x, &self.config, &cos, &sin);
+            x = layer.forward(x, &self.config, &rope);
             keep(&x);
         }
         let out_logits = match logits {
@@ -281,6 +281,80 @@ impl<B: Backend> Transformer<B> {
             final_token_boundaries: (capture == Capture::FinalToken)
                 .then(|| Tensor::stack(finals, 0)),
             boundaries: (capture == Capture::All).then_some(all),
+        })
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    /// `forward` with the batch split into `workers` sub-batches run on their own threads.
+    ///
+    /// For CPU backends: Burn's flex backend parallelises matrix products but runs element-wise
+    /// operations and attention on the calling thread, so independent sub-batches keep every core
+    /// busy (measured by `layerprune bench forward`). Results are identical to `forward`: rows do
+    /// not interact. Use 1 worker on GPUs.
+    pub fn forward_parallel(
+        &self,
+        batch: &TokenBatch,
+        capture: Capture,
+        logits: Logits,
+        workers: usize,
+    ) -> anyhow::Result<ForwardOutput<B>> {
+        let workers = workers.clamp(1, batch.batch.max(1));
+        if workers == 1 {
+            return self.forward(batch, capture, logits);
+        }
+        let per = batch.batch.div_ceil(workers);
+        let parts: Vec<TokenBatch> = (0..batch.batch)
+            .step_by(per)
+            .map(|start| {
+                let end = (start + per).min(batch.batch);
+                TokenBatch {
+                    ids: batch.ids[start * batch.seq..end * batch.seq].to_vec(),
+                    batch: end - start,
+                    seq: batch.seq,
+                    lengths: batch.lengths[start..end].to_vec(),
+                }
+            })
+            .collect();
+        let outs: Vec<anyhow::Result<ForwardOutput<B>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|p| scope.spawn(move || self.forward(p, capture, logits)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a forward worker panicked")))
+                })
+                .collect()
+        });
+        let outs = outs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let cat3 = |v: Vec<Tensor<B, 3>>, dim: usize| Tensor::cat(v, dim);
+        let mut logits_all = Vec::new();
+        let mut final_logits = Vec::new();
+        let mut finals = Vec::new();
+        let mut bounds: Vec<Vec<Tensor<B, 3>>> = Vec::new();
+        for o in outs {
+            logits_all.extend(o.logits);
+            final_logits.extend(o.final_logits);
+            finals.extend(o.final_token_boundaries);
+            if let Some(b) = o.boundaries {
+                if bounds.is_empty() {
+                    bounds = b.into_iter().map(|x| vec![x]).collect();
+                } else {
+                    for (acc, x) in bounds.iter_mut().zip(b) {
+                        acc.push(x);
+                    }
+                }
+            }
+        }
+        Ok(ForwardOutput {
+            logits: (!logits_all.is_empty()).then(|| cat3(logits_all, 0)),
+            final_logits: (!final_logits.is_empty()).then(|| Tensor::cat(final_logits, 0)),
+            final_token_boundaries: (!finals.is_empty()).then(|| cat3(finals, 1)),
+            boundaries: (!bounds.is_empty())
+                .then(|| bounds.into_iter().map(|v| cat3(v, 0)).collect()),
         })
     }
 }
