@@ -1,3 +1,4 @@
 //! Data: tokenizers, text sources, benchmark tasks.
 
+pub mod text;
 pub mod tokenizer;

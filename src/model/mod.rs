@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dequant;
+pub mod export;
 pub mod gguf;
 pub mod host_tensor;
 pub mod linear;

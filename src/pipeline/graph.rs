@@ -352,7 +352,9 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
             // sources
             let mut sources = BTreeMap::new();
             for &p in stage.source_params() {
-                let Some(v) = params.get(p).and_then(|v| v.as_str()) else {
+                // dotted paths reach into tables, e.g. "text.source"
+                let pointer = format!("/{}", p.replace('.', "/"));
+                let Some(v) = params.pointer(&pointer).and_then(|v| v.as_str()) else {
                     continue;
                 };
                 if v.is_empty() {
@@ -429,7 +431,9 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
             // key
             let mut key_params = params.clone();
             for (p, s) in &sources {
-                key_params[p] = Value::String(s.identity.clone());
+                if let Some(slot) = key_params.pointer_mut(&format!("/{}", p.replace('.', "/"))) {
+                    *slot = Value::String(s.identity.clone());
+                }
             }
             let key_doc = serde_json::json!({
                 "kind": stage.kind(),

@@ -1,5 +1,7 @@
 //! `load`: resolve a model source, read its config and tokenizer, record what it is.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -75,20 +77,20 @@ impl Stage for LoadStage {
 }
 
 /// Open the model a `load` artifact describes (re-resolving the source if its path moved).
-pub fn open_model(
-    artifact_dir: &std::path::Path,
-    cache_root: &std::path::Path,
-) -> Result<ModelFiles> {
+pub fn open_model(artifact_dir: &Path, cache_root: &Path) -> Result<ModelFiles> {
     let path = artifact_dir.join("model.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let record: ModelRecord =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
-    let resolved = if record.source.path.exists() {
-        record.source.clone()
-    } else {
-        source::resolve(&record.source.spec, cache_root)?
-    };
+    open_from_record(&record, cache_root)
+}
+
+/// Open the model a `ModelRecord` describes, re-resolving the source if its path moved, and
+/// checking that its content did not change since it was loaded.
+pub fn open_from_record(record: &ModelRecord, cache_root: &Path) -> Result<ModelFiles> {
+    // cheap: pip members are already extracted, local files are hashed once per size and mtime
+    let resolved = source::resolve(&record.source.spec, cache_root)?;
     if resolved.sha256 != record.source.sha256 {
         anyhow::bail!(
             "{}: the model changed since it was loaded (sha256 {} != {})",

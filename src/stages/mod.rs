@@ -4,6 +4,11 @@
 
 pub mod context;
 pub mod load;
+pub mod model_ref;
+pub mod prune;
+pub mod report;
+pub mod select;
+pub mod similarity;
 pub mod test_kinds;
 
 use anyhow::Result;
@@ -86,7 +91,13 @@ pub fn canonical<P: Params>(value: &serde_json::Value) -> Result<serde_json::Val
 
 /// Every stage kind this build knows. Test kinds appear when LAYERPRUNE_TEST_STAGES=1.
 pub fn registry() -> Vec<&'static dyn Stage> {
-    let mut kinds: Vec<&'static dyn Stage> = vec![&load::LoadStage];
+    let mut kinds: Vec<&'static dyn Stage> = vec![
+        &load::LoadStage,
+        &similarity::SimilarityStage,
+        &select::SelectStage,
+        &prune::PruneStage,
+        &report::ReportStage,
+    ];
     if std::env::var("LAYERPRUNE_TEST_STAGES").is_ok_and(|v| v == "1") {
         kinds.push(&test_kinds::TestValueStage);
     }

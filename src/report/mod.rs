@@ -1,0 +1,3 @@
+//! Result tables and the paper's figures.
+
+pub mod figures;

@@ -1,0 +1,135 @@
+//! `prune`: the base model without one block of layers (a light artifact: kept layer list), and
+//! optionally exported in Hugging Face layout.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::load::{open_model, ModelRecord};
+use super::model_ref::PrunedRecord;
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::method::selection::{n_for_fraction, Strategy};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    pub fraction: f64,
+    pub strategy: Strategy,
+    pub export: bool,
+}
+
+impl Params for PruneParams {
+    fn validate(&self) -> Result<(), ParamError> {
+        if !(self.fraction > 0.0 && self.fraction < 1.0) {
+            return Err(ParamError {
+                path: "fraction".into(),
+                message: format!(
+                    "must be in (0, 1), got {} (evaluate the unpruned model from the load stage)",
+                    self.fraction
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub struct PruneStage;
+
+impl Stage for PruneStage {
+    fn kind(&self) -> &'static str {
+        "prune"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn description(&self) -> &'static str {
+        "the model without the selected block (kept-layer list; optional Hugging Face export)"
+    }
+    fn defaults(&self) -> &'static str {
+        include_str!("../../stages/prune.toml")
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[
+            InputSlot {
+                name: "model",
+                kinds: &["load"],
+                required: true,
+                many: false,
+            },
+            InputSlot {
+                name: "selection",
+                kinds: &["select"],
+                required: true,
+                many: false,
+            },
+        ]
+    }
+    fn numeric(&self) -> bool {
+        // the exported weights are written in the compute dtype
+        true
+    }
+    fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
+        canonical::<PruneParams>(params)
+    }
+    fn run(&self, ctx: &JobContext) -> Result<()> {
+        let p: PruneParams = ctx.params()?;
+        let model_dir = &ctx.input("model")?.dir;
+        let base: ModelRecord =
+            serde_json::from_str(&std::fs::read_to_string(model_dir.join("model.json"))?)?;
+        let selection = super::select::read(&ctx.input("selection")?.dir)?;
+        let layers = base.config.num_hidden_layers;
+        if selection.layers != layers {
+            bail!(
+                "the selection was made for {} layers but the model has {layers}",
+                selection.layers
+            );
+        }
+        let n = n_for_fraction(p.fraction, layers);
+        if n == 0 {
+            bail!(
+                "fraction {} of {layers} layers rounds to 0 layers",
+                p.fraction
+            );
+        }
+        let block = selection.find(n, p.strategy).ok_or_else(|| {
+            anyhow::anyhow!("the selection has no {} block of n = {n} layers (fraction {}); add it to the select stage's n", p.strategy, p.fraction)
+        })?;
+        let dropped: Vec<usize> = (block.start..block.end).collect();
+        let kept: Vec<usize> = (0..layers).filter(|l| !dropped.contains(l)).collect();
+        let record = PrunedRecord {
+            base: base.clone(),
+            layers,
+            n,
+            fraction: p.fraction,
+            strategy: p.strategy,
+            start: block.start,
+            end: block.end,
+            d: block.d,
+            kept: kept.clone(),
+            dropped: dropped.clone(),
+        };
+        tracing::info!(
+            "prune: drop {n} of {layers} layers [{}, {}) ({})",
+            block.start,
+            block.end,
+            p.strategy
+        );
+        std::fs::write(
+            ctx.out("pruned.json"),
+            serde_json::to_string_pretty(&record)?,
+        )?;
+        if p.export {
+            let files = open_model(model_dir, &ctx.cache_root)?;
+            let meta = serde_json::json!({
+                "numbering": "0-based original layer numbers",
+                "kept_layers": kept,
+                "dropped_layers": dropped,
+                "strategy": p.strategy,
+                "fraction": p.fraction,
+                "base_source": base.source.spec.to_string(),
+                "base_sha256": base.source.sha256,
+            });
+            crate::model::export::export_hf(&files, &kept, &ctx.out("model"), ctx.precision, meta)?;
+        }
+        Ok(())
+    }
+}
