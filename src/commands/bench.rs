@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::Serialize;
 
-use crate::backend::BackendTask;
+use crate::backend::{default_workers, dispatch, BackendKind, BackendTask, Precision};
 use crate::model::{Capture, Logits, ModelFiles, TokenBatch};
 
 /// Deterministic pseudo-random token rows (xorshift64*), ids in [lo, hi).
@@ -155,4 +155,122 @@ pub fn cpu_threads() -> usize {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+}
+
+fn print_reference(
+    ours: &Throughput,
+    files: &ModelFiles,
+    rows: &[Vec<u32>],
+    batch: usize,
+) -> Result<()> {
+    let threads = cpu_threads();
+    match reference_python() {
+        None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
+        Some(py) => {
+            let reference = reference_forward(&py, &files.source.path, rows, batch, threads)?;
+            println!("transformers  {:>10.1} tokens/s  ({:.2} s, torch threads {threads}, output_hidden_states)", reference.tokens_per_s, reference.seconds);
+            println!("ratio         {:>10.2}x (layerprune / transformers)", ours.tokens_per_s / reference.tokens_per_s);
+        }
+    }
+    Ok(())
+}
+
+/// `layerprune bench forward`.
+pub fn forward(
+    files: &ModelFiles,
+    sequences: usize,
+    seq_len: usize,
+    batch: usize,
+    backend: BackendKind,
+    precision: Precision,
+) -> Result<()> {
+    let rows = random_rows(
+        sequences,
+        seq_len,
+        1,
+        files.config.vocab_size as u32,
+        0x5EED,
+    );
+    println!(
+        "forward keeping every boundary: {sequences} sequences x {seq_len} tokens, batch {batch}, {backend} {precision}, {} CPU threads",
+        cpu_threads()
+    );
+    let ours = dispatch(
+        backend,
+        precision,
+        ForwardBench {
+            files,
+            rows: &rows,
+            batch,
+            workers: default_workers(backend),
+        },
+    )?;
+    println!(
+        "layerprune    {:>10.1} tokens/s  ({:.2} s)",
+        ours.tokens_per_s, ours.seconds
+    );
+    print_reference(&ours, files, &rows, batch)
+}
+
+struct SimilarityBench<'a> {
+    files: &'a ModelFiles,
+    rows: &'a [Vec<u32>],
+    batch: usize,
+    workers: usize,
+}
+
+impl BackendTask for SimilarityBench<'_> {
+    type Output = Throughput;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Throughput> {
+        let model = self.files.build::<B>(&device, dtype)?;
+        let start = Instant::now();
+        let d = crate::method::similarity::measure(&model, self.rows, self.batch, self.workers, 0)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let tokens: usize = self.rows.iter().map(|r| r.len()).sum();
+        tracing::debug!("d(1, l) = {:?}", d.d[0]);
+        Ok(Throughput {
+            tokens,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds,
+        })
+    }
+}
+
+/// `layerprune bench similarity`: the similarity stage's work on held-out text windows.
+pub fn similarity(
+    files: &ModelFiles,
+    text: &Path,
+    samples: usize,
+    seq_len: usize,
+    batch: usize,
+    backend: BackendKind,
+    precision: Precision,
+) -> Result<()> {
+    let spec = crate::data::text::TextSpec {
+        source: text.display().to_string(),
+        part: crate::data::text::Part::Heldout,
+        holdout_every: 10,
+        field: "text".into(),
+    };
+    let rows =
+        crate::data::text::load_windows(text, &spec, &files.tokenizer, seq_len, Some(samples))?;
+    println!(
+        "similarity: {samples} held-out windows x {seq_len} tokens, batch {batch}, {backend} {precision}, {} CPU threads",
+        cpu_threads()
+    );
+    let ours = dispatch(
+        backend,
+        precision,
+        SimilarityBench {
+            files,
+            rows: &rows,
+            batch,
+            workers: default_workers(backend),
+        },
+    )?;
+    println!(
+        "layerprune    {:>10.1} tokens/s  ({:.2} s, distances included)",
+        ours.tokens_per_s, ours.seconds
+    );
+    print_reference(&ours, files, &rows, batch)
 }
