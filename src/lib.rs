@@ -8,6 +8,7 @@ pub mod backend;
 pub mod commands;
 pub mod data;
 pub mod digest;
+pub mod eval;
 pub mod method;
 pub mod model;
 pub mod paths;

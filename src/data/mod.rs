@@ -1,4 +1,6 @@
 //! Data: tokenizers, text sources, benchmark tasks.
 
+pub mod records;
+pub mod tasks;
 pub mod text;
 pub mod tokenizer;

@@ -67,31 +67,6 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// cos and sin tables for positions start..start+len: each [len, head_dim].
-    pub fn tables<B: Backend>(
-        &self,
-        start: usize,
-        len: usize,
-        device: &B::Device,
-        dtype: DType,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let half = self.inv_freq.len();
-        let dim = 2 * half;
-        let mut cos = Vec::with_capacity(len * dim);
-        let mut sin = Vec::with_capacity(len * dim);
-        for p in start..start + len {
-            let row: Vec<f32> = self.inv_freq.iter().map(|&f| p as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|&a| (a as f64).cos() as f32));
-                sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
-            }
-        }
-        let make = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [len, dim]), (device, dtype))
-        };
-        (make(cos), make(sin))
-    }
-
     /// The rotation for one batch shape: tables expanded to every (row, position, head) so that
     /// the per-layer work is contiguous element-wise products (fast on every backend), and
     /// rotate_half written as a matrix product, which is exact (one nonzero term per output).
@@ -104,9 +79,34 @@ impl Rope {
         device: &B::Device,
         dtype: DType,
     ) -> RopeBatch<B> {
-        let (cos, sin) = self.tables::<B>(start, len, device, dtype);
-        let dim = 2 * self.inv_freq.len();
-        let half = dim / 2;
+        self.for_rows(&vec![start; batch], len, heads, device, dtype)
+    }
+
+    /// As `for_batch`, with row r at positions starts[r] .. starts[r] + len (a suffix after a
+    /// cached prefix of starts[r] tokens).
+    pub fn for_rows<B: Backend>(
+        &self,
+        starts: &[usize],
+        len: usize,
+        heads: &[usize],
+        device: &B::Device,
+        dtype: DType,
+    ) -> RopeBatch<B> {
+        let batch = starts.len();
+        let half = self.inv_freq.len();
+        let dim = 2 * half;
+        let mut cos = Vec::with_capacity(batch * len * dim);
+        let mut sin = Vec::with_capacity(batch * len * dim);
+        for &start in starts {
+            for p in start..start + len {
+                // transformers: angle = position * inv_freq in float32, then cos/sin
+                let row: Vec<f32> = self.inv_freq.iter().map(|&f| p as f32 * f).collect();
+                for _ in 0..2 {
+                    cos.extend(row.iter().map(|&a| (a as f64).cos() as f32));
+                    sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
+                }
+            }
+        }
         // rotate_half(x) = [-x2, x1] = x R with R[j + half, j] = -1 and R[j - half, j] = 1
         let mut r = vec![0f32; dim * dim];
         for j in 0..half {
@@ -114,11 +114,13 @@ impl Rope {
             r[j * dim + j + half] = 1.0;
         }
         let rotate = Tensor::<B, 2>::from_data(TensorData::new(r, [dim, dim]), (device, dtype));
-        let expand = |t: &Tensor<B, 2>, h: usize| -> Tensor<B, 2> {
-            // [len, dim] -> [batch, len, h, dim] -> [batch * len * h, dim]
+        let upload = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, [batch, len, 1, dim]), (device, dtype))
+        };
+        let (cos, sin) = (upload(cos), upload(sin));
+        let expand = |t: &Tensor<B, 4>, h: usize| -> Tensor<B, 2> {
+            // [batch, len, 1, dim] -> [batch, len, h, dim] -> [batch * len * h, dim]
             t.clone()
-                .unsqueeze_dim::<3>(1)
-                .unsqueeze_dim::<4>(0)
                 .expand([batch, len, h, dim])
                 .reshape([batch * len * h, dim])
         };

@@ -13,7 +13,7 @@
 
 use burn::tensor::{
     activation::silu, backend::Backend, module::attention, module::embedding,
-    ops::AttentionModuleOptions, DType, Int, Tensor, TensorData,
+    ops::AttentionModuleOptions, Bool, DType, Int, Tensor, TensorData,
 };
 
 use super::config::ModelConfig;
@@ -128,13 +128,40 @@ pub fn rms_norm<B: Backend, const D: usize>(
     x * weight.clone().unsqueeze::<D>()
 }
 
+/// Keys and values of one layer for a cached prefix, after RoPE: [batch, kv_heads, len, head_dim].
+#[derive(Debug, Clone)]
+pub struct LayerKv<B: Backend> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+}
+
+/// Attention over cached keys/values plus the new tokens.
+pub struct Past<'a, B: Backend> {
+    pub kv: &'a LayerKv<B>,
+    /// [batch, 1, new, cached + new], true = masked out
+    pub mask: Tensor<B, 4, Bool>,
+}
+
 impl<B: Backend> DecoderLayer<B> {
-    /// x [batch, seq, hidden] at absolute positions pos_start.. -> [batch, seq, hidden]
+    /// x [batch, seq, hidden] -> [batch, seq, hidden]
     pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
+        self.forward_kv(x, cfg, rope, None).0
+    }
+
+    /// The block, also returning this call's keys and values (for a prefix cache); with `past`,
+    /// the new tokens also attend to the cached ones under `past.mask`.
+    pub fn forward_kv(
+        &self,
+        x: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        rope: &RopeBatch<B>,
+        past: Option<Past<B>>,
+    ) -> (Tensor<B, 3>, LayerKv<B>) {
         let h = rms_norm(x.clone(), &self.input_norm, cfg.rms_norm_eps);
-        let x = x + self.o_proj.forward(self.attention(h, cfg, rope));
+        let (attn, kv) = self.attention(h, cfg, rope, past);
+        let x = x + self.o_proj.forward(attn);
         let h = rms_norm(x.clone(), &self.post_attention_norm, cfg.rms_norm_eps);
-        x + self.mlp(h)
+        (x + self.mlp(h), kv)
     }
 
     /// SwiGLU: down(silu(gate(h)) * up(h)); h [batch, seq, hidden]
@@ -143,8 +170,15 @@ impl<B: Backend> DecoderLayer<B> {
             .forward(silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h))
     }
 
-    /// Causal self-attention; h [batch, seq, hidden] -> [batch, seq, heads * head_dim]
-    fn attention(&self, h: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
+    /// Self-attention, causal (or under the past's mask); h [batch, seq, hidden] ->
+    /// [batch, seq, heads * head_dim], plus the new keys/values [batch, kv_heads, seq, head_dim].
+    fn attention(
+        &self,
+        h: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        rope: &RopeBatch<B>,
+        past: Option<Past<B>>,
+    ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -159,14 +193,30 @@ impl<B: Backend> DecoderLayer<B> {
             .apply(heads(self.k_proj.forward(h.clone()), nkv))
             .swap_dims(1, 2); // [b, nkv, t, hd]
         let v = heads(self.v_proj.forward(h), nkv).swap_dims(1, 2);
+        let new = LayerKv {
+            k: k.clone(),
+            v: v.clone(),
+        };
+        let (k, v, mask) = match past {
+            None => (k, v, None),
+            Some(p) => {
+                let [_, _, q_len, k_len] = p.mask.dims();
+                let mask = p.mask.expand([b, nh, q_len, k_len]);
+                (
+                    Tensor::cat(vec![p.kv.k.clone(), k], 2),
+                    Tensor::cat(vec![p.kv.v.clone(), v], 2),
+                    Some(mask),
+                )
+            }
+        };
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
-            is_causal: true,
+            is_causal: mask.is_none(),
         };
-        let out = attention(q, k, v, None, None, options); // [b, nh, t, hd]
-        out.swap_dims(1, 2).reshape([b, t, nh * hd])
+        let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
+        (out.swap_dims(1, 2).reshape([b, t, nh * hd]), new)
     }
 }
 
@@ -356,6 +406,94 @@ impl<B: Backend> Transformer<B> {
             boundaries: (!bounds.is_empty())
                 .then(|| bounds.into_iter().map(|v| cat3(v, 0)).collect()),
         })
+    }
+}
+
+/// Keys and values of every layer for a batch of prefixes (right-padded to the longest).
+#[derive(Debug, Clone)]
+pub struct PrefixCache<B: Backend> {
+    /// Per layer: [prefixes, kv_heads, max_len, head_dim]
+    pub layers: Vec<LayerKv<B>>,
+    /// Real length of each prefix.
+    pub lengths: Vec<usize>,
+    pub max_len: usize,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Run a batch of prefixes, keeping every layer's keys/values: returns x(L) [batch, seq, hidden]
+    /// (before the final norm) and the cache.
+    pub fn prefix_pass(&self, batch: &TokenBatch) -> (Tensor<B, 3>, PrefixCache<B>) {
+        let mut x = self.embed(batch.to_tensor::<B>(&self.device));
+        let rope = self.rope_for(batch.batch, batch.seq);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (y, kv) = layer.forward_kv(x, &self.config, &rope, None);
+            x = y;
+            layers.push(kv);
+        }
+        (
+            x,
+            PrefixCache {
+                layers,
+                lengths: batch.lengths.clone(),
+                max_len: batch.seq,
+            },
+        )
+    }
+
+    /// Run suffix rows after cached prefixes: row r continues prefix `prefix_of[r]` (its tokens
+    /// sit at positions len(prefix) ..). Returns x(L) [rows, suffix_len, hidden].
+    pub fn suffix_pass(
+        &self,
+        cache: &PrefixCache<B>,
+        prefix_of: &[usize],
+        suffix: &TokenBatch,
+    ) -> Tensor<B, 3> {
+        let (b, s, p) = (suffix.batch, suffix.seq, cache.max_len);
+        assert_eq!(prefix_of.len(), b, "one prefix index per suffix row");
+        let starts: Vec<usize> = prefix_of.iter().map(|&i| cache.lengths[i]).collect();
+        // mask [b, 1, s, p + s]: cached key j is visible if it is a real prefix token; new key j
+        // is visible to query i if j <= i (causal)
+        let mut masked = Vec::with_capacity(b * s * (p + s));
+        for &start in &starts {
+            for i in 0..s {
+                masked.extend((0..p).map(|j| j >= start));
+                masked.extend((0..s).map(|j| j > i));
+            }
+        }
+        let mask = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(masked, [b, 1, s, p + s]),
+            &self.device,
+        );
+        let c = &self.config;
+        let rope = self.rope.for_rows(
+            &starts,
+            s,
+            &[c.num_attention_heads, c.num_key_value_heads],
+            &self.device,
+            self.dtype,
+        );
+        let idx: Vec<i64> = prefix_of.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &self.device);
+        let mut x = self.embed(suffix.to_tensor::<B>(&self.device));
+        for (layer, kv) in self.layers.iter().zip(&cache.layers) {
+            let rows = LayerKv {
+                k: kv.k.clone().select(0, idx.clone()),
+                v: kv.v.clone().select(0, idx.clone()),
+            };
+            x = layer
+                .forward_kv(
+                    x,
+                    c,
+                    &rope,
+                    Some(Past {
+                        kv: &rows,
+                        mask: mask.clone(),
+                    }),
+                )
+                .0;
+        }
+        x
     }
 }
 

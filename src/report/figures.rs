@@ -241,3 +241,172 @@ pub fn similarity_figures(dir: &Path, dist: &Distances, model: &str) -> Result<(
     )?;
     Ok(())
 }
+
+/// One curve of a "metric against fraction of layers dropped" panel.
+pub struct Curve {
+    pub label: String,
+    pub color: RGBColor,
+    /// Dashed curves are drawn thinner, for unhealed models next to healed ones.
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One panel: a metric against the fraction of layers dropped, with the unpruned baseline (red,
+/// dashed) and a reference line (gray, dashed: random guessing, or 1.0 for normalised loss).
+pub struct Panel {
+    pub title: String,
+    pub y_label: String,
+    pub curves: Vec<Curve>,
+    pub baseline: Option<f64>,
+    pub reference: Option<f64>,
+}
+
+fn dashed_line(points: &[(f64, f64)], style: ShapeStyle) -> Vec<PathElement<(f64, f64)>> {
+    // short segments along the polyline
+    let mut out = Vec::new();
+    for w in points.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        for k in 0..10 {
+            if k % 2 == 0 {
+                let t0 = k as f64 / 10.0;
+                let t1 = (k + 1) as f64 / 10.0;
+                out.push(PathElement::new(
+                    vec![
+                        (a.0 + (b.0 - a.0) * t0, a.1 + (b.1 - a.1) * t0),
+                        (a.0 + (b.0 - a.0) * t1, a.1 + (b.1 - a.1) * t1),
+                    ],
+                    style,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    x_max: f64,
+) -> Result<()> {
+    let mut ys: Vec<f64> = p
+        .curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|q| q.1))
+        .collect();
+    ys.extend(p.baseline);
+    ys.extend(p.reference);
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("fraction of layers dropped")
+        .y_desc(&p.y_label)
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    if let Some(b) = p.baseline {
+        chart
+            .draw_series(dashed_line(&[(0.0, b), (x_max, b)], RED.stroke_width(2)))
+            .map_err(err)?
+            .label("unpruned")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+    }
+    if let Some(r) = p.reference {
+        chart
+            .draw_series(dashed_line(
+                &[(0.0, r), (x_max, r)],
+                RGBColor(150, 150, 150).stroke_width(2),
+            ))
+            .map_err(err)?;
+    }
+    for c in &p.curves {
+        let style = if c.dashed {
+            c.color.stroke_width(1)
+        } else {
+            c.color.stroke_width(2)
+        };
+        let series = if c.dashed {
+            chart
+                .draw_series(dashed_line(&c.points, style))
+                .map_err(err)?
+        } else {
+            chart
+                .draw_series(LineSeries::new(c.points.clone(), style))
+                .map_err(err)?
+        };
+        let color = c.color;
+        series.label(&c.label).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+        });
+        chart
+            .draw_series(
+                c.points
+                    .iter()
+                    .map(|&q| Circle::new(q, 3, c.color.filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font(("sans-serif", 11))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Panel],
+    title: &str,
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+    let cols = panels.len().min(3).max(1);
+    let rows = panels.len().div_ceil(cols);
+    let x_max = panels
+        .iter()
+        .flat_map(|p| p.curves.iter().flat_map(|c| c.points.iter().map(|q| q.0)))
+        .fold(0.5f64, f64::max)
+        * 1.05;
+    let areas = root.split_evenly((rows, cols));
+    for (area, p) in areas.iter().zip(panels) {
+        draw_panel(area, p, x_max)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Metric-against-fraction panels (paper Figs. 1d, 2, 3, 5, 6) as `<stem>.svg` and `<stem>.png`.
+pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
+    register_font();
+    let cols = panels.len().min(3).max(1) as u32;
+    let rows = panels.len().div_ceil(3).max(1) as u32;
+    let size = (420 * cols + 20, 360 * rows + 40);
+    draw_panels(
+        SVGBackend::new(&dir.join(format!("{stem}.svg")), size).into_drawing_area(),
+        panels,
+        title,
+    )?;
+    draw_panels(
+        BitMapBackend::new(&dir.join(format!("{stem}.png")), size).into_drawing_area(),
+        panels,
+        title,
+    )?;
+    Ok(())
+}

@@ -3,6 +3,8 @@
 //! writes into its output directory.
 
 pub mod context;
+pub mod eval_loss;
+pub mod eval_qa;
 pub mod load;
 pub mod model_ref;
 pub mod prune;
@@ -96,6 +98,8 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &similarity::SimilarityStage,
         &select::SelectStage,
         &prune::PruneStage,
+        &eval_qa::EvalQaStage,
+        &eval_loss::EvalLossStage,
         &report::ReportStage,
     ];
     if std::env::var("LAYERPRUNE_TEST_STAGES").is_ok_and(|v| v == "1") {

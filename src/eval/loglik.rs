@@ -1,0 +1,306 @@
+//! Log-likelihoods of continuations given contexts, the way lm-evaluation-harness scores
+//! multiple-choice tasks, with the forward passes shared where the mathematics allows:
+//!
+//! - requests with the same context (the choices of one question) share one forward pass of the
+//!   context; a single-token continuation needs nothing more, a longer one runs as a short suffix
+//!   on the context's cached keys/values;
+//! - with `shared_prefix`, the longest token prefix common to all contexts (an MMLU subject's
+//!   few-shot exemplars) is computed once and every context continues it from the cache.
+//!
+//! The input of a request is (context + continuation)[-(max_length + 1):][:-1], as in the
+//! harness; its log-likelihood is the sum of the log-softmax at the continuation tokens.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+
+use crate::commands::forward::to_f32_vec;
+use crate::model::transformer::{gather_rows, PrefixCache};
+use crate::model::{TokenBatch, Transformer};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Request {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub loglik: f64,
+    /// Every continuation token is the argmax of its distribution.
+    pub greedy: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreOptions {
+    pub batch_size: usize,
+    pub workers: usize,
+    pub shared_prefix: bool,
+    pub max_length: usize,
+    pub pad_id: u32,
+}
+
+/// Requests with one context.
+struct Group {
+    context: Vec<u32>,
+    members: Vec<usize>,
+}
+
+/// Minimum shared prefix worth caching (shorter prefixes are recomputed).
+const MIN_SHARED_PREFIX: usize = 16;
+
+fn truncate(r: &Request, max_length: usize) -> Request {
+    let total = r.context.len() + r.continuation.len();
+    if total <= max_length + 1 {
+        return r.clone();
+    }
+    let drop = (total - (max_length + 1)).min(r.context.len().saturating_sub(1));
+    Request {
+        context: r.context[drop..].to_vec(),
+        continuation: r.continuation.clone(),
+    }
+}
+
+/// Log-probabilities of `targets` at rows of x(L) [b, t, hidden] selected by flat indices.
+fn target_logprobs<B: Backend>(
+    model: &Transformer<B>,
+    x: Tensor<B, 3>,
+    flat: Vec<i64>,
+    targets: Vec<i64>,
+) -> Result<(Vec<f32>, Vec<bool>)> {
+    if flat.is_empty() {
+        return Ok((vec![], vec![]));
+    }
+    let n = flat.len();
+    let device = &model.device;
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), device);
+    let logits = model.head(gather_rows(x, &idx)); // [n, vocab]
+    let logp = log_softmax(logits, 1);
+    let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.clone(), [n, 1]), device);
+    let values = to_f32_vec(logp.clone().gather(1, tgt))?;
+    let argmax = logp
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let greedy = argmax.iter().zip(&targets).map(|(a, t)| a == t).collect();
+    Ok((values, greedy))
+}
+
+/// Score a chunk of groups (optionally continuing a shared prefix); returns (request index, score).
+fn score_groups<B: Backend>(
+    model: &Transformer<B>,
+    requests: &[Request],
+    groups: &[&Group],
+    shared: Option<(&PrefixCache<B>, usize)>,
+    opts: &ScoreOptions,
+) -> Result<Vec<(usize, Scored)>> {
+    let mut out = Vec::new();
+    for chunk in groups.chunks(opts.batch_size.max(1)) {
+        let skip = shared.map(|(_, p)| p).unwrap_or(0);
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|g| g.context[skip..].to_vec()).collect();
+        let batch = TokenBatch::right_padded(&rows, opts.pad_id);
+        let (x, cache) = match shared {
+            Some((prefix, _)) => (
+                model.suffix_pass(prefix, &vec![0; rows.len()], &batch),
+                None,
+            ),
+            None => {
+                let (x, cache) = model.prefix_pass(&batch);
+                (x, Some(cache))
+            }
+        };
+        // first continuation token of every request: at the last context position
+        let mut flat = Vec::new();
+        let mut targets = Vec::new();
+        let mut owners = Vec::new();
+        for (gi, g) in chunk.iter().enumerate() {
+            let last = (gi * batch.seq + rows[gi].len() - 1) as i64;
+            for &m in &g.members {
+                flat.push(last);
+                targets.push(requests[m].continuation[0] as i64);
+                owners.push(m);
+            }
+        }
+        let (values, greedy) = target_logprobs(model, x, flat, targets)?;
+        let mut scores: HashMap<usize, Scored> = HashMap::new();
+        for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
+            scores.insert(
+                m,
+                Scored {
+                    loglik: v as f64,
+                    greedy: g,
+                },
+            );
+        }
+        // longer continuations: the rest runs as suffixes on the contexts' cache
+        let mut suffix_rows = Vec::new();
+        let mut prefix_of = Vec::new();
+        let mut suffix_owner = Vec::new();
+        for (gi, g) in chunk.iter().enumerate() {
+            for &m in &g.members {
+                let cont = &requests[m].continuation;
+                if cont.len() > 1 {
+                    suffix_rows.push(cont[..cont.len() - 1].to_vec());
+                    prefix_of.push(gi);
+                    suffix_owner.push(m);
+                }
+            }
+        }
+        if !suffix_rows.is_empty() {
+            let cache = cache.ok_or_else(|| {
+                anyhow::anyhow!("multi-token continuations cannot continue a shared prefix")
+            })?;
+            let sb = TokenBatch::right_padded(&suffix_rows, opts.pad_id);
+            let x = model.suffix_pass(&cache, &prefix_of, &sb);
+            let mut flat = Vec::new();
+            let mut targets = Vec::new();
+            let mut owners = Vec::new();
+            for (r, &m) in suffix_owner.iter().enumerate() {
+                let cont = &requests[m].continuation;
+                for j in 0..cont.len() - 1 {
+                    flat.push((r * sb.seq + j) as i64);
+                    targets.push(cont[j + 1] as i64);
+                    owners.push(m);
+                }
+            }
+            let (values, greedy) = target_logprobs(model, x, flat, targets)?;
+            for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
+                let s = scores.get_mut(&m).expect("first token scored");
+                s.loglik += v as f64;
+                s.greedy &= g;
+            }
+        }
+        let mut members: Vec<usize> = chunk
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .collect();
+        members.sort_unstable();
+        out.extend(members.into_iter().map(|m| (m, scores[&m])));
+    }
+    Ok(out)
+}
+
+fn common_prefix_len(groups: &[Group]) -> usize {
+    let Some(first) = groups.first() else {
+        return 0;
+    };
+    let mut n = first.context.len();
+    for g in &groups[1..] {
+        n = n.min(
+            first
+                .context
+                .iter()
+                .zip(&g.context)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    n
+}
+
+/// Score every request; results are in request order.
+pub fn score<B: Backend>(
+    model: &Transformer<B>,
+    requests: &[Request],
+    opts: &ScoreOptions,
+) -> Result<Vec<Scored>> {
+    let requests: Vec<Request> = requests
+        .iter()
+        .map(|r| truncate(r, opts.max_length))
+        .collect();
+    for (i, r) in requests.iter().enumerate() {
+        if r.context.is_empty() || r.continuation.is_empty() {
+            anyhow::bail!("request {i} has an empty context or continuation");
+        }
+    }
+    // group by identical context, in order of first appearance
+    let mut index: HashMap<&[u32], usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        match index.get(r.context.as_slice()) {
+            Some(&g) => groups[g].members.push(i),
+            None => {
+                index.insert(&r.context, groups.len());
+                groups.push(Group {
+                    context: r.context.clone(),
+                    members: vec![i],
+                });
+            }
+        }
+    }
+    let single_token = requests.iter().all(|r| r.continuation.len() == 1);
+    let min_ctx = groups.iter().map(|g| g.context.len()).min().unwrap_or(0);
+    let shared_len = if opts.shared_prefix && single_token && groups.len() > 1 {
+        common_prefix_len(&groups).min(min_ctx.saturating_sub(1))
+    } else {
+        0
+    };
+    let shared = if shared_len >= MIN_SHARED_PREFIX {
+        let batch =
+            TokenBatch::right_padded(&[groups[0].context[..shared_len].to_vec()], opts.pad_id);
+        Some(model.prefix_pass(&batch).1)
+    } else {
+        None
+    };
+    let shared_ref = shared.as_ref().map(|c| (c, shared_len));
+    let refs: Vec<&Group> = groups.iter().collect();
+    let workers = opts.workers.clamp(1, refs.len().max(1));
+    let per = refs.len().div_ceil(workers).max(1);
+    let parts: Vec<Result<Vec<(usize, Scored)>>> = if workers == 1 {
+        vec![score_groups(model, &requests, &refs, shared_ref, opts)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = refs
+                .chunks(per)
+                .map(|chunk| {
+                    let reqs = &requests;
+                    scope.spawn(move || score_groups(model, reqs, chunk, shared_ref, opts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut scores = vec![None; requests.len()];
+    for part in parts {
+        for (i, s) in part? {
+            scores[i] = Some(s);
+        }
+    }
+    Ok(scores
+        .into_iter()
+        .map(|s| s.expect("every request scored"))
+        .collect())
+}
+
+/// Log-softmax at the last context token for a few candidate tokens (the paper's scoring:
+/// next-token probabilities of the answer tokens). Returns [contexts][candidates].
+pub fn next_token_logprobs<B: Backend>(
+    model: &Transformer<B>,
+    contexts: &[Vec<u32>],
+    candidates: &[u32],
+    opts: &ScoreOptions,
+) -> Result<Vec<Vec<f64>>> {
+    let requests: Vec<Request> = contexts
+        .iter()
+        .flat_map(|c| {
+            candidates.iter().map(move |&t| Request {
+                context: c.clone(),
+                continuation: vec![t],
+            })
+        })
+        .collect();
+    let scored = score(model, &requests, opts)?;
+    Ok(scored
+        .chunks(candidates.len())
+        .map(|c| c.iter().map(|s| s.loglik).collect())
+        .collect())
+}

@@ -1,0 +1,83 @@
+//! Validation loss: mean next-token cross-entropy in nats per predicted token over fixed windows
+//! of seq_len tokens (each window predicts its tokens 1..seq_len-1 from the ones before).
+
+use anyhow::Result;
+use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+
+use crate::commands::forward::to_f32_vec;
+use crate::model::transformer::gather_rows;
+use crate::model::{TokenBatch, Transformer};
+use crate::progress::Progress;
+
+/// Summed cross-entropy (nats) and prediction count of each window.
+fn chunk_losses<B: Backend>(
+    model: &Transformer<B>,
+    windows: &[Vec<u32>],
+    batch: usize,
+    progress: Option<&std::sync::Mutex<Progress>>,
+) -> Result<Vec<(f64, usize)>> {
+    let mut out = Vec::new();
+    for chunk in windows.chunks(batch.max(1)) {
+        let tb = TokenBatch::right_padded(chunk, 0);
+        let n_layers = model.num_layers();
+        let x = model.run_layers(model.embed(tb.to_tensor::<B>(&model.device)), 0, n_layers); // [b, t, hidden]
+        let mut flat = Vec::new();
+        let mut targets = Vec::new();
+        for (r, w) in chunk.iter().enumerate() {
+            for j in 0..w.len().saturating_sub(1) {
+                flat.push((r * tb.seq + j) as i64);
+                targets.push(w[j + 1] as i64);
+            }
+        }
+        let n = flat.len();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), &model.device);
+        let logp = log_softmax(model.head(gather_rows(x, &idx)), 1); // [n, vocab]
+        let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device);
+        let lp = to_f32_vec(logp.gather(1, tgt))?;
+        let mut k = 0;
+        for w in chunk {
+            let m = w.len().saturating_sub(1);
+            let s: f64 = lp[k..k + m].iter().map(|&v| -(v as f64)).sum();
+            out.push((s, m));
+            k += m;
+        }
+        if let Some(p) = progress {
+            p.lock().unwrap().inc(chunk.len() as u64);
+        }
+    }
+    Ok(out)
+}
+
+/// Per-window (summed nats, predictions), using `workers` threads on CPU backends.
+pub fn window_losses<B: Backend>(
+    model: &Transformer<B>,
+    windows: &[Vec<u32>],
+    batch: usize,
+    workers: usize,
+) -> Result<Vec<(f64, usize)>> {
+    let progress = std::sync::Mutex::new(Progress::new(windows.len() as u64, "eval-loss"));
+    let workers = workers.clamp(1, windows.len().max(1));
+    let per = windows.len().div_ceil(workers).max(1);
+    let parts: Vec<Result<Vec<(f64, usize)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = windows
+            .chunks(per)
+            .map(|c| {
+                let p = &progress;
+                scope.spawn(move || chunk_losses(model, c, batch, Some(p)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a loss worker panicked")))
+            })
+            .collect()
+    });
+    progress.into_inner().unwrap().finish();
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,5 @@
+//! Evaluation: log-likelihood scoring, multiple-choice metrics, validation loss.
+
+pub mod loglik;
+pub mod loss;
+pub mod metrics;

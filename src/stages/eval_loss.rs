@@ -1,0 +1,168 @@
+//! `eval-loss`: validation loss on fixed windows of a held-out text set.
+
+use anyhow::Result;
+use burn::tensor::{backend::Backend, DType};
+use serde::{Deserialize, Serialize};
+
+use super::model_ref::{ModelRef, Variant};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::backend::{default_workers, dispatch, BackendTask};
+use crate::data::text::{load_windows, TextSpec};
+use crate::eval::loss::window_losses;
+use crate::eval::metrics::mean_stderr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalLossParams {
+    pub seq_len: usize,
+    pub windows: usize,
+    pub batch_size: usize,
+    pub text: TextSpec,
+}
+
+impl Params for EvalLossParams {
+    fn validate(&self) -> Result<(), ParamError> {
+        if self.seq_len < 2 {
+            return Err(ParamError {
+                path: "seq_len".into(),
+                message: format!("must be at least 2, got {}", self.seq_len),
+            });
+        }
+        if self.batch_size == 0 {
+            return Err(ParamError {
+                path: "batch_size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        self.text.validate().map_err(|m| ParamError {
+            path: "text.holdout_every".into(),
+            message: m,
+        })
+    }
+}
+
+/// The artifact: loss.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossRecord {
+    pub variant: Variant,
+    pub model_key: String,
+    pub label: String,
+    pub definition: String,
+    /// Mean cross-entropy in nats per predicted token.
+    pub loss: f64,
+    /// loss / ln(vocab_size)
+    pub loss_normalized: f64,
+    /// Standard error of the per-window mean losses.
+    pub stderr: f64,
+    pub vocab_size: usize,
+    pub windows: usize,
+    pub seq_len: usize,
+    pub predicted_tokens: usize,
+    pub loss_per_window: Vec<f64>,
+    pub window_first_ids: Vec<Vec<u32>>,
+}
+
+struct Compute<'a> {
+    model: &'a ModelRef,
+    windows: &'a [Vec<u32>],
+    batch: usize,
+    workers: usize,
+}
+
+impl BackendTask for Compute<'_> {
+    type Output = Vec<(f64, usize)>;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
+        let model = self.model.build::<B>(&device, dtype)?;
+        window_losses(&model, self.windows, self.batch, self.workers)
+    }
+}
+
+pub struct EvalLossStage;
+
+impl Stage for EvalLossStage {
+    fn kind(&self) -> &'static str {
+        "eval-loss"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn description(&self) -> &'static str {
+        "validation loss (nats per predicted token) and loss / ln(vocab) on fixed held-out windows"
+    }
+    fn defaults(&self) -> &'static str {
+        include_str!("../../stages/eval-loss.toml")
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[InputSlot {
+            name: "model",
+            kinds: &["load", "prune", "heal"],
+            required: true,
+            many: false,
+        }]
+    }
+    fn source_params(&self) -> &'static [&'static str] {
+        &["text.source"]
+    }
+    fn numeric(&self) -> bool {
+        true
+    }
+    fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
+        canonical::<EvalLossParams>(params)
+    }
+    fn run(&self, ctx: &JobContext) -> Result<()> {
+        let p: EvalLossParams = ctx.params()?;
+        let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;
+        let text = ctx.source("text.source")?;
+        let count = if p.windows == 0 {
+            None
+        } else {
+            Some(p.windows)
+        };
+        let windows = load_windows(
+            &text.path,
+            &p.text,
+            &model.files.tokenizer,
+            p.seq_len,
+            count,
+        )?;
+        let losses = dispatch(
+            ctx.backend,
+            ctx.precision,
+            Compute {
+                model: &model,
+                windows: &windows,
+                batch: p.batch_size,
+                workers: default_workers(ctx.backend),
+            },
+        )?;
+        let total: f64 = losses.iter().map(|(s, _)| s).sum();
+        let count: usize = losses.iter().map(|(_, n)| n).sum();
+        let per_window: Vec<f64> = losses.iter().map(|(s, n)| s / *n as f64).collect();
+        let (_, stderr) = mean_stderr(&per_window);
+        let vocab = model.files.config.vocab_size;
+        let loss = total / count as f64;
+        let record = LossRecord {
+            label: super::eval_qa::variant_label(&model.variant),
+            variant: model.variant.clone(),
+            model_key: model.key.clone(),
+            definition: "mean next-token cross-entropy in nats per predicted token over fixed windows; normalized = loss / ln(vocab_size)".into(),
+            loss,
+            loss_normalized: loss / (vocab as f64).ln(),
+            stderr,
+            vocab_size: vocab,
+            windows: windows.len(),
+            seq_len: p.seq_len,
+            predicted_tokens: count,
+            loss_per_window: per_window,
+            window_first_ids: windows.iter().map(|w| w[..w.len().min(8)].to_vec()).collect(),
+        };
+        tracing::info!(
+            "loss {:.4} nats/token ({:.4} normalised) over {} windows",
+            record.loss,
+            record.loss_normalized,
+            record.windows
+        );
+        std::fs::write(ctx.out("loss.json"), serde_json::to_string_pretty(&record)?)?;
+        Ok(())
+    }
+}
