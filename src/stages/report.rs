@@ -62,6 +62,12 @@ impl Stage for ReportStage {
                 required: false,
                 many: false,
             },
+            InputSlot {
+                name: "evals",
+                kinds: &["eval-qa", "eval-loss"],
+                required: false,
+                many: true,
+            },
         ]
     }
     fn publishes(&self) -> bool {

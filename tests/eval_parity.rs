@@ -1,0 +1,383 @@
+//! Evaluation against Hugging Face transformers and lm-evaluation-harness rules (fixtures made
+//! by tests/fixtures/make_fixtures.py with lm_eval 0.4.13's task YAMLs): the exact prompt
+//! strings of each task, the harness's context/continuation token split, and per-request
+//! log-likelihoods within 1e-4 relative (|ours - ref| <= 1e-4 * max(1, |ref|)); the paper's
+//! next-token scoring; the validation loss; the angular distances; a pruned model's logits.
+
+mod common;
+
+use burn::tensor::DType;
+use common::{fixtures, read_reference, rel_err, B};
+use layerprune::commands::forward::to_f32_vec;
+use layerprune::data::tasks::{item_from_row, mmlu_item, mmlu_prefix, McItem, TaskName};
+use layerprune::eval::loglik::{next_token_logprobs, score, Request, ScoreOptions};
+use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch, Transformer};
+use layerprune::source;
+use layerprune::stages::eval_qa::encode_pair;
+use serde_json::Value;
+
+fn tiny() -> (ModelFiles, Transformer<B>) {
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let model = files.build::<B>(&Default::default(), DType::F32).unwrap();
+    (files, model)
+}
+
+fn fixture(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference").join(name)).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn task_of(name: &str) -> TaskName {
+    serde_json::from_value(Value::String(name.into())).unwrap()
+}
+
+/// Our item for a fixture entry, built from the same dataset row(s).
+fn build_item(entry: &Value) -> McItem {
+    let task = task_of(entry["task"].as_str().unwrap());
+    let index = entry["index"].as_u64().unwrap() as usize;
+    if task == TaskName::Mmlu {
+        let subject = entry["subject"].as_str().unwrap();
+        let shots = entry["shots"].as_u64().unwrap() as usize;
+        let dev: Vec<Value> = entry
+            .get("fewshot_rows")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let prefix = mmlu_prefix(subject, &dev, shots, "fixture").unwrap();
+        mmlu_item(subject, &prefix, &entry["row"], index, "fixture").unwrap()
+    } else {
+        item_from_row(task, &entry["row"], index, "fixture").unwrap()
+    }
+}
+
+fn opts(batch_size: usize, workers: usize, shared_prefix: bool) -> ScoreOptions {
+    ScoreOptions {
+        batch_size,
+        workers,
+        shared_prefix,
+        max_length: 100_000,
+        pad_id: 0,
+    }
+}
+
+#[test]
+fn prompts_token_splits_and_logliks_match_the_harness() {
+    let (files, model) = tiny();
+    let fx = fixture("eval-tiny-llama.json");
+    let entries = fx["items"].as_array().unwrap();
+    let tasks: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks.len(), 7, "every task is covered: {tasks:?}");
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for e in entries {
+        let item = build_item(e);
+        let what = format!("{} #{} ({}-shot)", e["task"], e["index"], e["shots"]);
+        // the exact prompt strings
+        let contexts: Vec<String> = e["contexts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(item.contexts, contexts, "{what}: contexts");
+        assert_eq!(
+            item.gold as u64,
+            e["gold"].as_u64().unwrap(),
+            "{what}: gold"
+        );
+        let reqs = e["requests"].as_array().unwrap();
+        let ours = item.requests();
+        assert_eq!(ours.len(), reqs.len(), "{what}: number of requests");
+        for (k, (r, (ctx, cont))) in reqs.iter().zip(&ours).enumerate() {
+            assert_eq!(
+                cont,
+                r["continuation"].as_str().unwrap(),
+                "{what}: continuation {k}"
+            );
+            let context_index = r["context_index"].as_u64().unwrap_or(0) as usize;
+            assert_eq!(
+                ctx,
+                &contexts[context_index.min(contexts.len() - 1)],
+                "{what}: context of request {k}"
+            );
+            // the harness's split into context and continuation tokens
+            let req = encode_pair(&files.tokenizer, ctx, cont).unwrap();
+            assert_eq!(
+                req.context,
+                ids(&r["context_ids"]),
+                "{what}: context ids {k}"
+            );
+            assert_eq!(
+                req.continuation,
+                ids(&r["continuation_ids"]),
+                "{what}: continuation ids {k}"
+            );
+            requests.push(req);
+            expected.push((
+                r["loglik"].as_f64().unwrap(),
+                r["is_greedy"].as_bool().unwrap(),
+                what.clone(),
+            ));
+        }
+        // acc_norm denominators: characters of the choice strings
+        if let Some(chars) = e.get("choice_chars").and_then(|v| v.as_array()) {
+            let ours: Vec<u64> = item
+                .choices
+                .iter()
+                .map(|c| c.chars().count() as u64)
+                .collect();
+            assert_eq!(
+                ours,
+                chars
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect::<Vec<_>>(),
+                "{what}: choice lengths"
+            );
+        }
+    }
+    // one batched call and one request at a time give the reference values
+    for o in [opts(4, 1, false), opts(1, 1, false), opts(3, 2, false)] {
+        let scored = score(&model, &requests, &o).unwrap();
+        for (s, (ll, greedy, what)) in scored.iter().zip(&expected) {
+            assert!(
+                (s.loglik - ll).abs() <= 1e-4 * ll.abs().max(1.0),
+                "{what}: loglik {} vs {ll} ({o:?})",
+                s.loglik
+            );
+            assert_eq!(s.greedy, *greedy, "{what}: is_greedy");
+        }
+    }
+}
+
+/// MMLU 5-shot items of a subject share their exemplars: scored through a cached prefix they
+/// give the same log-likelihoods as full recomputation (and as transformers).
+#[test]
+fn shared_prefix_scoring_equals_full_scoring() {
+    let (files, model) = tiny();
+    let fx = fixture("eval-tiny-llama.json");
+    for subject in ["abstract_algebra", "high_school_geography"] {
+        let entries: Vec<&Value> = fx["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["task"] == "mmlu" && e["shots"] == 5 && e["subject"] == subject)
+            .collect();
+        assert_eq!(entries.len(), 3);
+        let mut requests: Vec<Request> = Vec::new();
+        let mut expected = Vec::new();
+        for e in &entries {
+            for r in e["requests"].as_array().unwrap() {
+                requests.push(Request {
+                    context: ids(&r["context_ids"]),
+                    continuation: ids(&r["continuation_ids"]),
+                });
+                expected.push(r["loglik"].as_f64().unwrap());
+            }
+        }
+        let shared = score(&model, &requests, &opts(2, 1, true)).unwrap();
+        let full = score(&model, &requests, &opts(2, 1, false)).unwrap();
+        for ((a, b), ll) in shared.iter().zip(&full).zip(&expected) {
+            assert!(
+                (a.loglik - b.loglik).abs() < 1e-4,
+                "{subject}: shared {} vs full {}",
+                a.loglik,
+                b.loglik
+            );
+            assert!(
+                (a.loglik - ll).abs() <= 1e-4 * ll.abs().max(1.0),
+                "{subject}: shared {} vs transformers {ll}",
+                a.loglik
+            );
+        }
+        let _ = &files;
+    }
+}
+
+#[test]
+fn paper_scoring_matches_next_token_logprobs() {
+    let (files, model) = tiny();
+    let fx = fixture("eval-tiny-llama.json");
+    let mut checked = 0;
+    for e in fx["items"].as_array().unwrap() {
+        let Some(paper) = e.get("paper") else {
+            continue;
+        };
+        let cand = ids(&paper["candidate_ids"]);
+        let texts: Vec<String> = paper["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        for (t, &id) in texts.iter().zip(&cand) {
+            assert_eq!(
+                *files
+                    .tokenizer
+                    .encode_with(t, false)
+                    .unwrap()
+                    .last()
+                    .unwrap(),
+                id,
+                "candidate {t:?}"
+            );
+        }
+        let ctx = files
+            .tokenizer
+            .encode(e["contexts"][0].as_str().unwrap())
+            .unwrap();
+        let lp = next_token_logprobs(&model, &[ctx], &cand, &opts(4, 1, false)).unwrap();
+        let reference: Vec<f64> = paper["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (a, b) in lp[0].iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-4, "{}: {a} vs {b}", e["task"]);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "paper variants checked: {checked}");
+}
+
+#[test]
+fn validation_loss_matches_transformers() {
+    let (_, model) = tiny();
+    let fx = fixture("loss-tiny-llama.json");
+    let windows: Vec<Vec<u32>> = fx["windows"].as_array().unwrap().iter().map(ids).collect();
+    for workers in [1, 2] {
+        let per = layerprune::eval::loss::window_losses(&model, &windows, 3, workers).unwrap();
+        let total: f64 = per.iter().map(|(s, _)| s).sum();
+        let n: usize = per.iter().map(|(_, n)| n).sum();
+        assert_eq!(n, 4 * 15);
+        let loss = total / n as f64;
+        let reference = fx["loss"].as_f64().unwrap();
+        assert!(
+            ((loss - reference) / reference).abs() < 1e-4,
+            "loss {loss} vs {reference}"
+        );
+        for ((s, n), r) in per.iter().zip(fx["loss_per_window"].as_array().unwrap()) {
+            let r = r.as_f64().unwrap();
+            assert!(((s / *n as f64 - r) / r).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn angular_distances_match_transformers() {
+    let (_, model) = tiny();
+    let fx = fixture("similarity-tiny-llama.json");
+    let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
+    for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0).unwrap();
+        assert_eq!(d.layers, 4);
+        assert_eq!(d.samples, 6);
+        let reference = fx["d"].as_array().unwrap();
+        let ref_se = fx["stderr"].as_array().unwrap();
+        assert_eq!(d.d.len(), reference.len());
+        for (n, (row, r)) in d.d.iter().zip(reference).enumerate() {
+            let r: Vec<f64> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(row.len(), r.len(), "row n={}", n + 1);
+            for (l, (a, b)) in row.iter().zip(&r).enumerate() {
+                assert!((a - b).abs() < 1e-5, "d(l={l}, n={}) = {a} vs {b}", n + 1);
+            }
+            for (a, b) in d.stderr[n].iter().zip(ref_se[n].as_array().unwrap()) {
+                assert!((a - b.as_f64().unwrap()).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn pruned_model_logits_match_transformers_light_and_exported() {
+    let (files, _) = tiny();
+    let reference = read_reference(&fixtures().join("reference/tiny-llama-pruned.safetensors"));
+    let ids = &reference["input_ids"];
+    let mask = &reference["attention_mask"].i64;
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let rows: Vec<Vec<u32>> = (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let vocab = files.config.vocab_size;
+    let pick = |flat: &[f32]| -> Vec<f32> {
+        let mut v = Vec::new();
+        for i in 0..b {
+            for j in 0..rows[i].len() {
+                v.extend_from_slice(&flat[(i * t + j) * vocab..(i * t + j + 1) * vocab]);
+            }
+        }
+        v
+    };
+    let want = pick(&reference["logits"].f32);
+    // light: the base weights, layers 1 and 2 skipped
+    let light = files
+        .build_with_layers::<B>(&Default::default(), DType::F32, &[0, 3])
+        .unwrap();
+    let got = to_f32_vec(
+        light
+            .forward(&batch, Capture::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(rel_err(&pick(&got), &want) < 1e-4);
+    // exported Hugging Face directory
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    layerprune::model::export::export_hf(
+        &files,
+        &[0, 3],
+        &out,
+        layerprune::backend::Precision::F32,
+        serde_json::json!({"kept_layers": [0, 3]}),
+    )
+    .unwrap();
+    let cache = common::temp_cache();
+    let exported =
+        ModelFiles::open(source::resolve_str(out.to_str().unwrap(), cache.path()).unwrap())
+            .unwrap();
+    assert_eq!(exported.config.num_hidden_layers, 2);
+    let m = exported
+        .build::<B>(&Default::default(), DType::F32)
+        .unwrap();
+    let got = to_f32_vec(
+        m.forward(&batch, Capture::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(rel_err(&pick(&got), &want) < 1e-4);
+}
