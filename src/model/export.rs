@@ -14,6 +14,7 @@ use safetensors::Dtype;
 use super::config::RopeScaling;
 use super::load::ModelFiles;
 use crate::backend::Precision;
+use crate::heal::adapter::AdapterSet;
 
 /// Names of the tensors of one decoder layer (Hugging Face naming).
 fn layer_tensors(files: &ModelFiles) -> Vec<&'static str> {
@@ -70,6 +71,28 @@ pub fn export_hf(
     precision: Precision,
     meta: serde_json::Value,
 ) -> Result<()> {
+    let none = AdapterSet {
+        config: crate::heal::adapter::LoraConfig {
+            r: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules: vec![],
+        },
+        modules: vec![],
+    };
+    export_hf_with_adapter(files, kept, &none, dir, precision, meta)
+}
+
+/// Export with a LoRA adapter merged into the weights (W + (alpha / r) B A); the adapter's layer
+/// indices are those of the pruned model (0-based, renumbered).
+pub fn export_hf_with_adapter(
+    files: &ModelFiles,
+    kept: &[usize],
+    adapter: &AdapterSet,
+    dir: &Path,
+    precision: Precision,
+    meta: serde_json::Value,
+) -> Result<()> {
     let cfg = &files.config;
     if let Some(RopeScaling::Factors { .. }) = cfg.rope_scaling {
         bail!("cannot export: the model's RoPE uses per-frequency factors (GGUF rope_freqs), which a transformers config cannot express");
@@ -110,7 +133,41 @@ pub fn export_hf(
     // weights
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut push = |name: String, source_name: &str| -> Result<()> {
-        let t = files.store.get(source_name, cfg)?;
+        let mut t = files.store.get(source_name, cfg)?;
+        // merge the adapter of this (new layer, module), if any
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            let mut parts = rest.split('.');
+            let layer: usize = parts
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(usize::MAX);
+            let _group = parts.next();
+            let module = parts.next().unwrap_or("");
+            if name.ends_with(".weight") {
+                if let Some(m) = adapter
+                    .modules
+                    .iter()
+                    .find(|m| m.layer == layer && m.module == module)
+                {
+                    let (r, scale) = (adapter.config.r, adapter.config.scale() as f32);
+                    // W [out, in] += scale * B [out, r] A [r, in]
+                    for o in 0..m.out_features {
+                        for k in 0..r {
+                            let bk = m.b[o * r + k] * scale;
+                            if bk != 0.0 {
+                                let row = &mut t.data[o * m.in_features..(o + 1) * m.in_features];
+                                for (w, a) in row
+                                    .iter_mut()
+                                    .zip(&m.a[k * m.in_features..(k + 1) * m.in_features])
+                                {
+                                    *w += bk * a;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let (dt, bytes) = encode(&t.data, precision);
         tensors.push((name, t.shape, dt, bytes));
         Ok(())

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod host_tensor;
 pub mod linear;
 pub mod load;
+pub mod nf4;
 pub mod rope;
 pub mod safetensors_dir;
 pub mod transformer;

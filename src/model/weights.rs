@@ -161,7 +161,7 @@ impl<B: Backend> Loader<'_, B> {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::dense(weight, bias))
     }
 
     pub fn layer(&self, i: usize) -> Result<DecoderLayer<B>> {

@@ -410,3 +410,64 @@ pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) ->
     )?;
     Ok(())
 }
+
+/// The healing loss curve (training loss and learning rate per optimizer step).
+pub fn loss_curve(dir: &Path, log: &[crate::heal::train::LogRow], title: &str) -> Result<()> {
+    register_font();
+    let points: Vec<(f64, f64)> = log.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let panels = [Panel {
+        title: title.to_string(),
+        y_label: "training loss (nats/token)".into(),
+        curves: vec![Curve {
+            label: "loss".into(),
+            color: RGBColor(31, 119, 180),
+            dashed: false,
+            points,
+        }],
+        baseline: None,
+        reference: None,
+    }];
+    let draw =
+        |root: DrawingArea<SVGBackend, Shift>| -> Result<()> { draw_steps(root, &panels[0]) };
+    draw(SVGBackend::new(&dir.join("loss_curve.svg"), (800, 500)).into_drawing_area())?;
+    draw_steps(
+        BitMapBackend::new(&dir.join("loss_curve.png"), (800, 500)).into_drawing_area(),
+        &panels[0],
+    )?;
+    Ok(())
+}
+
+fn draw_steps<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, p: &Panel) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let pts = &p.curves[0].points;
+    let x_max = pts.iter().map(|q| q.0).fold(1.0, f64::max);
+    let (lo, hi) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), q| {
+            (a.min(q.1), b.max(q.1))
+        });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc(&p.y_label)
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            pts.clone(),
+            p.curves[0].color.stroke_width(2),
+        ))
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 pub mod context;
 pub mod eval_loss;
 pub mod eval_qa;
+pub mod heal;
 pub mod load;
 pub mod model_ref;
 pub mod prune;
@@ -100,6 +101,7 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &prune::PruneStage,
         &eval_qa::EvalQaStage,
         &eval_loss::EvalLossStage,
+        &heal::HealStage,
         &report::ReportStage,
     ];
     if std::env::var("LAYERPRUNE_TEST_STAGES").is_ok_and(|v| v == "1") {

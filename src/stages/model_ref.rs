@@ -48,6 +48,8 @@ pub struct ModelRef {
     /// Original layer indices the model keeps, in order.
     pub kept: Vec<usize>,
     pub variant: Variant,
+    /// A PEFT adapter directory (healed models), merged into the weights when built.
+    pub adapter: Option<std::path::PathBuf>,
     /// The artifact key of the model (for naming).
     pub key: String,
 }
@@ -70,6 +72,7 @@ impl ModelRef {
                         end: None,
                         healed: false,
                     },
+                    adapter: None,
                     key: input.key.clone(),
                 })
             }
@@ -88,16 +91,23 @@ impl ModelRef {
                         end: Some(rec.end),
                         healed: false,
                     },
+                    adapter: None,
                     key: input.key.clone(),
                 })
             }
+            "heal" => super::heal::open_healed(input, cache_root),
             other => anyhow::bail!("an artifact of kind {other} is not a model"),
         }
     }
 
     /// Build the Burn model (kept layers only).
     pub fn build<B: Backend>(&self, device: &B::Device, dtype: DType) -> Result<Transformer<B>> {
-        self.files.build_with_layers(device, dtype, &self.kept)
+        let mut model = self.files.build_with_layers(device, dtype, &self.kept)?;
+        if let Some(dir) = &self.adapter {
+            // evaluation in the compute dtype with the adapter merged: W + (alpha / r) B A
+            crate::heal::adapter::AdapterSet::load_peft(dir)?.merge_into(&mut model)?;
+        }
+        Ok(model)
     }
 }
 

@@ -1,0 +1,389 @@
+//! LoRA adapters on the host, in PEFT's layout: for each adapted module, lora_A [r, in] and
+//! lora_B [out, r]; the update is W x + (alpha / r) B A x. Saved and loaded as a PEFT adapter
+//! (adapter_config.json + adapter_model.safetensors with names
+//! base_model.model.model.layers.{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::model::linear::{Linear, LoraAdapter};
+use crate::model::Transformer;
+
+/// Modules LoRA can adapt (Hugging Face names).
+pub const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+}
+
+/// One module's adapter: A [r, in], B [out, r], row-major f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleAdapter {
+    pub layer: usize,
+    pub module: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl ModuleAdapter {
+    pub fn peft_name(&self, which: &str) -> String {
+        let group = if matches!(self.module.as_str(), "gate_proj" | "up_proj" | "down_proj") {
+            "mlp"
+        } else {
+            "self_attn"
+        };
+        format!(
+            "base_model.model.model.layers.{}.{group}.{}.lora_{which}.weight",
+            self.layer, self.module
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSet {
+    pub config: LoraConfig,
+    pub modules: Vec<ModuleAdapter>,
+}
+
+fn module_of<'a, B: Backend>(
+    model: &'a mut Transformer<B>,
+    layer: usize,
+    module: &str,
+) -> Result<&'a mut Linear<B>> {
+    let l = model
+        .layers
+        .get_mut(layer)
+        .with_context(|| format!("no layer {layer}"))?;
+    Ok(match module {
+        "q_proj" => &mut l.q_proj,
+        "k_proj" => &mut l.k_proj,
+        "v_proj" => &mut l.v_proj,
+        "o_proj" => &mut l.o_proj,
+        "gate_proj" => &mut l.gate_proj,
+        "up_proj" => &mut l.up_proj,
+        "down_proj" => &mut l.down_proj,
+        other => bail!(
+            "unknown LoRA target module {other:?} (known: {})",
+            MODULES.join(", ")
+        ),
+    })
+}
+
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = data[i * cols + j];
+        }
+    }
+    out
+}
+
+impl AdapterSet {
+    /// PEFT's initialisation: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
+    /// B = 0, for every target module of every layer of `model`.
+    pub fn init<B: Backend>(
+        config: &LoraConfig,
+        model: &Transformer<B>,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut modules = Vec::new();
+        for (i, layer) in model.layers.iter().enumerate() {
+            for m in MODULES
+                .iter()
+                .filter(|m| config.target_modules.iter().any(|t| t == *m))
+            {
+                let lin = match *m {
+                    "q_proj" => &layer.q_proj,
+                    "k_proj" => &layer.k_proj,
+                    "v_proj" => &layer.v_proj,
+                    "o_proj" => &layer.o_proj,
+                    "gate_proj" => &layer.gate_proj,
+                    "up_proj" => &layer.up_proj,
+                    "down_proj" => &layer.down_proj,
+                    other => bail!(
+                        "unknown LoRA target module {other:?} (known: {})",
+                        MODULES.join(", ")
+                    ),
+                };
+                let (inp, out) = (lin.in_features(), lin.out_features());
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a = (0..config.r * inp)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
+                modules.push(ModuleAdapter {
+                    layer: i,
+                    module: m.to_string(),
+                    in_features: inp,
+                    out_features: out,
+                    a,
+                    b: vec![0.0; out * config.r],
+                });
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            modules,
+        })
+    }
+
+    /// Put the adapters into the model as Burn tensors; with `trainable`, they require gradients
+    /// and dropout is active. Returns the (A, B) tensors in module order.
+    pub fn attach<B: Backend>(
+        &self,
+        model: &mut Transformer<B>,
+        trainable: bool,
+    ) -> Result<Vec<(Tensor<B, 2>, Tensor<B, 2>)>> {
+        let device = model.device.clone();
+        let dtype = model.dtype;
+        let mut handles = Vec::new();
+        for m in &self.modules {
+            let r = self.config.r;
+            // A [r, in] -> [in, r]; B [out, r] -> [r, out]
+            let mut a = Tensor::<B, 2>::from_data(
+                TensorData::new(transpose(&m.a, r, m.in_features), [m.in_features, r]),
+                (&device, dtype),
+            );
+            let mut b = Tensor::<B, 2>::from_data(
+                TensorData::new(transpose(&m.b, m.out_features, r), [r, m.out_features]),
+                (&device, dtype),
+            );
+            if trainable {
+                a = a.require_grad();
+                b = b.require_grad();
+            }
+            let lin = module_of(model, m.layer, &m.module)?;
+            lin.lora = Some(LoraAdapter {
+                a: a.clone(),
+                b: b.clone(),
+                scale: self.config.scale(),
+                dropout: self.config.dropout,
+                training: trainable,
+            });
+            handles.push((a, b));
+        }
+        Ok(handles)
+    }
+
+    /// Merge into dense base weights (for evaluation): W [in, out] += scale * A^T B^T.
+    pub fn merge_into<B: Backend>(&self, model: &mut Transformer<B>) -> Result<()> {
+        let device = model.device.clone();
+        let dtype = model.dtype;
+        let scale = self.config.scale();
+        for m in &self.modules {
+            let r = self.config.r;
+            let a = Tensor::<B, 2>::from_data(
+                TensorData::new(transpose(&m.a, r, m.in_features), [m.in_features, r]),
+                (&device, dtype),
+            );
+            let b = Tensor::<B, 2>::from_data(
+                TensorData::new(transpose(&m.b, m.out_features, r), [r, m.out_features]),
+                (&device, dtype),
+            );
+            let lin = module_of(model, m.layer, &m.module)?;
+            let merged = lin.weight() + a.matmul(b) * scale;
+            *lin = Linear {
+                base: crate::model::linear::BaseWeight::Dense(merged),
+                bias: lin.bias.clone(),
+                lora: None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Flatten all parameters (A then B of each module) for the optimizer.
+    pub fn params_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        self.modules
+            .iter_mut()
+            .flat_map(|m| [&mut m.a, &mut m.b])
+            .collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.modules.iter().map(|m| m.a.len() + m.b.len()).sum()
+    }
+
+    /// adapter_model.safetensors + adapter_config.json (PEFT layout).
+    pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut target: Vec<String> = self.config.target_modules.clone();
+        target.sort();
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.config.r,
+            "lora_alpha": self.config.alpha,
+            "lora_dropout": self.config.dropout,
+            "target_modules": target,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "modules_to_save": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "use_rslora": false,
+            "use_dora": false,
+            "revision": null,
+        });
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            serde_json::to_string_pretty(&config)?,
+        )?;
+        self.save_tensors(&dir.join("adapter_model.safetensors"))
+    }
+
+    pub fn save_tensors(&self, path: &Path) -> Result<()> {
+        let r = self.config.r;
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for m in &self.modules {
+            owned.push((
+                m.peft_name("A"),
+                vec![r, m.in_features],
+                bytemuck::cast_slice(&m.a).to_vec(),
+            ));
+            owned.push((
+                m.peft_name("B"),
+                vec![m.out_features, r],
+                bytemuck::cast_slice(&m.b).to_vec(),
+            ));
+        }
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+            .collect::<Result<_, safetensors::SafeTensorError>>()?;
+        let info: std::collections::HashMap<String, String> =
+            [("format".to_string(), "pt".to_string())].into();
+        safetensors::serialize_to_file(views, Some(info), path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Read a PEFT adapter directory.
+    pub fn load_peft(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+        )
+        .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+        let get = |k: &str| {
+            cfg.get(k)
+                .with_context(|| format!("{}: missing key \"{k}\"", cfg_path.display()))
+        };
+        let config = LoraConfig {
+            r: get("r")?.as_u64().context("r")? as usize,
+            alpha: get("lora_alpha")?.as_f64().context("lora_alpha")?,
+            dropout: get("lora_dropout")?.as_f64().unwrap_or(0.0),
+            target_modules: get("target_modules")?
+                .as_array()
+                .context("target_modules")?
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+        };
+        let path = dir.join("adapter_model.safetensors");
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut by_module: BTreeMap<
+            (usize, String),
+            (
+                Option<(Vec<usize>, Vec<f32>)>,
+                Option<(Vec<usize>, Vec<f32>)>,
+            ),
+        > = BTreeMap::new();
+        for (name, t) in st.tensors() {
+            let rest = name
+                .strip_prefix("base_model.model.model.layers.")
+                .with_context(|| format!("{}: unexpected tensor {name}", path.display()))?;
+            let mut parts = rest.split('.');
+            let layer: usize = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .with_context(|| format!("{}: tensor {name}: no layer index", path.display()))?;
+            let _group = parts.next();
+            let module = parts
+                .next()
+                .with_context(|| format!("{}: tensor {name}", path.display()))?
+                .to_string();
+            let which = parts.next().unwrap_or("");
+            if t.dtype() != Dtype::F32 {
+                bail!(
+                    "{}: tensor {name} is {:?}, expected F32",
+                    path.display(),
+                    t.dtype()
+                );
+            }
+            let data: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let e = by_module.entry((layer, module)).or_default();
+            match which {
+                "lora_A" => e.0 = Some((t.shape().to_vec(), data)),
+                "lora_B" => e.1 = Some((t.shape().to_vec(), data)),
+                other => bail!("{}: tensor {name}: unexpected part {other}", path.display()),
+            }
+        }
+        let mut modules = Vec::new();
+        for ((layer, module), (a, b)) in by_module {
+            let (sa, a) = a.with_context(|| {
+                format!("{}: layer {layer} {module}: lora_A missing", path.display())
+            })?;
+            let (sb, b) = b.with_context(|| {
+                format!("{}: layer {layer} {module}: lora_B missing", path.display())
+            })?;
+            if sa[0] != config.r || sb[1] != config.r {
+                bail!(
+                    "{}: layer {layer} {module}: shapes {sa:?} / {sb:?} do not match r = {}",
+                    path.display(),
+                    config.r
+                );
+            }
+            modules.push(ModuleAdapter {
+                layer,
+                module,
+                in_features: sa[1],
+                out_features: sb[0],
+                a,
+                b,
+            });
+        }
+        let order = |m: &str| MODULES.iter().position(|x| *x == m).unwrap_or(99);
+        modules.sort_by_key(|m| (m.layer, order(&m.module)));
+        Ok(Self { config, modules })
+    }
+}

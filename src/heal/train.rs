@@ -1,0 +1,398 @@
+//! The healing loop: LoRA on a frozen (optionally NF4) base, AdamW, cosine schedule with
+//! warmup, gradient accumulation and clipping, checkpoints that make a killed run resume where it
+//! stopped and end bit-identical (on CPU) to an uninterrupted one.
+//!
+//! Determinism: the data order is a seeded permutation per epoch; dropout masks come from the
+//! backend RNG re-seeded from (seed, step, micro-batch) before every micro-batch; all optimizer
+//! state is host f32 and saved exactly.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::adapter::{AdapterSet, LoraConfig};
+use super::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
+use crate::commands::forward::to_f32_vec;
+use crate::model::{TokenBatch, Transformer};
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub lora: LoraConfig,
+    pub steps: u64,
+    pub warmup_steps: u64,
+    pub lr: f64,
+    pub adamw: AdamWConfig,
+    pub max_grad_norm: f64,
+    pub micro_batch: usize,
+    pub global_batch: usize,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+}
+
+impl TrainConfig {
+    pub fn accumulation(&self) -> usize {
+        self.global_batch / self.micro_batch
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRow {
+    pub step: u64,
+    pub lr: f64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Windows consumed (position in the concatenation of the per-epoch orders).
+    pub cursor: u64,
+    pub adapters: AdapterSet,
+    pub optim: AdamW,
+    pub log: Vec<LogRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointMeta {
+    step: u64,
+    cursor: u64,
+    t: u64,
+    log: Vec<LogRow>,
+    config: TrainConfig,
+}
+
+/// Window indices of epoch `e`: a permutation seeded by (seed, e).
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            Ok((
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d))?,
+            ))
+        })
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_f32_tensors(path: &Path) -> Result<std::collections::HashMap<String, Vec<f32>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// Checkpoints of one job: `<dir>/step-<N>/` and `<dir>/latest`.
+pub struct Checkpoints {
+    pub dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub fn save(&self, state: &TrainState, config: &TrainConfig) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        state
+            .adapters
+            .save_tensors(&tmp.join("adapters.safetensors"))?;
+        let mut moments: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        for (k, (m, v)) in state.optim.m.iter().zip(&state.optim.v).enumerate() {
+            moments.push((format!("m.{k}"), vec![m.len()], m));
+            moments.push((format!("v.{k}"), vec![v.len()], v));
+        }
+        write_f32_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
+        let meta = CheckpointMeta {
+            step: state.step,
+            cursor: state.cursor,
+            t: state.optim.t,
+            log: state.log.clone(),
+            config: config.clone(),
+        };
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&meta)?)?;
+        let dest = self.dir.join(format!("step-{}", state.step));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&tmp, &dest)?;
+        let latest_tmp = self.dir.join(".latest.tmp");
+        std::fs::write(&latest_tmp, state.step.to_string())?;
+        std::fs::rename(&latest_tmp, self.dir.join("latest"))?;
+        // keep only the newest
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("step-") && name != format!("step-{}", state.step) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint, if it was made with the same configuration.
+    pub fn load(&self, config: &TrainConfig, template: &AdapterSet) -> Result<Option<TrainState>> {
+        let Ok(latest) = std::fs::read_to_string(self.dir.join("latest")) else {
+            return Ok(None);
+        };
+        let dir = self.dir.join(format!("step-{}", latest.trim()));
+        let meta: CheckpointMeta =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+                .with_context(|| format!("{}: unreadable checkpoint", dir.display()))?;
+        if &meta.config != config {
+            tracing::warn!(
+                "ignoring checkpoint {} made with another configuration",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        let tensors = read_f32_tensors(&dir.join("adapters.safetensors"))?;
+        let mut adapters = template.clone();
+        for m in &mut adapters.modules {
+            m.a = tensors
+                .get(&m.peft_name("A"))
+                .cloned()
+                .with_context(|| format!("{}: missing {}", dir.display(), m.peft_name("A")))?;
+            m.b = tensors
+                .get(&m.peft_name("B"))
+                .cloned()
+                .with_context(|| format!("{}: missing {}", dir.display(), m.peft_name("B")))?;
+        }
+        let moments = read_f32_tensors(&dir.join("optimizer.safetensors"))?;
+        let sizes: Vec<usize> = adapters
+            .modules
+            .iter()
+            .flat_map(|m| [m.a.len(), m.b.len()])
+            .collect();
+        let mut optim = AdamW::new(config.adamw, &sizes);
+        optim.t = meta.t;
+        for k in 0..sizes.len() {
+            optim.m[k] = moments
+                .get(&format!("m.{k}"))
+                .cloned()
+                .context("optimizer state")?;
+            optim.v[k] = moments
+                .get(&format!("v.{k}"))
+                .cloned()
+                .context("optimizer state")?;
+        }
+        tracing::info!(
+            "resuming from checkpoint {} (step {})",
+            dir.display(),
+            meta.step
+        );
+        Ok(Some(TrainState {
+            step: meta.step,
+            cursor: meta.cursor,
+            adapters,
+            optim,
+            log: meta.log,
+        }))
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Mean next-token cross-entropy of a batch of equal-length windows (autodiff graph).
+pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>]) -> Tensor<B, 1> {
+    let tb = TokenBatch::right_padded(rows, 0);
+    let (b, t) = (tb.batch, tb.seq);
+    let x = model.run_layers(
+        model.embed(tb.to_tensor::<B>(&model.device)),
+        0,
+        model.num_layers(),
+    );
+    let logits = model.head(x.narrow(1, 0, t - 1)); // [b, t-1, vocab]
+    let vocab = logits.dims()[2];
+    let logp = log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
+    let targets: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r[1..].iter().map(|&x| x as i64))
+        .collect();
+    let targets =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b * (t - 1), 1]), &model.device);
+    logp.gather(1, targets).mean().neg()
+}
+
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = data[i * cols + j];
+        }
+    }
+    out
+}
+
+/// Gradients of the adapters (PEFT layout, module order, A then B) for one micro-batch, and its loss.
+pub fn micro_step<B: AutodiffBackend>(
+    model: &mut Transformer<B>,
+    adapters: &AdapterSet,
+    rows: &[Vec<u32>],
+    loss_scale: f64,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let handles = adapters.attach(model, true)?;
+    let loss = batch_loss(model, rows);
+    let value = to_f32_vec(loss.clone())?[0] as f64;
+    let grads = (loss * loss_scale).backward();
+    let r = adapters.config.r;
+    let mut out = Vec::with_capacity(handles.len() * 2);
+    for (m, (a, b)) in adapters.modules.iter().zip(&handles) {
+        let ga = a.grad(&grads).context("no gradient for a LoRA A matrix")?; // [in, r]
+        let gb = b.grad(&grads).context("no gradient for a LoRA B matrix")?; // [r, out]
+        let ga = ga
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let gb = gb
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        out.push(transpose(&ga, m.in_features, r));
+        out.push(transpose(&gb, r, m.out_features));
+    }
+    Ok((value, out))
+}
+
+/// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured.
+pub fn train<B: AutodiffBackend>(
+    model: &mut Transformer<B>,
+    windows: &[Vec<u32>],
+    config: &TrainConfig,
+    mut state: TrainState,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<TrainState> {
+    if windows.is_empty() {
+        bail!("no training windows");
+    }
+    let accum = config.accumulation();
+    let n = windows.len();
+    let delay = std::env::var("LAYERPRUNE_HEAL_STEP_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let mut progress = Progress::new(config.steps, "heal");
+    progress.inc(state.step);
+    let mut order_cache: Option<(u64, Vec<usize>)> = None;
+    while state.step < config.steps {
+        let start = Instant::now();
+        let lr = config.lr * cosine_with_warmup(state.step, config.warmup_steps, config.steps);
+        let mut grads: Option<Vec<Vec<f32>>> = None;
+        let mut loss_sum = 0.0;
+        let mut tokens = 0u64;
+        for micro in 0..accum {
+            let mut rows = Vec::with_capacity(config.micro_batch);
+            for _ in 0..config.micro_batch {
+                let epoch = state.cursor / n as u64;
+                if order_cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
+                    order_cache = Some((epoch, epoch_order(n, config.seed, epoch)));
+                }
+                let order = &order_cache.as_ref().unwrap().1;
+                rows.push(windows[order[(state.cursor % n as u64) as usize]].clone());
+                state.cursor += 1;
+            }
+            tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+            B::seed(
+                &model.device,
+                config.seed ^ (state.step << 16) ^ micro as u64 ^ 0xD0_D0,
+            );
+            let (loss, g) = micro_step(model, &state.adapters, &rows, 1.0 / accum as f64)?;
+            if !loss.is_finite() {
+                let last = checkpoints
+                    .map(|_| {
+                        format!(
+                            "; the last good checkpoint is at step {}",
+                            state.log.last().map(|r| r.step).unwrap_or(0)
+                        )
+                    })
+                    .unwrap_or_default();
+                bail!(
+                    "step {}: the loss is not finite ({loss}){last}",
+                    state.step + 1
+                );
+            }
+            loss_sum += loss;
+            match &mut grads {
+                None => grads = Some(g),
+                Some(acc) => {
+                    for (a, b) in acc.iter_mut().zip(g) {
+                        for (x, y) in a.iter_mut().zip(b) {
+                            *x += y;
+                        }
+                    }
+                }
+            }
+        }
+        let mut grads = grads.expect("at least one micro-batch");
+        let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm);
+        if !grad_norm.is_finite() {
+            bail!("step {}: the gradient norm is not finite", state.step + 1);
+        }
+        let mut params = state.adapters.params_mut();
+        state.optim.step(&mut params, &grads, lr);
+        state.step += 1;
+        let row = LogRow {
+            step: state.step,
+            lr,
+            loss: loss_sum / accum as f64,
+            grad_norm,
+            tokens,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        tracing::debug!(
+            "step {} loss {:.4} lr {:.2e} grad norm {:.3}",
+            row.step,
+            row.loss,
+            row.lr,
+            row.grad_norm
+        );
+        state.log.push(row);
+        progress.inc(1);
+        if let Some(c) = checkpoints {
+            if config.checkpoint_every > 0
+                && state.step % config.checkpoint_every == 0
+                && state.step < config.steps
+            {
+                c.save(&state, config)?;
+                tracing::info!("checkpoint at step {}", state.step);
+            }
+        }
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+    progress.finish();
+    Ok(state)
+}
