@@ -241,7 +241,8 @@ impl AdapterSet {
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": base_model,
             "r": self.config.r,
-            "lora_alpha": self.config.alpha,
+            // PEFT writes an integral alpha as an integer
+            "lora_alpha": if self.config.alpha.fract() == 0.0 { serde_json::json!(self.config.alpha as i64) } else { serde_json::json!(self.config.alpha) },
             "lora_dropout": self.config.dropout,
             "target_modules": target,
             "bias": "none",
@@ -301,7 +302,7 @@ impl AdapterSet {
             cfg.get(k)
                 .with_context(|| format!("{}: missing key \"{k}\"", cfg_path.display()))
         };
-        let config = LoraConfig {
+        let mut config = LoraConfig {
             r: get("r")?.as_u64().context("r")? as usize,
             alpha: get("lora_alpha")?.as_f64().context("lora_alpha")?,
             dropout: get("lora_dropout")?.as_f64().unwrap_or(0.0),
@@ -312,6 +313,7 @@ impl AdapterSet {
                 .filter_map(|v| v.as_str().map(String::from))
                 .collect(),
         };
+        config.target_modules.sort();
         let path = dir.join("adapter_model.safetensors");
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -13,6 +13,8 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 pub const BLOCK: usize = 64;
 pub const BLOCK2: usize = 256;
+/// The code of 0.0 in the NF4 book.
+const NF4_ZERO_CODE: u8 = 7;
 
 /// bitsandbytes' NF4 code book.
 pub const NF4: [f32; 16] = [
@@ -34,57 +36,6 @@ pub const NF4: [f32; 16] = [
     1.0,
 ];
 
-/// bitsandbytes' dQuantizeNF4 decision tree (x already divided by the block's absmax).
-pub fn quantize_nf4_value(x: f32) -> u8 {
-    if x > 0.039_790_15 {
-        if x > 0.389_312_54 {
-            if x > 0.642_786_9 {
-                if x > 0.861_478_4 {
-                    15
-                } else {
-                    14
-                }
-            } else if x > 0.501_663_4 {
-                13
-            } else {
-                12
-            }
-        } else if x > 0.203_521_25 {
-            if x > 0.292_013_77 {
-                11
-            } else {
-                10
-            }
-        } else if x > 0.120_255_25 {
-            9
-        } else {
-            8
-        }
-    } else if x > -0.339_679_43 {
-        if x > -0.137_911_73 {
-            if x > -0.045_525_018 {
-                7
-            } else {
-                6
-            }
-        } else if x > -0.234_607_4 {
-            5
-        } else {
-            4
-        }
-    } else if x > -0.610_632_9 {
-        if x > -0.459_995_27 {
-            3
-        } else {
-            2
-        }
-    } else if x > -0.848_096_4 {
-        1
-    } else {
-        0
-    }
-}
-
 /// bitsandbytes' create_dynamic_map(signed=True): 256 sorted values in [-1, 1], in float32.
 pub fn dynamic_map_signed() -> Vec<f32> {
     let max_exponent_bits = 7i32;
@@ -103,15 +54,11 @@ pub fn dynamic_map_signed() -> Vec<f32> {
                 }
             })
             .collect();
-        let scale = 10f64.powi(-(max_exponent_bits - 1) + i);
-        for w in boundaries.windows(2) {
-            let mean = (w[0] + w[1]) / 2.0;
-            data.push((scale * mean as f64) as f32);
-        }
-        for w in boundaries.windows(2) {
-            let mean = (w[0] + w[1]) / 2.0;
-            data.push((-(scale) * mean as f64) as f32);
-        }
+        // torch: float32 tensor * Python float, computed in float32
+        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
+        let means: Vec<f32> = boundaries.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        data.extend(means.iter().map(|m| scale * m));
+        data.extend(means.iter().map(|m| -scale * m));
     }
     data.push(0.0);
     data.push(1.0);
@@ -119,29 +66,130 @@ pub fn dynamic_map_signed() -> Vec<f32> {
     data
 }
 
-/// torch.linspace's float32 values (it fills the first half from the start and the second half
-/// from the end).
+/// torch.linspace's float32 values: step = (end - start) / (n - 1) in f32; the first half is
+/// start + step k, the second half end - step (n - 1 - k), each a fused multiply-add (one rounding,
+/// as ATen's vectorised kernel; checked against torch).
 fn linspace_value(start: f32, end: f32, step: f32, k: usize, n: usize) -> f32 {
     let halfway = n / 2;
     if k < halfway {
-        start + step * k as f32
+        step.mul_add(k as f32, start)
     } else {
-        end - step * (n - k - 1) as f32
+        (-step).mul_add((n - k - 1) as f32, end)
     }
 }
 
-/// Index of the code value closest to x (ties to the lower index).
-fn closest(code: &[f32], x: f32) -> u8 {
-    let mut best = 0usize;
-    let mut best_d = f32::INFINITY;
-    for (i, &c) in code.iter().enumerate() {
-        let d = (c - x).abs();
-        if d < best_d {
-            best = i;
-            best_d = d;
+/// Midpoints (c_i + c_{i+1}) * 0.5 of a sorted code book, in f32.
+fn midpoints(code: &[f32]) -> Vec<f32> {
+    code.windows(2).map(|w| (w[0] + w[1]) * 0.5).collect()
+}
+
+/// The code of a scaled value: the number of midpoints strictly below it (a value exactly on a
+/// midpoint takes the lower code), i.e. the nearest code value.
+fn code_of(mids: &[f32], s: f32) -> u8 {
+    mids.partition_point(|&m| m < s) as u8
+}
+
+/// Blockwise absmax quantisation: per block, absmax = max |x|, s = x * (1 / absmax) (reciprocal
+/// then multiply, in f32), code = code_of(s); an all-zero block gets `zero_code`.
+fn blockwise(data: &[f32], block: usize, mids: &[f32], zero_code: u8) -> (Vec<u8>, Vec<f32>) {
+    let mut codes = Vec::with_capacity(data.len());
+    let mut absmax = Vec::with_capacity(data.len().div_ceil(block));
+    for chunk in data.chunks(block) {
+        let m = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
+        absmax.push(m);
+        if m == 0.0 {
+            codes.extend(std::iter::repeat(zero_code).take(chunk.len()));
+        } else {
+            let inv = 1.0f32 / m;
+            codes.extend(chunk.iter().map(|&x| code_of(mids, x * inv)));
         }
     }
-    best as u8
+    (codes, absmax)
+}
+
+/// torch.sum of a contiguous float32 CPU tensor, single-threaded, reproduced bit for bit (ATen's
+/// cascade sum over 8-lane vectors: rows of 4 vectors into 4 levels of accumulators, levels
+/// flushed every 2^max(4, ceil_log2(rows) / 4) rows; then leftovers, lanes and the scalar tail).
+/// bitsandbytes takes the double-quantisation offset as torch's float32 mean of the absmax values.
+pub fn torch_sum_f32(x: &[f32]) -> f32 {
+    let n = x.len();
+    let (lanes, scalar_tail) = if n < 8 {
+        (1usize, false)
+    } else {
+        (8usize, true)
+    };
+    let nvec = n / lanes;
+    let rows = nvec / 4;
+    let ceil_log2 = |v: usize| {
+        if v <= 2 {
+            1
+        } else {
+            (usize::BITS - (v - 1).leading_zeros()) as usize
+        }
+    };
+    let lp = 4.max(ceil_log2(rows) / 4);
+    let step = 1usize << lp;
+    let lmask = step - 1;
+    let vec_at = |j: usize| &x[j * lanes..(j + 1) * lanes];
+    let mut acc = vec![vec![vec![0f32; lanes]; 4]; 4]; // [level][k][lane]
+    let add_row = |acc: &mut Vec<Vec<Vec<f32>>>, r: usize| {
+        for k in 0..4 {
+            for (a, v) in acc[0][k].iter_mut().zip(vec_at(4 * r + k)) {
+                *a += v;
+            }
+        }
+    };
+    let mut i = 0;
+    while i + step <= rows {
+        for _ in 0..step {
+            add_row(&mut acc, i);
+            i += 1;
+        }
+        for j in 1..4 {
+            for k in 0..4 {
+                for l in 0..lanes {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0;
+                }
+            }
+            if i & (lmask << (j * lp)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < rows {
+        add_row(&mut acc, i);
+        i += 1;
+    }
+    for j in 1..4 {
+        for k in 0..4 {
+            for l in 0..lanes {
+                acc[0][k][l] += acc[j][k][l];
+            }
+        }
+    }
+    let mut p = acc[0].clone();
+    for r in rows * 4..nvec {
+        for (a, v) in p[0].iter_mut().zip(vec_at(r)) {
+            *a += v;
+        }
+    }
+    for k in 1..4 {
+        for l in 0..lanes {
+            p[0][l] += p[k][l];
+        }
+    }
+    if !scalar_tail {
+        return 0.0 + p[0][0];
+    }
+    let mut s = 0f32;
+    for &v in &x[nvec * lanes..] {
+        s += v;
+    }
+    for l in 0..lanes {
+        s += p[0][l];
+    }
+    s
 }
 
 /// The quantised form of one tensor.
@@ -159,34 +207,19 @@ pub struct Nf4Host {
 
 impl Nf4Host {
     pub fn quantize(shape: &[usize], data: &[f32]) -> Result<Self> {
-        let n = data.len();
-        if n % BLOCK != 0 {
-            bail!("NF4: {n} values are not a whole number of blocks of {BLOCK}");
+        if data.is_empty() {
+            bail!("NF4: nothing to quantise");
         }
-        let blocks = n / BLOCK;
-        let mut codes = Vec::with_capacity(n);
-        let mut absmax = Vec::with_capacity(blocks);
-        for block in data.chunks(BLOCK) {
-            let m = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-            absmax.push(m);
-            let inv = if m > 0.0 { 1.0 / m } else { 0.0 };
-            codes.extend(block.iter().map(|&x| quantize_nf4_value(x * inv)));
+        let (mut codes, absmax) = blockwise(data, BLOCK, &midpoints(&NF4), NF4_ZERO_CODE);
+        if codes.len() % 2 == 1 {
+            codes.push(NF4_ZERO_CODE);
         }
-        let packed = codes
-            .chunks(2)
-            .map(|c| (c[0] << 4) | c.get(1).copied().unwrap_or(0))
-            .collect();
-        let offset = (absmax.iter().map(|&a| a as f64).sum::<f64>() / blocks as f64) as f32;
+        let packed = codes.chunks(2).map(|c| (c[0] << 4) | c[1]).collect();
+        let offset = torch_sum_f32(&absmax) / absmax.len() as f32;
+        let centered: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
         let code8 = dynamic_map_signed();
-        let mut absmax_codes = Vec::with_capacity(blocks);
-        let mut absmax2 = Vec::new();
-        for chunk in absmax.chunks(BLOCK2) {
-            let centered: Vec<f32> = chunk.iter().map(|a| a - offset).collect();
-            let m = centered.iter().fold(0f32, |m, x| m.max(x.abs()));
-            absmax2.push(m);
-            let inv = if m > 0.0 { 1.0 / m } else { 0.0 };
-            absmax_codes.extend(centered.iter().map(|&x| closest(&code8, x * inv)));
-        }
+        let zero8 = code8.iter().position(|&c| c == 0.0).unwrap_or(127) as u8;
+        let (absmax_codes, absmax2) = blockwise(&centered, BLOCK2, &midpoints(&code8), zero8);
         Ok(Self {
             shape: shape.to_vec(),
             packed,
@@ -202,7 +235,11 @@ impl Nf4Host {
         self.absmax_codes
             .iter()
             .enumerate()
-            .map(|(i, &q)| code8[q as usize] * self.absmax2[i / BLOCK2] + self.offset)
+            .map(|(i, &q)| {
+                // two roundings, no fused multiply-add (as bitsandbytes)
+                let scaled = std::hint::black_box(code8[q as usize] * self.absmax2[i / BLOCK2]);
+                scaled + self.offset
+            })
             .collect()
     }
 
@@ -247,6 +284,9 @@ impl<B: Backend> Nf4Weight<B> {
             bail!("NF4 weights must be matrices, got shape {:?}", q.shape);
         }
         let n = q.shape[0] * q.shape[1];
+        if n % BLOCK != 0 {
+            bail!("NF4 on a device needs whole blocks of {BLOCK}; the matrix has {n} values");
+        }
         let codes = Tensor::from_data(TensorData::new(q.codes(), [n]), (device, DType::U8));
         let absmax = q.absmax();
         let blocks = absmax.len();
@@ -273,19 +313,25 @@ impl<B: Backend> Nf4Weight<B> {
 
 /// Replace the dense base weights of every projection of every layer by NF4 (QLoRA quantises all
 /// linear layers of the blocks; embeddings, norms and the LM head stay in the compute dtype).
-pub fn quantize_linears<B: Backend>(model: &mut crate::model::Transformer<B>) -> Result<()> {
+pub fn quantize_linears<B: Backend>(
+    model: &mut crate::model::Transformer<B>,
+    modules: &[&str],
+) -> Result<()> {
     let device = model.device.clone();
     let dtype = model.dtype;
     for layer in &mut model.layers {
-        for lin in [
-            &mut layer.q_proj,
-            &mut layer.k_proj,
-            &mut layer.v_proj,
-            &mut layer.o_proj,
-            &mut layer.gate_proj,
-            &mut layer.up_proj,
-            &mut layer.down_proj,
+        for (name, lin) in [
+            ("q_proj", &mut layer.q_proj),
+            ("k_proj", &mut layer.k_proj),
+            ("v_proj", &mut layer.v_proj),
+            ("o_proj", &mut layer.o_proj),
+            ("gate_proj", &mut layer.gate_proj),
+            ("up_proj", &mut layer.up_proj),
+            ("down_proj", &mut layer.down_proj),
         ] {
+            if !modules.contains(&name) {
+                continue;
+            }
             if let crate::model::linear::BaseWeight::Dense(w) = &lin.base {
                 let [inp, out] = w.dims();
                 let data = crate::commands::forward::to_f32_vec(w.clone().transpose())?; // [out, in]
@@ -305,9 +351,12 @@ mod tests {
 
     #[test]
     fn code_book_and_tree_agree() {
+        let mids = midpoints(&NF4);
         for (i, &v) in NF4.iter().enumerate() {
-            assert_eq!(quantize_nf4_value(v) as usize, i);
+            assert_eq!(code_of(&mids, v) as usize, i);
         }
+        // on a midpoint: the lower code
+        assert_eq!(code_of(&mids, mids[3]), 3);
         let map = dynamic_map_signed();
         assert_eq!(map.len(), 256);
         assert_eq!(map[255], 1.0);
@@ -320,8 +369,9 @@ mod tests {
         let q = Nf4Host::quantize(&[2, 64], &data).unwrap();
         assert_eq!(q.packed.len(), 64);
         let m0 = data[..64].iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert_eq!(q.packed[0] >> 4, quantize_nf4_value(data[0] * (1.0 / m0)));
-        assert_eq!(q.packed[0] & 0x0F, quantize_nf4_value(data[1] * (1.0 / m0)));
+        let mids = midpoints(&NF4);
+        assert_eq!(q.packed[0] >> 4, code_of(&mids, data[0] * (1.0 / m0)));
+        assert_eq!(q.packed[0] & 0x0F, code_of(&mids, data[1] * (1.0 / m0)));
         let back = q.dequantize();
         for (a, b) in data.iter().zip(&back) {
             assert!((a - b).abs() < 0.2, "{a} vs {b}");

@@ -204,7 +204,7 @@ impl AutodiffTask for Heal<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<TrainState> {
         let mut model = self.model.build::<B>(&device, dtype)?;
         if self.quant == Quant::Nf4 {
-            crate::model::nf4::quantize_linears(&mut model)?;
+            crate::model::nf4::quantize_linears(&mut model, &crate::heal::adapter::MODULES)?;
         }
         let adapters = AdapterSet::init(&self.config.lora, &model, self.config.seed)?;
         let state = match self.checkpoints.load(&self.config, &adapters)? {

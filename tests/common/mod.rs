@@ -18,6 +18,7 @@ pub struct RefTensor {
     pub shape: Vec<usize>,
     pub f32: Vec<f32>,
     pub i64: Vec<i64>,
+    pub u8: Vec<u8>,
 }
 
 pub fn read_reference(file: &Path) -> std::collections::BTreeMap<String, RefTensor> {
@@ -27,29 +28,29 @@ pub fn read_reference(file: &Path) -> std::collections::BTreeMap<String, RefTens
         .into_iter()
         .map(|(name, t)| {
             let data = t.data();
-            let (f, i) = match t.dtype() {
-                Dtype::F32 => (
-                    data.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                    vec![],
-                ),
-                Dtype::I64 => (
-                    vec![],
-                    data.chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                ),
-                other => panic!("unexpected dtype {other:?} in {}", file.display()),
+            let mut r = RefTensor {
+                shape: t.shape().to_vec(),
+                f32: vec![],
+                i64: vec![],
+                u8: vec![],
             };
-            (
-                name,
-                RefTensor {
-                    shape: t.shape().to_vec(),
-                    f32: f,
-                    i64: i,
-                },
-            )
+            match t.dtype() {
+                Dtype::F32 => {
+                    r.f32 = data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                Dtype::I64 => {
+                    r.i64 = data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                Dtype::U8 => r.u8 = data.to_vec(),
+                other => panic!("unexpected dtype {other:?} in {}", file.display()),
+            }
+            (name, r)
         })
         .collect()
 }

@@ -1,0 +1,270 @@
+//! Healing against references (tests/fixtures/make_heal_fixtures.py): NF4 with double
+//! quantisation equal to bitsandbytes 0.50 bit for bit; one and two LoRA steps on a pruned tiny
+//! model (gradients, clipped norm, AdamW update) equal to PyTorch + PEFT within 1e-4 relative,
+//! on a dense base and on the NF4-dequantised base; the PEFT adapter layout.
+
+mod common;
+
+use burn::tensor::DType;
+use common::{fixtures, read_reference, rel_err, RefTensor};
+use layerprune::heal::adapter::{AdapterSet, LoraConfig, ModuleAdapter};
+use layerprune::heal::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use layerprune::heal::train::micro_step;
+use layerprune::model::nf4::{dynamic_map_signed, Nf4Host, NF4};
+use layerprune::model::ModelFiles;
+use layerprune::source;
+
+type AD = burn::backend::Autodiff<burn::backend::Flex>;
+
+#[test]
+fn nf4_double_quantisation_is_bitsandbytes_exact() {
+    let r = read_reference(&fixtures().join("reference/nf4.safetensors"));
+    assert_eq!(r["code_nf4"].f32, NF4.to_vec());
+    let map = dynamic_map_signed();
+    assert_eq!(map.len(), 256);
+    for (i, (a, b)) in map.iter().zip(&r["code_dynamic_signed"].f32).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "dynamic map entry {i}: {a} vs {b}"
+        );
+    }
+    for name in ["normal", "edge", "down_proj"] {
+        let input = &r[&format!("{name}.input")];
+        let q = Nf4Host::quantize(&input.shape, &input.f32).unwrap();
+        assert_eq!(
+            q.packed,
+            r[&format!("{name}.packed")].u8,
+            "{name}: packed codes"
+        );
+        assert_eq!(
+            q.absmax_codes,
+            r[&format!("{name}.absmax_codes")].u8,
+            "{name}: 8-bit absmax codes"
+        );
+        assert_eq!(
+            q.absmax2,
+            r[&format!("{name}.absmax2")].f32,
+            "{name}: absmax2"
+        );
+        assert_eq!(
+            q.offset.to_bits(),
+            r[&format!("{name}.offset")].f32[0].to_bits(),
+            "{name}: offset"
+        );
+        let deq = q.dequantize();
+        let want = &r[&format!("{name}.dequantized")].f32;
+        assert_eq!(deq.len(), want.len());
+        for (i, (a, b)) in deq.iter().zip(want).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: dequantized[{i}] {a} vs {b}"
+            );
+        }
+    }
+}
+
+fn adapters_from(r: &std::collections::BTreeMap<String, RefTensor>, prefix: &str) -> AdapterSet {
+    let mut modules = Vec::new();
+    for layer in 0..2 {
+        for module in ["gate_proj", "up_proj", "down_proj"] {
+            let name = |w: &str| {
+                format!(
+                    "{prefix}base_model.model.model.layers.{layer}.mlp.{module}.lora_{w}.weight"
+                )
+            };
+            let a = &r[&name("A")];
+            let b = &r[&name("B")];
+            modules.push(ModuleAdapter {
+                layer,
+                module: module.into(),
+                in_features: a.shape[1],
+                out_features: b.shape[0],
+                a: a.f32.clone(),
+                b: b.f32.clone(),
+            });
+        }
+    }
+    AdapterSet {
+        config: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["gate_proj".into(), "up_proj".into(), "down_proj".into()],
+        },
+        modules,
+    }
+}
+
+fn check(what: &str, ours: &[f32], want: &[f32]) {
+    let e = rel_err(ours, want);
+    assert!(e < 1e-4, "{what}: relative error {e:e}");
+}
+
+fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
+    let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut model = files
+        .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
+        .unwrap();
+    if nf4 {
+        layerprune::model::nf4::quantize_linears(
+            &mut model,
+            &["gate_proj", "up_proj", "down_proj"],
+        )
+        .unwrap();
+    }
+    let p = |k: &str| format!("{variant}{k}");
+    let mut adapters = adapters_from(&r, "init.");
+    let sizes: Vec<usize> = adapters
+        .modules
+        .iter()
+        .flat_map(|m| [m.a.len(), m.b.len()])
+        .collect();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+        &sizes,
+    );
+    for step in 0..2 {
+        let ids = &r[&format!("batch{step}.input_ids")];
+        let rows: Vec<Vec<u32>> = ids
+            .i64
+            .chunks(ids.shape[1])
+            .map(|c| c.iter().map(|&x| x as u32).collect())
+            .collect();
+        let (loss, mut grads) = micro_step(&mut model, &adapters, &rows, 1.0).unwrap();
+        let want_loss = r[&p(&format!("loss{step}"))].f32[0] as f64;
+        assert!(
+            ((loss - want_loss) / want_loss).abs() < 1e-5,
+            "{variant} step {step}: loss {loss} vs {want_loss}"
+        );
+        let want_grads = adapters_from(&r, &p(&format!("grad{step}.")));
+        for (k, m) in want_grads.modules.iter().enumerate() {
+            check(
+                &format!("{variant} step {step} grad {} A", m.peft_name("A")),
+                &grads[2 * k],
+                &m.a,
+            );
+            check(
+                &format!("{variant} step {step} grad {} B", m.peft_name("B")),
+                &grads[2 * k + 1],
+                &m.b,
+            );
+        }
+        let norm = clip_grad_norm(&mut grads, max_norm);
+        let want_norm = r[&p(&format!("norm{step}"))].f32[0] as f64;
+        assert!(
+            ((norm - want_norm) / want_norm).abs() < 1e-4,
+            "{variant} step {step}: norm {norm} vs {want_norm}"
+        );
+        let mut params = adapters.params_mut();
+        opt.step(&mut params, &grads, 1e-3);
+        let want = adapters_from(&r, &p(&format!("after{step}.")));
+        for (m, w) in adapters.modules.iter().zip(&want.modules) {
+            check(
+                &format!("{variant} step {step} updated {} A", m.peft_name("A")),
+                &m.a,
+                &w.a,
+            );
+            check(
+                &format!("{variant} step {step} updated {} B", m.peft_name("B")),
+                &m.b,
+                &w.b,
+            );
+        }
+    }
+}
+
+#[test]
+fn lora_steps_match_peft_on_a_dense_base() {
+    two_steps("", false, 1.0);
+}
+
+#[test]
+fn lora_steps_match_peft_on_an_nf4_base() {
+    two_steps("nf4.", true, 1.0);
+}
+
+#[test]
+fn lora_steps_match_peft_with_active_clipping() {
+    let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
+    let max_norm = r["clip.max_norm"].f32[0] as f64;
+    assert!(
+        max_norm < r["clip.norm0"].f32[0] as f64,
+        "the fixture's clipping is active"
+    );
+    two_steps("clip.", false, max_norm);
+}
+
+#[test]
+fn peft_adapter_layout_matches_peft() {
+    let reference_dir = fixtures().join("reference/peft-adapter");
+    let theirs = AdapterSet::load_peft(&reference_dir).unwrap();
+    assert_eq!(theirs.config.r, 4);
+    assert_eq!(theirs.modules.len(), 6);
+    let dir = tempfile::tempdir().unwrap();
+    theirs
+        .save_peft(dir.path(), "tests/fixtures/models/tiny-llama")
+        .unwrap();
+    let ours = AdapterSet::load_peft(dir.path()).unwrap();
+    assert_eq!(ours, theirs, "round trip through our writer");
+    // the same tensor names, shapes and dtypes as PEFT's file
+    let names = |p: &std::path::Path| {
+        let b = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let mut v: Vec<(String, Vec<usize>, String)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec(), format!("{:?}", t.dtype())))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&dir.path().join("adapter_model.safetensors")),
+        names(&reference_dir.join("adapter_model.safetensors"))
+    );
+    let cfg = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
+            .unwrap()
+    };
+    let (a, b) = (cfg(dir.path()), cfg(&reference_dir));
+    for key in [
+        "peft_type",
+        "task_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "fan_in_fan_out",
+        "use_rslora",
+        "use_dora",
+    ] {
+        assert_eq!(a[key], b[key], "adapter_config.json key {key}");
+    }
+    let sorted = |v: &serde_json::Value| {
+        let mut x: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        x.sort();
+        x
+    };
+    assert_eq!(sorted(&a["target_modules"]), sorted(&b["target_modules"]));
+}
