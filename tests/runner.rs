@@ -536,7 +536,7 @@ fn bad_configurations_give_exact_errors() {
             "unknown stage kind",
             "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n".into(),
             vec![],
-            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, report, test-value; set `kind` when the table name is not a kind)".into(),
+            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, report, test-value; set `kind` when the table name is not a kind)".into(),
         ),
         (
             "unknown sweep axis",
@@ -641,4 +641,53 @@ fn stages_lists_kinds_with_their_documented_defaults() {
         "{text}"
     );
     assert!(text.contains("== test-value"), "{text}");
+}
+
+#[test]
+fn a_list_of_stages_in_a_one_job_input_fans_the_stage_out() {
+    let env = Env::new();
+    env.write(
+        "p.toml",
+        r#"
+name = "fan"
+[sweep]
+x = [1, 2, 3]
+[stages.base]
+kind = "test-value"
+value = 10
+[stages.per_x]
+kind = "test-value"
+value = "${x}"
+[stages.consumer]
+kind = "test-value"
+value = 100
+inputs = { parent = ["base", "per_x"] }
+[stages.total]
+kind = "test-value"
+inputs = { gather = ["consumer"] }
+"#,
+    );
+    let o = env.run(&["plan", "p.toml"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("(9 jobs;"),
+        "base + 3 per_x + 1 + 3 consumers + total: {text}"
+    );
+    assert!(text.contains("consumer[parent=base] "), "{text}");
+    assert!(text.contains("consumer[parent=per_x,x=2] "), "{text}");
+    let o = env.run(&["run", "p.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut r = csv::Reader::from_path(env.path("results/fan/jobs.csv")).unwrap();
+    let key = r
+        .records()
+        .map(|x| x.unwrap())
+        .find(|x| &x[0] == "total")
+        .map(|x| x[3].to_string())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path(&format!("cache/test-value/{key}/value.json"))).unwrap(),
+    )
+    .unwrap();
+    // consumers: 100 + 10, and 100 + x for x = 1, 2, 3
+    assert_eq!(v["value"].as_f64().unwrap(), 110.0 + 101.0 + 102.0 + 103.0);
 }

@@ -420,7 +420,7 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
         let slots: Vec<&str> = stage.inputs().iter().map(|s| s.name).collect();
         for (slot, refs) in inputs_obj {
             let key = format!("stages.{name}.inputs.{slot}");
-            let Some(decl) = stage.inputs().iter().find(|s| s.name == slot) else {
+            if !stage.inputs().iter().any(|s| s.name == slot) {
                 return Err(origins.error(
                     &key,
                     format!(
@@ -435,9 +435,10 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
                     ),
                 ));
             };
+            // a list in a one-job slot fans the stage out over those stages
             let list: Vec<String> = match refs {
                 Value::String(s) => vec![s.clone()],
-                Value::Array(a) if decl.many => a
+                Value::Array(a) if !a.is_empty() => a
                     .iter()
                     .map(|v| {
                         v.as_str().map(String::from).ok_or_else(|| {
@@ -448,14 +449,7 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
                 other => {
                     return Err(origins.error(
                         &key,
-                        format!(
-                            "expected {}, found {other}",
-                            if decl.many {
-                                "a stage name or a list of stage names"
-                            } else {
-                                "a stage name"
-                            }
-                        ),
+                        format!("expected a stage name or a list of stage names, found {other}"),
                     ))
                 }
             };

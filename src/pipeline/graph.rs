@@ -194,6 +194,7 @@ fn stage_order(cfg: &PipelineConfig) -> Result<Vec<String>, ConfigError> {
     Ok(order)
 }
 
+/// Every combination of the axes' values.
 fn product(axes: &[String], sweep: &BTreeMap<String, Vec<Value>>) -> Vec<Assignment> {
     let mut out = vec![Assignment::new()];
     for axis in axes {
@@ -335,7 +336,27 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
                 }
             }
         }
+        // A one-job slot given several stages fans out: the slot becomes an axis of this stage
+        // whose values are those stage names (e.g. evaluate "load", "prune" and "heal" models).
+        let mut values: BTreeMap<String, Vec<Value>> = cfg.sweep.clone();
+        let mut fan_out: BTreeSet<String> = BTreeSet::new();
+        for slot in stage.inputs().iter().filter(|s| !s.many) {
+            if let Some(refs) = sc.inputs.get(slot.name).filter(|r| r.len() > 1) {
+                if cfg.sweep.contains_key(slot.name) {
+                    return Err(cfg.error(
+                        &format!("stages.{name}.inputs.{}", slot.name),
+                        format!("a list of stages makes \"{}\" an axis of this stage, but the sweep already has an axis of that name", slot.name),
+                    ));
+                }
+                values.insert(
+                    slot.name.to_string(),
+                    refs.iter().map(|r| Value::String(r.clone())).collect(),
+                );
+                fan_out.insert(slot.name.to_string());
+            }
+        }
         let mut axes = own.clone();
+        axes.extend(fan_out.iter().cloned());
         for slot in stage.inputs().iter().filter(|s| !s.many) {
             for r in sc.inputs.get(slot.name).into_iter().flatten() {
                 axes.extend(effective[r].iter().cloned());
@@ -344,7 +365,23 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
         effective.insert(name.clone(), axes.clone());
         let axes_vec: Vec<String> = axes.iter().cloned().collect();
 
-        for assignment in product(&axes_vec, &cfg.sweep) {
+        for assignment in product(&axes_vec, &values) {
+            // the upstream stage chosen for each one-job slot, and the axes that matter for it
+            let chosen = |slot: &str| -> Option<String> {
+                let refs = sc.inputs.get(slot)?;
+                match assignment.get(slot).filter(|_| fan_out.contains(slot)) {
+                    Some(Value::String(r)) => Some(r.clone()),
+                    _ => refs.first().cloned(),
+                }
+            };
+            let mut relevant = own.clone();
+            relevant.extend(fan_out.iter().cloned());
+            for slot in stage.inputs().iter().filter(|s| !s.many) {
+                if let Some(r) = chosen(slot.name) {
+                    relevant.extend(effective[&r].iter().cloned());
+                }
+            }
+            let label_assignment = restrict(&assignment, &relevant);
             let raw = substitute(&sc.params, &assignment);
             let params = stage
                 .check_params(&raw)
@@ -405,25 +442,27 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
                     continue;
                 };
                 let mut idxs = Vec::new();
+                if !slot.many {
+                    let Some(r) = chosen(slot.name) else { continue };
+                    let ua = restrict(&assignment, &effective[&r]);
+                    idxs.push(
+                        index[&(
+                            r.clone(),
+                            canonical_text(&serde_json::to_value(&ua).unwrap()),
+                        )],
+                    );
+                    inputs.insert(slot.name.to_string(), idxs);
+                    continue;
+                }
                 for r in refs {
-                    if slot.many {
-                        let shared: BTreeSet<String> =
-                            effective[r].intersection(&axes).cloned().collect();
-                        for (ua, ui) in &stage_jobs[r] {
-                            if restrict(ua, &shared) == restrict(&assignment, &shared)
-                                && !idxs.contains(ui)
-                            {
-                                idxs.push(*ui);
-                            }
+                    let shared: BTreeSet<String> =
+                        effective[r].intersection(&axes).cloned().collect();
+                    for (ua, ui) in &stage_jobs[r] {
+                        if restrict(ua, &shared) == restrict(&assignment, &shared)
+                            && !idxs.contains(ui)
+                        {
+                            idxs.push(*ui);
                         }
-                    } else {
-                        let ua = restrict(&assignment, &effective[r]);
-                        idxs.push(
-                            index[&(
-                                r.clone(),
-                                canonical_text(&serde_json::to_value(&ua).unwrap()),
-                            )],
-                        );
                     }
                 }
                 inputs.insert(slot.name.to_string(), idxs);
@@ -445,14 +484,23 @@ pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, Confi
             let key = sha256_bytes(canonical_text(&key_doc).as_bytes());
             let idx = match by_key.get(&key) {
                 Some(&i) => {
-                    jobs[i].aliases.push((name.clone(), assignment.clone()));
+                    let same = jobs[i].stage == *name && jobs[i].assignment == label_assignment;
+                    let known = jobs[i]
+                        .aliases
+                        .iter()
+                        .any(|(s, a)| s == name && *a == label_assignment);
+                    if !same && !known {
+                        jobs[i]
+                            .aliases
+                            .push((name.clone(), label_assignment.clone()));
+                    }
                     i
                 }
                 None => {
                     jobs.push(Job {
                         stage: name.clone(),
                         kind: stage,
-                        assignment: assignment.clone(),
+                        assignment: label_assignment.clone(),
                         params,
                         inputs,
                         sources,

@@ -38,6 +38,9 @@ pub struct EvalQaParams {
     pub mmlu_shots: usize,
     pub prompt: PromptStyle,
     pub limit: usize,
+    /// Per-task overrides of `limit`.
+    #[serde(default)]
+    pub task_limits: BTreeMap<TaskName, usize>,
     pub subset: Subset,
     pub seed: u64,
     pub batch_size: usize,
@@ -121,18 +124,19 @@ pub fn variant_label(v: &Variant) -> String {
     }
 }
 
-fn subset_fn(p: &EvalQaParams) -> impl Fn(usize) -> Vec<usize> + '_ {
+fn subset_fn(p: &EvalQaParams, task: TaskName) -> impl Fn(usize) -> Vec<usize> + '_ {
+    let limit = p.task_limits.get(&task).copied().unwrap_or(p.limit);
     move |n: usize| {
-        if p.limit == 0 || p.limit >= n {
+        if limit == 0 || limit >= n {
             return (0..n).collect();
         }
         match p.subset {
-            Subset::First => (0..p.limit).collect(),
+            Subset::First => (0..limit).collect(),
             Subset::Sample => {
                 let mut idx: Vec<usize> = (0..n).collect();
                 let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
                 idx.shuffle(&mut rng);
-                let mut pick = idx[..p.limit].to_vec();
+                let mut pick = idx[..limit].to_vec();
                 pick.sort_unstable();
                 pick
             }
@@ -314,10 +318,10 @@ impl BackendTask for Evaluate<'_> {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
         let model = self.model.build::<B>(&device, dtype)?;
-        let select = subset_fn(self.params);
         let mut results = Vec::new();
         let mut prompts = BTreeMap::new();
         for &task in &self.params.tasks {
+            let select = subset_fn(self.params, task);
             let name = task.as_str();
             let (items, item_results, shots) = if task == TaskName::Mmlu {
                 let subjects = mmlu_subjects(self.data_root)?;
