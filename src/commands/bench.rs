@@ -274,3 +274,85 @@ pub fn similarity(
     );
     print_reference(&ours, files, &rows, batch)
 }
+
+pub const MMLU_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_mmlu_bench.py");
+
+struct MmluBench<'a> {
+    files: &'a ModelFiles,
+    subjects: &'a [(String, Vec<crate::data::tasks::McItem>)],
+    workers: usize,
+}
+
+impl BackendTask for MmluBench<'_> {
+    type Output = (f64, usize, Vec<usize>);
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
+        use crate::eval::loglik::{score, ScoreOptions};
+        let model = self.files.build::<B>(&device, dtype)?;
+        let tok = &self.files.tokenizer;
+        let opts = ScoreOptions { batch_size: 8, workers: self.workers, shared_prefix: true, max_length: 4096, pad_id: 0 };
+        let mut requests_by_subject = Vec::new();
+        for (_, items) in self.subjects {
+            let mut reqs = Vec::new();
+            for it in items {
+                for (c, k) in it.requests() {
+                    reqs.push(crate::stages::eval_qa::encode_pair(tok, &c, &k)?);
+                }
+            }
+            requests_by_subject.push(reqs);
+        }
+        let start = Instant::now();
+        let mut preds = Vec::new();
+        let mut harness_tokens = 0;
+        for ((_, items), reqs) in self.subjects.iter().zip(&requests_by_subject) {
+            let scored = score(&model, reqs, &opts)?;
+            for (q, it) in items.iter().enumerate() {
+                let ll: Vec<f64> = scored[q * 4..q * 4 + 4].iter().map(|s| s.loglik).collect();
+                preds.push(crate::eval::metrics::argmax(&ll));
+                let _ = it;
+                harness_tokens += reqs[q * 4].context.len();
+            }
+        }
+        Ok((start.elapsed().as_secs_f64(), harness_tokens, preds))
+    }
+}
+
+/// `layerprune bench mmlu`: MMLU k-shot on the first `per_subject` questions of every subject.
+pub fn mmlu(files: &ModelFiles, data_root: &Path, shots: usize, per_subject: usize, backend: BackendKind, precision: Precision) -> Result<()> {
+    use crate::data::tasks::{mmlu_items, mmlu_subjects};
+    let mut subjects = Vec::new();
+    for s in mmlu_subjects(data_root)? {
+        let items = mmlu_items(data_root, &s, shots, &|n| (0..n.min(per_subject)).collect())?;
+        subjects.push((s, items));
+    }
+    let n: usize = subjects.iter().map(|(_, i)| i.len()).sum();
+    println!("MMLU {shots}-shot: {n} questions ({per_subject} per subject), {backend} {precision}, {} CPU threads", cpu_threads());
+    let (seconds, tokens, preds) = dispatch(backend, precision, MmluBench { files, subjects: &subjects, workers: default_workers(backend) })?;
+    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({tokens} prompt tokens; shared few-shot prefixes computed once)", tokens as f64 / seconds);
+    match reference_python() {
+        None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
+        Some(py) => {
+            let tok = &files.tokenizer;
+            let mut questions = Vec::new();
+            for (_, items) in &subjects {
+                for it in items {
+                    let reqs: Vec<crate::eval::loglik::Request> = it
+                        .requests()
+                        .iter()
+                        .map(|(c, k)| crate::stages::eval_qa::encode_pair(tok, c, k))
+                        .collect::<Result<_>>()?;
+                    questions.push(serde_json::json!({"context": reqs[0].context, "choices": reqs.iter().map(|r| r.continuation[0]).collect::<Vec<_>>()}));
+                }
+            }
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("prompts.json");
+            std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "questions": questions }))?)?;
+            let v = run_reference(&py, MMLU_REFERENCE_SCRIPT, &[files.source.path.display().to_string(), path.display().to_string(), cpu_threads().to_string()])?;
+            let ref_seconds = v["seconds"].as_f64().unwrap_or(f64::NAN);
+            let ref_preds: Vec<usize> = v["preds"].as_array().map(|a| a.iter().map(|x| x.as_u64().unwrap_or(99) as usize).collect()).unwrap_or_default();
+            let same = preds.iter().zip(&ref_preds).filter(|(a, b)| a == b).count();
+            println!("transformers  {ref_seconds:>8.2} s  {:>9.1} prompt tokens/s  (one forward per question)", tokens as f64 / ref_seconds);
+            println!("ratio         {:>8.2}x faster (wall time); same predictions on {same}/{n}", ref_seconds / seconds);
+        }
+    }
+    Ok(())
+}
