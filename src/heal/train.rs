@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::adapter::{AdapterSet, LoraConfig};
 use super::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
 use crate::commands::forward::to_f32_vec;
+use crate::model::host_tensor::transpose;
 use crate::model::{TokenBatch, Transformer};
 use crate::progress::Progress;
 
@@ -243,16 +244,6 @@ pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>])
     let targets =
         Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b * (t - 1), 1]), &model.device);
     logp.gather(1, targets).mean().neg()
-}
-
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = data[i * cols + j];
-        }
-    }
-    out
 }
 
 /// Gradients of the adapters (PEFT layout, module order, A then B) for one micro-batch, and its loss.

@@ -142,7 +142,13 @@ fn reason_for(
     let mut changed = Vec::new();
     for (slot, keys) in &now.input_keys {
         if old.input_keys.get(slot) != Some(keys) {
-            changed.push(format!("{slot} ({})", now.inputs[slot].join(", ")));
+            let names = &now.inputs[slot];
+            let shown = if names.len() > 3 {
+                format!("{} and {} more", names[..3].join(", "), names.len() - 3)
+            } else {
+                names.join(", ")
+            };
+            changed.push(format!("{slot} ({shown})"));
         }
     }
     if changed.is_empty() {

@@ -73,3 +73,14 @@ pub fn rel_err(ours: &[f32], reference: &[f32]) -> f32 {
 pub fn temp_cache() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The cache shared by tests that fetch real packages: $LAYERPRUNE_TEST_CACHE or target/test-cache.
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("LAYERPRUNE_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("test-cache")
+        })
+}
