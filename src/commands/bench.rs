@@ -304,10 +304,9 @@ impl BackendTask for MmluBench<'_> {
         let mut harness_tokens = 0;
         for ((_, items), reqs) in self.subjects.iter().zip(&requests_by_subject) {
             let scored = score(&model, reqs, &opts)?;
-            for (q, it) in items.iter().enumerate() {
+            for q in 0..items.len() {
                 let ll: Vec<f64> = scored[q * 4..q * 4 + 4].iter().map(|s| s.loglik).collect();
                 preds.push(crate::eval::metrics::argmax(&ll));
-                let _ = it;
                 harness_tokens += reqs[q * 4].context.len();
             }
         }

@@ -416,7 +416,6 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
 
 /// "SmolLM2-135M-Instruct.Q4_1.gguf"-style name of the model behind a similarity artifact.
 fn model_title(ctx: &JobContext, sim: &super::context::InputArtifact) -> Result<String> {
-    let _ = ctx;
     let key = sim
         .manifest
         .inputs
