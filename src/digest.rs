@@ -88,13 +88,9 @@ impl DigestCache {
                 sha256: sha256.clone(),
             },
         );
-        if let Some(dir) = self.file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-            if let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) {
-                if serde_json::to_writer(&tmp, &table).is_ok() {
-                    let _ = tmp.persist(&self.file);
-                }
-            }
+        // The table is only a speed-up: failing to save it must not fail the caller.
+        if let Ok(bytes) = serde_json::to_vec(&table) {
+            let _ = crate::fsutil::atomic_write(&self.file, &bytes);
         }
         Ok(sha256)
     }

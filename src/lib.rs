@@ -9,6 +9,7 @@ pub mod commands;
 pub mod data;
 pub mod digest;
 pub mod eval;
+pub mod fsutil;
 pub mod heal;
 pub mod method;
 pub mod model;

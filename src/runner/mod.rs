@@ -477,7 +477,7 @@ fn execute(
     Ok(true)
 }
 
-/// Copy an artifact's files (not its manifest) into the results directory.
+/// Copy an artifact's files (not its manifest) into the results directory, each atomically.
 fn publish(artifact: &Path, results_dir: &Path) -> Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -488,9 +488,10 @@ fn publish(artifact: &Path, results_dir: &Path) -> Result<()> {
                 stack.push(r);
             } else if r.as_os_str() != "manifest.json" {
                 let dest = results_dir.join(&r);
-                std::fs::create_dir_all(dest.parent().unwrap())?;
-                std::fs::copy(e.path(), &dest)
-                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                let bytes = std::fs::read(e.path())
+                    .with_context(|| format!("cannot read {}", e.path().display()))?;
+                // Through a temporary file: a reader (or an interrupted run) never sees half a table.
+                crate::fsutil::atomic_write(&dest, &bytes)?;
             }
         }
     }

@@ -19,7 +19,7 @@ pub fn write_resolved(cfg: &PipelineConfig, dir: &Path) -> Result<()> {
         cfg.name,
         cfg.file.display()
     );
-    atomic_write(&dir.join("resolved.toml"), text.as_bytes())
+    crate::fsutil::atomic_write(&dir.join("resolved.toml"), text.as_bytes())
 }
 
 #[derive(Serialize)]
@@ -56,7 +56,7 @@ pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
             error,
         })?;
     }
-    atomic_write(&dir.join("jobs.csv"), &w.into_inner()?)
+    crate::fsutil::atomic_write(&dir.join("jobs.csv"), &w.into_inner()?)
 }
 
 #[derive(Serialize)]
@@ -100,16 +100,5 @@ pub fn append_run(
         exit_code,
     })?;
     w.flush()?;
-    Ok(())
-}
-
-/// Write through a temporary file and rename, so readers never see half a file.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), bytes)?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -40,11 +40,7 @@ pub fn load(cache_root: &Path, pipeline: &str) -> PipelineState {
 
 pub fn save(cache_root: &Path, pipeline: &str, state: &PipelineState) -> anyhow::Result<()> {
     let p = path(cache_root, pipeline);
-    std::fs::create_dir_all(p.parent().unwrap())?;
-    let tmp = tempfile::NamedTempFile::new_in(p.parent().unwrap())?;
-    serde_json::to_writer_pretty(&tmp, state)?;
-    tmp.persist(&p)?;
-    Ok(())
+    crate::fsutil::atomic_write(&p, &serde_json::to_vec_pretty(state)?)
 }
 
 /// "a 1 -> 2, b.c \"x\" -> \"y\"" for the keys whose values differ.

@@ -198,6 +198,7 @@ impl Store {
 
     /// Record file hashes, write the manifest last, and move the directory into place.
     pub fn publish(&self, mut pending: Pending, mut manifest: Manifest) -> Result<Manifest> {
+        crate::fsutil::normalize_file_permissions(&pending.tmp)?;
         let mut files = Vec::new();
         collect(&pending.tmp, &pending.tmp, &mut files)?;
         let mut records = BTreeMap::new();

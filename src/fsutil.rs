@@ -1,0 +1,118 @@
+//! Small file-system helpers shared by the cache, the results writer and the package extractor.
+//!
+//! Temporary files are created private (0600) by default; everything layerprune publishes is
+//! meant to be read by collaborators and other tools (a shared cache, `results/` in a group
+//! directory), so published files get the permissions of a plain `File::create`: 0666 less the
+//! user's umask.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// Write through a temporary file in the same directory and rename, so readers never see half a
+/// file; the result gets the permissions of a normally created file (0666 less the umask).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.flush())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Give every file under `dir` the permissions a normally created file gets there (0666 less
+/// the umask). Some writers (the safetensors crate among them) create files private to the
+/// owner; a published artifact should not be.
+pub fn normalize_file_permissions(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let probe = dir.join(".permission-probe");
+        std::fs::File::create(&probe)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mode = std::fs::metadata(&probe)?.permissions().mode() & 0o777;
+        std::fs::remove_file(&probe)?;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in
+                std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?
+            {
+                let e = e?;
+                let ty = e.file_type()?;
+                if ty.is_dir() {
+                    stack.push(e.path());
+                } else if ty.is_file() {
+                    std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode))
+                        .with_context(|| {
+                            format!("cannot set permissions of {}", e.path().display())
+                        })?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The directory a path lives in; "." for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub").join("a.txt");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let plain = dir.path().join("plain");
+            std::fs::File::create(&plain).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&p), mode(&plain));
+        }
+        // Only the file itself is left: no temporary stragglers.
+        let n = std::fs::read_dir(p.parent().unwrap()).unwrap().count();
+        assert_eq!(n, 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_get_the_default_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        let private = sub.join("weights.bin");
+        std::fs::write(&private, b"x").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        normalize_file_permissions(dir.path()).unwrap();
+        assert_eq!(mode(&private), mode(&plain));
+        assert!(!dir.path().join(".permission-probe").exists());
+    }
+}
