@@ -320,53 +320,118 @@ fn draw_panel<DB: DrawingBackend>(
     if let Some(b) = p.baseline {
         chart
             .draw_series(dashed_line(&[(0.0, b), (x_max, b)], RED.stroke_width(2)))
-            .map_err(err)?
-            .label("unpruned")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+            .map_err(err)?;
     }
     if let Some(r) = p.reference {
         chart
-            .draw_series(dashed_line(
-                &[(0.0, r), (x_max, r)],
-                RGBColor(150, 150, 150).stroke_width(2),
-            ))
+            .draw_series(dashed_line(&[(0.0, r), (x_max, r)], GRAY.stroke_width(2)))
             .map_err(err)?;
     }
     for c in &p.curves {
-        let style = if c.dashed {
-            c.color.stroke_width(1)
-        } else {
-            c.color.stroke_width(2)
-        };
-        let series = if c.dashed {
+        if c.dashed {
             chart
-                .draw_series(dashed_line(&c.points, style))
-                .map_err(err)?
+                .draw_series(dashed_line(&c.points, c.color.stroke_width(1)))
+                .map_err(err)?;
         } else {
             chart
-                .draw_series(LineSeries::new(c.points.clone(), style))
-                .map_err(err)?
-        };
-        let color = c.color;
-        series.label(&c.label).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-        });
-        chart
-            .draw_series(
-                c.points
-                    .iter()
-                    .map(|&q| Circle::new(q, 3, c.color.filled())),
-            )
-            .map_err(err)?;
+                .draw_series(LineSeries::new(c.points.clone(), c.color.stroke_width(2)))
+                .map_err(err)?;
+        }
+        // solid curves (healed) get larger square markers, dashed ones small circles; the
+        // first point of a curve is the unpruned model, drawn by the baseline already
+        for &q in &c.points {
+            if c.dashed {
+                chart
+                    .draw_series(std::iter::once(Circle::new(q, 3, c.color.filled())))
+                    .map_err(err)?;
+            } else {
+                chart
+                    .draw_series(std::iter::once(
+                        EmptyElement::at(q) + Rectangle::new([(-4, -4), (4, 4)], c.color.filled()),
+                    ))
+                    .map_err(err)?;
+            }
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font(("sans-serif", 11))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
+    Ok(())
+}
+
+const GRAY: RGBColor = RGBColor(150, 150, 150);
+
+/// One legend entry: a line sample (dashed or solid) with its marker, and a label.
+struct LegendEntry {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+    marker: bool,
+}
+
+/// The figure's one legend, in a strip under the panels, so that it never hides data.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<()> {
+    let mut entries: Vec<LegendEntry> = Vec::new();
+    if panels.iter().any(|p| p.baseline.is_some()) {
+        entries.push(LegendEntry {
+            label: "unpruned".into(),
+            color: RED,
+            dashed: true,
+            marker: false,
+        });
+    }
+    if panels.iter().any(|p| p.reference.is_some()) {
+        entries.push(LegendEntry {
+            label: "chance (normalised loss: 1)".into(),
+            color: GRAY,
+            dashed: true,
+            marker: false,
+        });
+    }
+    for c in panels.iter().flat_map(|p| &p.curves) {
+        if !entries.iter().any(|e| e.label == c.label) {
+            entries.push(LegendEntry {
+                label: c.label.clone(),
+                color: c.color,
+                dashed: c.dashed,
+                marker: true,
+            });
+        }
+    }
+    let (w, h) = area.dim_in_pixel();
+    let y = h as i32 / 2;
+    let slot = (w as i32 - 20) / entries.len().max(1) as i32;
+    for (i, e) in entries.iter().enumerate() {
+        let x = 10 + i as i32 * slot;
+        let style = e.color.stroke_width(if e.dashed { 1 } else { 2 });
+        if e.dashed {
+            for k in 0..3 {
+                area.draw(&PathElement::new(
+                    vec![(x + k * 10, y), (x + k * 10 + 6, y)],
+                    style,
+                ))
+                .map_err(err)?;
+            }
+        } else {
+            area.draw(&PathElement::new(vec![(x, y), (x + 26, y)], style))
+                .map_err(err)?;
+        }
+        if e.marker {
+            if e.dashed {
+                area.draw(&Circle::new((x + 13, y), 3, e.color.filled()))
+                    .map_err(err)?;
+            } else {
+                area.draw(&Rectangle::new(
+                    [(x + 9, y - 4), (x + 17, y + 4)],
+                    e.color.filled(),
+                ))
+                .map_err(err)?;
+            }
+        }
+        area.draw(&Text::new(
+            e.label.clone(),
+            (x + 32, y - 7),
+            ("sans-serif", 13).into_font().color(&BLACK),
+        ))
         .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -377,6 +442,8 @@ fn draw_panels<DB: DrawingBackend>(
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+    let (root, legend) = root.split_vertically(root.dim_in_pixel().1.saturating_sub(LEGEND_HEIGHT));
+    draw_legend(&legend, panels)?;
     let cols = panels.len().min(3).max(1);
     let rows = panels.len().div_ceil(cols);
     let x_max = panels
@@ -392,12 +459,15 @@ fn draw_panels<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Height of the legend strip under the panels, in pixels.
+const LEGEND_HEIGHT: u32 = 36;
+
 /// Metric-against-fraction panels (paper Figs. 1d, 2, 3, 5, 6) as `<stem>.svg` and `<stem>.png`.
 pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
     register_font();
     let cols = panels.len().min(3).max(1) as u32;
     let rows = panels.len().div_ceil(3).max(1) as u32;
-    let size = (420 * cols + 20, 360 * rows + 40);
+    let size = (420 * cols + 20, 360 * rows + 40 + LEGEND_HEIGHT);
     draw_panels(
         SVGBackend::new(&dir.join(format!("{stem}.svg")), size).into_drawing_area(),
         panels,

@@ -40,7 +40,8 @@ impl Stage for ReportStage {
         "report"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: one shared legend strip, healed points marked by squares
+        2
     }
     fn description(&self) -> &'static str {
         "CSV tables and the paper's figures of a sweep, published to results/<pipeline>/"
@@ -386,7 +387,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
 
 - eval.csv: one row per model, task and metric
 - eval_items.csv: every scored item's gold and predicted answer
-- fig_eval_vs_fraction.svg/.png: metrics against the fraction of layers dropped (red dashed: unpruned; gray dashed: chance, or 1.0 for normalised loss)
+- fig_eval_vs_fraction.svg/.png: metrics against the fraction of layers dropped (red dashed: unpruned; gray dashed: chance, or 1.0 for normalised loss; in a sweep that heals, thin dashed with dots: not healed, solid with squares: healed)
 ")?;
     writeln!(summary, "| variant | strategy | fraction | dropped | healed | task | shots | metric | value | stderr | items |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in &rows {
