@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, B};
 use layerprune::commands::forward::to_f32_vec;
 use layerprune::data::tasks::{item_from_row, mmlu_item, mmlu_prefix, McItem, TaskName};
-use layerprune::eval::loglik::{next_token_logprobs, score, Request, ScoreOptions};
+use layerprune::eval::loglik::{next_token_logprobs, score, score_sets, Request, ScoreOptions};
 use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch, Transformer};
 use layerprune::source;
 use layerprune::stages::eval_qa::encode_pair;
@@ -208,6 +208,53 @@ fn shared_prefix_scoring_equals_full_scoring() {
                 "{subject}: shared {} vs transformers {ll}",
                 a.loglik
             );
+        }
+    }
+}
+
+/// Subjects scored as request sets, side by side on two workers (shared few-shot prefixes) or
+/// pooled into common batches (0-shot), give transformers' log-likelihoods in set order.
+#[test]
+fn subjects_scored_as_sets_match_transformers() {
+    let (_, model) = tiny();
+    let fx = fixture("eval-tiny-llama.json");
+    for shots in [0, 5] {
+        let mut sets: Vec<Vec<Request>> = Vec::new();
+        let mut expected: Vec<Vec<f64>> = Vec::new();
+        for subject in ["abstract_algebra", "high_school_geography"] {
+            let mut reqs = Vec::new();
+            let mut lls = Vec::new();
+            for e in fx["items"].as_array().unwrap().iter().filter(|e| {
+                e["task"] == "mmlu" && e["shots"] == shots && e["subject"] == subject
+            }) {
+                for r in e["requests"].as_array().unwrap() {
+                    reqs.push(Request {
+                        context: ids(&r["context_ids"]),
+                        continuation: ids(&r["continuation_ids"]),
+                    });
+                    lls.push(r["loglik"].as_f64().unwrap());
+                }
+            }
+            assert!(!reqs.is_empty(), "fixture has {subject} {shots}-shot");
+            sets.push(reqs);
+            expected.push(lls);
+        }
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let scored = score_sets(&model, &sets, &opts(2, 2, shots > 0), &|| {
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(done.into_inner(), sets.len());
+        assert_eq!(scored.len(), sets.len());
+        for (got, want) in scored.iter().zip(&expected) {
+            assert_eq!(got.len(), want.len());
+            for (a, ll) in got.iter().zip(want) {
+                assert!(
+                    (a.loglik - ll).abs() <= 1e-4 * ll.abs().max(1.0),
+                    "{shots}-shot: {} vs transformers {ll}",
+                    a.loglik
+                );
+            }
         }
     }
 }

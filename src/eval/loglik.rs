@@ -281,6 +281,94 @@ pub fn score<B: Backend>(
         .collect())
 }
 
+/// Score several request sets (an MMLU task's subjects), results per set in request order.
+///
+/// Without `shared_prefix` the sets are one pool: batches then mix sets and fill up. With it,
+/// each set keeps its own shared prefix (a subject's few-shot exemplars) and the sets are spread
+/// over the workers, each worker running whole sets one after another: a single long prefix
+/// cannot be split across threads, but two subjects' prefixes can run side by side.
+/// `on_set_done` is called once per finished set (for progress), from any worker.
+pub fn score_sets<B: Backend>(
+    model: &Transformer<B>,
+    sets: &[Vec<Request>],
+    opts: &ScoreOptions,
+    on_set_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Vec<Scored>>> {
+    if !opts.shared_prefix {
+        let all: Vec<Request> = sets.iter().flatten().cloned().collect();
+        let mut scored = score(model, &all, opts)?.into_iter();
+        let out = sets
+            .iter()
+            .map(|set| scored.by_ref().take(set.len()).collect())
+            .collect();
+        sets.iter().for_each(|_| on_set_done());
+        return Ok(out);
+    }
+    let workers = opts.workers.clamp(1, sets.len().max(1));
+    let one = ScoreOptions {
+        workers: 1,
+        ..*opts
+    };
+    let run_set = |set: &Vec<Request>| -> Result<Vec<Scored>> {
+        let r = score(model, set, if workers == 1 { opts } else { &one });
+        on_set_done();
+        r
+    };
+    if workers == 1 {
+        return sets.iter().map(run_set).collect();
+    }
+    // sets are handed out in order from a shared counter, so a slow subject does not hold up
+    // the others
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, Vec<Scored>)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (next, run_set) = (&next, &run_set);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= sets.len() {
+                            return Ok(done);
+                        }
+                        done.push((i, run_set(&sets[i])?));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
+            })
+            .collect()
+    });
+    let mut out: Vec<Option<Vec<Scored>>> = vec![None; sets.len()];
+    for part in results {
+        for (i, scored) in part? {
+            out[i] = Some(scored);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|s| s.expect("every set scored"))
+        .collect())
+}
+
+/// One single-token request per (context, candidate), contexts outermost.
+pub fn next_token_requests(contexts: &[Vec<u32>], candidates: &[u32]) -> Vec<Request> {
+    contexts
+        .iter()
+        .flat_map(|c| {
+            candidates.iter().map(move |&t| Request {
+                context: c.clone(),
+                continuation: vec![t],
+            })
+        })
+        .collect()
+}
+
 /// Log-softmax at the last context token for a few candidate tokens (the paper's scoring:
 /// next-token probabilities of the answer tokens). Returns [contexts][candidates].
 pub fn next_token_logprobs<B: Backend>(
@@ -289,16 +377,7 @@ pub fn next_token_logprobs<B: Backend>(
     candidates: &[u32],
     opts: &ScoreOptions,
 ) -> Result<Vec<Vec<f64>>> {
-    let requests: Vec<Request> = contexts
-        .iter()
-        .flat_map(|c| {
-            candidates.iter().map(move |&t| Request {
-                context: c.clone(),
-                continuation: vec![t],
-            })
-        })
-        .collect();
-    let scored = score(model, &requests, opts)?;
+    let scored = score(model, &next_token_requests(contexts, candidates), opts)?;
     Ok(scored
         .chunks(candidates.len())
         .map(|c| c.iter().map(|s| s.loglik).collect())

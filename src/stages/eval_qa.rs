@@ -13,7 +13,7 @@ use super::model_ref::{ModelRef, Variant};
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::backend::{default_workers, dispatch, BackendTask};
 use crate::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
-use crate::eval::loglik::{next_token_logprobs, score, Request, ScoreOptions};
+use crate::eval::loglik::{next_token_requests, score, score_sets, Request, ScoreOptions, Scored};
 use crate::eval::metrics::{argmax, mean_stderr};
 use crate::progress::Progress;
 
@@ -238,13 +238,8 @@ impl Evaluate<'_> {
         }
     }
 
-    fn score_items<B: Backend>(
-        &self,
-        model: &crate::model::Transformer<B>,
-        task: TaskName,
-        items: &[McItem],
-        shared_prefix: bool,
-    ) -> Result<Vec<ItemResult>> {
+    /// The requests that score `items`, and how to read their scores back.
+    fn requests_for(&self, task: TaskName, items: &[McItem]) -> Result<(Vec<Request>, Scoring)> {
         let tok = &self.model.files.tokenizer;
         let paper = self.params.prompt == PromptStyle::Paper
             && matches!(task, TaskName::Mmlu | TaskName::Boolq);
@@ -267,21 +262,12 @@ impl Evaluate<'_> {
                 .iter()
                 .map(|it| tok.encode(&it.contexts[0]))
                 .collect::<Result<_>>()?;
-            let lps = next_token_logprobs(model, &contexts, &ids, &self.opts(shared_prefix))?;
-            return Ok(items
-                .iter()
-                .zip(lps)
-                .map(|(it, lp)| {
-                    let pred = argmax(&lp) % it.choices.len();
-                    ItemResult {
-                        item: it.id.clone(),
-                        gold: it.gold,
-                        pred,
-                        pred_norm: pred,
-                        loglik: lp,
-                    }
-                })
-                .collect());
+            return Ok((
+                next_token_requests(&contexts, &ids),
+                Scoring::NextToken {
+                    candidates: ids.len(),
+                },
+            ));
         }
         let mut requests = Vec::new();
         for it in items {
@@ -289,28 +275,71 @@ impl Evaluate<'_> {
                 requests.push(encode_pair(tok, &c, &k)?);
             }
         }
-        let scored = score(model, &requests, &self.opts(shared_prefix))?;
-        let mut out = Vec::new();
-        let mut k = 0;
-        for it in items {
-            let n = it.choices.len();
-            let ll: Vec<f64> = scored[k..k + n].iter().map(|s| s.loglik).collect();
-            k += n;
-            let norm: Vec<f64> = ll
-                .iter()
-                .zip(&it.choices)
-                .map(|(l, c)| l / c.chars().count() as f64)
-                .collect();
-            out.push(ItemResult {
-                item: it.id.clone(),
-                gold: it.gold,
-                pred: argmax(&ll),
-                pred_norm: argmax(&norm),
-                loglik: ll,
-            });
-        }
-        Ok(out)
+        Ok((requests, Scoring::Harness))
     }
+
+    fn score_items<B: Backend>(
+        &self,
+        model: &crate::model::Transformer<B>,
+        task: TaskName,
+        items: &[McItem],
+        shared_prefix: bool,
+    ) -> Result<Vec<ItemResult>> {
+        let (requests, scoring) = self.requests_for(task, items)?;
+        let scored = score(model, &requests, &self.opts(shared_prefix))?;
+        Ok(item_results(items, &scored, scoring))
+    }
+}
+
+/// How a task's scores map back to its items.
+#[derive(Debug, Clone, Copy)]
+enum Scoring {
+    /// The paper's: one context per item, next-token log-probabilities of the answer tokens
+    /// (choice i is candidate i modulo the number of choices).
+    NextToken { candidates: usize },
+    /// lm-evaluation-harness: one request per choice, acc on the sum of log-likelihoods and
+    /// acc_norm on it divided by the choice's length in characters.
+    Harness,
+}
+
+fn item_results(items: &[McItem], scored: &[Scored], scoring: Scoring) -> Vec<ItemResult> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    for it in items {
+        let n = match scoring {
+            Scoring::NextToken { candidates } => candidates,
+            Scoring::Harness => it.choices.len(),
+        };
+        let ll: Vec<f64> = scored[k..k + n].iter().map(|s| s.loglik).collect();
+        k += n;
+        out.push(match scoring {
+            Scoring::NextToken { .. } => {
+                let pred = argmax(&ll) % it.choices.len();
+                ItemResult {
+                    item: it.id.clone(),
+                    gold: it.gold,
+                    pred,
+                    pred_norm: pred,
+                    loglik: ll,
+                }
+            }
+            Scoring::Harness => {
+                let norm: Vec<f64> = ll
+                    .iter()
+                    .zip(&it.choices)
+                    .map(|(l, c)| l / c.chars().count() as f64)
+                    .collect();
+                ItemResult {
+                    item: it.id.clone(),
+                    gold: it.gold,
+                    pred: argmax(&ll),
+                    pred_norm: argmax(&norm),
+                    loglik: ll,
+                }
+            }
+        });
+    }
+    out
 }
 
 impl BackendTask for Evaluate<'_> {
@@ -324,19 +353,35 @@ impl BackendTask for Evaluate<'_> {
             let select = subset_fn(self.params, task);
             let name = task.as_str();
             let (items, item_results, shots) = if task == TaskName::Mmlu {
+                // one request set per subject: with few-shot exemplars each set shares its
+                // subject's prefix, and subjects run side by side on the workers
                 let subjects = mmlu_subjects(self.data_root)?;
-                let mut progress = Progress::new(subjects.len() as u64, "mmlu subjects");
-                let mut all_items = Vec::new();
-                let mut all_results = Vec::new();
+                let mut per_subject = Vec::new();
+                let mut sets = Vec::new();
+                let mut scoring = Scoring::Harness;
                 for subject in &subjects {
                     let items =
                         mmlu_items(self.data_root, subject, self.params.mmlu_shots, &select)?;
-                    let r = self.score_items(&model, task, &items, self.params.mmlu_shots > 0)?;
-                    all_items.extend(items);
-                    all_results.extend(r);
-                    progress.inc(1);
+                    let (requests, s) = self.requests_for(task, &items)?;
+                    scoring = s;
+                    per_subject.push(items);
+                    sets.push(requests);
                 }
-                progress.finish();
+                let progress =
+                    std::sync::Mutex::new(Progress::new(subjects.len() as u64, "mmlu subjects"));
+                let scored = score_sets(
+                    &model,
+                    &sets,
+                    &self.opts(self.params.mmlu_shots > 0),
+                    &|| progress.lock().expect("progress lock").inc(1),
+                )?;
+                progress.into_inner().expect("progress lock").finish();
+                let mut all_items = Vec::new();
+                let mut all_results = Vec::new();
+                for (items, scored) in per_subject.into_iter().zip(scored) {
+                    all_results.extend(item_results(&items, &scored, scoring));
+                    all_items.extend(items);
+                }
                 (all_items, all_results, self.params.mmlu_shots)
             } else {
                 let items = task_items(self.data_root, task, &select)?;
