@@ -224,9 +224,11 @@ fn subjects_scored_as_sets_match_transformers() {
         for subject in ["abstract_algebra", "high_school_geography"] {
             let mut reqs = Vec::new();
             let mut lls = Vec::new();
-            for e in fx["items"].as_array().unwrap().iter().filter(|e| {
-                e["task"] == "mmlu" && e["shots"] == shots && e["subject"] == subject
-            }) {
+            for e in
+                fx["items"].as_array().unwrap().iter().filter(|e| {
+                    e["task"] == "mmlu" && e["shots"] == shots && e["subject"] == subject
+                })
+            {
                 for r in e["requests"].as_array().unwrap() {
                     reqs.push(Request {
                         context: ids(&r["context_ids"]),
@@ -426,4 +428,90 @@ fn pruned_model_logits_match_transformers_light_and_exported() {
     )
     .unwrap();
     assert!(rel_err(&pick(&got), &want) < 1e-4);
+}
+
+/// A sweep of pruned models continues from the base stream below each cut: the second model
+/// (deeper cut) starts from the first one's boundary, and the log-likelihoods equal transformers'
+/// for the unpruned model and a full recomputation for the pruned ones, single- and multi-token.
+#[test]
+fn pruned_models_reuse_the_stream_below_the_cut() {
+    use layerprune::eval::below_cut::{score_reusing, Cut};
+    let (files, base) = tiny();
+    let fx = fixture("eval-tiny-llama.json");
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for e in fx["items"].as_array().unwrap().iter().filter(|e| {
+        e["shots"] == 0 && (e["task"] == "mmlu" || e["task"] == "arc_easy" || e["task"] == "boolq")
+    }) {
+        for r in e["requests"].as_array().unwrap() {
+            requests.push(Request {
+                context: ids(&r["context_ids"]),
+                continuation: ids(&r["continuation_ids"]),
+            });
+            expected.push(r["loglik"].as_f64().unwrap());
+        }
+    }
+    assert!(requests.iter().any(|r| r.continuation.len() > 1));
+    let base_id = "tiny-llama reuse test";
+    // the unpruned model as a "cut" at L: transformers' values
+    let (got, stats) = score_reusing(
+        &base,
+        &requests,
+        &opts(3, 2, false),
+        &Cut {
+            base: format!("{base_id} unpruned"),
+            cut: 4,
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.from_boundary, 0);
+    for (a, ll) in got.iter().zip(&expected) {
+        assert!(
+            (a.loglik - ll).abs() <= 1e-4 * ll.abs().max(1.0),
+            "{} vs transformers {ll}",
+            a.loglik
+        );
+    }
+    // two pruned models: drop [1, 2) (cut 1), then drop [2, 3) (cut 2)
+    let pruned = |start: usize| {
+        let mut m = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        m.drop_block(start, 1).unwrap();
+        m
+    };
+    for (start, from) in [(1, 0), (2, 1), (1, 1), (2, 2)] {
+        let m = pruned(start);
+        let full = score(&m, &requests, &opts(3, 1, false)).unwrap();
+        let (got, stats) = score_reusing(
+            &m,
+            &requests,
+            &opts(3, 2, false),
+            &Cut {
+                base: base_id.into(),
+                cut: start,
+            },
+        )
+        .unwrap();
+        assert_eq!(stats.from_boundary, from, "cut {start}");
+        for (a, b) in got.iter().zip(&full) {
+            assert!(
+                (a.loglik - b.loglik).abs() <= 1e-5 * b.loglik.abs().max(1.0),
+                "cut {start}: reused {} vs recomputed {}",
+                a.loglik,
+                b.loglik
+            );
+            assert_eq!(a.greedy, b.greedy);
+        }
+    }
+    // other requests share nothing with the stored streams
+    let (_, stats) = score_reusing(
+        &pruned(2),
+        &requests[..3],
+        &opts(3, 1, false),
+        &Cut {
+            base: base_id.into(),
+            cut: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.from_boundary, 0);
 }

@@ -50,7 +50,7 @@ struct Group {
 /// Minimum shared prefix worth caching (shorter prefixes are recomputed).
 const MIN_SHARED_PREFIX: usize = 16;
 
-fn truncate(r: &Request, max_length: usize) -> Request {
+pub(crate) fn truncate(r: &Request, max_length: usize) -> Request {
     let total = r.context.len() + r.continuation.len();
     if total <= max_length + 1 {
         return r.clone();
@@ -63,7 +63,7 @@ fn truncate(r: &Request, max_length: usize) -> Request {
 }
 
 /// Log-probabilities of `targets` at rows of x(L) [b, t, hidden] selected by flat indices.
-fn target_logprobs<B: Backend>(
+pub(crate) fn target_logprobs<B: Backend>(
     model: &Transformer<B>,
     x: Tensor<B, 3>,
     flat: Vec<i64>,

@@ -13,6 +13,7 @@ use super::model_ref::{ModelRef, Variant};
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::backend::{default_workers, dispatch, BackendTask};
 use crate::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
+use crate::eval::below_cut::{score_reusing, Cut};
 use crate::eval::loglik::{next_token_requests, score, score_sets, Request, ScoreOptions, Scored};
 use crate::eval::metrics::{argmax, mean_stderr};
 use crate::progress::Progress;
@@ -284,10 +285,56 @@ impl Evaluate<'_> {
         task: TaskName,
         items: &[McItem],
         shared_prefix: bool,
+        cut: Option<&Cut>,
     ) -> Result<Vec<ItemResult>> {
         let (requests, scoring) = self.requests_for(task, items)?;
-        let scored = score(model, &requests, &self.opts(shared_prefix))?;
+        let scored = self.score_requests(model, &requests, shared_prefix, cut)?;
         Ok(item_results(items, &scored, scoring))
+    }
+
+    /// Score requests; without a shared prefix, a pruned model continues from the base model's
+    /// stream below its cut where an earlier model of the sweep left it.
+    fn score_requests<B: Backend>(
+        &self,
+        model: &crate::model::Transformer<B>,
+        requests: &[Request],
+        shared_prefix: bool,
+        cut: Option<&Cut>,
+    ) -> Result<Vec<Scored>> {
+        match cut {
+            Some(cut) if !shared_prefix => {
+                let (scored, stats) = score_reusing(model, requests, &self.opts(false), cut)?;
+                tracing::info!(
+                    "layers below the cut ({}) continued from boundary {}{}",
+                    cut.cut,
+                    stats.from_boundary,
+                    if stats.stored {
+                        "; x(cut) kept for the sweep"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(scored)
+            }
+            _ => score(model, requests, &self.opts(shared_prefix)),
+        }
+    }
+
+    /// The base stream a pruned, unhealed model can reuse: it keeps the base's layers 0..cut.
+    fn cut<B: Backend>(&self, dtype: DType) -> Option<Cut> {
+        if self.model.adapter.is_some() {
+            return None;
+        }
+        let kept = &self.model.kept;
+        let cut = kept.iter().enumerate().take_while(|(i, k)| i == *k).count();
+        (cut < kept.len() || kept.len() < self.model.files.config.num_hidden_layers).then(|| Cut {
+            base: format!(
+                "{} {} {dtype:?}",
+                self.model.files.source.identity(),
+                std::any::type_name::<B>()
+            ),
+            cut,
+        })
     }
 }
 
@@ -347,6 +394,7 @@ impl BackendTask for Evaluate<'_> {
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
         let model = self.model.build::<B>(&device, dtype)?;
+        let cut = self.cut::<B>(dtype);
         let mut results = Vec::new();
         let mut prompts = BTreeMap::new();
         for &task in &self.params.tasks {
@@ -369,12 +417,27 @@ impl BackendTask for Evaluate<'_> {
                 }
                 let progress =
                     std::sync::Mutex::new(Progress::new(subjects.len() as u64, "mmlu subjects"));
-                let scored = score_sets(
-                    &model,
-                    &sets,
-                    &self.opts(self.params.mmlu_shots > 0),
-                    &|| progress.lock().expect("progress lock").inc(1),
-                )?;
+                let scored = if self.params.mmlu_shots == 0 && cut.is_some() {
+                    // 0-shot: one pool of requests, continuing below the cut
+                    let all: Vec<Request> = sets.iter().flatten().cloned().collect();
+                    let mut flat = self
+                        .score_requests(&model, &all, false, cut.as_ref())?
+                        .into_iter();
+                    progress
+                        .lock()
+                        .expect("progress lock")
+                        .inc(sets.len() as u64);
+                    sets.iter()
+                        .map(|set| flat.by_ref().take(set.len()).collect())
+                        .collect()
+                } else {
+                    score_sets(
+                        &model,
+                        &sets,
+                        &self.opts(self.params.mmlu_shots > 0),
+                        &|| progress.lock().expect("progress lock").inc(1),
+                    )?
+                };
                 progress.into_inner().expect("progress lock").finish();
                 let mut all_items = Vec::new();
                 let mut all_results = Vec::new();
@@ -386,7 +449,7 @@ impl BackendTask for Evaluate<'_> {
             } else {
                 let items = task_items(self.data_root, task, &select)?;
                 tracing::info!("{name}: {} items", items.len());
-                let r = self.score_items(&model, task, &items, false)?;
+                let r = self.score_items(&model, task, &items, false, cut.as_ref())?;
                 (items, r, 0)
             };
             if let Some(first) = items.first() {

@@ -1,0 +1,311 @@
+//! Reuse of the residual stream below the cut across a sweep.
+//!
+//! A pruned model that keeps layers 0..cut of its base unchanged (no adapter) computes, on a
+//! given input, exactly the base model's x(cut) below the cut. Over a sweep of pruned models
+//! evaluated on the same requests, that stream is computed once per boundary: it is kept in a
+//! process-wide memo (host memory, under a byte budget, least recently used evicted first), and
+//! a later model with a deeper cut continues from the deepest boundary already known instead of
+//! starting again at the embedding.
+//!
+//! Every request runs as one full sequence, context + continuation[..-1] (as the harness feeds
+//! the model), identical sequences once. Used for requests scored without a shared prefix.
+
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::Result;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use super::loglik::{target_logprobs, truncate, Request, ScoreOptions, Scored};
+use crate::commands::forward::to_f32_vec;
+use crate::model::{TokenBatch, Transformer};
+
+/// Default memo budget; `LAYERPRUNE_STREAM_MEMO_MB` overrides it (0 disables the memo).
+const DEFAULT_BUDGET_MB: usize = 1024;
+
+/// Where the streams come from: the base model (its source identity, backend and dtype) and the
+/// number of leading base layers the pruned model keeps unchanged.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub base: String,
+    pub cut: usize,
+}
+
+/// What a call reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReuseStats {
+    /// The boundary the computation started from (0: the embedding).
+    pub from_boundary: usize,
+    /// Whether x(cut) was stored for later models.
+    pub stored: bool,
+}
+
+struct Entry {
+    base: String,
+    fingerprint: [u8; 32],
+    boundary: usize,
+    /// One row per unique sequence: [len * hidden], row-major.
+    rows: Vec<Vec<f32>>,
+    bytes: usize,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Memo {
+    entries: Vec<Entry>,
+    bytes: usize,
+    clock: u64,
+}
+
+fn memo() -> &'static Mutex<Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    MEMO.get_or_init(|| Mutex::new(Memo::default()))
+}
+
+fn budget_bytes() -> usize {
+    std::env::var("LAYERPRUNE_STREAM_MEMO_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_BUDGET_MB)
+        .saturating_mul(1 << 20)
+}
+
+/// Forget every stored stream (tests; a long-lived process between unrelated sweeps).
+pub fn clear() {
+    let mut m = memo().lock().expect("stream memo lock");
+    *m = Memo::default();
+}
+
+fn fingerprint(seqs: &[Vec<u32>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for s in seqs {
+        h.update((s.len() as u64).to_le_bytes());
+        for t in s {
+            h.update(t.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// The deepest stored boundary <= cut for these sequences, with its rows.
+fn lookup(base: &str, fp: &[u8; 32], cut: usize) -> Option<(usize, Vec<Vec<f32>>)> {
+    let mut m = memo().lock().expect("stream memo lock");
+    m.clock += 1;
+    let now = m.clock;
+    let e = m
+        .entries
+        .iter_mut()
+        .filter(|e| e.base == base && &e.fingerprint == fp && e.boundary <= cut)
+        .max_by_key(|e| e.boundary)?;
+    e.last_used = now;
+    Some((e.boundary, e.rows.clone()))
+}
+
+fn store(base: &str, fp: [u8; 32], boundary: usize, rows: Vec<Vec<f32>>) -> bool {
+    let bytes: usize = rows.iter().map(|r| r.len() * 4).sum();
+    let budget = budget_bytes();
+    if bytes > budget {
+        return false;
+    }
+    let mut m = memo().lock().expect("stream memo lock");
+    if m.entries
+        .iter()
+        .any(|e| e.base == base && e.fingerprint == fp && e.boundary == boundary)
+    {
+        return true;
+    }
+    while m.bytes + bytes > budget {
+        let Some(i) = (0..m.entries.len()).min_by_key(|&i| m.entries[i].last_used) else {
+            break;
+        };
+        let old = m.entries.swap_remove(i);
+        m.bytes -= old.bytes;
+    }
+    m.clock += 1;
+    let now = m.clock;
+    m.bytes += bytes;
+    m.entries.push(Entry {
+        base: base.to_string(),
+        fingerprint: fp,
+        boundary,
+        rows,
+        bytes,
+        last_used: now,
+    });
+    true
+}
+
+/// Score `requests` on a model whose first `cut.cut` layers are its base's, reusing and
+/// extending the memo of base streams. Results are in request order.
+pub fn score_reusing<B: Backend>(
+    model: &Transformer<B>,
+    requests: &[Request],
+    opts: &ScoreOptions,
+    cut: &Cut,
+) -> Result<(Vec<Scored>, ReuseStats)> {
+    let requests: Vec<Request> = requests
+        .iter()
+        .map(|r| truncate(r, opts.max_length))
+        .collect();
+    for (i, r) in requests.iter().enumerate() {
+        if r.context.is_empty() || r.continuation.is_empty() {
+            anyhow::bail!("request {i} has an empty context or continuation");
+        }
+    }
+    if cut.cut > model.num_layers() {
+        anyhow::bail!(
+            "cut at {} is beyond the model's {} layers",
+            cut.cut,
+            model.num_layers()
+        );
+    }
+    // unique full sequences: context + continuation[..-1]
+    let mut seqs: Vec<Vec<u32>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let mut seq_of = Vec::with_capacity(requests.len());
+    for r in &requests {
+        let mut s = r.context.clone();
+        s.extend_from_slice(&r.continuation[..r.continuation.len() - 1]);
+        let n = seqs.len();
+        let i = *index.entry(s.clone()).or_insert(n);
+        if i == n {
+            seqs.push(s);
+        }
+        seq_of.push(i);
+    }
+    let mut requests_of: Vec<Vec<usize>> = vec![Vec::new(); seqs.len()];
+    for (q, &i) in seq_of.iter().enumerate() {
+        requests_of[i].push(q);
+    }
+    if let Some(w) = model.config.sliding_window {
+        if let Some(s) = seqs.iter().find(|s| s.len() > w) {
+            anyhow::bail!("sequence length {} exceeds the sliding window {w}: sliding-window attention is not implemented", s.len());
+        }
+    }
+    let fp = fingerprint(&seqs);
+    let known = if budget_bytes() > 0 {
+        lookup(&cut.base, &fp, cut.cut)
+    } else {
+        None
+    };
+    let from = known.as_ref().map(|k| k.0).unwrap_or(0);
+    let hidden = model.config.hidden_size;
+
+    // batches of sequence indices, in order
+    let order: Vec<usize> = (0..seqs.len()).collect();
+    let batches: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
+    let workers = opts.workers.clamp(1, batches.len().max(1));
+    let per = batches.len().div_ceil(workers).max(1);
+    let known_rows = known.as_ref().map(|k| &k.1);
+    let run = |part: &[&[usize]]| -> Result<(Vec<(usize, Vec<f32>)>, Vec<(usize, Scored)>)> {
+        let mut cut_rows = Vec::new();
+        let mut scores = Vec::new();
+        for batch_idx in part {
+            let rows: Vec<Vec<u32>> = batch_idx.iter().map(|&i| seqs[i].clone()).collect();
+            let tb = TokenBatch::right_padded(&rows, opts.pad_id);
+            let (b, t) = (tb.batch, tb.seq);
+            // x(from) [b, t, hidden]: stored rows (zero-padded; padding sits after every real
+            // token, so causal attention never reads it) or the embedding
+            let x = match known_rows {
+                Some(stored) => {
+                    let mut data = vec![0f32; b * t * hidden];
+                    for (r, &i) in batch_idx.iter().enumerate() {
+                        let row = &stored[i];
+                        data[r * t * hidden..r * t * hidden + row.len()].copy_from_slice(row);
+                    }
+                    Tensor::<B, 3>::from_data(TensorData::new(data, [b, t, hidden]), &model.device)
+                        .cast(model.dtype)
+                }
+                None => model.embed(tb.to_tensor::<B>(&model.device)),
+            };
+            let x = model.run_layers(x, from, cut.cut); // x(cut) [b, t, hidden]
+            if from < cut.cut {
+                let flat = to_f32_vec(x.clone())?;
+                for (r, &i) in batch_idx.iter().enumerate() {
+                    let len = seqs[i].len();
+                    cut_rows.push((i, flat[r * t * hidden..(r * t + len) * hidden].to_vec()));
+                }
+            }
+            let x = model.run_layers(x, cut.cut, model.num_layers()); // x(L) [b, t, hidden]
+                                                                      // every continuation token of every request whose sequence is in this batch
+            let mut flat = Vec::new();
+            let mut targets = Vec::new();
+            let mut owners = Vec::new();
+            for (r, &i) in batch_idx.iter().enumerate() {
+                for &q in &requests_of[i] {
+                    let req = &requests[q];
+                    let start = req.context.len() - 1;
+                    for (j, &tok) in req.continuation.iter().enumerate() {
+                        flat.push((r * t + start + j) as i64);
+                        targets.push(tok as i64);
+                        owners.push(q);
+                    }
+                }
+            }
+            let (values, greedy) = target_logprobs(model, x, flat, targets)?;
+            let mut acc: std::collections::BTreeMap<usize, Scored> = Default::default();
+            for ((q, v), g) in owners.into_iter().zip(values).zip(greedy) {
+                let s = acc.entry(q).or_insert(Scored {
+                    loglik: 0.0,
+                    greedy: true,
+                });
+                s.loglik += v as f64;
+                s.greedy &= g;
+            }
+            scores.extend(acc);
+        }
+        Ok((cut_rows, scores))
+    };
+    let parts: Vec<Result<_>> = if workers == 1 {
+        vec![run(&batches)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = batches
+                .chunks(per)
+                .map(|part| {
+                    let run = &run;
+                    scope.spawn(move || run(part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut cut_rows: Vec<Option<Vec<f32>>> = vec![None; seqs.len()];
+    let mut scores: Vec<Option<Scored>> = vec![None; requests.len()];
+    for part in parts {
+        let (rows, sc) = part?;
+        for (i, row) in rows {
+            cut_rows[i] = Some(row);
+        }
+        for (q, s) in sc {
+            scores[q] = Some(s);
+        }
+    }
+    let stored = from < cut.cut
+        && budget_bytes() > 0
+        && store(
+            &cut.base,
+            fp,
+            cut.cut,
+            cut_rows
+                .into_iter()
+                .map(|r| r.expect("every sequence ran"))
+                .collect(),
+        );
+    Ok((
+        scores
+            .into_iter()
+            .map(|s| s.expect("every request scored"))
+            .collect(),
+        ReuseStats {
+            from_boundary: from,
+            stored,
+        },
+    ))
+}
