@@ -16,7 +16,7 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
-use super::loglik::{target_logprobs, truncate, Request, ScoreOptions, Scored};
+use super::loglik::{in_parts, target_logprobs, truncate, Request, ScoreOptions, Scored};
 use crate::commands::forward::to_f32_vec;
 use crate::model::{TokenBatch, Transformer};
 
@@ -194,8 +194,6 @@ pub fn score_reusing<B: Backend>(
     // batches of sequence indices, in order
     let order: Vec<usize> = (0..seqs.len()).collect();
     let batches: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
-    let workers = opts.workers.clamp(1, batches.len().max(1));
-    let per = batches.len().div_ceil(workers).max(1);
     let known_rows = known.as_ref().map(|k| &k.1);
     let run = |part: &[&[usize]]| -> Result<(Vec<(usize, Vec<f32>)>, Vec<(usize, Scored)>)> {
         let mut cut_rows = Vec::new();
@@ -256,26 +254,7 @@ pub fn score_reusing<B: Backend>(
         }
         Ok((cut_rows, scores))
     };
-    let parts: Vec<Result<_>> = if workers == 1 {
-        vec![run(&batches)]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = batches
-                .chunks(per)
-                .map(|part| {
-                    let run = &run;
-                    scope.spawn(move || run(part))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
-                })
-                .collect()
-        })
-    };
+    let parts = in_parts(&batches, opts.workers, run);
     let mut cut_rows: Vec<Option<Vec<f32>>> = vec![None; seqs.len()];
     let mut scores: Vec<Option<Scored>> = vec![None; requests.len()];
     for part in parts {

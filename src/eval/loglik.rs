@@ -247,28 +247,9 @@ pub fn score<B: Backend>(
     };
     let shared_ref = shared.as_ref().map(|c| (c, shared_len));
     let refs: Vec<&Group> = groups.iter().collect();
-    let workers = opts.workers.clamp(1, refs.len().max(1));
-    let per = refs.len().div_ceil(workers).max(1);
-    let parts: Vec<Result<Vec<(usize, Scored)>>> = if workers == 1 {
-        vec![score_groups(model, &requests, &refs, shared_ref, opts)]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = refs
-                .chunks(per)
-                .map(|chunk| {
-                    let reqs = &requests;
-                    scope.spawn(move || score_groups(model, reqs, chunk, shared_ref, opts))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
-                })
-                .collect()
-        })
-    };
+    let parts = in_parts(&refs, opts.workers, |chunk| {
+        score_groups(model, &requests, chunk, shared_ref, opts)
+    });
     let mut scores = vec![None; requests.len()];
     for part in parts {
         for (i, s) in part? {
@@ -279,6 +260,36 @@ pub fn score<B: Backend>(
         .into_iter()
         .map(|s| s.expect("every request scored"))
         .collect())
+}
+
+/// Split `items` into at most `workers` contiguous parts and run `f` on each, on its own thread
+/// when there is more than one; results in part order, a panicking worker as an error.
+pub(crate) fn in_parts<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&[T]) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    let workers = workers.clamp(1, items.len().max(1));
+    if workers == 1 {
+        return vec![f(items)];
+    }
+    let per = items.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| {
+                let f = &f;
+                scope.spawn(move || f(part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
+            })
+            .collect()
+    })
 }
 
 /// Score several request sets (an MMLU task's subjects), results per set in request order.
