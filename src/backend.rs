@@ -59,20 +59,18 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// How many sub-batches to run concurrently: one per CPU core (rayon's pool size) on flex,
-/// one on GPUs.
-pub fn default_workers(kind: BackendKind) -> usize {
+/// How many sub-batches to run concurrently: one per CPU core (rayon's pool size, from the
+/// runtime options) on flex, one on GPUs.
+pub fn workers_for(kind: BackendKind, cpu_threads: usize) -> usize {
     match kind {
-        BackendKind::Flex => std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            }),
+        BackendKind::Flex => cpu_threads.max(1),
         BackendKind::Cuda => 1,
     }
+}
+
+/// `workers_for` with this process's runtime options.
+pub fn default_workers(kind: BackendKind) -> usize {
+    workers_for(kind, crate::runtime::current().cpu_threads)
 }
 
 /// Work that runs on any backend.

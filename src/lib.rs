@@ -4,11 +4,13 @@
 //! Layer numbering everywhere: layers are 0-based, x(l) is the input of layer l, x(0) the
 //! embedding output, x(L) the last block's output before the final norm; a block is [l, l + n).
 
+pub mod artifacts;
 pub mod backend;
 pub mod commands;
 pub mod data;
 pub mod digest;
 pub mod eval;
+pub mod formats;
 pub mod fsutil;
 pub mod heal;
 pub mod method;
@@ -18,5 +20,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod runtime;
 pub mod source;
 pub mod stages;

@@ -213,6 +213,8 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // every process-wide option from the environment, read once, here
+    layerprune::runtime::install(layerprune::runtime::RuntimeOptions::from_env());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -350,7 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
             let data = source::resolve_str(DEFAULT_EVAL_DATA, &cache_root)?;
             commands::bench::mmlu(
-                &files,
+                files,
                 &data.path,
                 shots,
                 per_subject,

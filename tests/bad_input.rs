@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::fixtures;
-use layerprune::model::gguf::GgufFile;
+use layerprune::formats::gguf::GgufFile;
 use layerprune::model::ModelFiles;
 use layerprune::source;
 

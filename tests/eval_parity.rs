@@ -8,12 +8,12 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, B};
-use layerprune::commands::forward::to_f32_vec;
 use layerprune::data::tasks::{item_from_row, mmlu_item, mmlu_prefix, McItem, TaskName};
+use layerprune::eval::harness::encode_pair;
 use layerprune::eval::loglik::{next_token_logprobs, score, score_sets, Request, ScoreOptions};
+use layerprune::model::to_f32_vec;
 use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch, Transformer};
 use layerprune::source;
-use layerprune::stages::eval_qa::encode_pair;
 use serde_json::Value;
 
 fn tiny() -> (ModelFiles, Transformer<B>) {

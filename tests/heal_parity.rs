@@ -7,10 +7,10 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, RefTensor};
+use layerprune::formats::nf4::{dynamic_map_signed, Nf4Host, NF4};
 use layerprune::heal::adapter::{AdapterSet, LoraConfig, ModuleAdapter};
 use layerprune::heal::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use layerprune::heal::train::micro_step;
-use layerprune::model::nf4::{dynamic_map_signed, Nf4Host, NF4};
 use layerprune::model::ModelFiles;
 use layerprune::source;
 
@@ -117,9 +117,10 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
         .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
         .unwrap();
     if nf4 {
-        layerprune::model::nf4::quantize_linears(
+        use layerprune::model::Projection;
+        layerprune::model::surgery::quantize_nf4(
             &mut model,
-            &["gate_proj", "up_proj", "down_proj"],
+            &[Projection::Gate, Projection::Up, Projection::Down],
         )
         .unwrap();
     }

@@ -7,7 +7,7 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, B};
-use layerprune::commands::forward::to_f32_vec;
+use layerprune::model::to_f32_vec;
 use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch};
 use layerprune::source;
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use burn::tensor::DType;
 use common::{fixtures, rel_err, B};
-use layerprune::commands::forward::to_f32_vec;
+use layerprune::model::to_f32_vec;
 use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch};
 use layerprune::source;
 

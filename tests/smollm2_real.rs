@@ -94,7 +94,7 @@ fn smollm2_forward_cli_matches_transformers() {
 #[test]
 fn smollm2_all_boundaries_match_transformers() {
     use burn::tensor::DType;
-    use layerprune::commands::forward::to_f32_vec;
+    use layerprune::model::to_f32_vec;
     use layerprune::model::{Capture, Logits, ModelFiles, TokenBatch};
     let files =
         ModelFiles::open(layerprune::source::resolve_str(SMOLLM2, &test_cache()).unwrap()).unwrap();

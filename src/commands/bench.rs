@@ -9,8 +9,13 @@ use anyhow::{Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::Serialize;
 
+use crate::artifacts::ModelRef;
 use crate::backend::{default_workers, dispatch, BackendKind, BackendTask, Precision};
-use crate::model::{Capture, Logits, ModelFiles, TokenBatch};
+use crate::data::tasks::TaskName;
+use crate::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch};
+use crate::stages::defaults_with;
+use crate::stages::eval_qa::{EvalQaParams, EvalQaStage, Evaluate};
+use crate::stages::similarity::Measure;
 
 /// Deterministic pseudo-random token rows (xorshift64*), ids in [lo, hi).
 pub fn random_rows(n: usize, len: usize, lo: u32, hi: u32, seed: u64) -> Vec<Vec<u32>> {
@@ -54,7 +59,7 @@ impl BackendTask for ForwardBench<'_> {
         // warm-up on a short batch
         let warm =
             TokenBatch::right_padded(&[self.rows[0][..8.min(self.rows[0].len())].to_vec()], 0);
-        let _ = crate::commands::forward::to_f32_vec(
+        let _ = to_f32_vec(
             model
                 .forward(&warm, Capture::FinalToken, Logits::None)?
                 .final_token_boundaries
@@ -67,7 +72,7 @@ impl BackendTask for ForwardBench<'_> {
             let out =
                 model.forward_parallel(&batch, Capture::FinalToken, Logits::None, self.workers)?;
             // read back so that asynchronous backends finish the work inside the timing
-            let _ = crate::commands::forward::to_f32_vec(out.final_token_boundaries.unwrap())?;
+            let _ = to_f32_vec(out.final_token_boundaries.unwrap())?;
             tokens += batch.lengths.iter().sum::<usize>();
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -205,21 +210,17 @@ pub fn forward(
     print_reference(&ours, files, &rows, batch)
 }
 
-struct SimilarityBench<'a> {
-    files: &'a ModelFiles,
-    rows: &'a [Vec<u32>],
-    batch: usize,
-    workers: usize,
-}
+/// The similarity stage's pass (`stages::similarity::Measure`), timed without the model build.
+struct SimilarityBench<'a>(Measure<'a>);
 
 impl BackendTask for SimilarityBench<'_> {
     type Output = Throughput;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Throughput> {
-        let model = self.files.build::<B>(&device, dtype)?;
+        let model = self.0.files.build::<B>(&device, dtype)?;
         let start = Instant::now();
-        let d = crate::method::similarity::measure(&model, self.rows, self.batch, self.workers, 0)?;
+        let d = self.0.on(&model)?;
         let seconds = start.elapsed().as_secs_f64();
-        let tokens: usize = self.rows.iter().map(|r| r.len()).sum();
+        let tokens: usize = self.0.rows.iter().map(|r| r.len()).sum();
         tracing::debug!("d(1, l) = {:?}", d.d[0]);
         Ok(Throughput {
             tokens,
@@ -254,12 +255,12 @@ pub fn similarity(
     let ours = dispatch(
         backend,
         precision,
-        SimilarityBench {
+        SimilarityBench(Measure {
             files,
             rows: &rows,
             batch,
             workers: default_workers(backend),
-        },
+        }),
     )?;
     println!(
         "layerprune    {:>10.1} tokens/s  ({:.2} s, distances included)",
@@ -270,105 +271,107 @@ pub fn similarity(
 
 pub const MMLU_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_mmlu_bench.py");
 
+/// MMLU as the eval-qa stage scores it (its defaults; `stages::eval_qa::Evaluate`'s hooks),
+/// timing the scoring only.
 struct MmluBench<'a> {
-    files: &'a ModelFiles,
-    subjects: &'a [(String, Vec<crate::data::tasks::McItem>)],
-    workers: usize,
+    model: &'a ModelRef,
+    params: &'a EvalQaParams,
+    data_root: &'a Path,
+    backend: BackendKind,
+}
+
+struct MmluRun {
+    seconds: f64,
+    prompt_tokens: usize,
+    questions: usize,
+    preds: Vec<usize>,
+    /// Per question: the context ids and the first token of each choice (the reference's input).
+    reference_input: Vec<serde_json::Value>,
 }
 
 impl BackendTask for MmluBench<'_> {
-    type Output = (f64, usize, Vec<usize>);
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
-        use crate::eval::loglik::{score_sets, ScoreOptions};
-        let model = self.files.build::<B>(&device, dtype)?;
-        let tok = &self.files.tokenizer;
-        let opts = ScoreOptions {
-            batch_size: 8,
-            workers: self.workers,
-            shared_prefix: true,
-            max_length: 4096,
-            pad_id: 0,
+    type Output = MmluRun;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<MmluRun> {
+        let ev = Evaluate {
+            model: self.model,
+            params: self.params,
+            data_root: self.data_root,
+            workers: default_workers(self.backend),
+            backend: self.backend,
         };
-        let mut requests_by_subject = Vec::new();
-        for (_, items) in self.subjects {
-            let mut reqs = Vec::new();
-            for it in items {
-                for (c, k) in it.requests() {
-                    reqs.push(crate::stages::eval_qa::encode_pair(tok, &c, &k)?);
-                }
-            }
-            requests_by_subject.push(reqs);
-        }
+        let model = self.model.build::<B>(&device, dtype)?;
+        let req = ev.build(TaskName::Mmlu)?;
         let start = Instant::now();
-        let scored_by_subject = score_sets(&model, &requests_by_subject, &opts, &|| {})?;
+        let scored = ev.score(&model, &req, None)?;
         let seconds = start.elapsed().as_secs_f64();
-        let mut preds = Vec::new();
-        let mut harness_tokens = 0;
-        for (((_, items), reqs), scored) in self
-            .subjects
-            .iter()
-            .zip(&requests_by_subject)
-            .zip(scored_by_subject)
-        {
-            for q in 0..items.len() {
-                let ll: Vec<f64> = scored[q * 4..q * 4 + 4].iter().map(|s| s.loglik).collect();
-                preds.push(crate::eval::metrics::argmax(&ll));
-                harness_tokens += reqs[q * 4].context.len();
+        let result = ev.aggregate(&req, scored);
+        let mut prompt_tokens = 0;
+        let mut reference_input = Vec::new();
+        for (items, set) in req.items.iter().zip(&req.sets) {
+            let mut k = 0;
+            for it in items {
+                let reqs = &set[k..k + it.choices.len()];
+                k += it.choices.len();
+                prompt_tokens += reqs[0].context.len();
+                reference_input.push(serde_json::json!({
+                    "context": reqs[0].context,
+                    "choices": reqs.iter().map(|r| r.continuation[0]).collect::<Vec<_>>(),
+                }));
             }
         }
-        Ok((seconds, harness_tokens, preds))
+        Ok(MmluRun {
+            seconds,
+            prompt_tokens,
+            questions: req.num_items(),
+            preds: result.items.iter().map(|r| r.pred).collect(),
+            reference_input,
+        })
     }
 }
 
-/// `layerprune bench mmlu`: MMLU k-shot on the first `per_subject` questions of every subject.
+/// `layerprune bench mmlu`: MMLU k-shot on the first `per_subject` questions of every subject,
+/// with the eval-qa stage's defaults otherwise.
 pub fn mmlu(
-    files: &ModelFiles,
+    files: ModelFiles,
     data_root: &Path,
     shots: usize,
     per_subject: usize,
     backend: BackendKind,
     precision: Precision,
 ) -> Result<()> {
-    use crate::data::tasks::{mmlu_items, mmlu_subjects};
-    let mut subjects = Vec::new();
-    for s in mmlu_subjects(data_root)? {
-        let items = mmlu_items(data_root, &s, shots, &|n| (0..n.min(per_subject)).collect())?;
-        subjects.push((s, items));
-    }
-    let n: usize = subjects.iter().map(|(_, i)| i.len()).sum();
-    println!("MMLU {shots}-shot: {n} questions ({per_subject} per subject), {backend} {precision}, {} CPU threads", cpu_threads());
-    let (seconds, tokens, preds) = dispatch(
+    let params: EvalQaParams = defaults_with(
+        &EvalQaStage,
+        serde_json::json!({"tasks": ["mmlu"], "mmlu_shots": shots, "limit": per_subject, "subset": "first"}),
+    )?;
+    let model = ModelRef::base(files, "bench");
+    println!(
+        "MMLU {shots}-shot: first {per_subject} questions per subject, batch {}, max length {}, {backend} {precision}, {} CPU threads",
+        params.batch_size,
+        params.max_length,
+        cpu_threads()
+    );
+    let run = dispatch(
         backend,
         precision,
         MmluBench {
-            files,
-            subjects: &subjects,
-            workers: default_workers(backend),
+            model: &model,
+            params: &params,
+            data_root,
+            backend,
         },
     )?;
-    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({tokens} prompt tokens; shared few-shot prefixes computed once)", tokens as f64 / seconds);
+    let (seconds, tokens, n) = (run.seconds, run.prompt_tokens, run.questions);
+    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once)", tokens as f64 / seconds);
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
         Some(py) => {
-            let tok = &files.tokenizer;
-            let mut questions = Vec::new();
-            for (_, items) in &subjects {
-                for it in items {
-                    let reqs: Vec<crate::eval::loglik::Request> = it
-                        .requests()
-                        .iter()
-                        .map(|(c, k)| crate::stages::eval_qa::encode_pair(tok, c, k))
-                        .collect::<Result<_>>()?;
-                    questions.push(serde_json::json!({"context": reqs[0].context, "choices": reqs.iter().map(|r| r.continuation[0]).collect::<Vec<_>>()}));
-                }
-            }
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("prompts.json");
-            std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "questions": questions }))?)?;
-            let v = run_reference(&py, MMLU_REFERENCE_SCRIPT, &[files.source.path.display().to_string(), path.display().to_string(), cpu_threads().to_string()])?;
+            std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "questions": run.reference_input }))?)?;
+            let v = run_reference(&py, MMLU_REFERENCE_SCRIPT, &[model.files.source.path.display().to_string(), path.display().to_string(), cpu_threads().to_string()])?;
             let ref_seconds = v["seconds"].as_f64().unwrap_or(f64::NAN);
             let ref_preds: Vec<usize> = v["preds"].as_array().map(|a| a.iter().map(|x| x.as_u64().unwrap_or(99) as usize).collect()).unwrap_or_default();
-            let same = preds.iter().zip(&ref_preds).filter(|(a, b)| a == b).count();
+            let same = run.preds.iter().zip(&ref_preds).filter(|(a, b)| a == b).count();
             println!("transformers  {ref_seconds:>8.2} s  {:>9.1} prompt tokens/s  (one forward per question)", tokens as f64 / ref_seconds);
             println!("ratio         {:>8.2}x (transformers time / layerprune time); same predictions on {same}/{n}", ref_seconds / seconds);
         }
@@ -393,13 +396,10 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         device: B::Device,
         dtype: DType,
     ) -> Result<(f64, f64)> {
-        use crate::heal::adapter::{AdapterSet, LoraConfig};
-        use crate::heal::optim::{AdamW, AdamWConfig};
-        use crate::heal::train::{train, TrainConfig, TrainState};
+        use crate::heal::adapter::LoraConfig;
+        use crate::heal::optim::AdamWConfig;
+        use crate::heal::train::{setup, train, Quant, TrainConfig};
         let mut model = self.files.build::<B>(&device, dtype)?;
-        if self.nf4 {
-            crate::model::nf4::quantize_linears(&mut model, &crate::heal::adapter::MODULES)?;
-        }
         let lora = LoraConfig {
             r: self.rank,
             alpha: self.rank as f64,
@@ -414,7 +414,7 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         };
         let n = self.rows.len();
         let config = TrainConfig {
-            lora: lora.clone(),
+            lora,
             steps: 1,
             warmup_steps: 0,
             lr: 1e-4,
@@ -425,27 +425,17 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             seed: 0,
             checkpoint_every: 0,
         };
-        let adapters = AdapterSet::init(&lora, &model, 0)?;
-        let sizes: Vec<usize> = adapters
-            .modules
-            .iter()
-            .flat_map(|m| [m.a.len(), m.b.len()])
-            .collect();
-        let state = TrainState {
-            step: 0,
-            cursor: 0,
-            optim: AdamW::new(adamw, &sizes),
-            adapters,
-            log: vec![],
-        };
+        let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
+        // the heal stage's setup: NF4 base when asked, PEFT-initialised adapters
+        let state = setup(&mut model, &config, quant, None)?;
         // one warm-up step, then the timed ones (the same batch every step: `rows` is one batch)
-        let state = train(&mut model, self.rows, &config, state, None)?;
+        let state = train(&mut model, self.rows, &config, state, None, &|_| {})?;
         let timed = TrainConfig {
             steps: 1 + self.steps,
             ..config
         };
         let start = Instant::now();
-        let state = train(&mut model, self.rows, &timed, state, None)?;
+        let state = train(&mut model, self.rows, &timed, state, None, &|_| {})?;
         let seconds = start.elapsed().as_secs_f64() / self.steps as f64;
         Ok((
             seconds,

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, DType};
 use serde::Serialize;
 
 use crate::backend::BackendTask;
-use crate::model::{Capture, Logits, ModelFiles, TokenBatch};
+use crate::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch};
 
 #[derive(Debug, Serialize)]
 pub struct BoundarySummary {
@@ -63,11 +63,4 @@ impl BackendTask for ForwardTask<'_> {
             boundaries,
         })
     }
-}
-
-/// Read a float tensor back to the host as f32, whatever its compute dtype.
-pub fn to_f32_vec<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Result<Vec<f32>> {
-    let data = t.cast(DType::F32).into_data();
-    data.to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading tensor back: {e:?}"))
 }

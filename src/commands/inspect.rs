@@ -26,7 +26,7 @@ pub fn inspect(model: &str, cache_root: &Path) -> Result<InspectReport> {
         path: files.source.path.display().to_string(),
         sha256: files.source.sha256.clone(),
         format: files.format.to_string(),
-        storage_dtype: files.store.storage_dtype(),
+        storage_dtype: files.store.storage_dtype(&files.config),
         tokenizer_adds_bos: files.tokenizer.adds_bos,
         config: files.config.clone(),
     })

@@ -114,6 +114,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         &RunOptions {
             force,
             verify: args.verify,
+            runtime: crate::runtime::current().clone(),
         },
     )?;
     let code = summary.exit_code();

@@ -3,4 +3,3 @@
 pub mod records;
 pub mod tasks;
 pub mod text;
-pub mod tokenizer;

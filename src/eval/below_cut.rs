@@ -16,12 +16,9 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
-use super::loglik::{in_parts, target_logprobs, truncate, Request, ScoreOptions, Scored};
-use crate::commands::forward::to_f32_vec;
+use super::loglik::{in_parts, prepared, target_logprobs, Request, ScoreOptions, Scored};
+use crate::model::to_f32_vec;
 use crate::model::{TokenBatch, Transformer};
-
-/// Default memo budget; `LAYERPRUNE_STREAM_MEMO_MB` overrides it (0 disables the memo).
-const DEFAULT_BUDGET_MB: usize = 1024;
 
 /// Where the streams come from: the base model (its source identity, backend and dtype) and the
 /// number of leading base layers the pruned model keeps unchanged.
@@ -50,30 +47,54 @@ struct Entry {
     last_used: u64,
 }
 
-#[derive(Default)]
 struct Memo {
     entries: Vec<Entry>,
     bytes: usize,
     clock: u64,
+    budget: usize,
 }
 
 fn memo() -> &'static Mutex<Memo> {
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
-    MEMO.get_or_init(|| Mutex::new(Memo::default()))
+    MEMO.get_or_init(|| {
+        Mutex::new(Memo {
+            entries: Vec::new(),
+            bytes: 0,
+            clock: 0,
+            budget: crate::runtime::DEFAULT_STREAM_MEMO_MB << 20,
+        })
+    })
+}
+
+/// Set the memo's budget in MiB (0 disables it); streams over the new budget are evicted.
+pub fn set_budget_mb(mb: usize) {
+    let mut m = memo().lock().expect("stream memo lock");
+    m.budget = mb.saturating_mul(1 << 20);
+    m.evict_to(0);
 }
 
 fn budget_bytes() -> usize {
-    std::env::var("LAYERPRUNE_STREAM_MEMO_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(DEFAULT_BUDGET_MB)
-        .saturating_mul(1 << 20)
+    memo().lock().expect("stream memo lock").budget
 }
 
 /// Forget every stored stream (tests; a long-lived process between unrelated sweeps).
 pub fn clear() {
     let mut m = memo().lock().expect("stream memo lock");
-    *m = Memo::default();
+    m.entries.clear();
+    m.bytes = 0;
+}
+
+impl Memo {
+    /// Evict least recently used streams until `extra` more bytes fit the budget.
+    fn evict_to(&mut self, extra: usize) {
+        while !self.entries.is_empty() && self.bytes + extra > self.budget {
+            let Some(i) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used) else {
+                break;
+            };
+            let old = self.entries.swap_remove(i);
+            self.bytes -= old.bytes;
+        }
+    }
 }
 
 fn fingerprint(seqs: &[Vec<u32>]) -> [u8; 32] {
@@ -114,13 +135,7 @@ fn store(base: &str, fp: [u8; 32], boundary: usize, rows: Vec<Vec<f32>>) -> bool
     {
         return true;
     }
-    while m.bytes + bytes > budget {
-        let Some(i) = (0..m.entries.len()).min_by_key(|&i| m.entries[i].last_used) else {
-            break;
-        };
-        let old = m.entries.swap_remove(i);
-        m.bytes -= old.bytes;
-    }
+    m.evict_to(bytes);
     m.clock += 1;
     let now = m.clock;
     m.bytes += bytes;
@@ -143,15 +158,7 @@ pub fn score_reusing<B: Backend>(
     opts: &ScoreOptions,
     cut: &Cut,
 ) -> Result<(Vec<Scored>, ReuseStats)> {
-    let requests: Vec<Request> = requests
-        .iter()
-        .map(|r| truncate(r, opts.max_length))
-        .collect();
-    for (i, r) in requests.iter().enumerate() {
-        if r.context.is_empty() || r.continuation.is_empty() {
-            anyhow::bail!("request {i} has an empty context or continuation");
-        }
-    }
+    let requests = prepared(requests, opts.max_length)?;
     if cut.cut > model.num_layers() {
         anyhow::bail!(
             "cut at {} is beyond the model's {} layers",

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 
-use crate::commands::forward::to_f32_vec;
+use crate::model::to_f32_vec;
 use crate::model::transformer::{gather_rows, PrefixCache};
 use crate::model::{TokenBatch, Transformer};
 
@@ -201,21 +201,25 @@ fn common_prefix_len(groups: &[Group]) -> usize {
     n
 }
 
+/// The requests cut to `max_length` (from the left, as the harness does), each checked to have a
+/// context and a continuation.
+pub fn prepared(requests: &[Request], max_length: usize) -> Result<Vec<Request>> {
+    let requests: Vec<Request> = requests.iter().map(|r| truncate(r, max_length)).collect();
+    for (i, r) in requests.iter().enumerate() {
+        if r.context.is_empty() || r.continuation.is_empty() {
+            anyhow::bail!("request {i} has an empty context or continuation");
+        }
+    }
+    Ok(requests)
+}
+
 /// Score every request; results are in request order.
 pub fn score<B: Backend>(
     model: &Transformer<B>,
     requests: &[Request],
     opts: &ScoreOptions,
 ) -> Result<Vec<Scored>> {
-    let requests: Vec<Request> = requests
-        .iter()
-        .map(|r| truncate(r, opts.max_length))
-        .collect();
-    for (i, r) in requests.iter().enumerate() {
-        if r.context.is_empty() || r.continuation.is_empty() {
-            anyhow::bail!("request {i} has an empty context or continuation");
-        }
-    }
+    let requests = prepared(requests, opts.max_length)?;
     // group by identical context, in order of first appearance
     let mut index: HashMap<&[u32], usize> = HashMap::new();
     let mut groups: Vec<Group> = Vec::new();

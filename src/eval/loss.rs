@@ -4,7 +4,7 @@
 use anyhow::Result;
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 
-use crate::commands::forward::to_f32_vec;
+use crate::model::to_f32_vec;
 use crate::model::transformer::gather_rows;
 use crate::model::{TokenBatch, Transformer};
 use crate::progress::Progress;

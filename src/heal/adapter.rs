@@ -7,26 +7,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::model::host_tensor::transpose;
-use crate::model::linear::{Linear, LoraAdapter};
-use crate::model::Transformer;
-
-/// Modules LoRA can adapt (Hugging Face names).
-pub const MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+use crate::model::architecture::{known_modules, module_group};
+use crate::model::surgery::{attach_lora, merge_lora, LowRankUpdate};
+use crate::model::{ModelConfig, Transformer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
@@ -55,11 +44,7 @@ pub struct ModuleAdapter {
 
 impl ModuleAdapter {
     pub fn peft_name(&self, which: &str) -> String {
-        let group = if matches!(self.module.as_str(), "gate_proj" | "up_proj" | "down_proj") {
-            "mlp"
-        } else {
-            "self_attn"
-        };
+        let group = module_group(&self.module).unwrap_or("mlp");
         format!(
             "base_model.model.model.layers.{}.{group}.{}.lora_{which}.weight",
             self.layer, self.module
@@ -73,30 +58,6 @@ pub struct AdapterSet {
     pub modules: Vec<ModuleAdapter>,
 }
 
-fn module_of<'a, B: Backend>(
-    model: &'a mut Transformer<B>,
-    layer: usize,
-    module: &str,
-) -> Result<&'a mut Linear<B>> {
-    let l = model
-        .layers
-        .get_mut(layer)
-        .with_context(|| format!("no layer {layer}"))?;
-    Ok(match module {
-        "q_proj" => &mut l.q_proj,
-        "k_proj" => &mut l.k_proj,
-        "v_proj" => &mut l.v_proj,
-        "o_proj" => &mut l.o_proj,
-        "gate_proj" => &mut l.gate_proj,
-        "up_proj" => &mut l.up_proj,
-        "down_proj" => &mut l.down_proj,
-        other => bail!(
-            "unknown LoRA target module {other:?} (known: {})",
-            MODULES.join(", ")
-        ),
-    })
-}
-
 impl AdapterSet {
     /// PEFT's initialisation: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
     /// B = 0, for every target module of every layer of `model`.
@@ -107,24 +68,14 @@ impl AdapterSet {
     ) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut modules = Vec::new();
+        let layout = model.config.architecture.layout();
         for (i, layer) in model.layers.iter().enumerate() {
-            for m in MODULES
+            for spec in layout
+                .projections
                 .iter()
-                .filter(|m| config.target_modules.iter().any(|t| t == *m))
+                .filter(|s| config.target_modules.iter().any(|t| t == s.name))
             {
-                let lin = match *m {
-                    "q_proj" => &layer.q_proj,
-                    "k_proj" => &layer.k_proj,
-                    "v_proj" => &layer.v_proj,
-                    "o_proj" => &layer.o_proj,
-                    "gate_proj" => &layer.gate_proj,
-                    "up_proj" => &layer.up_proj,
-                    "down_proj" => &layer.down_proj,
-                    other => bail!(
-                        "unknown LoRA target module {other:?} (known: {})",
-                        MODULES.join(", ")
-                    ),
-                };
+                let lin = layer.projection(spec.projection);
                 let (inp, out) = (lin.in_features(), lin.out_features());
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = (0..config.r * inp)
@@ -132,7 +83,7 @@ impl AdapterSet {
                     .collect();
                 modules.push(ModuleAdapter {
                     layer: i,
-                    module: m.to_string(),
+                    module: spec.name.to_string(),
                     in_features: inp,
                     out_features: out,
                     a,
@@ -146,6 +97,30 @@ impl AdapterSet {
         })
     }
 
+    /// The adapters as low-rank updates of the model's projections.
+    pub fn updates(&self, cfg: &ModelConfig) -> Result<Vec<LowRankUpdate<'_>>> {
+        let layout = cfg.architecture.layout();
+        self.modules
+            .iter()
+            .map(|m| {
+                Ok(LowRankUpdate {
+                    layer: m.layer,
+                    projection: layout
+                        .projection_named(&m.module)
+                        .context("LoRA target module")?
+                        .projection,
+                    r: self.config.r,
+                    scale: self.config.scale(),
+                    in_features: m.in_features,
+                    out_features: m.out_features,
+                    a: &m.a,
+                    b: &m.b,
+                    dropout: self.config.dropout,
+                })
+            })
+            .collect()
+    }
+
     /// Put the adapters into the model as Burn tensors; with `trainable`, they require gradients
     /// and dropout is active. Returns the (A, B) tensors in module order.
     pub fn attach<B: Backend>(
@@ -153,61 +128,14 @@ impl AdapterSet {
         model: &mut Transformer<B>,
         trainable: bool,
     ) -> Result<Vec<(Tensor<B, 2>, Tensor<B, 2>)>> {
-        let device = model.device.clone();
-        let dtype = model.dtype;
-        let mut handles = Vec::new();
-        for m in &self.modules {
-            let r = self.config.r;
-            // A [r, in] -> [in, r]; B [out, r] -> [r, out]
-            let mut a = Tensor::<B, 2>::from_data(
-                TensorData::new(transpose(&m.a, r, m.in_features), [m.in_features, r]),
-                (&device, dtype),
-            );
-            let mut b = Tensor::<B, 2>::from_data(
-                TensorData::new(transpose(&m.b, m.out_features, r), [r, m.out_features]),
-                (&device, dtype),
-            );
-            if trainable {
-                a = a.require_grad();
-                b = b.require_grad();
-            }
-            let lin = module_of(model, m.layer, &m.module)?;
-            lin.lora = Some(LoraAdapter {
-                a: a.clone(),
-                b: b.clone(),
-                scale: self.config.scale(),
-                dropout: self.config.dropout,
-                training: trainable,
-            });
-            handles.push((a, b));
-        }
-        Ok(handles)
+        let updates = self.updates(&model.config)?;
+        attach_lora(model, &updates, trainable)
     }
 
     /// Merge into dense base weights (for evaluation): W [in, out] += scale * A^T B^T.
     pub fn merge_into<B: Backend>(&self, model: &mut Transformer<B>) -> Result<()> {
-        let device = model.device.clone();
-        let dtype = model.dtype;
-        let scale = self.config.scale();
-        for m in &self.modules {
-            let r = self.config.r;
-            let a = Tensor::<B, 2>::from_data(
-                TensorData::new(transpose(&m.a, r, m.in_features), [m.in_features, r]),
-                (&device, dtype),
-            );
-            let b = Tensor::<B, 2>::from_data(
-                TensorData::new(transpose(&m.b, m.out_features, r), [r, m.out_features]),
-                (&device, dtype),
-            );
-            let lin = module_of(model, m.layer, &m.module)?;
-            let merged = lin.weight() + a.matmul(b) * scale;
-            *lin = Linear {
-                base: crate::model::linear::BaseWeight::Dense(merged),
-                bias: lin.bias.clone(),
-                lora: None,
-            };
-        }
-        Ok(())
+        let updates = self.updates(&model.config)?;
+        merge_lora(model, &updates)
     }
 
     /// Flatten all parameters (A then B of each module) for the optimizer.
@@ -215,6 +143,14 @@ impl AdapterSet {
         self.modules
             .iter_mut()
             .flat_map(|m| [&mut m.a, &mut m.b])
+            .collect()
+    }
+
+    /// Lengths of the parameter vectors, in `params_mut` order.
+    pub fn param_sizes(&self) -> Vec<usize> {
+        self.modules
+            .iter()
+            .flat_map(|m| [m.a.len(), m.b.len()])
             .collect()
     }
 
@@ -375,7 +311,8 @@ impl AdapterSet {
                 b,
             });
         }
-        let order = |m: &str| MODULES.iter().position(|x| *x == m).unwrap_or(99);
+        let known = known_modules();
+        let order = |m: &str| known.iter().position(|x| *x == m).unwrap_or(99);
         modules.sort_by_key(|m| (m.layer, order(&m.module)));
         Ok(Self { config, modules })
     }

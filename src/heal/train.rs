@@ -19,10 +19,18 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter::{AdapterSet, LoraConfig};
 use super::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
-use crate::commands::forward::to_f32_vec;
-use crate::model::host_tensor::transpose;
-use crate::model::{TokenBatch, Transformer};
+use crate::formats::host_tensor::transpose;
+use crate::model::surgery::{all_projections, quantize_nf4};
+use crate::model::{to_f32_vec, TokenBatch, Transformer};
 use crate::progress::Progress;
+
+/// The frozen base of the adapted projections: NF4 with double quantisation (QLoRA) or dense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    Nf4,
+    None,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -63,6 +71,39 @@ pub struct TrainState {
     pub adapters: AdapterSet,
     pub optim: AdamW,
     pub log: Vec<LogRow>,
+}
+
+impl TrainState {
+    /// The state before the first step: fresh adapters, zero optimizer moments.
+    pub fn fresh(config: &TrainConfig, adapters: AdapterSet) -> Self {
+        Self {
+            step: 0,
+            cursor: 0,
+            optim: AdamW::new(config.adamw, &adapters.param_sizes()),
+            adapters,
+            log: vec![],
+        }
+    }
+}
+
+/// Prepare a built model for healing: quantise its frozen projections (NF4) if asked, create the
+/// adapters (PEFT's initialisation, seeded), and resume from the newest matching checkpoint.
+pub fn setup<B: AutodiffBackend>(
+    model: &mut Transformer<B>,
+    config: &TrainConfig,
+    quant: Quant,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<TrainState> {
+    if quant == Quant::Nf4 {
+        let projections = all_projections(model);
+        quantize_nf4(model, &projections)?;
+    }
+    let adapters = AdapterSet::init(&config.lora, model, config.seed)?;
+    let resumed = match checkpoints {
+        Some(c) => c.load(config, &adapters)?,
+        None => None,
+    };
+    Ok(resumed.unwrap_or_else(|| TrainState::fresh(config, adapters)))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -189,11 +230,7 @@ impl Checkpoints {
                 .with_context(|| format!("{}: missing {}", dir.display(), m.peft_name("B")))?;
         }
         let moments = read_f32_tensors(&dir.join("optimizer.safetensors"))?;
-        let sizes: Vec<usize> = adapters
-            .modules
-            .iter()
-            .flat_map(|m| [m.a.len(), m.b.len()])
-            .collect();
+        let sizes = adapters.param_sizes();
         let mut optim = AdamW::new(config.adamw, &sizes);
         optim.t = meta.t;
         for k in 0..sizes.len() {
@@ -278,22 +315,21 @@ pub fn micro_step<B: AutodiffBackend>(
     Ok((value, out))
 }
 
-/// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured.
+/// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured;
+/// `after_step` sees the state after every optimizer step (and its checkpoint).
 pub fn train<B: AutodiffBackend>(
     model: &mut Transformer<B>,
     windows: &[Vec<u32>],
     config: &TrainConfig,
     mut state: TrainState,
     checkpoints: Option<&Checkpoints>,
+    after_step: &dyn Fn(&TrainState),
 ) -> Result<TrainState> {
     if windows.is_empty() {
         bail!("no training windows");
     }
     let accum = config.accumulation();
     let n = windows.len();
-    let delay = std::env::var("LAYERPRUNE_HEAL_STEP_DELAY_MS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok());
     let mut progress = Progress::new(config.steps, "heal");
     progress.inc(state.step);
     let mut order_cache: Option<(u64, Vec<usize>)> = None;
@@ -380,9 +416,7 @@ pub fn train<B: AutodiffBackend>(
                 tracing::info!("checkpoint at step {}", state.step);
             }
         }
-        if let Some(ms) = delay {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
+        after_step(&state);
     }
     progress.finish();
     Ok(state)

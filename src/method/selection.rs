@@ -16,12 +16,31 @@ pub enum Strategy {
     Simple,
 }
 
-impl std::fmt::Display for Strategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Strategy {
+    /// Every strategy, in the order tables and figures list them.
+    pub const ALL: [Strategy; 2] = [Strategy::Similarity, Strategy::Simple];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             Strategy::Similarity => "similarity",
             Strategy::Simple => "simple",
-        })
+        }
+    }
+
+    /// The strategy named `name` (as in tables and configs).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Position in `ALL` (a figure's series index).
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&s| s == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::forward::to_f32_vec;
+use crate::model::to_f32_vec;
 use crate::model::{Capture, Logits, TokenBatch, Transformer};
 use crate::progress::Progress;
 

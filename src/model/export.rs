@@ -13,34 +13,8 @@ use safetensors::Dtype;
 
 use super::config::RopeScaling;
 use super::load::ModelFiles;
+use super::surgery::LowRankUpdate;
 use crate::backend::Precision;
-use crate::heal::adapter::AdapterSet;
-
-/// Names of the tensors of one decoder layer (Hugging Face naming).
-fn layer_tensors(files: &ModelFiles) -> Vec<&'static str> {
-    let mut v = vec![
-        "input_layernorm.weight",
-        "post_attention_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ];
-    if files.config.qkv_bias {
-        v.extend([
-            "self_attn.q_proj.bias",
-            "self_attn.k_proj.bias",
-            "self_attn.v_proj.bias",
-        ]);
-    }
-    if files.config.o_bias {
-        v.push("self_attn.o_proj.bias");
-    }
-    v
-}
 
 fn encode(data: &[f32], precision: Precision) -> (Dtype, Vec<u8>) {
     match precision {
@@ -71,29 +45,21 @@ pub fn export_hf(
     precision: Precision,
     meta: serde_json::Value,
 ) -> Result<()> {
-    let none = AdapterSet {
-        config: crate::heal::adapter::LoraConfig {
-            r: 1,
-            alpha: 1.0,
-            dropout: 0.0,
-            target_modules: vec![],
-        },
-        modules: vec![],
-    };
-    export_hf_with_adapter(files, kept, &none, dir, precision, meta)
+    export_hf_with_updates(files, kept, &[], dir, precision, meta)
 }
 
-/// Export with a LoRA adapter merged into the weights (W + (alpha / r) B A); the adapter's layer
-/// indices are those of the pruned model (0-based, renumbered).
-pub fn export_hf_with_adapter(
+/// Export with low-rank updates (a LoRA adapter) merged into the weights (W + (alpha / r) B A);
+/// the updates' layer indices are those of the pruned model (0-based, renumbered).
+pub fn export_hf_with_updates(
     files: &ModelFiles,
     kept: &[usize],
-    adapter: &AdapterSet,
+    updates: &[LowRankUpdate<'_>],
     dir: &Path,
     precision: Precision,
     meta: serde_json::Value,
 ) -> Result<()> {
     let cfg = &files.config;
+    let layout = cfg.architecture.layout();
     if let Some(RopeScaling::Factors { .. }) = cfg.rope_scaling {
         bail!("cannot export: the model's RoPE uses per-frequency factors (GGUF rope_freqs), which a transformers config cannot express");
     }
@@ -134,37 +100,14 @@ pub fn export_hf_with_adapter(
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut push = |name: String, source_name: &str| -> Result<()> {
         let mut t = files.store.get(source_name, cfg)?;
-        // merge the adapter of this (new layer, module), if any
-        if let Some(rest) = name.strip_prefix("model.layers.") {
-            let mut parts = rest.split('.');
-            let layer: usize = parts
-                .next()
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(usize::MAX);
-            let _group = parts.next();
-            let module = parts.next().unwrap_or("");
-            if name.ends_with(".weight") {
-                if let Some(m) = adapter
-                    .modules
+        // merge the update of this (new layer, projection), if any
+        if name.ends_with(".weight") {
+            if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {
+                for u in updates
                     .iter()
-                    .find(|m| m.layer == layer && m.module == module)
+                    .filter(|u| u.layer == layer && u.projection == spec.projection)
                 {
-                    let (r, scale) = (adapter.config.r, adapter.config.scale() as f32);
-                    // W [out, in] += scale * B [out, r] A [r, in]
-                    for o in 0..m.out_features {
-                        for k in 0..r {
-                            let bk = m.b[o * r + k] * scale;
-                            if bk != 0.0 {
-                                let row = &mut t.data[o * m.in_features..(o + 1) * m.in_features];
-                                for (w, a) in row
-                                    .iter_mut()
-                                    .zip(&m.a[k * m.in_features..(k + 1) * m.in_features])
-                                {
-                                    *w += bk * a;
-                                }
-                            }
-                        }
-                    }
+                    u.merge_into_host(&mut t.data);
                 }
             }
         }
@@ -172,21 +115,19 @@ pub fn export_hf_with_adapter(
         tensors.push((name, t.shape, dt, bytes));
         Ok(())
     };
-    push(
-        "model.embed_tokens.weight".into(),
-        "model.embed_tokens.weight",
-    )?;
+    push(layout.embed.hf.into(), layout.embed.hf)?;
+    let prefix = layout.layer_prefix;
     for (new, &old) in kept.iter().enumerate() {
-        for t in layer_tensors(files) {
+        for t in layout.layer_tensor_suffixes(cfg) {
             push(
-                format!("model.layers.{new}.{t}"),
-                &format!("model.layers.{old}.{t}"),
+                format!("{prefix}.{new}.{t}"),
+                &format!("{prefix}.{old}.{t}"),
             )?;
         }
     }
-    push("model.norm.weight".into(), "model.norm.weight")?;
+    push(layout.final_norm.hf.into(), layout.final_norm.hf)?;
     if !cfg.tie_word_embeddings {
-        push("lm_head.weight".into(), "lm_head.weight")?;
+        push(layout.lm_head.hf.into(), layout.lm_head.hf)?;
     }
     let views: Vec<(String, TensorView)> = tensors
         .iter()

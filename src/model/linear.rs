@@ -3,28 +3,16 @@
 //! (dequantised blockwise at every use, as QLoRA does); an optional LoRA adapter adds
 //! scale * dropout(x) A B with A [in, r], B [r, out] (PEFT's lora_A^T and lora_B^T).
 
-use burn::tensor::{backend::Backend, module::linear, Distribution, Tensor};
+use burn::tensor::{backend::Backend, module::linear, Tensor};
 
-use super::nf4::Nf4Weight;
+use super::lora::LoraAdapter;
+use super::nf4_linear::Nf4Weight;
 
 #[derive(Debug, Clone)]
 pub enum BaseWeight<B: Backend> {
     /// [in, out]
     Dense(Tensor<B, 2>),
     Nf4(Nf4Weight<B>),
-}
-
-#[derive(Debug, Clone)]
-pub struct LoraAdapter<B: Backend> {
-    /// [in, r] (PEFT lora_A.weight is [r, in])
-    pub a: Tensor<B, 2>,
-    /// [r, out] (PEFT lora_B.weight is [out, r])
-    pub b: Tensor<B, 2>,
-    /// lora_alpha / r
-    pub scale: f64,
-    /// Dropout on the adapter's input, applied only while training.
-    pub dropout: f64,
-    pub training: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,20 +45,7 @@ impl<B: Backend> Linear<B> {
         let y = linear(x.clone(), self.weight(), self.bias.clone());
         match &self.lora {
             None => y,
-            Some(l) => {
-                let x = if l.training && l.dropout > 0.0 {
-                    // inverted dropout, as torch.nn.Dropout
-                    let keep = Tensor::<B, D>::random(
-                        x.shape(),
-                        Distribution::Bernoulli(1.0 - l.dropout),
-                        &x.device(),
-                    );
-                    x * keep / (1.0 - l.dropout)
-                } else {
-                    x
-                };
-                y + linear(linear(x, l.a.clone(), None), l.b.clone(), None) * l.scale
-            }
+            Some(l) => y + l.forward(x),
         }
     }
 

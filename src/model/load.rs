@@ -7,11 +7,11 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType};
 
 use super::config::ModelConfig;
-use super::gguf::GgufFile;
-use super::safetensors_dir::SafetensorsSet;
 use super::transformer::Transformer;
 use super::weights::{Loader, WeightStore};
-use crate::data::tokenizer::TextTokenizer;
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors_dir::SafetensorsSet;
+use crate::formats::tokenizer::TextTokenizer;
 use crate::source::ResolvedSource;
 
 pub struct ModelFiles {

@@ -1,18 +1,22 @@
-//! The model core: configuration, weight formats and the Burn transformer.
+//! The model core: architecture descriptions, configuration, the Burn transformer and its
+//! linears (dense, NF4, LoRA), surgery on a built model, and export in Hugging Face layout.
+//! Bytes-to-values formats (GGUF, safetensors, tokenizer files, NF4 codec) live in `formats`.
 
+pub mod architecture;
 pub mod config;
-pub mod dequant;
 pub mod export;
-pub mod gguf;
-pub mod host_tensor;
 pub mod linear;
 pub mod load;
-pub mod nf4;
+pub mod lora;
+pub mod nf4_linear;
+pub mod readback;
 pub mod rope;
-pub mod safetensors_dir;
+pub mod surgery;
 pub mod transformer;
 pub mod weights;
 
+pub use architecture::{Layout, Projection, ProjectionSpec};
 pub use config::{Architecture, ModelConfig};
 pub use load::ModelFiles;
+pub use readback::to_f32_vec;
 pub use transformer::{Capture, ForwardOutput, Logits, TokenBatch, Transformer};

@@ -16,6 +16,7 @@ use burn::tensor::{
     ops::AttentionModuleOptions, Bool, DType, Int, Tensor, TensorData,
 };
 
+use super::architecture::Projection;
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::{Rope, RopeBatch};
@@ -33,6 +34,33 @@ pub struct DecoderLayer<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// The linear projection `p` of this layer.
+    pub fn projection(&self, p: Projection) -> &Linear<B> {
+        match p {
+            Projection::Q => &self.q_proj,
+            Projection::K => &self.k_proj,
+            Projection::V => &self.v_proj,
+            Projection::O => &self.o_proj,
+            Projection::Gate => &self.gate_proj,
+            Projection::Up => &self.up_proj,
+            Projection::Down => &self.down_proj,
+        }
+    }
+
+    pub fn projection_mut(&mut self, p: Projection) -> &mut Linear<B> {
+        match p {
+            Projection::Q => &mut self.q_proj,
+            Projection::K => &mut self.k_proj,
+            Projection::V => &mut self.v_proj,
+            Projection::O => &mut self.o_proj,
+            Projection::Gate => &mut self.gate_proj,
+            Projection::Up => &mut self.up_proj,
+            Projection::Down => &mut self.down_proj,
+        }
+    }
 }
 
 /// What the caller wants back from a forward pass.
@@ -239,20 +267,6 @@ impl<B: Backend> Transformer<B> {
     /// Original indices of the layers this model holds, in order.
     pub fn kept_layers(&self) -> Vec<usize> {
         self.layers.iter().map(|l| l.original_index).collect()
-    }
-
-    /// Drop the half-open block [start, start + n) of the CURRENT layer list.
-    pub fn drop_block(&mut self, start: usize, n: usize) -> anyhow::Result<()> {
-        if start + n > self.layers.len() {
-            anyhow::bail!(
-                "cannot drop layers [{start}, {}) of a model with {} layers",
-                start + n,
-                self.layers.len()
-            );
-        }
-        self.layers.drain(start..start + n);
-        self.config = self.config.with_layers(self.layers.len());
-        Ok(())
     }
 
     /// Embedding lookup: ids [batch, seq] -> x(0) [batch, seq, hidden]

@@ -5,56 +5,29 @@
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use super::config::{Architecture, ModelConfig};
-use super::gguf::GgufFile;
-use super::host_tensor::HostTensor;
+use super::architecture::Projection;
+use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::Rope;
-use super::safetensors_dir::SafetensorsSet;
 use super::transformer::{DecoderLayer, Transformer};
+use crate::formats::gguf::GgufFile;
+use crate::formats::host_tensor::HostTensor;
+use crate::formats::safetensors_dir::SafetensorsSet;
 
 pub enum WeightStore {
     Safetensors(SafetensorsSet),
     Gguf(GgufFile),
 }
 
-/// Map a Hugging Face tensor name to llama.cpp's GGUF name.
-fn gguf_name(hf: &str) -> Option<String> {
-    if hf == "model.embed_tokens.weight" {
-        return Some("token_embd.weight".into());
-    }
-    if hf == "model.norm.weight" {
-        return Some("output_norm.weight".into());
-    }
-    if hf == "lm_head.weight" {
-        return Some("output.weight".into());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, name) = rest.split_once('.')?;
-    let mapped = match name {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.bias" => "attn_output.bias",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{mapped}"))
-}
-
 impl WeightStore {
-    pub fn has(&self, hf_name: &str) -> bool {
+    pub fn has(&self, hf_name: &str, cfg: &ModelConfig) -> bool {
         match self {
             Self::Safetensors(s) => s.contains(hf_name),
-            Self::Gguf(g) => gguf_name(hf_name).is_some_and(|n| g.tensor_info(&n).is_some()),
+            Self::Gguf(g) => cfg
+                .architecture
+                .layout()
+                .gguf_name(hf_name)
+                .is_some_and(|n| g.tensor_info(&n).is_some()),
         }
     }
 
@@ -63,18 +36,16 @@ impl WeightStore {
         match self {
             Self::Safetensors(s) => s.tensor_f32(hf_name),
             Self::Gguf(g) => {
-                let name =
-                    gguf_name(hf_name).with_context(|| format!("no GGUF name for {hf_name}"))?;
+                let layout = cfg.architecture.layout();
+                let name = layout
+                    .gguf_name(hf_name)
+                    .with_context(|| format!("no GGUF name for {hf_name}"))?;
                 let t = g.tensor_f32(&name)?;
                 // llama.cpp permutes llama q/k for its interleaved RoPE; qwen2 uses NEOX (half-split) as is.
-                if cfg.architecture != Architecture::Qwen2 {
-                    let heads = if hf_name.contains("q_proj") {
-                        Some(cfg.num_attention_heads)
-                    } else if hf_name.contains("k_proj") {
-                        Some(cfg.num_key_value_heads)
-                    } else {
-                        None
-                    };
+                if layout.gguf_rope_permuted {
+                    let heads = layout
+                        .parse_projection_tensor(hf_name)
+                        .and_then(|(_, spec)| spec.projection.rope_heads(cfg));
                     if let Some(heads) = heads {
                         return if hf_name.ends_with(".bias") {
                             t.unpermute_rope_vector(heads)
@@ -89,10 +60,10 @@ impl WeightStore {
     }
 
     /// A short description of the stored tensor types, e.g. "Q4_1 (GGUF)" or "BF16".
-    pub fn storage_dtype(&self) -> String {
+    pub fn storage_dtype(&self, cfg: &ModelConfig) -> String {
         match self {
             Self::Safetensors(s) => s
-                .dtype("model.embed_tokens.weight")
+                .dtype(cfg.architecture.layout().embed.hf)
                 .unwrap_or_else(|| "?".into()),
             Self::Gguf(g) => {
                 let mut counts = std::collections::BTreeMap::new();
@@ -166,24 +137,26 @@ impl<B: Backend> Loader<'_, B> {
 
     pub fn layer(&self, i: usize) -> Result<DecoderLayer<B>> {
         let c = self.cfg;
-        let (h, q, kv, ff) = (
-            c.hidden_size,
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-            c.intermediate_size,
-        );
-        let p = format!("model.layers.{i}");
+        let layout = c.architecture.layout();
+        let h = c.hidden_size;
+        let norm = |k: usize| self.vector(&layout.norm_tensor(i, &layout.norms[k]), h);
+        let proj = |p: Projection| {
+            let spec = layout.projection(p);
+            let (inp, out) = p.dims(c);
+            let prefix = layout.projection_tensor(i, spec, "");
+            self.linear(prefix.trim_end_matches('.'), inp, out, p.has_bias(c))
+        };
         Ok(DecoderLayer {
             original_index: i,
-            input_norm: self.vector(&format!("{p}.input_layernorm.weight"), h)?,
-            q_proj: self.linear(&format!("{p}.self_attn.q_proj"), h, q, c.qkv_bias)?,
-            k_proj: self.linear(&format!("{p}.self_attn.k_proj"), h, kv, c.qkv_bias)?,
-            v_proj: self.linear(&format!("{p}.self_attn.v_proj"), h, kv, c.qkv_bias)?,
-            o_proj: self.linear(&format!("{p}.self_attn.o_proj"), q, h, c.o_bias)?,
-            post_attention_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), h, ff, false)?,
-            up_proj: self.linear(&format!("{p}.mlp.up_proj"), h, ff, false)?,
-            down_proj: self.linear(&format!("{p}.mlp.down_proj"), ff, h, false)?,
+            input_norm: norm(0)?,
+            q_proj: proj(Projection::Q)?,
+            k_proj: proj(Projection::K)?,
+            v_proj: proj(Projection::V)?,
+            o_proj: proj(Projection::O)?,
+            post_attention_norm: norm(1)?,
+            gate_proj: proj(Projection::Gate)?,
+            up_proj: proj(Projection::Up)?,
+            down_proj: proj(Projection::Down)?,
         })
     }
 
@@ -198,7 +171,8 @@ impl<B: Backend> Loader<'_, B> {
                 );
             }
         }
-        let embed_name = "model.embed_tokens.weight";
+        let layout = c.architecture.layout();
+        let embed_name = layout.embed.hf;
         let embed_tokens = upload(
             self.store.get(embed_name, c)?,
             [c.vocab_size, c.hidden_size],
@@ -206,17 +180,18 @@ impl<B: Backend> Loader<'_, B> {
             self.device,
             self.dtype,
         )?;
-        let lm_head = if c.tie_word_embeddings || !self.store.has("lm_head.weight") {
+        let head_name = layout.lm_head.hf;
+        let lm_head = if c.tie_word_embeddings || !self.store.has(head_name, c) {
             if !c.tie_word_embeddings {
-                bail!("tensor lm_head.weight is missing and tie_word_embeddings is false");
+                bail!("tensor {head_name} is missing and tie_word_embeddings is false");
             }
             embed_tokens.clone().transpose()
         } else {
-            let w = self.store.get("lm_head.weight", c)?;
+            let w = self.store.get(head_name, c)?;
             upload(
                 w.transposed(),
                 [c.hidden_size, c.vocab_size],
-                "lm_head.weight",
+                head_name,
                 self.device,
                 self.dtype,
             )?
@@ -229,7 +204,7 @@ impl<B: Backend> Loader<'_, B> {
             config: c.with_layers(layers.len()),
             embed_tokens,
             layers,
-            norm: self.vector("model.norm.weight", c.hidden_size)?,
+            norm: self.vector(layout.final_norm.hf, c.hidden_size)?,
             lm_head,
             rope: Rope::new(c),
             dtype: self.dtype,

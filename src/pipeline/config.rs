@@ -84,6 +84,15 @@ struct Origins {
 }
 
 impl Origins {
+    /// Where the keys of `figment` came from; `text` is the pipeline file `file`'s.
+    fn new(file: &Path, text: &str, figment: Figment) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            text: text.to_string(),
+            figment,
+        }
+    }
+
     fn origin(&self, key: &str) -> Origin {
         // the longest prefix of the key that some provider set
         let parts: Vec<&str> = key.split('.').collect();
@@ -273,6 +282,22 @@ pub fn load(file: &Path, sets: &[String]) -> Result<PipelineConfig, ConfigError>
 
 /// Layer a pipeline given as text (`file` names it in messages).
 pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineConfig, ConfigError> {
+    check_toml(file, text)?;
+    // Pass 1: which stages exist and of which kind.
+    let kinds = stage_kinds(file, text, sets)?;
+    // Pass 2: the same layers on top of each stage's defaults.
+    let fig = user_layers(stage_defaults(&kinds), file, text, sets)?;
+    let origins = Origins::new(file, text, fig.clone());
+    let resolved: Value = fig.extract().map_err(|e| figment_error(file, text, e))?;
+    let raw = parse_raw(&origins, &resolved)?;
+    check_name(&origins, &raw.name)?;
+    let sweep = check_sweep(&origins, &raw.sweep)?;
+    let stage_configs = check_stages(&origins, &kinds, &raw.stages)?;
+    Ok(assemble(file, raw, sweep, stage_configs, resolved, origins))
+}
+
+/// The text must parse as TOML; otherwise an error at the line where parsing failed.
+fn check_toml(file: &Path, text: &str) -> Result<(), ConfigError> {
     if let Err(e) = toml::from_str::<toml::Table>(text) {
         let line = e.span().map(|s| text[..s.start].lines().count().max(1));
         return Err(ConfigError {
@@ -284,60 +309,78 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
             message: format!("invalid TOML: {}", e.message()),
         });
     }
-    // Pass 1: which stages exist and of which kind.
+    Ok(())
+}
+
+/// Pass 1: the stages of the user's layers alone (file, environment, --set) and their kinds.
+fn stage_kinds(
+    file: &Path,
+    text: &str,
+    sets: &[String],
+) -> Result<BTreeMap<String, &'static dyn stages::Stage>, ConfigError> {
     let user = user_layers(Figment::new(), file, text, sets)?;
-    let origins0 = Origins {
-        file: file.to_path_buf(),
-        text: text.to_string(),
-        figment: user.clone(),
-    };
+    let origins = Origins::new(file, text, user.clone());
     let top: Value = user.extract().map_err(|e| figment_error(file, text, e))?;
-    let stage_tables = top.get("stages").cloned().unwrap_or(Value::Null);
-    let mut kinds: BTreeMap<String, &'static dyn stages::Stage> = BTreeMap::new();
-    if let Some(map) = stage_tables.as_object() {
-        let known: Vec<&str> = stages::registry().iter().map(|s| s.kind()).collect();
+    let mut kinds = BTreeMap::new();
+    if let Some(map) = top.get("stages").and_then(|s| s.as_object()) {
         for (name, table) in map {
-            let kind = match table.get("kind") {
-                None => name.clone(),
-                Some(Value::String(k)) => k.clone(),
-                Some(other) => {
-                    return Err(origins0.error(
-                        &format!("stages.{name}.kind"),
-                        format!("expected a string, found {other}"),
-                    ))
-                }
-            };
-            let stage = stages::find(&kind).ok_or_else(|| {
-                let key = if table.get("kind").is_some() { format!("stages.{name}.kind") } else { format!("stages.{name}") };
-                origins0.error(
-                    &key,
-                    format!(
-                        "unknown stage kind \"{kind}\"{} (known kinds: {}; set `kind` when the table name is not a kind)",
-                        did_you_mean(&kind, known.iter().copied()),
-                        known.join(", ")
-                    ),
-                )
-            })?;
-            kinds.insert(name.clone(), stage);
+            kinds.insert(name.clone(), stage_kind(&origins, name, table)?);
         }
     }
-    // Pass 2: the same layers on top of each stage's defaults.
+    Ok(kinds)
+}
+
+/// A stage's kind: its `kind` key, else the table's name; it must be a known kind.
+fn stage_kind(
+    origins: &Origins,
+    name: &str,
+    table: &Value,
+) -> Result<&'static dyn stages::Stage, ConfigError> {
+    let kind = match table.get("kind") {
+        None => name.to_string(),
+        Some(Value::String(k)) => k.clone(),
+        Some(other) => {
+            return Err(origins.error(
+                &format!("stages.{name}.kind"),
+                format!("expected a string, found {other}"),
+            ))
+        }
+    };
+    let known: Vec<&str> = stages::registry().iter().map(|s| s.kind()).collect();
+    stages::find(&kind).ok_or_else(|| {
+        let key = if table.get("kind").is_some() {
+            format!("stages.{name}.kind")
+        } else {
+            format!("stages.{name}")
+        };
+        origins.error(
+            &key,
+            format!(
+                "unknown stage kind \"{kind}\"{} (known kinds: {}; set `kind` when the table name is not a kind)",
+                did_you_mean(&kind, known.iter().copied()),
+                known.join(", ")
+            ),
+        )
+    })
+}
+
+/// Pass 2's bottom layer: each stage's built-in defaults, placed under stages.<name>.
+fn stage_defaults(kinds: &BTreeMap<String, &'static dyn stages::Stage>) -> Figment {
     let mut base = Figment::new();
-    for (name, stage) in &kinds {
+    for (name, stage) in kinds {
         base = base.merge(StageDefaults {
             stage: name.clone(),
             kind: stage.kind(),
             text: stage.defaults(),
         });
     }
-    let fig = user_layers(base, file, text, sets)?;
-    let origins = Origins {
-        file: file.to_path_buf(),
-        text: text.to_string(),
-        figment: fig.clone(),
-    };
-    let resolved: Value = fig.extract().map_err(|e| figment_error(file, text, e))?;
-    let raw: RawPipeline = serde_path_to_error::deserialize(resolved.clone()).map_err(|e| {
+    base
+}
+
+/// The layered configuration as the typed top level; an unknown key is named with the nearest
+/// top-level key.
+fn parse_raw(origins: &Origins, resolved: &Value) -> Result<RawPipeline, ConfigError> {
+    serde_path_to_error::deserialize::<_, RawPipeline>(resolved.clone()).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();
         if let Some(field) = unknown_field(&msg) {
@@ -356,119 +399,188 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
             );
         }
         origins.error(&path, msg)
-    })?;
+    })
+}
 
-    if raw.name.is_empty()
-        || !raw
-            .name
+/// A pipeline name is non-empty and made of letters, digits, '-', '_' and '.'.
+fn check_name(origins: &Origins, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(origins.error(
             "name",
-            format!(
-                "\"{}\" is not a valid pipeline name (letters, digits, '-', '_', '.')",
-                raw.name
-            ),
+            format!("\"{name}\" is not a valid pipeline name (letters, digits, '-', '_', '.')"),
         ));
     }
+    Ok(())
+}
+
+/// Every axis of [sweep] checked (see `sweep_axis`), in axis order.
+fn check_sweep(
+    origins: &Origins,
+    raw: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Vec<Value>>, ConfigError> {
     let mut sweep = BTreeMap::new();
-    for (axis, values) in &raw.sweep {
-        let key = format!("sweep.{axis}");
-        let list = values.as_array().ok_or_else(|| {
-            origins.error(
-                &key,
-                format!("a sweep axis must be a list of values, found {values}"),
-            )
-        })?;
-        if list.is_empty() {
-            return Err(origins.error(&key, "a sweep axis must have at least one value"));
-        }
-        for v in list {
-            if !(v.is_string() || v.is_number() || v.is_boolean()) {
-                return Err(origins.error(
-                    &key,
-                    format!("sweep values must be strings, numbers or booleans, found {v}"),
-                ));
-            }
-        }
-        for (i, v) in list.iter().enumerate() {
-            if list[..i].contains(v) {
-                return Err(origins.error(&key, format!("the value {v} appears twice")));
-            }
-        }
-        sweep.insert(axis.clone(), list.clone());
+    for (axis, values) in raw {
+        sweep.insert(axis.clone(), sweep_axis(origins, axis, values)?);
     }
-    let mut stage_configs = BTreeMap::new();
-    for (name, table) in &raw.stages {
-        let stage = kinds[name];
-        let mut params = table
-            .as_object()
-            .cloned()
-            .ok_or_else(|| origins.error(&format!("stages.{name}"), "a stage must be a table"))?;
-        params.remove("kind");
-        let inputs_value = params
-            .remove("inputs")
-            .unwrap_or(Value::Object(Default::default()));
-        let mut inputs = BTreeMap::new();
-        let inputs_obj = inputs_value.as_object().ok_or_else(|| {
-            origins.error(
-                &format!("stages.{name}.inputs"),
-                "expected a table of slot = \"stage\"",
-            )
-        })?;
-        let slots: Vec<&str> = stage.inputs().iter().map(|s| s.name).collect();
-        for (slot, refs) in inputs_obj {
-            let key = format!("stages.{name}.inputs.{slot}");
-            if !stage.inputs().iter().any(|s| s.name == slot) {
-                return Err(origins.error(
-                    &key,
-                    format!(
-                        "stage kind {} has no input \"{slot}\"{} (inputs: {})",
-                        stage.kind(),
-                        did_you_mean(slot, slots.iter().copied()),
-                        if slots.is_empty() {
-                            "none".to_string()
-                        } else {
-                            slots.join(", ")
-                        }
-                    ),
-                ));
-            };
-            // a list in a one-job slot fans the stage out over those stages
-            let list: Vec<String> = match refs {
-                Value::String(s) => vec![s.clone()],
-                Value::Array(a) if !a.is_empty() => a
-                    .iter()
-                    .map(|v| {
-                        v.as_str().map(String::from).ok_or_else(|| {
-                            origins.error(&key, format!("expected stage names, found {v}"))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-                other => {
-                    return Err(origins.error(
-                        &key,
-                        format!("expected a stage name or a list of stage names, found {other}"),
-                    ))
-                }
-            };
-            inputs.insert(slot.clone(), list);
+    Ok(sweep)
+}
+
+/// One sweep axis: a non-empty list of distinct strings, numbers or booleans.
+fn sweep_axis(origins: &Origins, axis: &str, values: &Value) -> Result<Vec<Value>, ConfigError> {
+    let key = format!("sweep.{axis}");
+    let list = values.as_array().ok_or_else(|| {
+        origins.error(
+            &key,
+            format!("a sweep axis must be a list of values, found {values}"),
+        )
+    })?;
+    if list.is_empty() {
+        return Err(origins.error(&key, "a sweep axis must have at least one value"));
+    }
+    for v in list {
+        if !(v.is_string() || v.is_number() || v.is_boolean()) {
+            return Err(origins.error(
+                &key,
+                format!("sweep values must be strings, numbers or booleans, found {v}"),
+            ));
         }
+    }
+    for (i, v) in list.iter().enumerate() {
+        if list[..i].contains(v) {
+            return Err(origins.error(&key, format!("the value {v} appears twice")));
+        }
+    }
+    Ok(list.clone())
+}
+
+/// Every stage table as a StageConfig (see `stage_config`); a pipeline needs at least one.
+fn check_stages(
+    origins: &Origins,
+    kinds: &BTreeMap<String, &'static dyn stages::Stage>,
+    tables: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, StageConfig>, ConfigError> {
+    let mut stage_configs = BTreeMap::new();
+    for (name, table) in tables {
         stage_configs.insert(
             name.clone(),
-            StageConfig {
-                name: name.clone(),
-                kind: stage.kind().to_string(),
-                inputs,
-                params: Value::Object(params),
-            },
+            stage_config(origins, name, kinds[name], table)?,
         );
     }
     if stage_configs.is_empty() {
         return Err(origins.error("stages", "the pipeline has no stages"));
     }
-    Ok(PipelineConfig {
+    Ok(stage_configs)
+}
+
+/// One stage table split into its inputs (see `stage_inputs`) and its parameters (the rest,
+/// without `kind`).
+fn stage_config(
+    origins: &Origins,
+    name: &str,
+    stage: &dyn stages::Stage,
+    table: &Value,
+) -> Result<StageConfig, ConfigError> {
+    let mut params = table
+        .as_object()
+        .cloned()
+        .ok_or_else(|| origins.error(&format!("stages.{name}"), "a stage must be a table"))?;
+    params.remove("kind");
+    let inputs_value = params
+        .remove("inputs")
+        .unwrap_or(Value::Object(Default::default()));
+    let inputs = stage_inputs(origins, name, stage, &inputs_value)?;
+    Ok(StageConfig {
+        name: name.to_string(),
+        kind: stage.kind().to_string(),
+        inputs,
+        params: Value::Object(params),
+    })
+}
+
+/// A stage's `inputs` table: slot -> upstream stage names, for slots its kind has.
+fn stage_inputs(
+    origins: &Origins,
+    name: &str,
+    stage: &dyn stages::Stage,
+    inputs_value: &Value,
+) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let inputs_obj = inputs_value.as_object().ok_or_else(|| {
+        origins.error(
+            &format!("stages.{name}.inputs"),
+            "expected a table of slot = \"stage\"",
+        )
+    })?;
+    let mut inputs = BTreeMap::new();
+    for (slot, refs) in inputs_obj {
+        let key = format!("stages.{name}.inputs.{slot}");
+        check_slot(origins, &key, stage, slot)?;
+        inputs.insert(slot.clone(), input_refs(origins, &key, refs)?);
+    }
+    Ok(inputs)
+}
+
+/// The slot must be one of the stage kind's inputs; otherwise an error with the nearest slot
+/// and the kind's slots.
+fn check_slot(
+    origins: &Origins,
+    key: &str,
+    stage: &dyn stages::Stage,
+    slot: &str,
+) -> Result<(), ConfigError> {
+    let slots: Vec<&str> = stage.inputs().iter().map(|s| s.name).collect();
+    if !stage.inputs().iter().any(|s| s.name == slot) {
+        return Err(origins.error(
+            key,
+            format!(
+                "stage kind {} has no input \"{slot}\"{} (inputs: {})",
+                stage.kind(),
+                did_you_mean(slot, slots.iter().copied()),
+                if slots.is_empty() {
+                    "none".to_string()
+                } else {
+                    slots.join(", ")
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The stage names of one slot: a name, or a non-empty list of names (a list in a one-job slot
+/// fans the stage out over those stages).
+fn input_refs(origins: &Origins, key: &str, refs: &Value) -> Result<Vec<String>, ConfigError> {
+    match refs {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| origins.error(key, format!("expected stage names, found {v}")))
+            })
+            .collect(),
+        other => Err(origins.error(
+            key,
+            format!("expected a stage name or a list of stage names, found {other}"),
+        )),
+    }
+}
+
+/// The checked parts as a PipelineConfig; precision defaults by backend, results_dir to
+/// "results".
+fn assemble(
+    file: &Path,
+    raw: RawPipeline,
+    sweep: BTreeMap<String, Vec<Value>>,
+    stage_configs: BTreeMap<String, StageConfig>,
+    resolved: Value,
+    origins: Origins,
+) -> PipelineConfig {
+    PipelineConfig {
         file: file.to_path_buf(),
         name: raw.name,
         description: raw.description,
@@ -481,7 +593,7 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
         stages: stage_configs,
         resolved,
         origins,
-    })
+    }
 }
 
 /// The field name from serde's "unknown field `x`, expected ..." message.
@@ -500,4 +612,375 @@ pub fn expected_fields(msg: &str) -> Vec<String> {
         .step_by(2)
         .map(String::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The cheap `test-value` kind is registered in the library's unit tests (stages::registry).
+    fn test_kinds() {
+        assert!(crate::stages::find("test-value").is_some());
+    }
+
+    fn file() -> &'static Path {
+        Path::new("p.toml")
+    }
+
+    fn tv() -> &'static dyn stages::Stage {
+        &stages::test_kinds::TestValueStage
+    }
+
+    /// Origins for a pipeline text with only the user's layers.
+    fn origins(text: &str) -> Origins {
+        let fig = user_layers(Figment::new(), file(), text, &[]).unwrap();
+        Origins::new(file(), text, fig)
+    }
+
+    fn err<T>(r: Result<T, ConfigError>) -> ConfigError {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn invalid_toml_is_an_error_at_its_line() {
+        assert!(check_toml(file(), "name = \"x\"\n").is_ok());
+        assert_eq!(
+            err(check_toml(
+                file(),
+                "name = \"x\"\n[stages.a\nkind = \"test-value\"\n"
+            ))
+            .to_string(),
+            "p.toml:2: invalid TOML: invalid table header\nexpected `.`, `]`"
+        );
+    }
+
+    #[test]
+    fn stage_kinds_come_from_kind_or_the_table_name() {
+        test_kinds();
+        let kinds = stage_kinds(
+            file(),
+            "name = \"x\"\n[stages.load]\n[stages.a]\nkind = \"test-value\"\n",
+            &[],
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = kinds.iter().map(|(n, s)| (n.as_str(), s.kind())).collect();
+        assert_eq!(got, [("a", "test-value"), ("load", "load")]);
+        // --set can add a stage
+        let kinds = stage_kinds(
+            file(),
+            "name = \"x\"\n",
+            &["stages.prune.kind=prune".to_string()],
+        )
+        .unwrap();
+        assert_eq!(kinds.keys().collect::<Vec<_>>(), ["prune"]);
+        assert_eq!(kinds["prune"].kind(), "prune");
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_kind_is_an_error() {
+        test_kinds();
+        assert_eq!(
+            err(stage_kinds(file(), "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n", &[])).to_string(),
+            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, report, test-value; set `kind` when the table name is not a kind)"
+        );
+        // without `kind`, the error is at the table
+        let e = err(stage_kinds(file(), "name = \"x\"\n[stages.prnue]\n", &[]));
+        assert_eq!(e.key, "stages.prnue");
+        assert!(
+            e.message.starts_with(
+                "unknown stage kind \"prnue\" (did you mean \"prune\"?) (known kinds: "
+            ),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            err(stage_kinds(
+                file(),
+                "name = \"x\"\n[stages.a]\nkind = 3\n",
+                &[]
+            ))
+            .to_string(),
+            "p.toml:3: stages.a.kind: expected a string, found 3"
+        );
+    }
+
+    #[test]
+    fn stage_kind_reads_the_kind_key_or_the_name() {
+        test_kinds();
+        let o = origins("name = \"x\"\n");
+        assert_eq!(
+            stage_kind(&o, "a", &json!({"kind": "test-value"}))
+                .unwrap()
+                .kind(),
+            "test-value"
+        );
+        assert_eq!(stage_kind(&o, "heal", &json!({})).unwrap().kind(), "heal");
+        assert_eq!(
+            err(stage_kind(&o, "a", &json!({"kind": true}))).message,
+            "expected a string, found true"
+        );
+    }
+
+    #[test]
+    fn stage_defaults_sit_under_each_stage() {
+        let kinds = BTreeMap::from([("a".to_string(), tv())]);
+        let v: Value = stage_defaults(&kinds).extract().unwrap();
+        assert_eq!(v["stages"]["a"]["value"].as_f64(), Some(0.0));
+        assert_eq!(v["stages"]["a"]["fail"], json!(false));
+        assert_eq!(v["stages"]["a"]["data"], json!(""));
+        assert_eq!(v.as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_top_level_is_typed_and_unknown_keys_are_named() {
+        let o = origins("name = \"x\"\nbackend = \"cuda\"\n[sources]\nm = \"pip:a==1:b\"\n");
+        let resolved: Value = o.figment.extract().unwrap();
+        let raw = parse_raw(&o, &resolved).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(raw.name, "x");
+        assert_eq!(raw.backend, BackendKind::Cuda);
+        assert_eq!(raw.sources["m"], "pip:a==1:b");
+        assert!(raw.precision.is_none() && raw.results_dir.is_none() && raw.stages.is_empty());
+        let o = origins("name = \"x\"\nbackedn = \"flex\"\n[stages.a]\nkind = \"test-value\"\n");
+        let resolved: Value = o.figment.extract().unwrap();
+        assert_eq!(
+            err(parse_raw(&o, &resolved)).to_string(),
+            "p.toml:2: backedn: unknown key (did you mean \"backend\"?)"
+        );
+        // other errors keep serde's message, at the key's path
+        let e = err(parse_raw(&o, &json!({"name": 3})));
+        assert_eq!(e.key, "name");
+        assert!(
+            e.message.starts_with("invalid type: integer `3`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_pipeline_name_is_letters_digits_and_punctuation() {
+        let o = origins("name = \"x\"\n");
+        assert!(check_name(&o, "sweep-1_a.b").is_ok());
+        let e = err(check_name(&o, "my pipeline"));
+        assert_eq!(e.key, "name");
+        assert_eq!(
+            e.message,
+            "\"my pipeline\" is not a valid pipeline name (letters, digits, '-', '_', '.')"
+        );
+        assert!(check_name(&o, "").is_err());
+        assert!(check_name(&o, "a/b").is_err());
+    }
+
+    #[test]
+    fn a_sweep_axis_is_a_non_empty_list_of_distinct_scalars() {
+        let o = origins("name = \"x\"\n");
+        assert_eq!(
+            sweep_axis(&o, "f", &json!([0.1, "a", true])).unwrap(),
+            vec![json!(0.1), json!("a"), json!(true)]
+        );
+        let message = |v: Value| err(sweep_axis(&o, "f", &v)).message;
+        assert_eq!(
+            message(json!(0.5)),
+            "a sweep axis must be a list of values, found 0.5"
+        );
+        assert_eq!(
+            message(json!([])),
+            "a sweep axis must have at least one value"
+        );
+        assert_eq!(
+            message(json!([1, [2]])),
+            "sweep values must be strings, numbers or booleans, found [2]"
+        );
+        assert_eq!(message(json!([1, 2, 1])), "the value 1 appears twice");
+        assert_eq!(err(sweep_axis(&o, "f", &json!([]))).key, "sweep.f");
+    }
+
+    #[test]
+    fn check_sweep_checks_every_axis() {
+        let o = origins("name = \"x\"\n");
+        let raw = BTreeMap::from([
+            ("a".to_string(), json!([1, 2])),
+            ("b".to_string(), json!(["x"])),
+        ]);
+        let sweep = check_sweep(&o, &raw).unwrap();
+        assert_eq!(sweep.len(), 2);
+        assert_eq!(sweep["a"], vec![json!(1), json!(2)]);
+        assert_eq!(sweep["b"], vec![json!("x")]);
+        let raw = BTreeMap::from([("a".to_string(), json!([1])), ("b".to_string(), json!([]))]);
+        assert_eq!(err(check_sweep(&o, &raw)).key, "sweep.b");
+    }
+
+    #[test]
+    fn a_stage_table_splits_into_inputs_and_parameters() {
+        let o = origins("name = \"x\"\n");
+        let sc = stage_config(
+            &o,
+            "a",
+            tv(),
+            &json!({"kind": "test-value", "value": 2, "inputs": {"parent": "b", "gather": ["c", "d"]}}),
+        )
+        .unwrap();
+        assert_eq!(sc.name, "a");
+        assert_eq!(sc.kind, "test-value");
+        assert_eq!(sc.params, json!({"value": 2}));
+        assert_eq!(sc.inputs["parent"], ["b"]);
+        assert_eq!(sc.inputs["gather"], ["c", "d"]);
+        let sc = stage_config(&o, "a", tv(), &json!({"value": 2})).unwrap();
+        assert!(sc.inputs.is_empty());
+        let e = err(stage_config(&o, "a", tv(), &json!(3)));
+        assert_eq!(e.key, "stages.a");
+        assert_eq!(e.message, "a stage must be a table");
+    }
+
+    #[test]
+    fn stage_inputs_are_a_table_of_the_kinds_slots() {
+        let o = origins("name = \"x\"\n");
+        let inputs = stage_inputs(&o, "a", tv(), &json!({"parent": "b"})).unwrap();
+        assert_eq!(inputs.keys().collect::<Vec<_>>(), ["parent"]);
+        assert_eq!(inputs["parent"], ["b"]);
+        let e = err(stage_inputs(&o, "a", tv(), &json!("b")));
+        assert_eq!(e.key, "stages.a.inputs");
+        assert_eq!(e.message, "expected a table of slot = \"stage\"");
+        let e = err(stage_inputs(&o, "a", tv(), &json!({"parnet": "b"})));
+        assert_eq!(e.key, "stages.a.inputs.parnet");
+        let e = err(stage_inputs(&o, "a", tv(), &json!({"parent": 1})));
+        assert_eq!(e.key, "stages.a.inputs.parent");
+    }
+
+    #[test]
+    fn an_unknown_slot_is_named_with_the_kinds_slots() {
+        let o = origins("name = \"x\"\n");
+        assert!(check_slot(&o, "k", tv(), "gather").is_ok());
+        assert_eq!(
+            err(check_slot(&o, "k", tv(), "parnet")).message,
+            "stage kind test-value has no input \"parnet\" (did you mean \"parent\"?) (inputs: parent, gather)"
+        );
+        let load_kind = stages::find("load").unwrap();
+        assert_eq!(
+            err(check_slot(&o, "k", load_kind, "model")).message,
+            "stage kind load has no input \"model\" (inputs: none)"
+        );
+    }
+
+    #[test]
+    fn a_slot_names_one_stage_or_a_list() {
+        let o = origins("name = \"x\"\n");
+        assert_eq!(input_refs(&o, "k", &json!("a")).unwrap(), ["a"]);
+        assert_eq!(input_refs(&o, "k", &json!(["a", "b"])).unwrap(), ["a", "b"]);
+        assert_eq!(
+            err(input_refs(&o, "k", &json!([]))).message,
+            "expected a stage name or a list of stage names, found []"
+        );
+        assert_eq!(
+            err(input_refs(&o, "k", &json!(["a", 1]))).message,
+            "expected stage names, found 1"
+        );
+        assert_eq!(
+            err(input_refs(&o, "k", &json!(3))).message,
+            "expected a stage name or a list of stage names, found 3"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_needs_a_stage() {
+        let o = origins("name = \"x\"\n");
+        let kinds = BTreeMap::from([("a".to_string(), tv())]);
+        let tables = BTreeMap::from([("a".to_string(), json!({"value": 1}))]);
+        let got = check_stages(&o, &kinds, &tables).unwrap();
+        assert_eq!(got["a"].kind, "test-value");
+        assert_eq!(got["a"].params, json!({"value": 1}));
+        assert_eq!(
+            err(check_stages(&o, &kinds, &BTreeMap::new())).to_string(),
+            "p.toml: stages: the pipeline has no stages"
+        );
+    }
+
+    #[test]
+    fn assemble_fills_in_the_defaults() {
+        let o = origins("name = \"x\"\nbackend = \"cuda\"\n");
+        let resolved: Value = o.figment.extract().unwrap();
+        let raw = parse_raw(&o, &resolved).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = assemble(
+            file(),
+            raw,
+            BTreeMap::new(),
+            BTreeMap::new(),
+            resolved.clone(),
+            o,
+        );
+        assert_eq!(cfg.name, "x");
+        assert_eq!(cfg.backend, BackendKind::Cuda);
+        assert_eq!(cfg.precision, Precision::Bf16);
+        assert_eq!(cfg.results_dir, PathBuf::from("results"));
+        assert_eq!(cfg.cache_dir, None);
+        assert_eq!(cfg.file, PathBuf::from("p.toml"));
+        assert_eq!(cfg.resolved, resolved);
+    }
+
+    #[test]
+    fn load_text_layers_defaults_the_file_and_set() {
+        test_kinds();
+        let text = "name = \"x\"\n[sweep]\nv = [1, 2]\n[stages.a]\nkind = \"test-value\"\nvalue = \"${v}\"\ninputs = { parent = \"b\" }\n[stages.b]\nkind = \"test-value\"\n";
+        let cfg = load_text(file(), text, &["stages.b.sleep_ms=5".to_string()]).unwrap();
+        assert_eq!(cfg.name, "x");
+        assert_eq!(cfg.precision, Precision::F32);
+        assert_eq!(cfg.sweep["v"], vec![json!(1), json!(2)]);
+        let a = &cfg.stages["a"];
+        assert_eq!(a.inputs["parent"], ["b"]);
+        assert_eq!(a.params["value"], json!("${v}"));
+        assert_eq!(a.params["sleep_ms"], json!(0));
+        assert!(a.params.get("kind").is_none() && a.params.get("inputs").is_none());
+        assert_eq!(cfg.stages["b"].params["sleep_ms"], json!(5));
+        assert_eq!(cfg.resolved["stages"]["b"]["sleep_ms"], json!(5));
+        assert_eq!(
+            cfg.error("stages.b.sleep_ms", "m").to_string(),
+            "--set stages.b.sleep_ms=5: stages.b.sleep_ms: m"
+        );
+    }
+
+    #[test]
+    fn load_text_gives_the_exact_errors() {
+        test_kinds();
+        let cases = [
+            (
+                "name = \"x\"\n[stages.a\nkind = \"test-value\"\n",
+                "p.toml:2: invalid TOML: invalid table header\nexpected `.`, `]`",
+            ),
+            (
+                "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n",
+                "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, report, test-value; set `kind` when the table name is not a kind)",
+            ),
+            (
+                "name = \"x\"\nbackedn = \"flex\"\n[stages.a]\nkind = \"test-value\"\n",
+                "p.toml:2: backedn: unknown key (did you mean \"backend\"?)",
+            ),
+            (
+                "name = \"a b\"\n[stages.a]\nkind = \"test-value\"\n",
+                "p.toml:1: name: \"a b\" is not a valid pipeline name (letters, digits, '-', '_', '.')",
+            ),
+            (
+                "name = \"x\"\n[sweep]\nfraction = []\n[stages.a]\nkind = \"test-value\"\n",
+                "p.toml:3: sweep.fraction: a sweep axis must have at least one value",
+            ),
+            (
+                "name = \"x\"\n[sweep]\nfraction = 0.5\n[stages.a]\nkind = \"test-value\"\n",
+                "p.toml:3: sweep.fraction: a sweep axis must be a list of values, found 0.5",
+            ),
+            (
+                "name = \"x\"\n[stages.base]\nkind = \"test-value\"\n[stages.a]\nkind = \"test-value\"\ninputs = { parnet = \"base\" }\n",
+                "p.toml:6: stages.a.inputs.parnet: stage kind test-value has no input \"parnet\" (did you mean \"parent\"?) (inputs: parent, gather)",
+            ),
+            ("name = \"x\"\n", "p.toml: stages: the pipeline has no stages"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                err(load_text(file(), text, &[])).to_string(),
+                want,
+                "{text}"
+            );
+        }
+    }
 }

@@ -8,7 +8,15 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::method::similarity::Distances;
+use super::style::series_color;
+
+/// The angular distances of a similarity pass as plain numbers: `d[n - 1][l]` = d(x(l), x(l+n))
+/// for n = 1..layers-1, l = 0..layers-n.
+#[derive(Debug, Clone, Copy)]
+pub struct DistanceGrid<'a> {
+    pub layers: usize,
+    pub d: &'a [Vec<f64>],
+}
 
 static FONT: Once = Once::new();
 
@@ -56,7 +64,7 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// (yellow = the row's minimum, which is also marked), for n = 1..L-1 and l = 0..L-n.
 pub fn heatmap<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    dist: &Distances,
+    dist: &DistanceGrid<'_>,
     title: &str,
 ) -> Result<()> {
     let layers = dist.layers;
@@ -144,7 +152,7 @@ pub fn heatmap<DB: DrawingBackend>(
 /// minima l*(n) traced in black.
 pub fn distance_curves<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    dist: &Distances,
+    dist: &DistanceGrid<'_>,
     title: &str,
 ) -> Result<()> {
     let layers = dist.layers;
@@ -214,7 +222,7 @@ pub fn distance_curves<DB: DrawingBackend>(
 }
 
 /// Write Fig. 4 and Fig. 1(c) as SVG and PNG into `dir`.
-pub fn similarity_figures(dir: &Path, dist: &Distances, model: &str) -> Result<()> {
+pub fn similarity_figures(dir: &Path, dist: &DistanceGrid<'_>, model: &str) -> Result<()> {
     register_font();
     let t4 = format!("{model}: angular distance, normalised per n (yellow = minimum)");
     heatmap(
@@ -245,7 +253,8 @@ pub fn similarity_figures(dir: &Path, dist: &Distances, model: &str) -> Result<(
 /// One curve of a "metric against fraction of layers dropped" panel.
 pub struct Curve {
     pub label: String,
-    pub color: RGBColor,
+    /// The series' index in its table (e.g. the strategy's): picks its colour (report::style).
+    pub series: usize,
     /// Dashed curves are drawn thinner, for unhealed models next to healed ones.
     pub dashed: bool,
     pub points: Vec<(f64, f64)>,
@@ -330,11 +339,17 @@ fn draw_panel<DB: DrawingBackend>(
     for c in &p.curves {
         if c.dashed {
             chart
-                .draw_series(dashed_line(&c.points, c.color.stroke_width(1)))
+                .draw_series(dashed_line(
+                    &c.points,
+                    series_color(c.series).stroke_width(1),
+                ))
                 .map_err(err)?;
         } else {
             chart
-                .draw_series(LineSeries::new(c.points.clone(), c.color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    c.points.clone(),
+                    series_color(c.series).stroke_width(2),
+                ))
                 .map_err(err)?;
         }
         // solid curves (healed) get larger square markers, dashed ones small circles; the
@@ -342,12 +357,17 @@ fn draw_panel<DB: DrawingBackend>(
         for &q in &c.points {
             if c.dashed {
                 chart
-                    .draw_series(std::iter::once(Circle::new(q, 3, c.color.filled())))
+                    .draw_series(std::iter::once(Circle::new(
+                        q,
+                        3,
+                        series_color(c.series).filled(),
+                    )))
                     .map_err(err)?;
             } else {
                 chart
                     .draw_series(std::iter::once(
-                        EmptyElement::at(q) + Rectangle::new([(-4, -4), (4, 4)], c.color.filled()),
+                        EmptyElement::at(q)
+                            + Rectangle::new([(-4, -4), (4, 4)], series_color(c.series).filled()),
                     ))
                     .map_err(err)?;
             }
@@ -389,7 +409,7 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
         if !entries.iter().any(|e| e.label == c.label) {
             entries.push(LegendEntry {
                 label: c.label.clone(),
-                color: c.color,
+                color: series_color(c.series),
                 dashed: c.dashed,
                 marker: true,
             });
@@ -482,15 +502,16 @@ pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) ->
 }
 
 /// The healing loss curve (training loss and learning rate per optimizer step).
-pub fn loss_curve(dir: &Path, log: &[crate::heal::train::LogRow], title: &str) -> Result<()> {
+/// `points` are (optimizer step, training loss).
+pub fn loss_curve(dir: &Path, points: &[(f64, f64)], title: &str) -> Result<()> {
     register_font();
-    let points: Vec<(f64, f64)> = log.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let points = points.to_vec();
     let panels = [Panel {
         title: title.to_string(),
         y_label: "training loss (nats/token)".into(),
         curves: vec![Curve {
             label: "loss".into(),
-            color: RGBColor(31, 119, 180),
+            series: 0,
             dashed: false,
             points,
         }],
@@ -535,7 +556,7 @@ fn draw_steps<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, p: &Panel) -> Re
     chart
         .draw_series(LineSeries::new(
             pts.clone(),
-            p.curves[0].color.stroke_width(2),
+            series_color(p.curves[0].series).stroke_width(2),
         ))
         .map_err(err)?;
     root.present().map_err(err)?;

@@ -2,7 +2,6 @@
 //! it is cached or why it must run; `run` computes what is missing, one job after another, and
 //! writes results/<pipeline>/ (resolved.toml, jobs.csv, runs.csv, published report files).
 
-pub mod manifest;
 pub mod results;
 pub mod state;
 pub mod store;
@@ -14,11 +13,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::artifacts::manifest::{Manifest, SourceRecord, GIT_REV, TOOL_VERSION};
+use crate::artifacts::InputArtifact;
 use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::graph::{label, JobGraph};
 use crate::source;
-use crate::stages::context::{InputArtifact, JobContext};
-use manifest::{Manifest, SourceRecord, GIT_REV, TOOL_VERSION};
+use crate::stages::context::JobContext;
 use state::{JobState, PipelineState};
 use store::{Status, Store};
 
@@ -263,6 +263,8 @@ pub struct RunOptions {
     pub force: BTreeSet<String>,
     /// Re-hash every cached artifact before trusting it.
     pub verify: bool,
+    /// The process's runtime options, handed to every job.
+    pub runtime: crate::runtime::RuntimeOptions,
 }
 
 /// Execute the graph; a failed job stops its dependants, the others go on.
@@ -322,6 +324,7 @@ pub fn run(
                     &store,
                     cache_root,
                     reason == Reason::Forced || !cached_ok && reason == Reason::Cached,
+                    &opts.runtime,
                 ) {
                     Ok(true) => Outcome::Ran,
                     Ok(false) => Outcome::Cached,
@@ -365,6 +368,7 @@ fn execute(
     store: &Store,
     cache_root: &Path,
     replace: bool,
+    runtime: &crate::runtime::RuntimeOptions,
 ) -> Result<bool> {
     let job = &graph.jobs[i];
     let kind = job.kind.kind();
@@ -430,6 +434,7 @@ fn execute(
         cache_root: cache_root.to_path_buf(),
         backend: cfg.backend,
         precision: cfg.precision,
+        runtime: runtime.clone(),
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.kind.run(&ctx)));
     match result {

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::manifest::{GIT_REV, TOOL_VERSION};
 use super::{Outcome, RunSummary};
+use crate::artifacts::manifest::{GIT_REV, TOOL_VERSION};
 use crate::pipeline::config::PipelineConfig;
 
 pub fn write_resolved(cfg: &PipelineConfig, dir: &Path) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
-use super::manifest::{FileRecord, Manifest};
+use crate::artifacts::manifest::{FileRecord, Manifest};
 use crate::digest::sha256_file_uncached;
 
 pub struct Store {
@@ -67,7 +67,7 @@ impl Store {
     }
 
     pub fn dir(&self, kind: &str, key: &str) -> PathBuf {
-        self.root.join(kind).join(key)
+        crate::artifacts::artifact_dir(&self.root, kind, key)
     }
 
     fn lock_path(&self, kind: &str, key: &str) -> PathBuf {

@@ -7,19 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::{parse_params, Params};
+pub use crate::artifacts::InputArtifact;
 use crate::backend::{BackendKind, Precision};
-use crate::runner::manifest::Manifest;
+use crate::runtime::RuntimeOptions;
 use crate::source::ResolvedSource;
-
-/// A finished upstream artifact.
-#[derive(Debug, Clone)]
-pub struct InputArtifact {
-    pub stage: String,
-    pub kind: String,
-    pub key: String,
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-}
 
 pub struct JobContext {
     pub stage: String,
@@ -37,6 +28,8 @@ pub struct JobContext {
     pub cache_root: PathBuf,
     pub backend: BackendKind,
     pub precision: Precision,
+    /// Process-wide options that change speed or observability, never results.
+    pub runtime: RuntimeOptions,
 }
 
 impl JobContext {
@@ -69,6 +62,11 @@ impl JobContext {
                 self.stage
             )
         })
+    }
+
+    /// Sub-batches to run concurrently on this job's backend.
+    pub fn workers(&self) -> usize {
+        crate::backend::workers_for(self.backend, self.runtime.cpu_threads)
     }
 
     pub fn out(&self, file: &str) -> PathBuf {

@@ -4,9 +4,10 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::model_ref::{ModelRef, Variant};
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::backend::{default_workers, dispatch, BackendTask};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL};
+use crate::artifacts::loss::DEFINITION;
+use crate::artifacts::{LossRecord, ModelRef, Record};
+use crate::backend::{dispatch, BackendTask};
 use crate::data::text::{load_windows, TextSpec};
 use crate::eval::loss::window_losses;
 use crate::eval::metrics::mean_stderr;
@@ -41,27 +42,6 @@ impl Params for EvalLossParams {
     }
 }
 
-/// The artifact: loss.json.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LossRecord {
-    pub variant: Variant,
-    pub model_key: String,
-    pub label: String,
-    pub definition: String,
-    /// Mean cross-entropy in nats per predicted token.
-    pub loss: f64,
-    /// loss / ln(vocab_size)
-    pub loss_normalized: f64,
-    /// Standard error of the per-window mean losses.
-    pub stderr: f64,
-    pub vocab_size: usize,
-    pub windows: usize,
-    pub seq_len: usize,
-    pub predicted_tokens: usize,
-    pub loss_per_window: Vec<f64>,
-    pub window_first_ids: Vec<Vec<u32>>,
-}
-
 struct Compute<'a> {
     model: &'a ModelRef,
     windows: &'a [Vec<u32>],
@@ -93,12 +73,7 @@ impl Stage for EvalLossStage {
         include_str!("../../stages/eval-loss.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[InputSlot {
-            name: "model",
-            kinds: &["load", "prune", "heal"],
-            required: true,
-            many: false,
-        }]
+        &[ANY_MODEL]
     }
     fn source_params(&self) -> &'static [&'static str] {
         &["text.source"]
@@ -132,7 +107,7 @@ impl Stage for EvalLossStage {
                 model: &model,
                 windows: &windows,
                 batch: p.batch_size,
-                workers: default_workers(ctx.backend),
+                workers: ctx.workers(),
             },
         )?;
         let total: f64 = losses.iter().map(|(s, _)| s).sum();
@@ -142,10 +117,10 @@ impl Stage for EvalLossStage {
         let vocab = model.files.config.vocab_size;
         let loss = total / count as f64;
         let record = LossRecord {
-            label: super::eval_qa::variant_label(&model.variant),
+            label: model.variant.label(),
             variant: model.variant.clone(),
             model_key: model.key.clone(),
-            definition: "mean next-token cross-entropy in nats per predicted token over fixed windows; normalized = loss / ln(vocab_size)".into(),
+            definition: DEFINITION.into(),
             loss,
             loss_normalized: loss / (vocab as f64).ln(),
             stderr,
@@ -154,7 +129,10 @@ impl Stage for EvalLossStage {
             seq_len: p.seq_len,
             predicted_tokens: count,
             loss_per_window: per_window,
-            window_first_ids: windows.iter().map(|w| w[..w.len().min(8)].to_vec()).collect(),
+            window_first_ids: windows
+                .iter()
+                .map(|w| w[..w.len().min(8)].to_vec())
+                .collect(),
         };
         tracing::info!(
             "loss {:.4} nats/token ({:.4} normalised) over {} windows",
@@ -162,7 +140,6 @@ impl Stage for EvalLossStage {
             record.loss_normalized,
             record.windows
         );
-        std::fs::write(ctx.out("loss.json"), serde_json::to_string_pretty(&record)?)?;
-        Ok(())
+        record.write(&ctx.out_dir)
     }
 }

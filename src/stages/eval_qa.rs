@@ -1,29 +1,28 @@
-//! `eval-qa`: MMLU, BoolQ and other multiple-choice tasks by log-likelihood.
+//! `eval-qa`: MMLU, BoolQ and other multiple-choice tasks by log-likelihood, as a per-task run
+//! of lm-evaluation-harness's hooks (eval::harness): build each task's request sets (MMLU: one
+//! set per subject), score them, aggregate the metrics.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::{backend::Backend, DType};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::model_ref::{ModelRef, Variant};
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::backend::{default_workers, dispatch, BackendTask};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL};
+use crate::artifacts::eval::{TaskResult, PROMPTS};
+use crate::artifacts::{write_json, EvalRecord, ModelRef, Record};
+use crate::backend::{dispatch, BackendKind, BackendTask};
 use crate::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
-use crate::eval::below_cut::{score_reusing, Cut};
-use crate::eval::loglik::{next_token_requests, score, score_sets, Request, ScoreOptions, Scored};
-use crate::eval::metrics::{argmax, mean_stderr};
+use crate::eval::below_cut::{score_reusing, set_budget_mb, Cut};
+use crate::eval::harness::{aggregate, build_requests, item_results, Scoring};
+use crate::eval::loglik::{score_sets, Request, ScoreOptions, Scored};
 use crate::progress::Progress;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptStyle {
-    Harness,
-    Paper,
-}
+pub use crate::eval::harness::PromptStyle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,49 +81,6 @@ impl Params for EvalQaParams {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ItemResult {
-    pub item: String,
-    pub gold: usize,
-    pub pred: usize,
-    pub pred_norm: usize,
-    pub loglik: Vec<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetricValue {
-    pub metric: String,
-    pub value: f64,
-    pub stderr: f64,
-    pub n_items: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskResult {
-    pub task: String,
-    pub shots: usize,
-    pub prompt: PromptStyle,
-    pub metrics: Vec<MetricValue>,
-    pub items: Vec<ItemResult>,
-}
-
-/// The artifact: scores.json.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRecord {
-    pub variant: Variant,
-    pub model_key: String,
-    /// A short unique name of the evaluated model ("base", "pruned/similarity/0.25", ...).
-    pub label: String,
-    pub results: Vec<TaskResult>,
-}
-
-pub fn variant_label(v: &Variant) -> String {
-    match (&v.strategy, v.variant.as_str()) {
-        (None, _) => v.variant.clone(),
-        (Some(s), kind) => format!("{kind}/{s}/{}", v.fraction),
-    }
-}
-
 fn subset_fn(p: &EvalQaParams, task: TaskName) -> impl Fn(usize) -> Vec<usize> + '_ {
     let limit = p.task_limits.get(&task).copied().unwrap_or(p.limit);
     move |n: usize| {
@@ -145,87 +101,39 @@ fn subset_fn(p: &EvalQaParams, task: TaskName) -> impl Fn(usize) -> Vec<usize> +
     }
 }
 
-/// Token-level requests of items, split as the harness does (trailing context whitespace moves to
-/// the continuation; continuation = encode(context + continuation)[len(encode(context)):]).
-pub fn encode_pair(
-    tok: &crate::data::tokenizer::TextTokenizer,
-    context: &str,
-    continuation: &str,
-) -> Result<Request> {
-    let trimmed = context.trim_end();
-    let (context, continuation) = if trimmed.len() < context.len() {
-        (
-            trimmed.to_string(),
-            format!("{}{continuation}", &context[trimmed.len()..]),
-        )
-    } else {
-        (context.to_string(), continuation.to_string())
-    };
-    let whole = tok.encode(&format!("{context}{continuation}"))?;
-    let ctx = tok.encode(&context)?;
-    // the harness slices by length even where the two encodings differ at the boundary
-    if whole.len() <= ctx.len() {
-        bail!("the continuation {continuation:?} adds no tokens after its context");
-    }
-    Ok(Request {
-        continuation: whole[ctx.len()..].to_vec(),
-        context: ctx,
-    })
+/// One task's requests: one set per group of items that is scored together (MMLU: per
+/// subject, sharing its few-shot prefix), and how to read the scores back.
+pub struct TaskRequests {
+    pub task: TaskName,
+    pub shots: usize,
+    pub items: Vec<Vec<McItem>>,
+    pub sets: Vec<Vec<Request>>,
+    pub scoring: Scoring,
+    /// Whether the requests of a set share a cached prefix (few-shot MMLU).
+    pub shared_prefix: bool,
 }
 
-struct Evaluate<'a> {
-    model: &'a ModelRef,
-    params: &'a EvalQaParams,
-    data_root: &'a Path,
-    workers: usize,
+impl TaskRequests {
+    pub fn num_items(&self) -> usize {
+        self.items.iter().map(|i| i.len()).sum()
+    }
 }
 
-fn task_metrics(task: TaskName, items: &[McItem], results: &[ItemResult]) -> Vec<MetricValue> {
-    let acc: Vec<f64> = results
-        .iter()
-        .map(|r| (r.pred == r.gold) as u8 as f64)
-        .collect();
-    let (v, s) = mean_stderr(&acc);
-    let mut out = vec![MetricValue {
-        metric: "acc".into(),
-        value: v,
-        stderr: s,
-        n_items: acc.len(),
-    }];
-    if task.has_acc_norm() {
-        let accn: Vec<f64> = results
-            .iter()
-            .map(|r| (r.pred_norm == r.gold) as u8 as f64)
-            .collect();
-        let (v, s) = mean_stderr(&accn);
-        out.push(MetricValue {
-            metric: "acc_norm".into(),
-            value: v,
-            stderr: s,
-            n_items: accn.len(),
-        });
-    }
-    if task == TaskName::Mmlu {
-        let mut by_subject: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for (it, a) in items.iter().zip(&acc) {
-            by_subject
-                .entry(it.subject.as_deref().unwrap_or(""))
-                .or_default()
-                .push(*a);
-        }
-        let subject_acc: Vec<f64> = by_subject
-            .values()
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
-            .collect();
-        let (v, s) = mean_stderr(&subject_acc);
-        out.push(MetricValue {
-            metric: "acc_macro".into(),
-            value: v,
-            stderr: s,
-            n_items: acc.len(),
-        });
-    }
-    out
+/// What an evaluation computed, besides the records: where the time went.
+pub struct Evaluation {
+    pub results: Vec<TaskResult>,
+    pub prompts: BTreeMap<String, serde_json::Value>,
+    /// Per task: seconds spent scoring (model built and requests tokenised before).
+    pub score_seconds: Vec<f64>,
+}
+
+/// The evaluation of one model on the tasks of `params`.
+pub struct Evaluate<'a> {
+    pub model: &'a ModelRef,
+    pub params: &'a EvalQaParams,
+    pub data_root: &'a Path,
+    pub workers: usize,
+    pub backend: BackendKind,
 }
 
 impl Evaluate<'_> {
@@ -239,71 +147,62 @@ impl Evaluate<'_> {
         }
     }
 
-    /// The requests that score `items`, and how to read their scores back.
-    fn requests_for(&self, task: TaskName, items: &[McItem]) -> Result<(Vec<Request>, Scoring)> {
+    /// Hook 1: the task's items and requests.
+    pub fn build(&self, task: TaskName) -> Result<TaskRequests> {
+        let select = subset_fn(self.params, task);
         let tok = &self.model.files.tokenizer;
-        let paper = self.params.prompt == PromptStyle::Paper
-            && matches!(task, TaskName::Mmlu | TaskName::Boolq);
-        if paper {
-            let cands: Vec<&str> = if task == TaskName::Mmlu {
-                vec!["A", "B", "C", "D"]
-            } else {
-                vec!["No", "Yes", " No", " Yes"]
-            };
-            let ids: Vec<u32> = cands
-                .iter()
-                .map(|c| {
-                    tok.encode_with(c, false)
-                        .ok()
-                        .and_then(|v| v.last().copied())
-                        .ok_or_else(|| anyhow::anyhow!("{c:?} has no token"))
-                })
-                .collect::<Result<_>>()?;
-            let contexts: Vec<Vec<u32>> = items
-                .iter()
-                .map(|it| tok.encode(&it.contexts[0]))
-                .collect::<Result<_>>()?;
-            return Ok((
-                next_token_requests(&contexts, &ids),
-                Scoring::NextToken {
-                    candidates: ids.len(),
-                },
-            ));
-        }
-        let mut requests = Vec::new();
-        for it in items {
-            for (c, k) in it.requests() {
-                requests.push(encode_pair(tok, &c, &k)?);
+        let (items, shots) = if task == TaskName::Mmlu {
+            let shots = self.params.mmlu_shots;
+            let mut per_subject = Vec::new();
+            for subject in &mmlu_subjects(self.data_root)? {
+                per_subject.push(mmlu_items(self.data_root, subject, shots, &select)?);
             }
+            (per_subject, shots)
+        } else {
+            let items = task_items(self.data_root, task, &select)?;
+            tracing::info!("{}: {} items", task.as_str(), items.len());
+            (vec![items], 0)
+        };
+        let mut sets = Vec::with_capacity(items.len());
+        let mut scoring = Scoring::Harness;
+        for group in &items {
+            let (requests, s) = build_requests(tok, task, group, self.params.prompt)?;
+            scoring = s;
+            sets.push(requests);
         }
-        Ok((requests, Scoring::Harness))
+        Ok(TaskRequests {
+            task,
+            shots,
+            items,
+            sets,
+            scoring,
+            shared_prefix: task == TaskName::Mmlu && shots > 0,
+        })
     }
 
-    fn score_items<B: Backend>(
+    /// Hook 2: scores of every request, per set. Without a shared prefix, a pruned model
+    /// continues from the base model's stream below its cut where an earlier model of the sweep
+    /// left it (all sets pooled); otherwise the sets run side by side on the workers.
+    pub fn score<B: Backend>(
         &self,
         model: &crate::model::Transformer<B>,
-        task: TaskName,
-        items: &[McItem],
-        shared_prefix: bool,
+        req: &TaskRequests,
         cut: Option<&Cut>,
-    ) -> Result<Vec<ItemResult>> {
-        let (requests, scoring) = self.requests_for(task, items)?;
-        let scored = self.score_requests(model, &requests, shared_prefix, cut)?;
-        Ok(item_results(items, &scored, scoring))
-    }
-
-    /// Score requests; without a shared prefix, a pruned model continues from the base model's
-    /// stream below its cut where an earlier model of the sweep left it.
-    fn score_requests<B: Backend>(
-        &self,
-        model: &crate::model::Transformer<B>,
-        requests: &[Request],
-        shared_prefix: bool,
-        cut: Option<&Cut>,
-    ) -> Result<Vec<Scored>> {
-        match cut {
-            Some(cut) if !shared_prefix => {
-                let (scored, stats) = score_reusing(model, requests, &self.opts(false), cut)?;
+    ) -> Result<Vec<Vec<Scored>>> {
+        let grouped = req.sets.len() > 1;
+        let progress = std::sync::Mutex::new(Progress::new(
+            req.sets.len() as u64,
+            &format!("{} subjects", req.task.as_str()),
+        ));
+        let tick = || {
+            if grouped {
+                progress.lock().expect("progress lock").inc(1)
+            }
+        };
+        let scored = match cut {
+            Some(cut) if !req.shared_prefix => {
+                let all: Vec<Request> = req.sets.iter().flatten().cloned().collect();
+                let (scored, stats) = score_reusing(model, &all, &self.opts(false), cut)?;
                 tracing::info!(
                     "layers below the cut ({}) continued from boundary {}{}",
                     cut.cut,
@@ -314,170 +213,94 @@ impl Evaluate<'_> {
                         ""
                     }
                 );
-                Ok(scored)
+                req.sets.iter().for_each(|_| tick());
+                let mut flat = scored.into_iter();
+                req.sets
+                    .iter()
+                    .map(|set| flat.by_ref().take(set.len()).collect())
+                    .collect()
             }
-            _ => score(model, requests, &self.opts(shared_prefix)),
+            _ => score_sets(model, &req.sets, &self.opts(req.shared_prefix), &tick)?,
+        };
+        if grouped {
+            progress.into_inner().expect("progress lock").finish();
+        }
+        Ok(scored)
+    }
+
+    /// Hook 3: per-item predictions and the task's metrics.
+    pub fn aggregate(&self, req: &TaskRequests, scored: Vec<Vec<Scored>>) -> TaskResult {
+        let mut items = Vec::new();
+        let mut results = Vec::new();
+        for (group, scored) in req.items.iter().zip(scored) {
+            results.extend(item_results(group, &scored, req.scoring));
+            items.extend(group.iter().cloned());
+        }
+        let metrics = aggregate(req.task, &items, &results);
+        for m in &metrics {
+            tracing::info!(
+                "{} {}-shot {} = {:.4} ± {:.4} ({} items)",
+                req.task.as_str(),
+                req.shots,
+                m.metric,
+                m.value,
+                m.stderr,
+                m.n_items
+            );
+        }
+        TaskResult {
+            task: req.task.as_str().to_string(),
+            shots: req.shots,
+            prompt: self.params.prompt,
+            metrics,
+            items: results,
         }
     }
 
     /// The base stream a pruned, unhealed model can reuse: it keeps the base's layers 0..cut.
-    fn cut<B: Backend>(&self, dtype: DType) -> Option<Cut> {
-        if self.model.adapter.is_some() {
-            return None;
-        }
-        let kept = &self.model.kept;
-        let cut = kept.iter().enumerate().take_while(|(i, k)| i == *k).count();
-        (cut < kept.len() || kept.len() < self.model.files.config.num_hidden_layers).then(|| Cut {
+    fn cut(&self, dtype: DType) -> Option<Cut> {
+        let cut = self.model.unchanged_prefix()?;
+        Some(Cut {
             base: format!(
                 "{} {} {dtype:?}",
                 self.model.files.source.identity(),
-                std::any::type_name::<B>()
+                self.backend
             ),
             cut,
         })
     }
 }
 
-/// How a task's scores map back to its items.
-#[derive(Debug, Clone, Copy)]
-enum Scoring {
-    /// The paper's: one context per item, next-token log-probabilities of the answer tokens
-    /// (choice i is candidate i modulo the number of choices).
-    NextToken { candidates: usize },
-    /// lm-evaluation-harness: one request per choice, acc on the sum of log-likelihoods and
-    /// acc_norm on it divided by the choice's length in characters.
-    Harness,
-}
-
-fn item_results(items: &[McItem], scored: &[Scored], scoring: Scoring) -> Vec<ItemResult> {
-    let mut out = Vec::new();
-    let mut k = 0;
-    for it in items {
-        let n = match scoring {
-            Scoring::NextToken { candidates } => candidates,
-            Scoring::Harness => it.choices.len(),
-        };
-        let ll: Vec<f64> = scored[k..k + n].iter().map(|s| s.loglik).collect();
-        k += n;
-        out.push(match scoring {
-            Scoring::NextToken { .. } => {
-                let pred = argmax(&ll) % it.choices.len();
-                ItemResult {
-                    item: it.id.clone(),
-                    gold: it.gold,
-                    pred,
-                    pred_norm: pred,
-                    loglik: ll,
-                }
-            }
-            Scoring::Harness => {
-                let norm: Vec<f64> = ll
-                    .iter()
-                    .zip(&it.choices)
-                    .map(|(l, c)| l / c.chars().count() as f64)
-                    .collect();
-                ItemResult {
-                    item: it.id.clone(),
-                    gold: it.gold,
-                    pred: argmax(&ll),
-                    pred_norm: argmax(&norm),
-                    loglik: ll,
-                }
-            }
-        });
-    }
-    out
+/// The first item of a task as the prompt record shows it.
+fn first_prompt(req: &TaskRequests) -> Option<serde_json::Value> {
+    let first = req.items.iter().flatten().next()?;
+    Some(
+        serde_json::json!({"item": first.id, "contexts": first.contexts, "continuations": first.continuations, "gold": first.gold}),
+    )
 }
 
 impl BackendTask for Evaluate<'_> {
-    type Output = (Vec<TaskResult>, BTreeMap<String, serde_json::Value>);
+    type Output = Evaluation;
 
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Evaluation> {
         let model = self.model.build::<B>(&device, dtype)?;
-        let cut = self.cut::<B>(dtype);
-        let mut results = Vec::new();
-        let mut prompts = BTreeMap::new();
+        let cut = self.cut(dtype);
+        let mut out = Evaluation {
+            results: Vec::new(),
+            prompts: BTreeMap::new(),
+            score_seconds: Vec::new(),
+        };
         for &task in &self.params.tasks {
-            let select = subset_fn(self.params, task);
-            let name = task.as_str();
-            let (items, item_results, shots) = if task == TaskName::Mmlu {
-                // one request set per subject: with few-shot exemplars each set shares its
-                // subject's prefix, and subjects run side by side on the workers
-                let subjects = mmlu_subjects(self.data_root)?;
-                let mut per_subject = Vec::new();
-                let mut sets = Vec::new();
-                let mut scoring = Scoring::Harness;
-                for subject in &subjects {
-                    let items =
-                        mmlu_items(self.data_root, subject, self.params.mmlu_shots, &select)?;
-                    let (requests, s) = self.requests_for(task, &items)?;
-                    scoring = s;
-                    per_subject.push(items);
-                    sets.push(requests);
-                }
-                let progress =
-                    std::sync::Mutex::new(Progress::new(subjects.len() as u64, "mmlu subjects"));
-                let scored = if self.params.mmlu_shots == 0 && cut.is_some() {
-                    // 0-shot: one pool of requests, continuing below the cut
-                    let all: Vec<Request> = sets.iter().flatten().cloned().collect();
-                    let mut flat = self
-                        .score_requests(&model, &all, false, cut.as_ref())?
-                        .into_iter();
-                    progress
-                        .lock()
-                        .expect("progress lock")
-                        .inc(sets.len() as u64);
-                    sets.iter()
-                        .map(|set| flat.by_ref().take(set.len()).collect())
-                        .collect()
-                } else {
-                    score_sets(
-                        &model,
-                        &sets,
-                        &self.opts(self.params.mmlu_shots > 0),
-                        &|| progress.lock().expect("progress lock").inc(1),
-                    )?
-                };
-                progress.into_inner().expect("progress lock").finish();
-                let mut all_items = Vec::new();
-                let mut all_results = Vec::new();
-                for (items, scored) in per_subject.into_iter().zip(scored) {
-                    all_results.extend(item_results(&items, &scored, scoring));
-                    all_items.extend(items);
-                }
-                (all_items, all_results, self.params.mmlu_shots)
-            } else {
-                let items = task_items(self.data_root, task, &select)?;
-                tracing::info!("{name}: {} items", items.len());
-                let r = self.score_items(&model, task, &items, false, cut.as_ref())?;
-                (items, r, 0)
-            };
-            if let Some(first) = items.first() {
-                prompts.insert(
-                    name.to_string(),
-                    serde_json::json!({"item": first.id, "contexts": first.contexts, "continuations": first.continuations, "gold": first.gold}),
-                );
+            let req = self.build(task)?;
+            let start = Instant::now();
+            let scored = self.score(&model, &req, cut.as_ref())?;
+            out.score_seconds.push(start.elapsed().as_secs_f64());
+            if let Some(p) = first_prompt(&req) {
+                out.prompts.insert(task.as_str().to_string(), p);
             }
-            let metrics = task_metrics(task, &items, &item_results);
-            for m in &metrics {
-                tracing::info!(
-                    "{name} {}-shot {} = {:.4} ± {:.4} ({} items)",
-                    shots,
-                    m.metric,
-                    m.value,
-                    m.stderr,
-                    m.n_items
-                );
-            }
-            results.push(TaskResult {
-                task: name.to_string(),
-                shots,
-                prompt: self.params.prompt,
-                metrics,
-                items: item_results,
-            });
+            out.results.push(self.aggregate(&req, scored));
         }
-        Ok((results, prompts))
+        Ok(out)
     }
 }
 
@@ -497,12 +320,7 @@ impl Stage for EvalQaStage {
         include_str!("../../stages/eval-qa.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[InputSlot {
-            name: "model",
-            kinds: &["load", "prune", "heal"],
-            required: true,
-            many: false,
-        }]
+        &[ANY_MODEL]
     }
     fn source_params(&self) -> &'static [&'static str] {
         &["data"]
@@ -517,27 +335,22 @@ impl Stage for EvalQaStage {
         let p: EvalQaParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;
         let data = ctx.source("data")?;
+        set_budget_mb(ctx.runtime.stream_memo_mb);
         let task = Evaluate {
             model: &model,
             params: &p,
             data_root: &data.path,
-            workers: default_workers(ctx.backend),
+            workers: ctx.workers(),
+            backend: ctx.backend,
         };
-        let (results, prompts) = dispatch(ctx.backend, ctx.precision, task)?;
+        let evaluation = dispatch(ctx.backend, ctx.precision, task)?;
         let record = EvalRecord {
-            label: variant_label(&model.variant),
+            label: model.variant.label(),
             variant: model.variant.clone(),
             model_key: model.key.clone(),
-            results,
+            results: evaluation.results,
         };
-        std::fs::write(
-            ctx.out("scores.json"),
-            serde_json::to_string_pretty(&record)?,
-        )?;
-        std::fs::write(
-            ctx.out("prompts.json"),
-            serde_json::to_string_pretty(&prompts)?,
-        )?;
-        Ok(())
+        record.write(&ctx.out_dir)?;
+        write_json(&ctx.out_dir, PROMPTS, &evaluation.prompts)
     }
 }

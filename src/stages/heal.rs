@@ -6,22 +6,18 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::context::InputArtifact;
-use super::load::ModelRecord;
-use super::model_ref::{ModelRef, Variant};
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::heal::{adapter_dir, write_loss_csv, MERGED_DIR};
+use crate::artifacts::pruned::EXPORT_DIR;
+use crate::artifacts::{HealRecord, InputArtifact, ModelRef, Record};
 use crate::backend::{dispatch_autodiff, AutodiffTask};
 use crate::data::text::{read_documents, select_part, TextSpec};
-use crate::heal::adapter::{AdapterSet, LoraConfig, MODULES};
-use crate::heal::optim::{AdamW, AdamWConfig};
-use crate::heal::train::{train, Checkpoints, LogRow, TrainConfig, TrainState};
+use crate::heal::adapter::LoraConfig;
+use crate::heal::optim::AdamWConfig;
+use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
+use crate::model::architecture::known_modules;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quant {
-    Nf4,
-    None,
-}
+pub use crate::heal::train::Quant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,11 +92,12 @@ impl Params for HealParams {
                 "must name at least one module".into(),
             ));
         }
+        let known = known_modules();
         for m in &self.target_modules {
-            if !MODULES.contains(&m.as_str()) {
+            if !known.contains(&m.as_str()) {
                 return Err(perr(
                     "target_modules",
-                    format!("unknown module {m:?} (known: {})", MODULES.join(", ")),
+                    format!("unknown module {m:?} (known: {})", known.join(", ")),
                 ));
             }
         }
@@ -141,26 +138,12 @@ impl HealParams {
     }
 }
 
-/// The artifact's heal.json: enough to rebuild the healed model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HealRecord {
-    pub base: ModelRecord,
-    pub kept: Vec<usize>,
-    pub variant: Variant,
-    pub train: TrainConfig,
-    pub quant: Quant,
-    pub steps: u64,
-    pub tokens: u64,
-    pub final_loss: f64,
-    pub seconds: f64,
-}
-
 /// Packed training windows: the training documents tokenized, joined with EOS, cut into
 /// consecutive windows of seq_len tokens.
 pub fn packed_windows(
     path: &Path,
     spec: &TextSpec,
-    tokenizer: &crate::data::tokenizer::TextTokenizer,
+    tokenizer: &crate::formats::tokenizer::TextTokenizer,
     eos: Option<u32>,
     seq_len: usize,
 ) -> Result<Vec<Vec<u32>>> {
@@ -196,34 +179,16 @@ struct Heal<'a> {
     windows: &'a [Vec<u32>],
     config: TrainConfig,
     quant: Quant,
-    checkpoints: Checkpoints,
+    checkpoints: &'a Checkpoints,
+    /// Sleep after every step (a test hook, from the runtime options).
+    step_delay_ms: Option<u64>,
 }
 
 impl AutodiffTask for Heal<'_> {
     type Output = TrainState;
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<TrainState> {
         let mut model = self.model.build::<B>(&device, dtype)?;
-        if self.quant == Quant::Nf4 {
-            crate::model::nf4::quantize_linears(&mut model, &crate::heal::adapter::MODULES)?;
-        }
-        let adapters = AdapterSet::init(&self.config.lora, &model, self.config.seed)?;
-        let state = match self.checkpoints.load(&self.config, &adapters)? {
-            Some(s) => s,
-            None => {
-                let sizes: Vec<usize> = adapters
-                    .modules
-                    .iter()
-                    .flat_map(|m| [m.a.len(), m.b.len()])
-                    .collect();
-                TrainState {
-                    step: 0,
-                    cursor: 0,
-                    optim: AdamW::new(self.config.adamw, &sizes),
-                    adapters,
-                    log: vec![],
-                }
-            }
-        };
+        let state = setup(&mut model, &self.config, self.quant, Some(self.checkpoints))?;
         tracing::info!(
             "healing: {} LoRA parameters (r = {}, alpha = {}), {} windows, {} steps of {} sequences",
             state.adapters.num_params(),
@@ -233,24 +198,20 @@ impl AutodiffTask for Heal<'_> {
             self.config.steps,
             self.config.global_batch
         );
+        let delay = self.step_delay_ms;
         train(
             &mut model,
             self.windows,
             &self.config,
             state,
-            Some(&self.checkpoints),
+            Some(self.checkpoints),
+            &|_| {
+                if let Some(ms) = delay {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            },
         )
     }
-}
-
-#[derive(Serialize)]
-struct LossRow {
-    step: u64,
-    lr: f64,
-    loss: f64,
-    grad_norm: f64,
-    tokens: u64,
-    seconds: f64,
 }
 
 pub struct HealStage;
@@ -269,12 +230,8 @@ impl Stage for HealStage {
         include_str!("../../stages/heal.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[InputSlot {
-            name: "model",
-            kinds: &["prune", "load"],
-            required: true,
-            many: false,
-        }]
+        const SLOTS: &[InputSlot] = &[InputSlot::one("model", &["prune", "load"])];
+        SLOTS
     }
     fn source_params(&self) -> &'static [&'static str] {
         &["text.source"]
@@ -302,7 +259,7 @@ impl Stage for HealStage {
             dir: ctx
                 .cache_root
                 .join("checkpoints")
-                .join("heal")
+                .join(HealRecord::KIND)
                 .join(&ctx.key),
         };
         let start = std::time::Instant::now();
@@ -314,38 +271,28 @@ impl Stage for HealStage {
                 windows: &windows,
                 config: config.clone(),
                 quant: p.quant,
-                checkpoints: Checkpoints {
-                    dir: checkpoints.dir.clone(),
-                },
+                checkpoints: &checkpoints,
+                step_delay_ms: ctx.runtime.heal_step_delay_ms,
             },
         )?;
         let base_name = base_model_name(input, &model);
-        state.adapters.save_peft(&ctx.out("adapter"), &base_name)?;
-        let mut w = csv::Writer::from_path(ctx.out("loss.csv"))?;
-        for r in &state.log {
-            w.serialize(LossRow {
-                step: r.step,
-                lr: r.lr,
-                loss: r.loss,
-                grad_norm: r.grad_norm,
-                tokens: r.tokens,
-                seconds: r.seconds,
-            })?;
-        }
-        w.flush()?;
+        state
+            .adapters
+            .save_peft(&adapter_dir(&ctx.out_dir), &base_name)?;
+        write_loss_csv(&ctx.out_dir, &state.log)?;
         crate::report::figures::loss_curve(
             &ctx.out_dir,
-            &state.log,
-            &format!("healing {}", super::eval_qa::variant_label(&model.variant)),
+            &state
+                .log
+                .iter()
+                .map(|r| (r.step as f64, r.loss))
+                .collect::<Vec<_>>(),
+            &format!("healing {}", model.variant.label()),
         )?;
         let record = HealRecord {
-            base: model_record(input)?,
+            base: model.artifact.base().clone(),
             kept: model.kept.clone(),
-            variant: Variant {
-                variant: "healed".into(),
-                healed: true,
-                ..model.variant.clone()
-            },
+            variant: model.variant.healed(),
             train: config,
             quant: p.quant,
             steps: state.step,
@@ -353,15 +300,15 @@ impl Stage for HealStage {
             final_loss: state.log.last().map(|r| r.loss).unwrap_or(f64::NAN),
             seconds: start.elapsed().as_secs_f64(),
         };
-        std::fs::write(ctx.out("heal.json"), serde_json::to_string_pretty(&record)?)?;
+        record.write(&ctx.out_dir)?;
         if p.merge {
             let meta =
                 serde_json::json!({"kept_layers": model.kept, "healed": true, "adapter": "merged"});
-            crate::model::export::export_hf_with_adapter(
+            crate::model::export::export_hf_with_updates(
                 &model.files,
                 &model.kept,
-                &state.adapters,
-                &ctx.out("merged"),
+                &state.adapters.updates(&model.files.config)?,
+                &ctx.out(MERGED_DIR),
                 ctx.precision,
                 meta,
             )?;
@@ -371,35 +318,11 @@ impl Stage for HealStage {
     }
 }
 
-fn model_record(input: &InputArtifact) -> Result<ModelRecord> {
-    match input.kind.as_str() {
-        "load" => Ok(serde_json::from_str(&std::fs::read_to_string(
-            input.dir.join("model.json"),
-        )?)?),
-        _ => Ok(super::model_ref::read_pruned(&input.dir)?.base),
-    }
-}
-
 /// What adapter_config.json names as the base: the exported pruned model if there is one.
 fn base_model_name(input: &InputArtifact, model: &ModelRef) -> String {
-    let exported = input.dir.join("model");
+    let exported = input.dir.join(EXPORT_DIR);
     if exported.join("config.json").exists() {
         return exported.display().to_string();
     }
     format!("{} (layers {:?})", model.files.source.spec, model.kept)
-}
-
-/// Rebuild a healed model reference from its artifact.
-pub fn open_healed(input: &InputArtifact, cache_root: &Path) -> Result<ModelRef> {
-    let rec: HealRecord =
-        serde_json::from_str(&std::fs::read_to_string(input.dir.join("heal.json"))?)
-            .with_context(|| format!("{}: invalid heal.json", input.dir.display()))?;
-    let files = super::load::open_from_record(&rec.base, cache_root)?;
-    Ok(ModelRef {
-        files,
-        kept: rec.kept,
-        variant: rec.variant,
-        adapter: Some(input.dir.join("adapter")),
-        key: input.key.clone(),
-    })
 }

@@ -1,13 +1,11 @@
 //! `load`: resolve a model source, read its config and tokenizer, record what it is.
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::model::{ModelConfig, ModelFiles};
-use crate::source::{self, ResolvedSource};
+use crate::artifacts::{LoadRecord, Record};
+use crate::model::ModelFiles;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,16 +14,6 @@ pub struct LoadParams {
 }
 
 impl Params for LoadParams {}
-
-/// The load artifact: model.json.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelRecord {
-    pub source: ResolvedSource,
-    pub format: String,
-    pub storage_dtype: String,
-    pub tokenizer_adds_bos: bool,
-    pub config: ModelConfig,
-}
 
 pub struct LoadStage;
 
@@ -54,17 +42,8 @@ impl Stage for LoadStage {
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let resolved = ctx.source("model")?.clone();
         let files = ModelFiles::open(resolved)?;
-        let record = ModelRecord {
-            source: files.source.clone(),
-            format: files.format.to_string(),
-            storage_dtype: files.store.storage_dtype(),
-            tokenizer_adds_bos: files.tokenizer.adds_bos,
-            config: files.config.clone(),
-        };
-        std::fs::write(
-            ctx.out("model.json"),
-            serde_json::to_string_pretty(&record)?,
-        )?;
+        let record = LoadRecord::describe(&files);
+        record.write(&ctx.out_dir)?;
         tracing::info!(
             "loaded {} ({:?}, {} layers, hidden {})",
             record.source.spec,
@@ -74,30 +53,4 @@ impl Stage for LoadStage {
         );
         Ok(())
     }
-}
-
-/// Open the model a `load` artifact describes (re-resolving the source if its path moved).
-pub fn open_model(artifact_dir: &Path, cache_root: &Path) -> Result<ModelFiles> {
-    let path = artifact_dir.join("model.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let record: ModelRecord =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
-    open_from_record(&record, cache_root)
-}
-
-/// Open the model a `ModelRecord` describes, re-resolving the source if its path moved, and
-/// checking that its content did not change since it was loaded.
-pub fn open_from_record(record: &ModelRecord, cache_root: &Path) -> Result<ModelFiles> {
-    // cheap: pip members are already extracted, local files are hashed once per size and mtime
-    let resolved = source::resolve(&record.source.spec, cache_root)?;
-    if resolved.sha256 != record.source.sha256 {
-        anyhow::bail!(
-            "{}: the model changed since it was loaded (sha256 {} != {})",
-            resolved.path.display(),
-            resolved.sha256,
-            record.source.sha256
-        );
-    }
-    ModelFiles::open(resolved)
 }

@@ -7,7 +7,6 @@ pub mod eval_loss;
 pub mod eval_qa;
 pub mod heal;
 pub mod load;
-pub mod model_ref;
 pub mod prune;
 pub mod report;
 pub mod select;
@@ -31,6 +30,41 @@ pub struct InputSlot {
     /// (e.g. the report); otherwise one upstream job per job of this stage.
     pub many: bool,
 }
+
+impl InputSlot {
+    /// A required slot taking one upstream job of one of `kinds`.
+    pub const fn one(name: &'static str, kinds: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            kinds,
+            required: true,
+            many: false,
+        }
+    }
+
+    /// An optional slot taking one upstream job.
+    pub const fn optional(name: &'static str, kinds: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            kinds,
+            required: false,
+            many: false,
+        }
+    }
+
+    /// An optional slot gathering the upstream jobs across the sweep axes this stage lacks.
+    pub const fn gather(name: &'static str, kinds: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            kinds,
+            required: false,
+            many: true,
+        }
+    }
+}
+
+/// The slot of stages that take any model: base (`load`), pruned or healed.
+pub const ANY_MODEL: InputSlot = InputSlot::one("model", &["load", "prune", "heal"]);
 
 /// A parameter error: dotted path inside the stage table and message.
 #[derive(Debug, Clone)]
@@ -86,13 +120,30 @@ pub fn parse_params<P: Params>(value: &serde_json::Value) -> Result<P, ParamErro
     Ok(p)
 }
 
+/// A stage kind's documented defaults (its stages/<kind>.toml, without `inputs`) with `overrides`
+/// applied on top, as typed parameters: what a pipeline that sets only those keys runs.
+pub fn defaults_with<P: Params>(stage: &dyn Stage, overrides: serde_json::Value) -> Result<P> {
+    let defaults: toml::Value = toml::from_str(stage.defaults())?;
+    let mut value = serde_json::to_value(defaults)?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("stage {}: defaults are not a table", stage.kind()))?;
+    obj.remove("inputs");
+    if let serde_json::Value::Object(o) = overrides {
+        obj.extend(o);
+    }
+    parse_params(&value)
+        .map_err(|e| anyhow::anyhow!("stage {} defaults: {}: {}", stage.kind(), e.path, e.message))
+}
+
 /// Canonical JSON of typed parameters.
 pub fn canonical<P: Params>(value: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let p: P = parse_params(value)?;
     Ok(serde_json::to_value(&p).expect("parameters serialize"))
 }
 
-/// Every stage kind this build knows. Test kinds appear when LAYERPRUNE_TEST_STAGES=1.
+/// Every stage kind this build knows. Test kinds appear when the runtime options ask for them
+/// (LAYERPRUNE_TEST_STAGES=1), and always in the library's own unit tests.
 pub fn registry() -> Vec<&'static dyn Stage> {
     let mut kinds: Vec<&'static dyn Stage> = vec![
         &load::LoadStage,
@@ -104,7 +155,7 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &heal::HealStage,
         &report::ReportStage,
     ];
-    if std::env::var("LAYERPRUNE_TEST_STAGES").is_ok_and(|v| v == "1") {
+    if cfg!(test) || crate::runtime::current().test_stages {
         kinds.push(&test_kinds::TestValueStage);
     }
     kinds

@@ -4,10 +4,11 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::load::{open_model, ModelRecord};
-use super::model_ref::PrunedRecord;
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::pruned::EXPORT_DIR;
+use crate::artifacts::{LoadRecord, PrunedRecord, Record, SelectionRecord};
 use crate::method::selection::{n_for_fraction, Strategy};
+use crate::model::surgery::kept_without;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,20 +49,11 @@ impl Stage for PruneStage {
         include_str!("../../stages/prune.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[
-            InputSlot {
-                name: "model",
-                kinds: &["load"],
-                required: true,
-                many: false,
-            },
-            InputSlot {
-                name: "selection",
-                kinds: &["select"],
-                required: true,
-                many: false,
-            },
-        ]
+        const SLOTS: &[InputSlot] = &[
+            InputSlot::one("model", &["load"]),
+            InputSlot::one("selection", &["select"]),
+        ];
+        SLOTS
     }
     fn numeric(&self) -> bool {
         // the exported weights are written in the compute dtype
@@ -72,10 +64,8 @@ impl Stage for PruneStage {
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: PruneParams = ctx.params()?;
-        let model_dir = &ctx.input("model")?.dir;
-        let base: ModelRecord =
-            serde_json::from_str(&std::fs::read_to_string(model_dir.join("model.json"))?)?;
-        let selection = super::select::read(&ctx.input("selection")?.dir)?;
+        let base = LoadRecord::of(ctx.input("model")?)?;
+        let selection = SelectionRecord::of(ctx.input("selection")?)?;
         let layers = base.config.num_hidden_layers;
         if selection.layers != layers {
             bail!(
@@ -93,8 +83,7 @@ impl Stage for PruneStage {
         let block = selection.find(n, p.strategy).ok_or_else(|| {
             anyhow::anyhow!("the selection has no {} block of n = {n} layers (fraction {}); add it to the select stage's n", p.strategy, p.fraction)
         })?;
-        let dropped: Vec<usize> = (block.start..block.end).collect();
-        let kept: Vec<usize> = (0..layers).filter(|l| !dropped.contains(l)).collect();
+        let (kept, dropped) = kept_without(layers, block.start..block.end)?;
         let record = PrunedRecord {
             base: base.clone(),
             layers,
@@ -113,12 +102,9 @@ impl Stage for PruneStage {
             block.end,
             p.strategy
         );
-        std::fs::write(
-            ctx.out("pruned.json"),
-            serde_json::to_string_pretty(&record)?,
-        )?;
+        record.write(&ctx.out_dir)?;
         if p.export {
-            let files = open_model(model_dir, &ctx.cache_root)?;
+            let files = base.open(&ctx.cache_root)?;
             let meta = serde_json::json!({
                 "numbering": "0-based original layer numbers",
                 "kept_layers": kept,
@@ -128,7 +114,13 @@ impl Stage for PruneStage {
                 "base_source": base.source.spec.to_string(),
                 "base_sha256": base.source.sha256,
             });
-            crate::model::export::export_hf(&files, &kept, &ctx.out("model"), ctx.precision, meta)?;
+            crate::model::export::export_hf(
+                &files,
+                &kept,
+                &ctx.out(EXPORT_DIR),
+                ctx.precision,
+                meta,
+            )?;
         }
         Ok(())
     }

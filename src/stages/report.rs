@@ -6,6 +6,14 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::similarity::samples_path;
+use crate::artifacts::{
+    EvalRecord, InputArtifact, LoadRecord, LossRecord, Record, SelectionRecord, SimilarityRecord,
+    Variant,
+};
+use crate::data::tasks::TaskName;
+use crate::method::selection::Strategy;
+use crate::report::figures::{Curve, DistanceGrid, Panel};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,26 +58,12 @@ impl Stage for ReportStage {
         include_str!("../../stages/report.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[
-            InputSlot {
-                name: "similarity",
-                kinds: &["similarity"],
-                required: false,
-                many: false,
-            },
-            InputSlot {
-                name: "selection",
-                kinds: &["select"],
-                required: false,
-                many: false,
-            },
-            InputSlot {
-                name: "evals",
-                kinds: &["eval-qa", "eval-loss"],
-                required: false,
-                many: true,
-            },
-        ]
+        const SLOTS: &[InputSlot] = &[
+            InputSlot::optional("similarity", &["similarity"]),
+            InputSlot::optional("selection", &["select"]),
+            InputSlot::gather("evals", &["eval-qa", "eval-loss"]),
+        ];
+        SLOTS
     }
     fn publishes(&self) -> bool {
         true
@@ -88,7 +82,7 @@ impl Stage for ReportStage {
              block is the half-open range [start, end).\n"
         )?;
         if let Some(sim_in) = ctx.optional_input("similarity") {
-            let sim = super::similarity::read(&sim_in.dir)?;
+            let sim = SimilarityRecord::of(sim_in)?;
             let model = sim_in
                 .manifest
                 .inputs
@@ -97,7 +91,7 @@ impl Stage for ReportStage {
                 .cloned()
                 .unwrap_or_default();
             let title = if p.title.is_empty() {
-                model_title(ctx, sim_in)?
+                model_title(ctx, &model)?
             } else {
                 p.title.clone()
             };
@@ -114,10 +108,14 @@ impl Stage for ReportStage {
             }
             w.flush()?;
             std::fs::copy(
-                sim_in.dir.join("samples.jsonl"),
+                samples_path(&sim_in.dir),
                 ctx.out("similarity_samples.jsonl"),
             )?;
-            crate::report::figures::similarity_figures(&ctx.out_dir, &sim.distances, &title)?;
+            let grid = DistanceGrid {
+                layers: sim.distances.layers,
+                d: &sim.distances.d,
+            };
+            crate::report::figures::similarity_figures(&ctx.out_dir, &grid, &title)?;
             writeln!(
                 summary,
                 "## Angular distances\n\n{} samples of {} tokens; model {title} ({} layers; load artifact {}).\n\n\
@@ -131,7 +129,7 @@ impl Stage for ReportStage {
             )?;
         }
         if let Some(sel_in) = ctx.optional_input("selection") {
-            let sel = super::select::read(&sel_in.dir)?;
+            let sel = SelectionRecord::of(sel_in)?;
             let mut w = csv::Writer::from_path(ctx.out("selection.csv"))?;
             for b in &sel.blocks {
                 let strategy = b.strategy.to_string();
@@ -195,7 +193,7 @@ struct ItemRow<'a> {
     pred: usize,
 }
 
-fn base_row(v: &super::model_ref::Variant) -> EvalRow {
+fn base_row(v: &Variant) -> EvalRow {
     EvalRow {
         variant: v.variant.clone(),
         strategy: v.strategy.map(|s| s.to_string()).unwrap_or_default(),
@@ -213,26 +211,43 @@ fn base_row(v: &super::model_ref::Variant) -> EvalRow {
     }
 }
 
-/// Chance level of a task (gray dashed line of the figures).
+/// Chance level of a task (gray dashed line of the figures); 1.0 for the normalised loss.
 fn chance(task: &str, metric: &str) -> Option<f64> {
     match (task, metric) {
         ("loss", "loss_normalized") => Some(1.0),
         ("loss", _) => None,
-        ("boolq" | "piqa" | "winogrande", _) => Some(0.5),
-        _ => Some(0.25),
+        _ => TaskName::from_name(task).map(|t| t.spec().chance),
     }
 }
 
 /// eval.csv, eval_items.csv, the metric-against-fraction figure and a summary table.
 fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()> {
-    use super::eval_loss::LossRecord;
-    use super::eval_qa::EvalRecord;
+    let rows = collect_eval_rows(ctx, ctx.inputs("evals"))?;
+    let mut w = csv::Writer::from_path(ctx.out("eval.csv"))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    let panels = fraction_panels(&rows);
+    if !panels.is_empty() {
+        crate::report::figures::fraction_figure(
+            &ctx.out_dir,
+            "fig_eval_vs_fraction",
+            &panels,
+            &format!("{title}: metrics against the fraction of layers dropped"),
+        )?;
+    }
+    write_eval_summary(summary, &rows)
+}
+
+/// One row per (model, task, metric) of the evaluation artifacts, sorted for the table; every
+/// scored item goes to eval_items.csv on the way.
+fn collect_eval_rows(ctx: &JobContext, evals: &[InputArtifact]) -> Result<Vec<EvalRow>> {
     let mut rows: Vec<EvalRow> = Vec::new();
     let mut items = csv::Writer::from_path(ctx.out("eval_items.csv"))?;
-    for a in ctx.inputs("evals") {
-        if a.kind == "eval-qa" {
-            let r: EvalRecord =
-                serde_json::from_str(&std::fs::read_to_string(a.dir.join("scores.json"))?)?;
+    for a in evals {
+        if a.kind == EvalRecord::KIND {
+            let r = EvalRecord::of(a)?;
             for t in &r.results {
                 for m in &t.metrics {
                     rows.push(EvalRow {
@@ -257,8 +272,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
                 }
             }
         } else {
-            let r: LossRecord =
-                serde_json::from_str(&std::fs::read_to_string(a.dir.join("loss.json"))?)?;
+            let r = LossRecord::of(a)?;
             let ln_v = (r.vocab_size as f64).ln();
             for (metric, value, stderr) in [
                 ("loss", r.loss, r.stderr),
@@ -301,13 +315,12 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
             ))
             .then(a.fraction.total_cmp(&b.fraction))
     });
-    let mut w = csv::Writer::from_path(ctx.out("eval.csv"))?;
-    for r in &rows {
-        w.serialize(r)?;
-    }
-    w.flush()?;
+    Ok(rows)
+}
 
-    // figure: one panel per (task, shots, metric) of interest
+/// One panel per (task, shots, metric) of interest: a curve per strategy (and healed or not)
+/// against the fraction dropped, starting at the unpruned model.
+fn fraction_panels(rows: &[EvalRow]) -> Vec<Panel> {
     let mut keys: Vec<(String, usize, String)> = rows
         .iter()
         .filter(|r| matches!(r.metric.as_str(), "acc" | "loss_normalized" | "loss"))
@@ -323,11 +336,13 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
         let base = sel.iter().find(|r| r.variant == "base").map(|r| r.value);
         let any_healed = sel.iter().any(|r| r.healed);
         let mut curves = Vec::new();
-        for strategy in ["similarity", "simple"] {
+        for strategy in Strategy::ALL {
             for healed in [false, true] {
                 let mut pts: Vec<(f64, f64)> = sel
                     .iter()
-                    .filter(|r| r.strategy == strategy && r.healed == healed && r.variant != "base")
+                    .filter(|r| {
+                        r.strategy == strategy.as_str() && r.healed == healed && r.variant != "base"
+                    })
                     .map(|r| (r.fraction, r.value))
                     .collect();
                 if pts.is_empty() {
@@ -336,12 +351,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
                 if let Some(b) = base {
                     pts.insert(0, (0.0, b));
                 }
-                let color = if strategy == "similarity" {
-                    plotters::style::RGBColor(31, 119, 180)
-                } else {
-                    plotters::style::RGBColor(230, 120, 20)
-                };
-                curves.push(crate::report::figures::Curve {
+                curves.push(Curve {
                     label: format!(
                         "{strategy}{}",
                         if healed {
@@ -352,7 +362,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
                             ""
                         }
                     ),
-                    color,
+                    series: strategy.index(),
                     dashed: any_healed && !healed,
                     points: pts,
                 });
@@ -363,7 +373,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
         } else {
             format!("{task} {shots}-shot")
         };
-        panels.push(crate::report::figures::Panel {
+        panels.push(Panel {
             title: name,
             y_label: if task == "loss" {
                 metric.clone()
@@ -375,14 +385,11 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
             reference: chance(task, metric),
         });
     }
-    if !panels.is_empty() {
-        crate::report::figures::fraction_figure(
-            &ctx.out_dir,
-            "fig_eval_vs_fraction",
-            &panels,
-            &format!("{title}: metrics against the fraction of layers dropped"),
-        )?;
-    }
+    panels
+}
+
+/// The evaluation section of summary.md.
+fn write_eval_summary(summary: &mut String, rows: &[EvalRow]) -> Result<()> {
     writeln!(summary, "## Evaluation
 
 - eval.csv: one row per model, task and metric
@@ -390,7 +397,7 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
 - fig_eval_vs_fraction.svg/.png: metrics against the fraction of layers dropped (red dashed: unpruned; gray dashed: chance, or 1.0 for normalised loss; in a sweep that heals, thin dashed with dots: not healed, solid with squares: healed)
 ")?;
     writeln!(summary, "| variant | strategy | fraction | dropped | healed | task | shots | metric | value | stderr | items |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for r in &rows {
+    for r in rows {
         let dropped = if r.start.is_empty() {
             String::from("-")
         } else {
@@ -415,18 +422,8 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
     Ok(())
 }
 
-/// "SmolLM2-135M-Instruct.Q4_1.gguf"-style name of the model behind a similarity artifact.
-fn model_title(ctx: &JobContext, sim: &super::context::InputArtifact) -> Result<String> {
-    let key = sim
-        .manifest
-        .inputs
-        .get("model")
-        .and_then(|k| k.first())
-        .cloned()
-        .unwrap_or_default();
-    let load_dir = ctx.cache_root.join("load").join(&key);
-    let record: super::load::ModelRecord =
-        serde_json::from_str(&std::fs::read_to_string(load_dir.join("model.json"))?)?;
-    let spec = record.source.spec.to_string();
-    Ok(spec.rsplit(['/', ':']).next().unwrap_or(&spec).to_string())
+/// "SmolLM2-135M-Instruct.Q4_1.gguf"-style name of the model behind a similarity artifact: its
+/// model input's load record, found in the cache by key.
+fn model_title(ctx: &JobContext, model_key: &str) -> Result<String> {
+    Ok(LoadRecord::in_cache(&ctx.cache_root, model_key)?.short_name())
 }

@@ -4,7 +4,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::method::selection::{choose, Block, Strategy};
+use crate::artifacts::selection::NUMBERING;
+use crate::artifacts::{Record, SelectionRecord, SimilarityRecord};
+use crate::method::selection::{choose, Strategy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,21 +33,6 @@ impl Params for SelectParams {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SelectionRecord {
-    pub layers: usize,
-    pub numbering: String,
-    pub blocks: Vec<Block>,
-}
-
-impl SelectionRecord {
-    pub fn find(&self, n: usize, strategy: Strategy) -> Option<&Block> {
-        self.blocks
-            .iter()
-            .find(|b| b.n == n && b.strategy == strategy)
-    }
-}
-
 pub struct SelectStage;
 
 impl Stage for SelectStage {
@@ -62,19 +49,15 @@ impl Stage for SelectStage {
         include_str!("../../stages/select.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[InputSlot {
-            name: "similarity",
-            kinds: &["similarity"],
-            required: true,
-            many: false,
-        }]
+        const SLOTS: &[InputSlot] = &[InputSlot::one("similarity", &["similarity"])];
+        SLOTS
     }
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<SelectParams>(params)
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: SelectParams = ctx.params()?;
-        let sim = super::similarity::read(&ctx.input("similarity")?.dir)?;
+        let sim = SimilarityRecord::of(ctx.input("similarity")?)?;
         let layers = sim.distances.layers;
         let sizes: Vec<usize> = if p.n.is_empty() {
             (1..layers.saturating_sub(1)).collect()
@@ -89,20 +72,10 @@ impl Stage for SelectStage {
         }
         let record = SelectionRecord {
             layers,
-            numbering: "0-based layers; drop the half-open block [start, end)".into(),
+            numbering: NUMBERING.into(),
             blocks,
         };
-        std::fs::write(
-            ctx.out("selection.json"),
-            serde_json::to_string_pretty(&record)?,
-        )?;
+        record.write(&ctx.out_dir)?;
         Ok(())
     }
-}
-
-pub fn read(dir: &std::path::Path) -> Result<SelectionRecord> {
-    let p = dir.join("selection.json");
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
-    Ok(serde_json::from_str(&text)?)
 }

@@ -1,14 +1,13 @@
 //! `similarity`: angular distances between layer boundaries over a text set.
 
-use std::io::Write;
-
 use anyhow::Result;
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::load::open_model;
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::backend::{default_workers, dispatch, BackendTask};
+use crate::artifacts::similarity::{write_samples, NUMBERING};
+use crate::artifacts::{LoadRecord, Record, SimilarityRecord};
+use crate::backend::{dispatch, BackendTask};
 use crate::data::text::{load_windows, TextSpec};
 use crate::method::similarity::{measure, Distances};
 use crate::model::ModelFiles;
@@ -49,38 +48,35 @@ impl Params for SimilarityParams {
     }
 }
 
-/// The artifact's distances.json.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SimilarityRecord {
-    pub numbering: String,
-    pub seq_len: usize,
-    pub tokenizer_adds_bos: bool,
-    #[serde(flatten)]
-    pub distances: Distances,
-}
-
-pub const NUMBERING: &str = "layers are numbered from 0; x(l) is the input of layer l, x(0) the embedding output, x(L) the last block's output before the final norm; d[n-1][l] = d(x(l), x(l+n)) for n = 1..L-1, l = 0..L-n";
-
 pub struct SimilarityStage;
 
-struct Measure<'a> {
-    files: &'a ModelFiles,
-    rows: &'a [Vec<u32>],
-    batch: usize,
-    workers: usize,
+/// The similarity pass over token rows (padded with EOS), on any backend: what the stage
+/// computes, and what `bench similarity` times.
+pub struct Measure<'a> {
+    pub files: &'a ModelFiles,
+    pub rows: &'a [Vec<u32>],
+    pub batch: usize,
+    pub workers: usize,
+}
+
+impl Measure<'_> {
+    /// The distances on a built model (rows padded with EOS).
+    pub fn on<B: Backend>(&self, model: &crate::model::Transformer<B>) -> Result<Distances> {
+        measure(
+            model,
+            self.rows,
+            self.batch,
+            self.workers,
+            self.files.config.eos_token_id.unwrap_or(0),
+        )
+    }
 }
 
 impl BackendTask for Measure<'_> {
     type Output = Distances;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Distances> {
         let model = self.files.build::<B>(&device, dtype)?;
-        measure(
-            &model,
-            self.rows,
-            self.batch,
-            self.workers,
-            self.files.config.eos_token_id.unwrap_or(0),
-        )
+        self.on(&model)
     }
 }
 
@@ -98,12 +94,8 @@ impl Stage for SimilarityStage {
         include_str!("../../stages/similarity.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[InputSlot {
-            name: "model",
-            kinds: &["load"],
-            required: true,
-            many: false,
-        }]
+        const SLOTS: &[InputSlot] = &[InputSlot::one("model", &["load"])];
+        SLOTS
     }
     fn source_params(&self) -> &'static [&'static str] {
         &["text.source"]
@@ -116,7 +108,7 @@ impl Stage for SimilarityStage {
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: SimilarityParams = ctx.params()?;
-        let files = open_model(&ctx.input("model")?.dir, &ctx.cache_root)?;
+        let files = LoadRecord::of(ctx.input("model")?)?.open(&ctx.cache_root)?;
         let text = ctx.source("text.source")?;
         let rows = load_windows(
             &text.path,
@@ -138,7 +130,7 @@ impl Stage for SimilarityStage {
                 files: &files,
                 rows: &rows,
                 batch: p.batch_size,
-                workers: default_workers(ctx.backend),
+                workers: ctx.workers(),
             },
         )?;
         let record = SimilarityRecord {
@@ -147,22 +139,7 @@ impl Stage for SimilarityStage {
             tokenizer_adds_bos: files.tokenizer.adds_bos,
             distances,
         };
-        std::fs::write(
-            ctx.out("distances.json"),
-            serde_json::to_string_pretty(&record)?,
-        )?;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(ctx.out("samples.jsonl"))?);
-        for r in &rows {
-            writeln!(f, "{}", serde_json::json!({ "tokens": r }))?;
-        }
-        f.flush()?;
-        Ok(())
+        record.write(&ctx.out_dir)?;
+        write_samples(&ctx.out_dir, &rows)
     }
-}
-
-pub fn read(dir: &std::path::Path) -> Result<SimilarityRecord> {
-    let p = dir.join("distances.json");
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
-    Ok(serde_json::from_str(&text)?)
 }

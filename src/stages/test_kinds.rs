@@ -32,8 +32,8 @@ impl Params for TestValueParams {
 
 pub struct TestValueStage;
 
-fn log_line(line: &str) {
-    if let Some(path) = std::env::var_os("LAYERPRUNE_TEST_LOG") {
+fn log_line(ctx: &JobContext, line: &str) {
+    if let Some(path) = &ctx.runtime.test_log {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -58,20 +58,11 @@ impl Stage for TestValueStage {
         include_str!("../../stages/test-value.toml")
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        &[
-            InputSlot {
-                name: "parent",
-                kinds: &["test-value"],
-                required: false,
-                many: false,
-            },
-            InputSlot {
-                name: "gather",
-                kinds: &["test-value"],
-                required: false,
-                many: true,
-            },
-        ]
+        const SLOTS: &[InputSlot] = &[
+            InputSlot::optional("parent", &["test-value"]),
+            InputSlot::gather("gather", &["test-value"]),
+        ];
+        SLOTS
     }
     fn source_params(&self) -> &'static [&'static str] {
         &["data"]
@@ -81,13 +72,13 @@ impl Stage for TestValueStage {
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: TestValueParams = ctx.params()?;
-        log_line(&format!("{} {} start", ctx.stage, ctx.key));
+        log_line(ctx, &format!("{} {} start", ctx.stage, ctx.key));
         // LAYERPRUNE_TEST_NO_SLEEP=1 lets a test resume a killed job (same key) without waiting.
-        if std::env::var("LAYERPRUNE_TEST_NO_SLEEP").is_err() {
+        if !ctx.runtime.test_no_sleep {
             std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
         }
         if p.fail {
-            log_line(&format!("{} {} fail", ctx.stage, ctx.key));
+            log_line(ctx, &format!("{} {} fail", ctx.stage, ctx.key));
             bail!("failing on purpose (fail = true)");
         }
         let mut total = p.value;
@@ -105,7 +96,7 @@ impl Stage for TestValueStage {
                 &serde_json::json!({"value": total, "data_sha256": data_sha, "assignment": ctx.assignment}),
             )?,
         )?;
-        log_line(&format!("{} {} end", ctx.stage, ctx.key));
+        log_line(ctx, &format!("{} {} end", ctx.stage, ctx.key));
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
-use super::dequant::{dequantize, GgmlType};
+use super::ggml_quant::{dequantize, GgmlType};
 use super::host_tensor::HostTensor;
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";

@@ -6,15 +6,14 @@
 //! - double quantisation: the absmax values minus their mean (the offset) are quantised in blocks
 //!   of 256 with bitsandbytes' signed 8-bit dynamic code map, each block with its own f32 scale;
 //! - dequantisation: absmax = code8[q] * scale + offset; x = nf4[code] * absmax.
-//! Burn has no NF4 type: the code book is a 16-entry lookup and the codes a u8 tensor.
+//! A pure codec on host f32 values (no Burn types); the device weight is model::nf4_linear.
 
 use anyhow::{bail, Result};
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 pub const BLOCK: usize = 64;
 pub const BLOCK2: usize = 256;
 /// The code of 0.0 in the NF4 book.
-const NF4_ZERO_CODE: u8 = 7;
+pub const NF4_ZERO_CODE: u8 = 7;
 
 /// bitsandbytes' NF4 code book.
 pub const NF4: [f32; 16] = [
@@ -263,86 +262,6 @@ impl Nf4Host {
             .map(|(i, &c)| NF4[c as usize] * absmax[i / BLOCK])
             .collect()
     }
-}
-
-/// An NF4 weight on a Burn device: u8 codes and the double-dequantised absmax per block.
-#[derive(Debug, Clone)]
-pub struct Nf4Weight<B: Backend> {
-    /// [out, in] (Hugging Face layout of the quantised matrix)
-    pub shape: [usize; 2],
-    /// [out * in], one code per element, u8
-    codes: Tensor<B, 1, Int>,
-    /// [out * in / 64, 1]
-    absmax: Tensor<B, 2>,
-    /// [16]
-    book: Tensor<B, 1>,
-}
-
-impl<B: Backend> Nf4Weight<B> {
-    pub fn from_host(q: &Nf4Host, device: &B::Device, dtype: DType) -> Result<Self> {
-        if q.shape.len() != 2 {
-            bail!("NF4 weights must be matrices, got shape {:?}", q.shape);
-        }
-        let n = q.shape[0] * q.shape[1];
-        if n % BLOCK != 0 {
-            bail!("NF4 on a device needs whole blocks of {BLOCK}; the matrix has {n} values");
-        }
-        let codes = Tensor::from_data(TensorData::new(q.codes(), [n]), (device, DType::U8));
-        let absmax = q.absmax();
-        let blocks = absmax.len();
-        Ok(Self {
-            shape: [q.shape[0], q.shape[1]],
-            codes,
-            absmax: Tensor::from_data(TensorData::new(absmax, [blocks, 1]), (device, dtype)),
-            book: Tensor::from_data(TensorData::new(NF4.to_vec(), [16]), (device, dtype)),
-        })
-    }
-
-    /// The dequantised matrix [out, in].
-    pub fn dequantize(&self) -> Tensor<B, 2> {
-        let [o, i] = self.shape;
-        let codes = self.codes.clone().cast(DType::I64);
-        let values = self
-            .book
-            .clone()
-            .select(0, codes)
-            .reshape([o * i / BLOCK, BLOCK]);
-        (values * self.absmax.clone()).reshape([o, i])
-    }
-}
-
-/// Replace the dense base weights of every projection of every layer by NF4 (QLoRA quantises all
-/// linear layers of the blocks; embeddings, norms and the LM head stay in the compute dtype).
-pub fn quantize_linears<B: Backend>(
-    model: &mut crate::model::Transformer<B>,
-    modules: &[&str],
-) -> Result<()> {
-    let device = model.device.clone();
-    let dtype = model.dtype;
-    for layer in &mut model.layers {
-        for (name, lin) in [
-            ("q_proj", &mut layer.q_proj),
-            ("k_proj", &mut layer.k_proj),
-            ("v_proj", &mut layer.v_proj),
-            ("o_proj", &mut layer.o_proj),
-            ("gate_proj", &mut layer.gate_proj),
-            ("up_proj", &mut layer.up_proj),
-            ("down_proj", &mut layer.down_proj),
-        ] {
-            if !modules.contains(&name) {
-                continue;
-            }
-            if let crate::model::linear::BaseWeight::Dense(w) = &lin.base {
-                let [inp, out] = w.dims();
-                let data = crate::commands::forward::to_f32_vec(w.clone().transpose())?; // [out, in]
-                let q = Nf4Host::quantize(&[out, inp], &data)?;
-                lin.base = crate::model::linear::BaseWeight::Nf4(Nf4Weight::from_host(
-                    &q, &device, dtype,
-                )?);
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

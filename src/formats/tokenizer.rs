@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::model::gguf::GgufFile;
+use super::gguf::GgufFile;
 
 #[derive(Clone)]
 pub struct TextTokenizer {

@@ -1,5 +1,6 @@
-//! manifest.json: how an artifact was made. Written last, so an artifact without one is not
-//! complete.
+//! manifest.json: how an artifact was made. Written last (by the runner's store), so an
+//! artifact without one is not complete. Shared by the store, which writes and checks it, and
+//! the stages, which read their inputs' manifests.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,9 @@ pub struct Manifest {
     pub backend: String,
     pub precision: String,
 }
+
+/// The manifest's file name inside an artifact directory.
+pub const FILE: &str = "manifest.json";
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REV: &str = env!("LAYERPRUNE_GIT_REV");

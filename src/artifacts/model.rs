@@ -1,0 +1,210 @@
+//! The model an upstream artifact stands for: the base model (`load`), a pruned model (`prune`:
+//! the base plus the list of kept layers, no weights copied) or a healed one (`heal`: a pruned
+//! model plus a LoRA adapter). Evaluation and healing stages take any of them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use burn::tensor::{backend::Backend, DType};
+use serde::{Deserialize, Serialize};
+
+use super::heal::adapter_dir;
+use super::{HealRecord, InputArtifact, LoadRecord, PrunedRecord, Record};
+use crate::heal::adapter::AdapterSet;
+use crate::method::selection::Strategy;
+use crate::model::{ModelFiles, Transformer};
+
+/// How a model came about, for result tables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Variant {
+    /// "base", "pruned" or "healed"
+    pub variant: String,
+    pub strategy: Option<Strategy>,
+    pub fraction: f64,
+    pub n_dropped: usize,
+    pub start: Option<usize>,
+    pub end: Option<usize>,
+    pub healed: bool,
+}
+
+impl Variant {
+    pub fn base() -> Self {
+        Self {
+            variant: "base".into(),
+            strategy: None,
+            fraction: 0.0,
+            n_dropped: 0,
+            start: None,
+            end: None,
+            healed: false,
+        }
+    }
+
+    pub fn pruned(r: &PrunedRecord) -> Self {
+        Self {
+            variant: "pruned".into(),
+            strategy: Some(r.strategy),
+            fraction: r.fraction,
+            n_dropped: r.n,
+            start: Some(r.start),
+            end: Some(r.end),
+            healed: false,
+        }
+    }
+
+    /// The same model after healing.
+    pub fn healed(&self) -> Self {
+        Self {
+            variant: "healed".into(),
+            healed: true,
+            ..self.clone()
+        }
+    }
+
+    /// A short unique name: "base", "pruned/similarity/0.25", "healed/simple/0.25".
+    pub fn label(&self) -> String {
+        match (&self.strategy, self.variant.as_str()) {
+            (None, _) => self.variant.clone(),
+            (Some(s), kind) => format!("{kind}/{s}/{}", self.fraction),
+        }
+    }
+}
+
+/// The record of a model artifact, whichever kind made it.
+#[derive(Debug, Clone)]
+pub enum ModelArtifact {
+    Base(LoadRecord),
+    Pruned(PrunedRecord),
+    Healed(HealRecord),
+}
+
+impl ModelArtifact {
+    /// Read the record of an upstream model artifact (load, prune or heal).
+    pub fn of(input: &InputArtifact) -> Result<Self> {
+        Ok(match input.kind.as_str() {
+            LoadRecord::KIND => Self::Base(LoadRecord::of(input)?),
+            PrunedRecord::KIND => Self::Pruned(PrunedRecord::of(input)?),
+            HealRecord::KIND => Self::Healed(HealRecord::of(input)?),
+            other => bail!(
+                "stage {}: an artifact of kind {other} is not a model ({})",
+                input.stage,
+                input.dir.display()
+            ),
+        })
+    }
+
+    /// The base model it derives from.
+    pub fn base(&self) -> &LoadRecord {
+        match self {
+            Self::Base(r) => r,
+            Self::Pruned(r) => &r.base,
+            Self::Healed(r) => &r.base,
+        }
+    }
+
+    /// Original layer indices the model keeps, in order.
+    pub fn kept(&self) -> Vec<usize> {
+        match self {
+            Self::Base(r) => (0..r.config.num_hidden_layers).collect(),
+            Self::Pruned(r) => r.kept.clone(),
+            Self::Healed(r) => r.kept.clone(),
+        }
+    }
+
+    pub fn variant(&self) -> Variant {
+        match self {
+            Self::Base(_) => Variant::base(),
+            Self::Pruned(r) => Variant::pruned(r),
+            Self::Healed(r) => r.variant.clone(),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        self.variant().label()
+    }
+}
+
+/// An opened model artifact: the base model's files, the layers kept, the adapter if healed.
+pub struct ModelRef {
+    pub files: ModelFiles,
+    /// Original layer indices the model keeps, in order.
+    pub kept: Vec<usize>,
+    pub variant: Variant,
+    /// A PEFT adapter directory (healed models), merged into the weights when built.
+    pub adapter: Option<PathBuf>,
+    /// The artifact key of the model (for naming).
+    pub key: String,
+    pub artifact: ModelArtifact,
+}
+
+impl ModelRef {
+    pub fn open(input: &InputArtifact, cache_root: &Path) -> Result<Self> {
+        let artifact = ModelArtifact::of(input)?;
+        let files = artifact.base().open(cache_root)?;
+        let adapter = matches!(artifact, ModelArtifact::Healed(_)).then(|| adapter_dir(&input.dir));
+        Ok(Self {
+            files,
+            kept: artifact.kept(),
+            variant: artifact.variant(),
+            adapter,
+            key: input.key.clone(),
+            artifact,
+        })
+    }
+
+    /// The unpruned model of opened files (benchmarks, tools): all layers, no adapter.
+    pub fn base(files: ModelFiles, key: &str) -> Self {
+        let artifact = ModelArtifact::Base(LoadRecord::describe(&files));
+        Self {
+            kept: artifact.kept(),
+            variant: Variant::base(),
+            adapter: None,
+            key: key.to_string(),
+            artifact,
+            files,
+        }
+    }
+
+    /// Build the Burn model (kept layers only).
+    pub fn build<B: Backend>(&self, device: &B::Device, dtype: DType) -> Result<Transformer<B>> {
+        let mut model = self.files.build_with_layers(device, dtype, &self.kept)?;
+        if let Some(dir) = &self.adapter {
+            // evaluation in the compute dtype with the adapter merged: W + (alpha / r) B A
+            AdapterSet::load_peft(dir)?.merge_into(&mut model)?;
+        }
+        Ok(model)
+    }
+
+    /// The number of leading base layers the model keeps unchanged (no adapter), when it is a
+    /// pruned model: its stream below that cut equals the base model's.
+    pub fn unchanged_prefix(&self) -> Option<usize> {
+        if self.adapter.is_some() {
+            return None;
+        }
+        let kept = &self.kept;
+        let cut = kept.iter().enumerate().take_while(|(i, k)| i == *k).count();
+        (cut < kept.len() || kept.len() < self.files.config.num_hidden_layers).then_some(cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_kind_strategy_and_fraction() {
+        assert_eq!(Variant::base().label(), "base");
+        let v = Variant {
+            variant: "pruned".into(),
+            strategy: Some(Strategy::Simple),
+            fraction: 0.25,
+            n_dropped: 2,
+            start: Some(5),
+            end: Some(7),
+            healed: false,
+        };
+        assert_eq!(v.label(), "pruned/simple/0.25");
+        assert_eq!(v.healed().label(), "healed/simple/0.25");
+        assert!(v.healed().healed);
+    }
+}

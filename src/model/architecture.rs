@@ -1,0 +1,390 @@
+//! What a decoder layer is made of, per architecture: its norms and linear projections, which of
+//! them belong to the MLP, their shapes from the config, and their names in the Hugging Face and
+//! GGUF layouts. Loading, NF4 quantisation, LoRA targets, export and pruning iterate over this
+//! description instead of listing the parts by hand; a new architecture is one more description
+//! plus the blocks of the forward pass that truly differ.
+
+use anyhow::{bail, Result};
+
+use super::config::{Architecture, ModelConfig};
+
+/// One linear projection of a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// A projection's names and role.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionSpec {
+    pub projection: Projection,
+    /// Hugging Face module name, e.g. "q_proj" (also PEFT's target_modules name).
+    pub name: &'static str,
+    /// Hugging Face parent module: "self_attn" or "mlp".
+    pub group: &'static str,
+    /// llama.cpp's GGUF tensor stem, e.g. "attn_q".
+    pub gguf: &'static str,
+    /// Part of the MLP (the paper's LoRA targets).
+    pub mlp: bool,
+}
+
+/// A per-layer norm weight and its names.
+#[derive(Debug, Clone, Copy)]
+pub struct NormSpec {
+    /// Hugging Face name inside the layer, e.g. "input_layernorm".
+    pub name: &'static str,
+    /// GGUF tensor stem, e.g. "attn_norm".
+    pub gguf: &'static str,
+}
+
+/// A tensor outside the layers: (Hugging Face name, GGUF name).
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalTensor {
+    pub hf: &'static str,
+    pub gguf: &'static str,
+}
+
+/// The parts of one architecture.
+#[derive(Debug)]
+pub struct Layout {
+    /// The prefix of layer `i`'s tensors is `{layer_prefix}.{i}` (Hugging Face layout).
+    pub layer_prefix: &'static str,
+    /// GGUF: `{gguf_layer_prefix}.{i}`.
+    pub gguf_layer_prefix: &'static str,
+    pub norms: &'static [NormSpec],
+    pub projections: &'static [ProjectionSpec],
+    pub embed: GlobalTensor,
+    pub final_norm: GlobalTensor,
+    pub lm_head: GlobalTensor,
+    /// Whether llama.cpp stores q/k rows permuted for its interleaved RoPE (un-permuted at load).
+    pub gguf_rope_permuted: bool,
+}
+
+const LLAMA_NORMS: [NormSpec; 2] = [
+    NormSpec {
+        name: "input_layernorm",
+        gguf: "attn_norm",
+    },
+    NormSpec {
+        name: "post_attention_layernorm",
+        gguf: "ffn_norm",
+    },
+];
+
+const LLAMA_PROJECTIONS: [ProjectionSpec; 7] = [
+    ProjectionSpec {
+        projection: Projection::Q,
+        name: "q_proj",
+        group: "self_attn",
+        gguf: "attn_q",
+        mlp: false,
+    },
+    ProjectionSpec {
+        projection: Projection::K,
+        name: "k_proj",
+        group: "self_attn",
+        gguf: "attn_k",
+        mlp: false,
+    },
+    ProjectionSpec {
+        projection: Projection::V,
+        name: "v_proj",
+        group: "self_attn",
+        gguf: "attn_v",
+        mlp: false,
+    },
+    ProjectionSpec {
+        projection: Projection::O,
+        name: "o_proj",
+        group: "self_attn",
+        gguf: "attn_output",
+        mlp: false,
+    },
+    ProjectionSpec {
+        projection: Projection::Gate,
+        name: "gate_proj",
+        group: "mlp",
+        gguf: "ffn_gate",
+        mlp: true,
+    },
+    ProjectionSpec {
+        projection: Projection::Up,
+        name: "up_proj",
+        group: "mlp",
+        gguf: "ffn_up",
+        mlp: true,
+    },
+    ProjectionSpec {
+        projection: Projection::Down,
+        name: "down_proj",
+        group: "mlp",
+        gguf: "ffn_down",
+        mlp: true,
+    },
+];
+
+const fn llama_layout(gguf_rope_permuted: bool) -> Layout {
+    Layout {
+        layer_prefix: "model.layers",
+        gguf_layer_prefix: "blk",
+        norms: &LLAMA_NORMS,
+        projections: &LLAMA_PROJECTIONS,
+        embed: GlobalTensor {
+            hf: "model.embed_tokens.weight",
+            gguf: "token_embd.weight",
+        },
+        final_norm: GlobalTensor {
+            hf: "model.norm.weight",
+            gguf: "output_norm.weight",
+        },
+        lm_head: GlobalTensor {
+            hf: "lm_head.weight",
+            gguf: "output.weight",
+        },
+        gguf_rope_permuted,
+    }
+}
+
+/// Llama and Mistral: llama.cpp permutes q/k for its interleaved RoPE.
+static LLAMA: Layout = llama_layout(true);
+/// Qwen2: the Llama block with q/k/v biases; llama.cpp keeps NEOX (half-split) RoPE as is.
+static QWEN2: Layout = llama_layout(false);
+
+impl Architecture {
+    pub const ALL: [Architecture; 3] = [Self::Llama, Self::Mistral, Self::Qwen2];
+
+    pub fn layout(self) -> &'static Layout {
+        match self {
+            Self::Llama | Self::Mistral => &LLAMA,
+            Self::Qwen2 => &QWEN2,
+        }
+    }
+}
+
+impl Layout {
+    pub fn projection(&self, p: Projection) -> &ProjectionSpec {
+        self.projections
+            .iter()
+            .find(|s| s.projection == p)
+            .expect("every projection of a layout has a spec")
+    }
+
+    /// The projection named `name` (Hugging Face module name), or an error listing the known names.
+    pub fn projection_named(&self, name: &str) -> Result<&ProjectionSpec> {
+        match self.projections.iter().find(|s| s.name == name) {
+            Some(s) => Ok(s),
+            None => bail!(
+                "unknown module {name:?} (known: {})",
+                self.projection_names().join(", ")
+            ),
+        }
+    }
+
+    pub fn projection_names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|s| s.name).collect()
+    }
+
+    /// Hugging Face name of a layer tensor: `model.layers.{i}.{group}.{name}.{suffix}`.
+    pub fn projection_tensor(&self, layer: usize, spec: &ProjectionSpec, suffix: &str) -> String {
+        format!(
+            "{}.{layer}.{}.{}.{suffix}",
+            self.layer_prefix, spec.group, spec.name
+        )
+    }
+
+    pub fn norm_tensor(&self, layer: usize, norm: &NormSpec) -> String {
+        format!("{}.{layer}.{}.weight", self.layer_prefix, norm.name)
+    }
+
+    /// The tensors of one layer in Hugging Face naming relative to the layer prefix
+    /// (norm weights, projection weights, and the biases the config enables).
+    pub fn layer_tensor_suffixes(&self, cfg: &ModelConfig) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .norms
+            .iter()
+            .map(|n| format!("{}.weight", n.name))
+            .collect();
+        v.extend(
+            self.projections
+                .iter()
+                .map(|p| format!("{}.{}.weight", p.group, p.name)),
+        );
+        v.extend(
+            self.projections
+                .iter()
+                .filter(|p| p.projection.has_bias(cfg))
+                .map(|p| format!("{}.{}.bias", p.group, p.name)),
+        );
+        v
+    }
+
+    /// Map a Hugging Face tensor name to llama.cpp's GGUF name.
+    pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        for g in [&self.embed, &self.final_norm, &self.lm_head] {
+            if hf == g.hf {
+                return Some(g.gguf.into());
+            }
+        }
+        let rest = hf.strip_prefix(self.layer_prefix)?.strip_prefix('.')?;
+        let (layer, name) = rest.split_once('.')?;
+        if let Some(n) = self
+            .norms
+            .iter()
+            .find(|n| name == format!("{}.weight", n.name))
+        {
+            return Some(format!(
+                "{}.{layer}.{}.weight",
+                self.gguf_layer_prefix, n.gguf
+            ));
+        }
+        for p in self.projections {
+            for suffix in ["weight", "bias"] {
+                if name == format!("{}.{}.{suffix}", p.group, p.name) {
+                    return Some(format!(
+                        "{}.{layer}.{}.{suffix}",
+                        self.gguf_layer_prefix, p.gguf
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// The projection a Hugging Face layer-tensor name belongs to: (layer, spec).
+    pub fn parse_projection_tensor(&self, hf: &str) -> Option<(usize, &ProjectionSpec)> {
+        let rest = hf.strip_prefix(self.layer_prefix)?.strip_prefix('.')?;
+        let mut parts = rest.split('.');
+        let layer = parts.next()?.parse().ok()?;
+        let group = parts.next()?;
+        let name = parts.next()?;
+        let spec = self
+            .projections
+            .iter()
+            .find(|p| p.group == group && p.name == name)?;
+        Some((layer, spec))
+    }
+}
+
+/// Every projection name of every architecture, in layout order (what LoRA can target).
+pub fn known_modules() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for a in Architecture::ALL {
+        for n in a.layout().projection_names() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
+/// The Hugging Face parent module ("self_attn", "mlp") of a projection name, where every
+/// architecture agrees on it (PEFT tensor names need it).
+pub fn module_group(name: &str) -> Option<&'static str> {
+    let mut group = None;
+    for a in Architecture::ALL {
+        if let Some(s) = a.layout().projections.iter().find(|s| s.name == name) {
+            match group {
+                None => group = Some(s.group),
+                Some(g) if g == s.group => {}
+                Some(_) => return None,
+            }
+        }
+    }
+    group
+}
+
+impl Projection {
+    /// (in_features, out_features) from the config.
+    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, q, kv, ff) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        match self {
+            Self::Q => (h, q),
+            Self::K | Self::V => (h, kv),
+            Self::O => (q, h),
+            Self::Gate | Self::Up => (h, ff),
+            Self::Down => (ff, h),
+        }
+    }
+
+    pub fn has_bias(self, c: &ModelConfig) -> bool {
+        match self {
+            Self::Q | Self::K | Self::V => c.qkv_bias,
+            Self::O => c.o_bias,
+            Self::Gate | Self::Up | Self::Down => false,
+        }
+    }
+
+    /// RoPE heads of a projection whose rows llama.cpp permutes (q and k).
+    pub fn rope_heads(self, c: &ModelConfig) -> Option<usize> {
+        match self {
+            Self::Q => Some(c.num_attention_heads),
+            Self::K => Some(c.num_key_value_heads),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names_follow_llama_cpp() {
+        let l = Architecture::Llama.layout();
+        assert_eq!(
+            l.gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(
+            l.gguf_name("model.layers.3.self_attn.q_proj.weight")
+                .as_deref(),
+            Some("blk.3.attn_q.weight")
+        );
+        assert_eq!(
+            l.gguf_name("model.layers.0.self_attn.o_proj.bias")
+                .as_deref(),
+            Some("blk.0.attn_output.bias")
+        );
+        assert_eq!(
+            l.gguf_name("model.layers.12.post_attention_layernorm.weight")
+                .as_deref(),
+            Some("blk.12.ffn_norm.weight")
+        );
+        assert_eq!(
+            l.gguf_name("model.layers.1.mlp.down_proj.weight")
+                .as_deref(),
+            Some("blk.1.ffn_down.weight")
+        );
+        assert_eq!(l.gguf_name("model.layers.1.mlp.nope.weight"), None);
+        assert!(Architecture::Llama.layout().gguf_rope_permuted);
+        assert!(!Architecture::Qwen2.layout().gguf_rope_permuted);
+    }
+
+    #[test]
+    fn projection_tensor_names_round_trip() {
+        let l = Architecture::Llama.layout();
+        for spec in l.projections {
+            let name = l.projection_tensor(5, spec, "weight");
+            let (layer, back) = l.parse_projection_tensor(&name).unwrap();
+            assert_eq!((layer, back.projection), (5, spec.projection));
+        }
+        assert!(l.projection_named("gate_proj").unwrap().mlp);
+        assert_eq!(module_group("down_proj"), Some("mlp"));
+        assert_eq!(module_group("o_proj"), Some("self_attn"));
+        assert_eq!(known_modules().len(), 7);
+        let err = l.projection_named("w1").unwrap_err().to_string();
+        assert!(err.contains("known: q_proj, k_proj"), "{err}");
+    }
+}
