@@ -1,9 +1,12 @@
 //! sha256 of files, computed once per (path, size, mtime) and remembered in a small table under
-//! the cache root, so that multi-GB weights are not re-hashed on every run.
+//! the cache root, so that multi-GB weights are not re-hashed on every run. The table is read
+//! once per process and written once per hashing call that added entries; entries whose files
+//! are gone are dropped when it is written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result};
@@ -40,72 +43,163 @@ pub fn sha256_file_uncached(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// One cache root's remembered digests, shared by every `DigestCache` of the process: read
+/// from disk once, written once per hashing call that added entries.
+struct Table {
+    file: PathBuf,
+    entries: BTreeMap<String, Entry>,
+    /// Entries added since the last write.
+    dirty: bool,
+}
+
+/// How often this process read and wrote digest tables (tests hold the count down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+static STATS: Mutex<TableStats> = Mutex::new(TableStats {
+    reads: 0,
+    writes: 0,
+});
+
+pub fn table_stats() -> TableStats {
+    *STATS.lock().expect("digest stats lock")
+}
+
+fn read_table(file: &Path) -> BTreeMap<String, Entry> {
+    STATS.lock().expect("digest stats lock").reads += 1;
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn tables() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<Table>>>> {
+    static TABLES: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<Table>>>>> = OnceLock::new();
+    TABLES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl Table {
+    /// Write the table if it gained entries: merged with what other processes wrote meanwhile
+    /// (ours win), without the entries whose files are gone. The table is only a speed-up:
+    /// failing to save it must not fail the caller.
+    fn flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let mut merged = read_table(&self.file);
+        merged.extend(std::mem::take(&mut self.entries));
+        merged.retain(|path, _| Path::new(path).exists());
+        if let Ok(bytes) = serde_json::to_vec(&merged) {
+            if crate::fsutil::atomic_write(&self.file, &bytes).is_ok() {
+                STATS.lock().expect("digest stats lock").writes += 1;
+            }
+        }
+        self.entries = merged;
+        self.dirty = false;
+    }
+}
+
 /// The remembered digests, one JSON file under the cache root.
 pub struct DigestCache {
-    file: PathBuf,
+    table: Arc<Mutex<Table>>,
+}
+
+/// (size, mtime in ns) of a file, canonical path.
+fn stat(path: &Path) -> Result<(PathBuf, u64, u128)> {
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("no such file: {}", path.display()))?;
+    let meta =
+        std::fs::metadata(&canonical).with_context(|| format!("cannot stat {}", path.display()))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok((canonical, meta.len(), mtime_ns))
 }
 
 impl DigestCache {
     pub fn new(cache_root: &Path) -> Self {
-        Self {
-            file: cache_root.join("digests.json"),
-        }
+        let file = cache_root.join("digests.json");
+        let mut all = tables().lock().expect("digest tables lock");
+        let table = all
+            .entry(file.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Table {
+                    entries: read_table(&file),
+                    file,
+                    dirty: false,
+                }))
+            })
+            .clone();
+        Self { table }
     }
 
-    fn load(&self) -> BTreeMap<String, Entry> {
-        std::fs::read_to_string(&self.file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    /// sha256 of `path`; hashed only when its size or mtime differ from the remembered entry.
-    pub fn sha256(&self, path: &Path) -> Result<String> {
-        let canonical = std::fs::canonicalize(path)
-            .with_context(|| format!("no such file: {}", path.display()))?;
-        let meta = std::fs::metadata(&canonical)
-            .with_context(|| format!("cannot stat {}", path.display()))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+    /// sha256 of `path` without writing the table.
+    fn lookup_or_hash(&self, path: &Path) -> Result<String> {
+        let (canonical, size, mtime_ns) = stat(path)?;
         let key = canonical.to_string_lossy().to_string();
-        if let Some(e) = self.load().get(&key) {
-            if e.size == meta.len() && e.mtime_ns == mtime_ns {
-                return Ok(e.sha256.clone());
+        {
+            let t = self.table.lock().expect("digest table lock");
+            if let Some(e) = t.entries.get(&key) {
+                if e.size == size && e.mtime_ns == mtime_ns {
+                    return Ok(e.sha256.clone());
+                }
             }
         }
         let sha256 = sha256_file_uncached(&canonical)?;
-        // Re-read before writing so concurrent processes lose at most their own entry.
-        let mut table = self.load();
-        table.insert(
+        let mut t = self.table.lock().expect("digest table lock");
+        t.entries.insert(
             key,
             Entry {
-                size: meta.len(),
+                size,
                 mtime_ns,
                 sha256: sha256.clone(),
             },
         );
-        // The table is only a speed-up: failing to save it must not fail the caller.
-        if let Ok(bytes) = serde_json::to_vec(&table) {
-            let _ = crate::fsutil::atomic_write(&self.file, &bytes);
-        }
+        t.dirty = true;
         Ok(sha256)
     }
 
+    fn flush(&self) {
+        self.table.lock().expect("digest table lock").flush();
+    }
+
+    /// sha256 of `path`; hashed only when its size or mtime differ from the remembered entry.
+    pub fn sha256(&self, path: &Path) -> Result<String> {
+        let r = self.lookup_or_hash(path);
+        self.flush();
+        r
+    }
+
     /// One digest for a directory: sha256 over the sorted "relative-path sha256" lines of its
-    /// regular files (recursively).
+    /// regular files (recursively); the table is written once, at the end.
     pub fn sha256_dir(&self, dir: &Path) -> Result<String> {
         let mut files = Vec::new();
         collect_files(dir, dir, &mut files)?;
+        self.sha256_files(dir, files)
+    }
+
+    /// The directory digest over the given files (relative to `dir`) only.
+    pub fn sha256_files(&self, dir: &Path, mut files: Vec<PathBuf>) -> Result<String> {
         files.sort();
         let mut lines = String::new();
+        let mut result = Ok(());
         for rel in files {
-            let h = self.sha256(&dir.join(&rel))?;
-            lines.push_str(&format!("{} {h}\n", rel.to_string_lossy()));
+            match self.lookup_or_hash(&dir.join(&rel)) {
+                Ok(h) => lines.push_str(&format!("{} {h}\n", rel.to_string_lossy())),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
+        self.flush();
+        result?;
         Ok(sha256_bytes(lines.as_bytes()))
     }
 }
@@ -122,4 +216,69 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_hashed_with_one_table_read_and_one_write_and_gone_files_are_pruned() {
+        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            std::fs::write(data.path().join(format!("{i:04}.txt")), format!("doc {i}")).unwrap();
+        }
+        let before = table_stats();
+        let cache = DigestCache::new(root.path());
+        let first = cache.sha256_dir(data.path()).unwrap();
+        let mid = table_stats();
+        // one read of this root's table and one write for 300 new files (a table read and
+        // write per file would be ~600 of each); other unit tests hashing concurrently add a few
+        assert!(mid.writes > before.writes);
+        assert!(mid.reads - before.reads < 20, "{before:?} -> {mid:?}");
+        assert!(mid.writes - before.writes < 20, "{before:?} -> {mid:?}");
+        // a second pass over the unchanged folder: no hashing, no write of this table
+        let again = DigestCache::new(root.path())
+            .sha256_dir(data.path())
+            .unwrap();
+        assert_eq!(first, again);
+        let table: BTreeMap<String, Entry> = serde_json::from_str(
+            &std::fs::read_to_string(root.path().join("digests.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(table.len(), 300);
+        // a removed file's entry is dropped the next time the table is written
+        std::fs::remove_file(data.path().join("0000.txt")).unwrap();
+        std::fs::write(data.path().join("new.txt"), "new").unwrap();
+        DigestCache::new(root.path())
+            .sha256_dir(data.path())
+            .unwrap();
+        let table: BTreeMap<String, Entry> = serde_json::from_str(
+            &std::fs::read_to_string(root.path().join("digests.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(table.len(), 300);
+        assert!(!table.keys().any(|k| k.ends_with("0000.txt")));
+    }
+
+    #[test]
+    fn the_table_of_one_root_is_written_once_per_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            std::fs::write(data.path().join(format!("{i}.txt")), format!("{i}")).unwrap();
+        }
+        let cache = DigestCache::new(root.path());
+        let file = root.path().join("digests.json");
+        cache.sha256_dir(data.path()).unwrap();
+        let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.sha256_dir(data.path()).unwrap();
+        // nothing new: the table is not rewritten
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            written
+        );
+    }
 }

@@ -1,96 +1,14 @@
 //! The pipeline runner end to end, through the binary, on the cheap `test-value` stage kind
 //! (enabled by LAYERPRUNE_TEST_STAGES=1).
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+use common::cli::{stderr, stdout, Env};
 
-impl Env {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn write(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_layerprune"));
-        c.args(args)
-            .arg("--cache-dir")
-            .arg(self.path("cache"))
-            .current_dir(self.dir.path())
-            .env("LAYERPRUNE_TEST_STAGES", "1")
-            .env("LAYERPRUNE_TEST_LOG", self.path("exec.log"))
-            .env("RUST_LOG", "info")
-            .env_remove("LAYERPRUNE_CACHE");
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-    /// (job, status, reason) rows of results/<name>/jobs.csv
-    fn jobs(&self, name: &str) -> Vec<(String, String, String)> {
-        let mut r = csv::Reader::from_path(self.path(&format!("results/{name}/jobs.csv"))).unwrap();
-        r.records()
-            .map(|x| x.unwrap())
-            .map(|x| (x[0].to_string(), x[4].to_string(), x[5].to_string()))
-            .collect()
-    }
-    fn exec_log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path("exec.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-const SWEEP: &str = r#"
-name = "sweep"
-
-[sweep]
-x = [1, 2, 3]
-
-[stages.base]
-kind = "test-value"
-value = 10
-
-[stages.per_x]
-kind = "test-value"
-value = "${x}"
-inputs = { parent = "base" }
-
-[stages.side]
-kind = "test-value"
-value = 5
-
-[stages.total]
-kind = "test-value"
-inputs = { gather = ["per_x", "side"] }
-"#;
+/// A sweep over x with a gathering stage (also used by the pipeline unit tests).
+const SWEEP: &str = include_str!("fixtures/pipelines/sweep.toml");
 
 fn value_of(env: &Env, name: &str, job: &str) -> f64 {
     let _ = name;
@@ -646,27 +564,7 @@ fn stages_lists_kinds_with_their_documented_defaults() {
 #[test]
 fn a_list_of_stages_in_a_one_job_input_fans_the_stage_out() {
     let env = Env::new();
-    env.write(
-        "p.toml",
-        r#"
-name = "fan"
-[sweep]
-x = [1, 2, 3]
-[stages.base]
-kind = "test-value"
-value = 10
-[stages.per_x]
-kind = "test-value"
-value = "${x}"
-[stages.consumer]
-kind = "test-value"
-value = 100
-inputs = { parent = ["base", "per_x"] }
-[stages.total]
-kind = "test-value"
-inputs = { gather = ["consumer"] }
-"#,
-    );
+    env.write("p.toml", include_str!("fixtures/pipelines/fan.toml"));
     let o = env.run(&["plan", "p.toml"]);
     let text = stdout(&o);
     assert!(

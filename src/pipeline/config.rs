@@ -414,6 +414,16 @@ fn check_name(origins: &Origins, name: &str) -> Result<(), ConfigError> {
             format!("\"{name}\" is not a valid pipeline name (letters, digits, '-', '_', '.')"),
         ));
     }
+    // the name is a directory under results/: it must not be "." or ".." (or start with a dot,
+    // which would hide it)
+    if name.starts_with('.') {
+        return Err(origins.error(
+            "name",
+            format!(
+                "\"{name}\" is not a valid pipeline name: it must not start with '.' (results go to results/<name>/)"
+            ),
+        ));
+    }
     Ok(())
 }
 

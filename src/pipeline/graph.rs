@@ -758,43 +758,9 @@ mod tests {
     use crate::pipeline::config::load_text;
     use serde_json::json;
 
-    const SWEEP: &str = r#"
-name = "sweep"
-[sweep]
-x = [1, 2, 3]
-[stages.base]
-kind = "test-value"
-value = 10
-[stages.per_x]
-kind = "test-value"
-value = "${x}"
-inputs = { parent = "base" }
-[stages.side]
-kind = "test-value"
-value = 5
-[stages.total]
-kind = "test-value"
-inputs = { gather = ["per_x", "side"] }
-"#;
+    const SWEEP: &str = include_str!("../../tests/fixtures/pipelines/sweep.toml");
 
-    const FAN: &str = r#"
-name = "fan"
-[sweep]
-x = [1, 2, 3]
-[stages.base]
-kind = "test-value"
-value = 10
-[stages.per_x]
-kind = "test-value"
-value = "${x}"
-[stages.consumer]
-kind = "test-value"
-value = 100
-inputs = { parent = ["base", "per_x"] }
-[stages.total]
-kind = "test-value"
-inputs = { gather = ["consumer"] }
-"#;
+    const FAN: &str = include_str!("../../tests/fixtures/pipelines/fan.toml");
 
     /// A pipeline from text (the cheap `test-value` kind is registered in unit tests).
     fn config(text: &str) -> PipelineConfig {

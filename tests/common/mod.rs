@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
