@@ -100,6 +100,9 @@ enum Command {
         sets: Vec<String>,
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        /// Re-hash every cached artifact before calling it cached.
+        #[arg(long)]
+        verify: bool,
     },
     /// The artifact cache.
     Cache {
@@ -122,10 +125,15 @@ enum CacheCommand {
     Ls,
     /// Re-hash every artifact against its manifest (exit code 1 if any is corrupt).
     Verify,
-    /// Remove artifacts that none of the given pipelines reaches, and leftovers of interrupted jobs.
+    /// Remove artifacts that none of the given pipelines reaches, and leftovers of interrupted
+    /// jobs; anything a running job holds is skipped. Needs the pipeline files, or --all.
     Gc {
         /// The pipelines whose artifacts are kept.
         files: Vec<PathBuf>,
+        /// Remove every artifact (instead of naming pipelines to keep).
+        #[arg(long)]
+        all: bool,
+        /// Only print what would be removed.
         #[arg(long)]
         dry_run: bool,
     },
@@ -211,14 +219,24 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Writing to a closed stdout (`layerprune inspect M | head -1`) ends the process quietly,
+    // as Unix tools do, instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // every process-wide option from the environment, read once, here
-    layerprune::runtime::install(layerprune::runtime::RuntimeOptions::from_env());
+    layerprune::runtime::install(layerprune::runtime::RuntimeOptions {
+        log_json: matches!(cli.log_format, LogFormat::Json),
+        ..layerprune::runtime::RuntimeOptions::from_env()
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            commands::pipeline_cmds::report_error(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }
@@ -248,8 +266,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cache_cli,
             })?));
         }
-        Command::Plan { file, sets, force } => {
-            return Ok(ExitCode::from(pc::plan(&file, &sets, &force, cache_cli)?))
+        Command::Plan {
+            file,
+            sets,
+            force,
+            verify,
+        } => {
+            return Ok(ExitCode::from(pc::plan(
+                &file, &sets, &force, verify, cache_cli,
+            )?))
         }
         Command::Cache {
             what: CacheCommand::Ls,
@@ -258,8 +283,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             what: CacheCommand::Verify,
         } => return Ok(ExitCode::from(pc::cache_verify(&cache_root)?)),
         Command::Cache {
-            what: CacheCommand::Gc { files, dry_run },
-        } => return Ok(ExitCode::from(pc::cache_gc(&files, cache_cli, dry_run)?)),
+            what:
+                CacheCommand::Gc {
+                    files,
+                    all,
+                    dry_run,
+                },
+        } => {
+            return Ok(ExitCode::from(pc::cache_gc(
+                &files, all, cache_cli, dry_run,
+            )?))
+        }
         Command::Stages => return Ok(ExitCode::from(pc::stages()?)),
         Command::Inspect { model, json } => {
             let report = commands::inspect::inspect(&model, &cache_root)?;
@@ -276,7 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             device,
         } => {
-            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             let task = commands::forward::ForwardTask {
                 files: &files,
                 prompt: &prompt,
@@ -308,7 +342,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                 },
         } => {
-            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             commands::bench::forward(
                 &files,
                 sequences,
@@ -329,7 +363,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                 },
         } => {
-            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             commands::bench::heal(
                 &files,
                 batch,
@@ -349,7 +383,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                 },
         } => {
-            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             let data = source::resolve_str(DEFAULT_EVAL_DATA, &cache_root)?;
             commands::bench::mmlu(
                 files,
@@ -371,7 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                 },
         } => {
-            let files = ModelFiles::open(source::resolve_str(&model, &cache_root)?)?;
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             let text = source::resolve_str(&text, &cache_root)?;
             commands::bench::similarity(
                 &files,

@@ -23,6 +23,8 @@ pub struct RuntimeOptions {
     pub test_log: Option<std::path::PathBuf>,
     /// `LAYERPRUNE_TEST_NO_SLEEP=1`: the test stage kinds skip their sleep (resume tests).
     pub test_no_sleep: bool,
+    /// `--log-format json`: errors for the user go to the JSON log too (set by `main`).
+    pub log_json: bool,
 }
 
 fn available_cores() -> usize {
@@ -40,6 +42,7 @@ impl Default for RuntimeOptions {
             cpu_threads: available_cores(),
             test_log: None,
             test_no_sleep: false,
+            log_json: false,
         }
     }
 }
@@ -59,6 +62,7 @@ impl RuntimeOptions {
                 .unwrap_or_else(available_cores),
             test_log: std::env::var_os("LAYERPRUNE_TEST_LOG").map(Into::into),
             test_no_sleep: var("LAYERPRUNE_TEST_NO_SLEEP").is_some(),
+            log_json: false,
         }
     }
 }

@@ -41,6 +41,12 @@ impl BackendTask for ForwardTask<'_> {
         let batch = TokenBatch::right_padded(std::slice::from_ref(&ids), 0);
         let out = model.forward(&batch, Capture::FinalToken, Logits::FinalToken)?;
         let logits: Vec<f32> = to_f32_vec(out.final_logits.unwrap())?;
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            anyhow::bail!(
+                "forward: the logit of token {i} is not finite ({})",
+                logits[i]
+            );
+        }
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         let top = order

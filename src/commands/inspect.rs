@@ -20,7 +20,7 @@ pub struct InspectReport {
 }
 
 pub fn inspect(model: &str, cache_root: &Path) -> Result<InspectReport> {
-    let files = ModelFiles::open(source::resolve_str(model, cache_root)?)?;
+    let files = ModelFiles::open(source::resolve_model_str(model, cache_root)?)?;
     Ok(InspectReport {
         source: files.source.spec.to_string(),
         path: files.source.path.display().to_string(),

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::pipeline::{self, ConfigError, JobGraph, PipelineConfig};
 use crate::runner::{self, exit, results, store::Status, store::Store, RunOptions};
@@ -24,24 +24,41 @@ pub fn load_graph(
     let cfg = pipeline::load(file, sets)?;
     let cache_root = cache_root_for(&cfg, cache_cli);
     let graph = pipeline::expand(&cfg, &cache_root)?;
+    warn_unused_axes(&cfg, &graph);
     Ok((cfg, graph, cache_root))
+}
+
+fn warn_unused_axes(cfg: &PipelineConfig, graph: &JobGraph) {
+    for axis in graph.unused_axes(cfg) {
+        tracing::warn!(
+            "{}: the sweep axis \"{axis}\" is used by no stage (reference it as \"${{{axis}}}\" in a stage's parameters)",
+            cfg.file.display()
+        );
+    }
 }
 
 pub fn plan(
     file: &Path,
     sets: &[String],
     force: &[String],
+    verify: bool,
     cache_cli: Option<&Path>,
 ) -> Result<u8> {
     let (cfg, graph, cache_root) = match load_graph(file, sets, cache_cli) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string());
             return Ok(exit::CONFIG);
         }
     };
-    let force = check_force(&cfg, force)?;
-    let planned = runner::plan(&cfg, &graph, &cache_root, &force);
+    let force = match check_force(&cfg, force) {
+        Ok(f) => f,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    };
+    let planned = runner::plan(&cfg, &graph, &cache_root, &force, verify);
     let width = planned.iter().map(|p| p.label.len()).max().unwrap_or(0);
     println!(
         "pipeline {} ({} jobs; cache {})",
@@ -87,26 +104,44 @@ pub struct RunArgs<'a> {
 
 pub fn run(args: RunArgs) -> Result<u8> {
     let started_at = runner::now_rfc3339();
-    let (cfg, graph, cache_root) = match load_graph(args.file, args.sets, args.cache_cli) {
-        Ok(x) => x,
+    // the configuration first (cheap), then the pipeline's lock, then the graph (which hashes
+    // sources): --no-wait answers at once
+    let cfg = match pipeline::load(args.file, args.sets) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string());
             return Ok(exit::CONFIG);
         }
     };
-    let force = check_force(&cfg, args.force)?;
+    let cache_root = cache_root_for(&cfg, args.cache_cli);
+    let force = match check_force(&cfg, args.force) {
+        Ok(f) => f,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    };
     let Some(_lock) = runner::lock_pipeline(&cache_root, &cfg.name, args.no_wait)? else {
-        eprintln!("error: another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display());
+        report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
     };
+    let graph = match pipeline::expand(&cfg, &cache_root) {
+        Ok(g) => g,
+        Err(e) => {
+            report_error(&e.to_string());
+            return Ok(exit::CONFIG);
+        }
+    };
+    warn_unused_axes(&cfg, &graph);
     let results_dir = cfg.results_dir.join(&cfg.name);
-    results::write_resolved(&cfg, &results_dir)?;
     tracing::info!(
         "pipeline {}: {} jobs, cache {}",
         cfg.name,
         graph.jobs.len(),
         cache_root.display()
     );
+    // from here on the run records itself whatever happens: a failure is exit 1, never 2
+    let mut run_error = results::write_resolved(&cfg, &results_dir).err();
     let summary = runner::run(
         &cfg,
         &graph,
@@ -116,16 +151,30 @@ pub fn run(args: RunArgs) -> Result<u8> {
             verify: args.verify,
             runtime: crate::runtime::current().clone(),
         },
-    )?;
-    let code = summary.exit_code();
-    results::write_jobs(&summary, &results_dir)?;
-    results::append_run(
-        &results_dir,
-        &started_at,
-        &runner::now_rfc3339(),
-        &summary,
-        code,
-    )?;
+    );
+    if let Some(e) = &summary.error {
+        run_error.get_or_insert_with(|| anyhow::anyhow!("{e}"));
+    }
+    let code = if run_error.is_some() {
+        exit::JOBS_FAILED
+    } else {
+        summary.exit_code()
+    };
+    for step in [
+        results::write_jobs(&summary, &results_dir),
+        results::mark_stale(&summary, &results_dir, &started_at),
+        results::append_run(
+            &results_dir,
+            &started_at,
+            &runner::now_rfc3339(),
+            &summary,
+            code,
+        ),
+    ] {
+        if let Err(e) = step {
+            run_error.get_or_insert(e);
+        }
+    }
     println!(
         "pipeline {}: {} jobs run, {} cached, {} failed, {} skipped; results in {}",
         cfg.name,
@@ -140,7 +189,21 @@ pub fn run(args: RunArgs) -> Result<u8> {
             println!("  {}: {e}", j.label);
         }
     }
+    if let Some(e) = run_error {
+        report_error(&format!("{e:#}"));
+        return Ok(exit::JOBS_FAILED);
+    }
     Ok(code)
+}
+
+/// An error for the user: plain "error: ..." on stderr, or a JSON log line with
+/// `--log-format json`.
+pub fn report_error(message: &str) {
+    if crate::runtime::current().log_json {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
 }
 
 pub fn cache_ls(cache_root: &Path) -> Result<u8> {
@@ -185,15 +248,32 @@ pub fn cache_verify(cache_root: &Path) -> Result<u8> {
     })
 }
 
-/// Remove artifacts that none of the given pipelines reaches (and leftovers of interrupted jobs).
-pub fn cache_gc(files: &[PathBuf], cache_cli: Option<&Path>, dry_run: bool) -> Result<u8> {
+/// Remove artifacts that none of the given pipelines reaches (every artifact with `all`), and
+/// leftovers of interrupted jobs; never anything whose key a running job holds.
+pub fn cache_gc(
+    files: &[PathBuf],
+    all: bool,
+    cache_cli: Option<&Path>,
+    dry_run: bool,
+) -> Result<u8> {
+    if files.is_empty() && !all {
+        report_error(
+            "cache gc: name the pipeline files whose artifacts to keep (cache gc FILE...), \
+             or remove every artifact with --all",
+        );
+        return Ok(exit::CONFIG);
+    }
+    if !files.is_empty() && all {
+        report_error("cache gc: --all removes every artifact; give either pipeline files or --all");
+        return Ok(exit::CONFIG);
+    }
     let mut keep = BTreeSet::new();
     let mut roots = BTreeSet::new();
     for f in files {
         let (_, graph, root) = match load_graph(f, &[], cache_cli) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("error: {e}");
+                report_error(&e.to_string());
                 return Ok(exit::CONFIG);
             }
         };
@@ -207,7 +287,8 @@ pub fn cache_gc(files: &[PathBuf], cache_cli: Option<&Path>, dry_run: bool) -> R
                 .unwrap_or_else(crate::paths::default_cache_root),
         );
     }
-    let (mut removed, mut kept, mut bytes) = (0, 0, 0u64);
+    let verb = if dry_run { "would remove" } else { "removing" };
+    let (mut removed, mut kept, mut busy, mut bytes) = (0, 0, 0, 0u64);
     for root in roots {
         let store = Store::new(&root);
         for (kind, key, dir) in store.list() {
@@ -215,32 +296,41 @@ pub fn cache_gc(files: &[PathBuf], cache_cli: Option<&Path>, dry_run: bool) -> R
                 kept += 1;
                 continue;
             }
+            let Some(_lock) = store.try_lock(&kind, &key)? else {
+                busy += 1;
+                println!("skipping {kind}/{key}: a running job holds it");
+                continue;
+            };
             bytes += walk_size(&dir);
             removed += 1;
-            println!(
-                "{} {kind}/{key}",
-                if dry_run { "would remove" } else { "removing" }
-            );
+            println!("{verb} {kind}/{key}");
             if !dry_run {
-                let _lock = store.lock(&kind, &key)?;
-                std::fs::remove_dir_all(&dir)?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
             }
         }
-        for tmp in store.leftovers() {
-            println!(
-                "{} leftover {}",
-                if dry_run { "would remove" } else { "removing" },
-                tmp.display()
-            );
+        for (kind, key, tmp) in store.leftovers() {
+            let Some(_lock) = store.try_lock(&kind, &key)? else {
+                busy += 1;
+                println!("skipping {}: a running job is writing it", tmp.display());
+                continue;
+            };
+            println!("{verb} leftover {}", tmp.display());
             if !dry_run {
-                let _ = std::fs::remove_dir_all(&tmp);
+                std::fs::remove_dir_all(&tmp)
+                    .with_context(|| format!("cannot remove {}", tmp.display()))?;
             }
         }
     }
     println!(
-        "{removed} artifacts ({}) {}, {kept} kept",
+        "{removed} artifacts ({}) {}, {kept} kept{}",
         human_size(bytes),
-        if dry_run { "unreachable" } else { "removed" }
+        if dry_run { "unreachable" } else { "removed" },
+        if busy > 0 {
+            format!(", {busy} in use skipped")
+        } else {
+            String::new()
+        }
     );
     Ok(exit::SUCCESS)
 }

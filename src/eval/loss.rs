@@ -79,5 +79,11 @@ pub fn window_losses<B: Backend>(
     for p in parts {
         out.extend(p?);
     }
+    if let Some(i) = out.iter().position(|(s, _)| !s.is_finite()) {
+        anyhow::bail!(
+            "eval-loss: the loss of window {i} is not finite ({})",
+            out[i].0
+        );
+    }
     Ok(out)
 }

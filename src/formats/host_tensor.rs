@@ -2,6 +2,8 @@
 //! (safetensors, GGUF) and the Burn model, and the place where layout fixes happen once
 //! (transposes, q/k RoPE permutation, layer selection).
 
+use std::path::Path;
+
 use anyhow::{bail, Result};
 
 /// A row-major matrix [rows, cols] transposed to [cols, rows].
@@ -31,6 +33,19 @@ impl HostTensor {
     }
 
     /// Transpose a matrix [r, c] -> [c, r].
+    /// An error naming the tensor and `origin` (its file) if any value is NaN or infinite.
+    pub fn check_finite(&self, name: &str, origin: &Path) -> Result<()> {
+        if let Some(i) = self.data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value ({} at flat index {i} of shape {:?})",
+                origin.display(),
+                self.data[i],
+                self.shape
+            );
+        }
+        Ok(())
+    }
+
     pub fn transposed(&self) -> Self {
         assert_eq!(self.shape.len(), 2, "transposed() needs a matrix");
         let (r, c) = (self.shape[0], self.shape[1]);

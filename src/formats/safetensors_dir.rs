@@ -115,6 +115,11 @@ impl SafetensorsSet {
         }
     }
 
+    /// The shard file holding tensor `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.shards[i].path.as_path())
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -129,11 +129,20 @@ pub fn measure<B: Backend>(
     let hidden = model.config.hidden_size;
     let mut acc = Accumulator::new(layers);
     let mut progress = Progress::new(rows.len() as u64, "similarity");
+    let mut done = 0;
     for chunk in rows.chunks(batch.max(1)) {
         let tb = TokenBatch::right_padded(chunk, pad_id);
         let out = model.forward_parallel(&tb, Capture::FinalToken, Logits::None, workers)?;
         let flat = to_f32_vec(out.final_token_boundaries.expect("requested"))?; // [L + 1, b, hidden]
         let b = chunk.len();
+        if let Some(k) = flat.iter().position(|x| !x.is_finite()) {
+            let (l, i) = (k / hidden / b, k / hidden % b);
+            anyhow::bail!(
+                "similarity: the residual stream x({l}) of sample {} is not finite (NaN or infinity): \
+                 the model's activations overflow in this precision",
+                done + i
+            );
+        }
         for i in 0..b {
             let mut sample = Vec::with_capacity((layers + 1) * hidden);
             for l in 0..=layers {
@@ -142,6 +151,7 @@ pub fn measure<B: Backend>(
             acc.add(&sample, hidden);
         }
         progress.inc(b as u64);
+        done += b;
     }
     progress.finish();
     Ok(acc.finish())

@@ -31,8 +31,19 @@ impl WeightStore {
         }
     }
 
-    /// One tensor in Hugging Face layout and naming, as f32.
+    /// One tensor in Hugging Face layout and naming, as f32; NaN or infinite values are an
+    /// error naming the tensor (checked once, here, while converting).
     pub fn get(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {
+        let t = self.get_unchecked(hf_name, cfg)?;
+        let origin = match self {
+            Self::Safetensors(s) => s.file_of(hf_name).unwrap_or(std::path::Path::new("?")),
+            Self::Gguf(g) => g.path(),
+        };
+        t.check_finite(hf_name, origin)?;
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {
         match self {
             Self::Safetensors(s) => s.tensor_f32(hf_name),
             Self::Gguf(g) => {

@@ -53,6 +53,23 @@ impl Job {
     }
 }
 
+impl JobGraph {
+    /// Sweep axes of the configuration that no job uses (a likely typo or leftover: the sweep
+    /// then runs nothing more than without them).
+    pub fn unused_axes(&self, cfg: &PipelineConfig) -> Vec<String> {
+        cfg.sweep
+            .keys()
+            .filter(|axis| {
+                !self.jobs.iter().any(|j| {
+                    j.assignment.contains_key(*axis)
+                        || j.aliases.iter().any(|(_, a)| a.contains_key(*axis))
+                })
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 pub fn label(stage: &str, a: &Assignment) -> String {
     if a.is_empty() {
         return stage.to_string();

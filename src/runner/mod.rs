@@ -105,9 +105,10 @@ fn reason_for(
     store: &Store,
     prev: &PipelineState,
     force: &BTreeSet<String>,
+    verify: bool,
 ) -> Reason {
     let j = &graph.jobs[i];
-    let status = store.status(j.kind.kind(), &j.key, false);
+    let status = store.status(j.kind.kind(), &j.key, verify);
     if force.contains(&j.stage) || j.aliases.iter().any(|(s, _)| force.contains(s)) {
         return Reason::Forced;
     }
@@ -159,18 +160,20 @@ fn reason_for(
 }
 
 /// For each job: cached, or why it will run.
+/// Why each job would run (or "cached"); with `verify`, cached artifacts are re-hashed first.
 pub fn plan(
     cfg: &PipelineConfig,
     graph: &JobGraph,
     cache_root: &Path,
     force: &BTreeSet<String>,
+    verify: bool,
 ) -> Vec<PlannedJob> {
     let store = Store::new(cache_root);
     let prev = state::load(cache_root, &cfg.name);
     (0..graph.jobs.len())
         .map(|i| PlannedJob {
             label: graph.jobs[i].label(),
-            reason: reason_for(graph, i, &store, &prev, force),
+            reason: reason_for(graph, i, &store, &prev, force, verify),
         })
         .collect()
 }
@@ -198,6 +201,8 @@ pub struct JobRecord {
 #[derive(Debug, Default)]
 pub struct RunSummary {
     pub jobs: Vec<JobRecord>,
+    /// A failure of the run itself (not of a job), e.g. its state could not be saved.
+    pub error: Option<String>,
 }
 
 impl RunSummary {
@@ -267,13 +272,14 @@ pub struct RunOptions {
     pub runtime: crate::runtime::RuntimeOptions,
 }
 
-/// Execute the graph; a failed job stops its dependants, the others go on.
+/// Execute the graph; a failed job stops its dependants, the others go on. Never stops early:
+/// whatever fails is in the summary (a job's outcome, or `error` for the run's own state).
 pub fn run(
     cfg: &PipelineConfig,
     graph: &JobGraph,
     cache_root: &Path,
     opts: &RunOptions,
-) -> Result<RunSummary> {
+) -> RunSummary {
     let store = Store::new(cache_root);
     let prev = state::load(cache_root, &cfg.name);
     let results_dir = cfg.results_dir.join(&cfg.name);
@@ -283,7 +289,7 @@ pub fn run(
     for i in 0..total {
         let job = &graph.jobs[i];
         let started_at = now_rfc3339();
-        let reason = reason_for(graph, i, &store, &prev, &opts.force);
+        let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
         let blocked: Vec<String> = job
             .inputs
             .values()
@@ -300,13 +306,7 @@ pub fn run(
         let outcome = if !blocked.is_empty() {
             Outcome::Skipped(format!("input failed: {}", blocked.join(", ")))
         } else {
-            let cached_ok = reason == Reason::Cached
-                && (!opts.verify
-                    || matches!(
-                        store.status(job.kind.kind(), &job.key, true),
-                        Status::Valid(_)
-                    ));
-            if cached_ok {
+            if reason == Reason::Cached {
                 Outcome::Cached
             } else {
                 tracing::info!(
@@ -323,7 +323,8 @@ pub fn run(
                     i,
                     &store,
                     cache_root,
-                    reason == Reason::Forced || !cached_ok && reason == Reason::Cached,
+                    // a corrupt copy may look valid to the cheap check (same size and mtime)
+                    matches!(reason, Reason::Forced | Reason::Corrupt(_)),
                     &opts.runtime,
                 ) {
                     Ok(true) => Outcome::Ran,
@@ -335,9 +336,18 @@ pub fn run(
                 }
             }
         };
-        if matches!(outcome, Outcome::Ran | Outcome::Cached) && job.kind.publishes() {
-            publish(&store.dir(job.kind.kind(), &job.key), &results_dir)?;
-        }
+        let outcome = match outcome {
+            Outcome::Ran | Outcome::Cached if job.kind.publishes() => {
+                match publish(&store.dir(job.kind.kind(), &job.key), &results_dir) {
+                    Ok(()) => outcome,
+                    Err(e) => {
+                        tracing::error!("{}: publishing results failed: {e:#}", job.label());
+                        Outcome::Failed(format!("publishing results: {e:#}"))
+                    }
+                }
+            }
+            other => other,
+        };
         summary.jobs.push(JobRecord {
             label: job.label(),
             stage: job.stage.clone(),
@@ -356,8 +366,10 @@ pub fn run(
             .jobs
             .insert(graph.jobs[i].label(), job_state(graph, i));
     }
-    state::save(cache_root, &cfg.name, &new_state)?;
-    Ok(summary)
+    if let Err(e) = state::save(cache_root, &cfg.name, &new_state) {
+        summary.error = Some(format!("saving the pipeline's state: {e:#}"));
+    }
+    summary
 }
 
 /// Compute one job into the store. Ok(false) when another process finished it meanwhile.
@@ -486,10 +498,16 @@ fn execute(
 fn publish(artifact: &Path, results_dir: &Path) -> Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(artifact.join(&rel))? {
-            let e = e?;
+        let dir = artifact.join(&rel);
+        for e in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
             let r = rel.join(e.file_name());
-            if e.file_type()?.is_dir() {
+            if e.file_type()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?
+                .is_dir()
+            {
                 stack.push(r);
             } else if r.as_os_str() != "manifest.json" {
                 let dest = results_dir.join(&r);

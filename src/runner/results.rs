@@ -68,7 +68,87 @@ struct RunRow<'a> {
     jobs_run: usize,
     jobs_cached: usize,
     jobs_failed: usize,
+    jobs_skipped: usize,
     exit_code: u8,
+}
+
+/// runs.csv's columns; a file with an older header is rewritten with this one (new columns
+/// empty in old rows) before a row is appended.
+const RUN_COLUMNS: &[&str] = &[
+    "started_at",
+    "finished_at",
+    "version",
+    "git_rev",
+    "jobs_run",
+    "jobs_cached",
+    "jobs_failed",
+    "jobs_skipped",
+    "exit_code",
+];
+
+/// Rewrite runs.csv under the current header if it has another one.
+fn upgrade_runs_csv(path: &Path) -> Result<()> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header: Vec<String> = r
+        .headers()
+        .with_context(|| format!("{}: unreadable header", path.display()))?
+        .iter()
+        .map(String::from)
+        .collect();
+    if header == RUN_COLUMNS {
+        return Ok(());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(RUN_COLUMNS)?;
+    for row in r.records() {
+        let row = row.with_context(|| format!("{}: unreadable row", path.display()))?;
+        let cell = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .and_then(|i| row.get(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        w.write_record(RUN_COLUMNS.iter().map(|c| cell(c)))?;
+    }
+    crate::fsutil::atomic_write(path, &w.into_inner()?)
+}
+
+/// Marks results/<pipeline>/ when the run's report jobs did not publish: STALE.md says which
+/// files come from an earlier run, and summary.md starts with the same warning. A run whose
+/// report jobs all publish removes the mark (summary.md is then the report's own).
+pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<()> {
+    let stale = dir.join("STALE.md");
+    let failed: Vec<&str> = summary
+        .jobs
+        .iter()
+        .filter(|j| crate::stages::find(&j.kind).is_some_and(|k| k.publishes()))
+        .filter(|j| matches!(j.outcome, Outcome::Failed(_) | Outcome::Skipped(_)))
+        .map(|j| j.label.as_str())
+        .collect();
+    if failed.is_empty() {
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+        return Ok(());
+    }
+    let note = format!(
+        "> **Stale results.** The run started at {started_at} did not publish ({} failed or was skipped): \
+         resolved.toml and jobs.csv describe that run, while the tables, figures and this summary \
+         come from an earlier run. See jobs.csv for the errors.\n\n",
+        failed.join(", ")
+    );
+    crate::fsutil::atomic_write(&stale, note.as_bytes())?;
+    let summary_md = dir.join("summary.md");
+    if let Ok(text) = std::fs::read_to_string(&summary_md) {
+        if !text.starts_with("> **Stale results.**") {
+            crate::fsutil::atomic_write(&summary_md, format!("{note}{text}").as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 pub fn append_run(
@@ -78,9 +158,16 @@ pub fn append_run(
     summary: &RunSummary,
     exit_code: u8,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("runs.csv");
-    let exists = path.exists() && std::fs::metadata(&path)?.len() > 0;
+    let exists = path.exists()
+        && std::fs::metadata(&path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len()
+            > 0;
+    if exists {
+        upgrade_runs_csv(&path)?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -96,9 +183,11 @@ pub fn append_run(
         git_rev: GIT_REV,
         jobs_run: summary.ran(),
         jobs_cached: summary.cached(),
-        jobs_failed: summary.failed() + summary.skipped(),
+        jobs_failed: summary.failed(),
+        jobs_skipped: summary.skipped(),
         exit_code,
     })?;
-    w.flush()?;
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

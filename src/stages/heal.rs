@@ -247,6 +247,7 @@ impl Stage for HealStage {
         let input = ctx.input("model")?;
         let model = ModelRef::open(input, &ctx.cache_root)?;
         let text = ctx.source("text.source")?;
+        super::warn_beyond_context(&ctx.stage, "seq_len", p.seq_len, &model.files.config);
         let windows = packed_windows(
             &text.path,
             &p.text,

@@ -136,6 +136,18 @@ pub fn defaults_with<P: Params>(stage: &dyn Stage, overrides: serde_json::Value)
         .map_err(|e| anyhow::anyhow!("stage {} defaults: {}: {}", stage.kind(), e.path, e.message))
 }
 
+/// Warn when a job feeds the model sequences longer than its context: positions beyond
+/// max_position_embeddings were never trained, so results there mean little.
+pub fn warn_beyond_context(stage: &str, what: &str, len: usize, cfg: &crate::model::ModelConfig) {
+    if cfg.max_position_embeddings > 0 && len > cfg.max_position_embeddings {
+        tracing::warn!(
+            "stage {stage}: {what} = {len} is longer than the model's context \
+             (max_position_embeddings = {}): positions beyond it were never trained",
+            cfg.max_position_embeddings
+        );
+    }
+}
+
 /// Canonical JSON of typed parameters.
 pub fn canonical<P: Params>(value: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let p: P = parse_params(value)?;
