@@ -52,11 +52,11 @@ fn second_run_of_an_unchanged_pipeline_runs_nothing() {
     let lines: Vec<&str> = runs.lines().collect();
     assert_eq!(
         lines[0],
-        "started_at,finished_at,version,git_rev,jobs_run,jobs_cached,jobs_failed,exit_code"
+        "started_at,finished_at,version,git_rev,jobs_run,jobs_cached,jobs_failed,jobs_skipped,exit_code"
     );
     assert_eq!(lines.len(), 3);
     assert!(
-        lines[1].ends_with(",6,0,0,0") && lines[2].ends_with(",0,6,0,0"),
+        lines[1].ends_with(",6,0,0,0,0") && lines[2].ends_with(",0,6,0,0,0"),
         "{runs}"
     );
     assert!(env.path("results/sweep/resolved.toml").exists());
@@ -186,7 +186,8 @@ fn a_failed_job_stops_its_dependants_the_others_go_on() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
     let runs = std::fs::read_to_string(env.path("results/sweep/runs.csv")).unwrap();
-    assert!(runs.lines().nth(1).unwrap().ends_with(",1,0,5,1"), "{runs}");
+    // 1 ran (side), 0 cached, 1 failed (base), 4 skipped (its dependants), exit 1
+    assert!(runs.lines().nth(1).unwrap().ends_with(",1,0,1,4,1"), "{runs}");
     // fixed: the next run computes what is missing, reusing `side`
     env.write("p.toml", SWEEP);
     let o = env.run(&["run", "p.toml"]);

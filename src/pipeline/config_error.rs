@@ -71,7 +71,12 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 /// The 1-based line of a dotted key path in a TOML text: exact key lines first, else the line of
 /// the closest enclosing key (an inline table), else the table header.
 pub fn find_line(text: &str, path: &str) -> Option<usize> {
-    let target: Vec<&str> = path.split('.').collect();
+    // an array element ("tasks[1]", or "tasks.1") is found on its array's key line
+    let target: Vec<&str> = path
+        .split('.')
+        .map(|c| c.split('[').next().unwrap_or(c))
+        .filter(|c| !c.is_empty() && !c.chars().all(|ch| ch.is_ascii_digit()))
+        .collect();
     let mut table: Vec<String> = Vec::new();
     let mut best: Option<(usize, usize)> = None; // (matched components, line)
     for (i, raw) in text.lines().enumerate() {
@@ -127,6 +132,11 @@ mod tests {
         assert_eq!(find_line(text, "stages.prune.inputs.model"), Some(6));
         assert_eq!(find_line(text, "stages.prune.other"), Some(3));
         assert_eq!(find_line(text, "sweep.fraction"), Some(8));
+        // array elements: the array's own line, not the table header
+        assert_eq!(find_line(text, "sweep.fraction[0]"), Some(8));
+        assert_eq!(find_line(text, "sweep.fraction.0"), Some(8));
+        let text = "[stages.eval]\nkind = \"eval-qa\"\n\ntasks = [\"mmlu\", \"bogus\"]\n";
+        assert_eq!(find_line(text, "stages.eval.tasks[1]"), Some(4));
     }
 
     #[test]
