@@ -255,3 +255,13 @@ fn run_layers_composes_and_drop_block_renumbers() {
     assert_eq!(model.config.num_hidden_layers, 2);
     assert!(model.drop_block(1, 5).is_err());
 }
+
+#[test]
+fn tiny_qwen3_qk_norm_matches_transformers() {
+    check_model("tiny-qwen3", "tiny-qwen3");
+}
+
+#[test]
+fn tiny_phi_parallel_block_layernorm_partial_rotary_matches_transformers() {
+    check_model("tiny-phi", "tiny-phi");
+}

@@ -187,7 +187,10 @@ fn a_failed_job_stops_its_dependants_the_others_go_on() {
         .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
     let runs = std::fs::read_to_string(env.path("results/sweep/runs.csv")).unwrap();
     // 1 ran (side), 0 cached, 1 failed (base), 4 skipped (its dependants), exit 1
-    assert!(runs.lines().nth(1).unwrap().ends_with(",1,0,1,4,1"), "{runs}");
+    assert!(
+        runs.lines().nth(1).unwrap().ends_with(",1,0,1,4,1"),
+        "{runs}"
+    );
     // fixed: the next run computes what is missing, reusing `side`
     env.write("p.toml", SWEEP);
     let o = env.run(&["run", "p.toml"]);

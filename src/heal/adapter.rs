@@ -69,13 +69,24 @@ impl AdapterSet {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut modules = Vec::new();
         let layout = model.config.architecture.layout();
+        for t in &config.target_modules {
+            if layout.projections.iter().all(|s| s.name != t.as_str()) {
+                bail!(
+                    "LoRA target module {t:?} does not exist in {:?} layers (their modules: {})",
+                    model.config.architecture,
+                    layout.projection_names().join(", ")
+                );
+            }
+        }
         for (i, layer) in model.layers.iter().enumerate() {
             for spec in layout
                 .projections
                 .iter()
                 .filter(|s| config.target_modules.iter().any(|t| t == s.name))
             {
-                let lin = layer.projection(spec.projection);
+                let lin = layer
+                    .projection(spec.projection)
+                    .with_context(|| format!("layer {i} has no {}", spec.name))?;
                 let (inp, out) = (lin.in_features(), lin.out_features());
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = (0..config.r * inp)

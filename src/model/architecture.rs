@@ -34,20 +34,48 @@ pub struct ProjectionSpec {
     pub mlp: bool,
 }
 
-/// A per-layer norm weight and its names.
+/// What a per-layer norm normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormRole {
+    /// The block's input (before attention; in a parallel block, before both).
+    Input,
+    /// The residual stream after attention, before the MLP.
+    PostAttention,
+    /// Each head's queries (before RoPE), over head_dim.
+    Query,
+    /// Each head's keys (before RoPE), over head_dim.
+    Key,
+}
+
+/// A per-layer norm and its names.
 #[derive(Debug, Clone, Copy)]
 pub struct NormSpec {
-    /// Hugging Face name inside the layer, e.g. "input_layernorm".
+    pub role: NormRole,
+    /// Hugging Face name inside the layer, e.g. "input_layernorm" or "self_attn.q_norm".
     pub name: &'static str,
     /// GGUF tensor stem, e.g. "attn_norm".
     pub gguf: &'static str,
+    /// A bias beside the weight (LayerNorm).
+    pub bias: bool,
 }
 
-/// A tensor outside the layers: (Hugging Face name, GGUF name).
+impl NormSpec {
+    /// The norm's length: hidden_size, or head_dim for per-head q/k norms.
+    pub fn size(&self, c: &ModelConfig) -> usize {
+        match self.role {
+            NormRole::Input | NormRole::PostAttention => c.hidden_size,
+            NormRole::Query | NormRole::Key => c.head_dim,
+        }
+    }
+}
+
+/// A tensor outside the layers: (Hugging Face name, GGUF name), and the name of its bias when
+/// the architecture has one.
 #[derive(Debug, Clone, Copy)]
 pub struct GlobalTensor {
     pub hf: &'static str,
     pub gguf: &'static str,
+    pub bias: Option<(&'static str, &'static str)>,
 }
 
 /// The parts of one architecture.
@@ -66,113 +94,163 @@ pub struct Layout {
     pub gguf_rope_permuted: bool,
 }
 
-const LLAMA_NORMS: [NormSpec; 2] = [
+const INPUT_NORM: NormSpec = NormSpec {
+    role: NormRole::Input,
+    name: "input_layernorm",
+    gguf: "attn_norm",
+    bias: false,
+};
+const POST_ATTENTION_NORM: NormSpec = NormSpec {
+    role: NormRole::PostAttention,
+    name: "post_attention_layernorm",
+    gguf: "ffn_norm",
+    bias: false,
+};
+
+const LLAMA_NORMS: [NormSpec; 2] = [INPUT_NORM, POST_ATTENTION_NORM];
+
+const QWEN3_NORMS: [NormSpec; 4] = [
+    INPUT_NORM,
+    POST_ATTENTION_NORM,
     NormSpec {
-        name: "input_layernorm",
-        gguf: "attn_norm",
+        role: NormRole::Query,
+        name: "self_attn.q_norm",
+        gguf: "attn_q_norm",
+        bias: false,
     },
     NormSpec {
-        name: "post_attention_layernorm",
-        gguf: "ffn_norm",
+        role: NormRole::Key,
+        name: "self_attn.k_norm",
+        gguf: "attn_k_norm",
+        bias: false,
     },
 ];
+
+const PHI_NORMS: [NormSpec; 1] = [NormSpec {
+    bias: true,
+    ..INPUT_NORM
+}];
+
+const fn projection(
+    projection: Projection,
+    name: &'static str,
+    group: &'static str,
+    gguf: &'static str,
+) -> ProjectionSpec {
+    ProjectionSpec {
+        projection,
+        name,
+        group,
+        gguf,
+        mlp: matches!(
+            projection,
+            Projection::Gate | Projection::Up | Projection::Down
+        ),
+    }
+}
 
 const LLAMA_PROJECTIONS: [ProjectionSpec; 7] = [
-    ProjectionSpec {
-        projection: Projection::Q,
-        name: "q_proj",
-        group: "self_attn",
-        gguf: "attn_q",
-        mlp: false,
-    },
-    ProjectionSpec {
-        projection: Projection::K,
-        name: "k_proj",
-        group: "self_attn",
-        gguf: "attn_k",
-        mlp: false,
-    },
-    ProjectionSpec {
-        projection: Projection::V,
-        name: "v_proj",
-        group: "self_attn",
-        gguf: "attn_v",
-        mlp: false,
-    },
-    ProjectionSpec {
-        projection: Projection::O,
-        name: "o_proj",
-        group: "self_attn",
-        gguf: "attn_output",
-        mlp: false,
-    },
-    ProjectionSpec {
-        projection: Projection::Gate,
-        name: "gate_proj",
-        group: "mlp",
-        gguf: "ffn_gate",
-        mlp: true,
-    },
-    ProjectionSpec {
-        projection: Projection::Up,
-        name: "up_proj",
-        group: "mlp",
-        gguf: "ffn_up",
-        mlp: true,
-    },
-    ProjectionSpec {
-        projection: Projection::Down,
-        name: "down_proj",
-        group: "mlp",
-        gguf: "ffn_down",
-        mlp: true,
-    },
+    projection(Projection::Q, "q_proj", "self_attn", "attn_q"),
+    projection(Projection::K, "k_proj", "self_attn", "attn_k"),
+    projection(Projection::V, "v_proj", "self_attn", "attn_v"),
+    projection(Projection::O, "o_proj", "self_attn", "attn_output"),
+    projection(Projection::Gate, "gate_proj", "mlp", "ffn_gate"),
+    projection(Projection::Up, "up_proj", "mlp", "ffn_up"),
+    projection(Projection::Down, "down_proj", "mlp", "ffn_down"),
 ];
 
-const fn llama_layout(gguf_rope_permuted: bool) -> Layout {
+/// Phi-2: no gate; the MLP is fc1 (up) and fc2 (down), the output projection "dense".
+const PHI_PROJECTIONS: [ProjectionSpec; 6] = [
+    projection(Projection::Q, "q_proj", "self_attn", "attn_q"),
+    projection(Projection::K, "k_proj", "self_attn", "attn_k"),
+    projection(Projection::V, "v_proj", "self_attn", "attn_v"),
+    projection(Projection::O, "dense", "self_attn", "attn_output"),
+    projection(Projection::Up, "fc1", "mlp", "ffn_up"),
+    projection(Projection::Down, "fc2", "mlp", "ffn_down"),
+];
+
+const EMBED: GlobalTensor = GlobalTensor {
+    hf: "model.embed_tokens.weight",
+    gguf: "token_embd.weight",
+    bias: None,
+};
+const FINAL_NORM: GlobalTensor = GlobalTensor {
+    hf: "model.norm.weight",
+    gguf: "output_norm.weight",
+    bias: None,
+};
+const LM_HEAD: GlobalTensor = GlobalTensor {
+    hf: "lm_head.weight",
+    gguf: "output.weight",
+    bias: None,
+};
+
+const fn llama_layout(norms: &'static [NormSpec], gguf_rope_permuted: bool) -> Layout {
     Layout {
         layer_prefix: "model.layers",
         gguf_layer_prefix: "blk",
-        norms: &LLAMA_NORMS,
+        norms,
         projections: &LLAMA_PROJECTIONS,
-        embed: GlobalTensor {
-            hf: "model.embed_tokens.weight",
-            gguf: "token_embd.weight",
-        },
-        final_norm: GlobalTensor {
-            hf: "model.norm.weight",
-            gguf: "output_norm.weight",
-        },
-        lm_head: GlobalTensor {
-            hf: "lm_head.weight",
-            gguf: "output.weight",
-        },
+        embed: EMBED,
+        final_norm: FINAL_NORM,
+        lm_head: LM_HEAD,
         gguf_rope_permuted,
     }
 }
 
 /// Llama and Mistral: llama.cpp permutes q/k for its interleaved RoPE.
-static LLAMA: Layout = llama_layout(true);
+static LLAMA: Layout = llama_layout(&LLAMA_NORMS, true);
 /// Qwen2: the Llama block with q/k/v biases; llama.cpp keeps NEOX (half-split) RoPE as is.
-static QWEN2: Layout = llama_layout(false);
+static QWEN2: Layout = llama_layout(&LLAMA_NORMS, false);
+/// Qwen3: the Qwen2 block without biases, with per-head q/k RMSNorms.
+static QWEN3: Layout = llama_layout(&QWEN3_NORMS, false);
+/// Phi-2 (HF layout): one LayerNorm with bias per layer, final_layernorm, LM head with bias.
+static PHI: Layout = Layout {
+    layer_prefix: "model.layers",
+    gguf_layer_prefix: "blk",
+    norms: &PHI_NORMS,
+    projections: &PHI_PROJECTIONS,
+    embed: EMBED,
+    final_norm: GlobalTensor {
+        hf: "model.final_layernorm.weight",
+        gguf: "output_norm.weight",
+        bias: Some(("model.final_layernorm.bias", "output_norm.bias")),
+    },
+    lm_head: GlobalTensor {
+        bias: Some(("lm_head.bias", "output.bias")),
+        ..LM_HEAD
+    },
+    gguf_rope_permuted: false,
+};
 
 impl Architecture {
-    pub const ALL: [Architecture; 3] = [Self::Llama, Self::Mistral, Self::Qwen2];
+    pub const ALL: [Architecture; 5] = [
+        Self::Llama,
+        Self::Mistral,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Phi,
+    ];
 
     pub fn layout(self) -> &'static Layout {
         match self {
             Self::Llama | Self::Mistral => &LLAMA,
             Self::Qwen2 => &QWEN2,
+            Self::Qwen3 => &QWEN3,
+            Self::Phi => &PHI,
         }
     }
 }
 
 impl Layout {
-    pub fn projection(&self, p: Projection) -> &ProjectionSpec {
-        self.projections
-            .iter()
-            .find(|s| s.projection == p)
-            .expect("every projection of a layout has a spec")
+    /// The projection `p`, if the architecture has it (Phi has no gate).
+    pub fn projection(&self, p: Projection) -> Option<&ProjectionSpec> {
+        self.projections.iter().find(|s| s.projection == p)
+    }
+
+    /// The norm of `role`, if the architecture has it.
+    pub fn norm(&self, role: NormRole) -> Option<&NormSpec> {
+        self.norms.iter().find(|n| n.role == role)
     }
 
     /// The projection named `name` (Hugging Face module name), or an error listing the known names.
@@ -198,18 +276,21 @@ impl Layout {
         )
     }
 
-    pub fn norm_tensor(&self, layer: usize, norm: &NormSpec) -> String {
-        format!("{}.{layer}.{}.weight", self.layer_prefix, norm.name)
+    /// Hugging Face name of a layer norm's `suffix` ("weight" or "bias").
+    pub fn norm_tensor(&self, layer: usize, norm: &NormSpec, suffix: &str) -> String {
+        format!("{}.{layer}.{}.{suffix}", self.layer_prefix, norm.name)
     }
 
     /// The tensors of one layer in Hugging Face naming relative to the layer prefix
     /// (norm weights, projection weights, and the biases the config enables).
     pub fn layer_tensor_suffixes(&self, cfg: &ModelConfig) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .norms
-            .iter()
-            .map(|n| format!("{}.weight", n.name))
-            .collect();
+        let mut v: Vec<String> = Vec::new();
+        for n in self.norms {
+            v.push(format!("{}.weight", n.name));
+            if n.bias {
+                v.push(format!("{}.bias", n.name));
+            }
+        }
         v.extend(
             self.projections
                 .iter()
@@ -229,6 +310,11 @@ impl Layout {
         for g in [&self.embed, &self.final_norm, &self.lm_head] {
             if hf == g.hf {
                 return Some(g.gguf.into());
+            }
+            if let Some((hf_bias, gguf_bias)) = g.bias {
+                if hf == hf_bias {
+                    return Some(gguf_bias.into());
+                }
             }
         }
         let rest = hf.strip_prefix(self.layer_prefix)?.strip_prefix('.')?;
@@ -322,7 +408,7 @@ impl Projection {
         match self {
             Self::Q | Self::K | Self::V => c.qkv_bias,
             Self::O => c.o_bias,
-            Self::Gate | Self::Up | Self::Down => false,
+            Self::Gate | Self::Up | Self::Down => c.mlp_bias,
         }
     }
 
@@ -383,7 +469,20 @@ mod tests {
         assert!(l.projection_named("gate_proj").unwrap().mlp);
         assert_eq!(module_group("down_proj"), Some("mlp"));
         assert_eq!(module_group("o_proj"), Some("self_attn"));
-        assert_eq!(known_modules().len(), 7);
+        assert_eq!(known_modules().len(), 10);
+        let phi = Architecture::Phi.layout();
+        assert!(phi.projection(Projection::Gate).is_none());
+        assert_eq!(phi.projection(Projection::Up).unwrap().name, "fc1");
+        assert!(phi.projection_named("fc2").unwrap().mlp);
+        assert_eq!(module_group("dense"), Some("self_attn"));
+        assert_eq!(
+            Architecture::Qwen3
+                .layout()
+                .norm(NormRole::Query)
+                .unwrap()
+                .name,
+            "self_attn.q_norm"
+        );
         let err = l.projection_named("w1").unwrap_err().to_string();
         assert!(err.contains("known: q_proj, k_proj"), "{err}");
     }

@@ -15,6 +15,11 @@ pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    /// The Qwen2 block without q/k/v biases and with q/k RMSNorm per head before RoPE.
+    Qwen3,
+    /// Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary,
+    /// GELU (tanh) MLP fc1/fc2, biases on every linear and on the LM head.
+    Phi,
 }
 
 impl Architecture {
@@ -23,6 +28,8 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Phi => "phi",
         }
     }
     pub fn hf_class(self) -> &'static str {
@@ -30,8 +37,44 @@ impl Architecture {
             Self::Llama => "LlamaForCausalLM",
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Phi => "PhiForCausalLM",
         }
     }
+}
+
+/// The normalisation of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// x / sqrt(mean(x^2) + eps) * w
+    #[default]
+    Rms,
+    /// (x - mean) / sqrt(var + eps) * w + b (biased variance, as torch.nn.LayerNorm)
+    Layer,
+}
+
+/// The MLP of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// down(silu(gate(h)) * up(h))
+    #[default]
+    SwiGlu,
+    /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h))))
+    GeluTanh,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// RoPE frequency scaling, as in transformers' `rope_scaling` / `rope_parameters`.
@@ -74,6 +117,27 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    // The parts where families differ from the Llama block; the defaults are Llama's, and are
+    // left out of serialized configs so that Llama-family records stay as they were.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm: NormKind,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mlp: MlpKind,
+    /// Attention and MLP read the same normed input and are added together (Phi).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub parallel_block: bool,
+    /// RMSNorm of each head's q and k before RoPE (Qwen3).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub qk_norm: bool,
+    /// The rotated fraction of each head's dimensions (Phi: partial_rotary_factor).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub partial_rotary_factor: f64,
+    /// Bias on the MLP projections.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mlp_bias: bool,
+    /// Bias on the LM head (Phi).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lm_head_bias: bool,
 }
 
 /// Reads keys of a JSON config with errors that name the file and the key.
@@ -155,21 +219,31 @@ impl ModelConfig {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            "phi" => Architecture::Phi,
             other => bail!(
-                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2)",
+                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2, qwen3, phi)",
                 file.display()
             ),
         };
-        if k.opt_bool("mlp_bias")?.unwrap_or(false) {
+        let phi = architecture == Architecture::Phi;
+        if !phi && k.opt_bool("mlp_bias")?.unwrap_or(false) {
             bail!("{}: mlp_bias = true is not supported", file.display());
         }
+        let expected_act = if phi { "gelu_new" } else { "silu" };
         if let Some(act) = k.get("hidden_act").and_then(|v| v.as_str()) {
-            if act != "silu" {
+            if act != expected_act {
                 bail!(
-                    "{}: hidden_act = \"{act}\" is not supported (expected \"silu\")",
+                    "{}: hidden_act = \"{act}\" is not supported (expected \"{expected_act}\")",
                     file.display()
                 );
             }
+        }
+        if phi && k.opt_bool("qk_layernorm")?.unwrap_or(false) {
+            bail!(
+                "{}: qk_layernorm = true is not supported for phi",
+                file.display()
+            );
         }
         let hidden_size = k.usize("hidden_size")?;
         let num_attention_heads = k.usize("num_attention_heads")?;
@@ -207,11 +281,26 @@ impl ModelConfig {
         let attention_bias = k.opt_bool("attention_bias")?.unwrap_or(false);
         let sliding_window = match architecture {
             Architecture::Mistral => k.opt_usize("sliding_window")?,
-            Architecture::Qwen2 if k.opt_bool("use_sliding_window")?.unwrap_or(false) => {
+            Architecture::Qwen2 | Architecture::Qwen3
+                if k.opt_bool("use_sliding_window")?.unwrap_or(false) =>
+            {
                 k.opt_usize("sliding_window")?
             }
             _ => None,
         };
+        // Phi: partial_rotary_factor at the top level (older configs) or in rope_parameters
+        let partial_rotary_factor = match k.get("rope_parameters") {
+            Some(p) => JsonKeys { file, json: p }.opt_f64("partial_rotary_factor")?,
+            None => None,
+        }
+        .or(k.opt_f64("partial_rotary_factor")?)
+        .unwrap_or(1.0);
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+            bail!(
+                "{}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor}",
+                file.display()
+            );
+        }
         let cfg = Self {
             architecture,
             vocab_size: k.usize("vocab_size")?,
@@ -221,16 +310,31 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: k.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: if phi {
+                k.opt_f64("layer_norm_eps")?.unwrap_or(1e-5)
+            } else {
+                k.opt_f64("rms_norm_eps")?.unwrap_or(1e-6)
+            },
             rope_theta,
             rope_scaling,
             tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias: architecture == Architecture::Qwen2 || attention_bias,
-            o_bias: architecture != Architecture::Qwen2 && attention_bias,
+            qkv_bias: architecture == Architecture::Qwen2 || phi || attention_bias,
+            o_bias: phi || architecture != Architecture::Qwen2 && attention_bias,
             max_position_embeddings: k.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             sliding_window,
             bos_token_id: k.opt_token("bos_token_id"),
             eos_token_id: k.opt_token("eos_token_id"),
+            norm: if phi { NormKind::Layer } else { NormKind::Rms },
+            mlp: if phi {
+                MlpKind::GeluTanh
+            } else {
+                MlpKind::SwiGlu
+            },
+            parallel_block: phi,
+            qk_norm: architecture == Architecture::Qwen3,
+            partial_rotary_factor,
+            mlp_bias: phi,
+            lm_head_bias: phi,
         };
         cfg.validate()
             .with_context(|| format!("{}", file.display()))?;
@@ -328,6 +432,13 @@ impl ModelConfig {
                 .get("tokenizer.ggml.eos_token_id")
                 .and_then(|v| v.as_u64())
                 .map(|x| x as u32),
+            norm: NormKind::Rms,
+            mlp: MlpKind::SwiGlu,
+            parallel_block: false,
+            qk_norm: false,
+            partial_rotary_factor: 1.0,
+            mlp_bias: false,
+            lm_head_bias: false,
         };
         cfg.validate()
             .with_context(|| format!("{}", g.path().display()))?;
@@ -359,6 +470,13 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             bail!("head_dim {} must be even for RoPE", self.head_dim);
         }
+        if self.rotary_dim() % 2 != 0 || self.rotary_dim() == 0 {
+            bail!(
+                "the rotated part of each head ({} of head_dim {}) must be even and positive",
+                self.rotary_dim(),
+                self.head_dim
+            );
+        }
         if let Some(RopeScaling::Factors { factors }) = &self.rope_scaling {
             if factors.len() != self.head_dim / 2 {
                 bail!(
@@ -369,6 +487,11 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// How many of each head's dimensions RoPE rotates (the first ones).
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim as f64 * self.partial_rotary_factor) as usize
     }
 
     /// The config with a different layer count (after pruning).

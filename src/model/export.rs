@@ -126,8 +126,14 @@ pub fn export_hf_with_updates(
         }
     }
     push(layout.final_norm.hf.into(), layout.final_norm.hf)?;
+    if let Some((bias, _)) = layout.final_norm.bias {
+        push(bias.into(), bias)?;
+    }
     if !cfg.tie_word_embeddings {
         push(layout.lm_head.hf.into(), layout.lm_head.hf)?;
+    }
+    if let (Some((bias, _)), true) = (layout.lm_head.bias, cfg.lm_head_bias) {
+        push(bias.into(), bias)?;
     }
     let views: Vec<(String, TensorView)> = tensors
         .iter()

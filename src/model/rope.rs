@@ -15,7 +15,8 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
-        let dim = cfg.head_dim;
+        // the rotated part of each head: all of it, or the first partial_rotary_factor (Phi)
+        let dim = cfg.rotary_dim();
         let base = cfg.rope_theta as f32;
         // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in float32
         let mut inv_freq: Vec<f32> = (0..dim / 2)
@@ -144,7 +145,8 @@ pub struct RopeBatch<B: Backend> {
 }
 
 impl<B: Backend> RopeBatch<B> {
-    /// Rotate x [batch, len, heads, head_dim] (contiguous) -> same shape.
+    /// Rotate x [batch, len, heads, head_dim] (contiguous) -> same shape. With partial rotary
+    /// (tables narrower than head_dim) only the first dimensions of each head turn.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, t, h, d] = x.dims();
         let (_, cos, sin) = self
@@ -152,6 +154,12 @@ impl<B: Backend> RopeBatch<B> {
             .iter()
             .find(|(hh, _, _)| *hh == h)
             .expect("tables for this head count");
+        let r = self.rotate.dims()[0];
+        if r < d {
+            let pass = x.clone().narrow(3, r, d - r); // [b, t, h, d - r]
+            let rot = self.apply(x.narrow(3, 0, r));
+            return Tensor::cat(vec![rot, pass], 3);
+        }
         let x = x.reshape([b * t * h, d]);
         let rotated = x.clone().matmul(self.rotate.clone());
         (x * cos.clone() + rotated * sin.clone()).reshape([b, t, h, d])

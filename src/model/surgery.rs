@@ -111,11 +111,13 @@ fn target<'m, B: Backend>(
     projection: Projection,
 ) -> Result<&'m mut Linear<B>> {
     let layers = model.layers.len();
-    Ok(model
+    let arch = model.config.architecture;
+    model
         .layers
         .get_mut(layer)
         .with_context(|| format!("no layer {layer} (the model has {layers})"))?
-        .projection_mut(projection))
+        .projection_mut(projection)
+        .with_context(|| format!("{arch:?} layers have no {projection:?} projection"))
 }
 
 /// Put the updates into the model as LoRA adapters (Burn tensors); with `trainable`, they
@@ -172,7 +174,9 @@ pub fn quantize_nf4<B: Backend>(
     let dtype = model.dtype;
     for layer in &mut model.layers {
         for &p in projections {
-            let lin = layer.projection_mut(p);
+            let Some(lin) = layer.projection_mut(p) else {
+                continue;
+            };
             if let BaseWeight::Dense(w) = &lin.base {
                 let [inp, out] = w.dims();
                 let data = to_f32_vec(w.clone().transpose())?; // [out, in]

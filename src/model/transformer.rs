@@ -12,54 +12,82 @@
 //! positions count in a loss. Pad positions compute garbage that no caller reads.
 
 use burn::tensor::{
-    activation::silu, backend::Backend, module::attention, module::embedding,
-    ops::AttentionModuleOptions, Bool, DType, Int, Tensor, TensorData,
+    activation::{gelu_approximate, silu},
+    backend::Backend,
+    module::attention,
+    module::embedding,
+    ops::AttentionModuleOptions,
+    Bool, DType, Int, Tensor, TensorData,
 };
 
 use super::architecture::Projection;
-use super::config::ModelConfig;
+use super::config::{MlpKind, ModelConfig, NormKind};
 use super::linear::Linear;
 use super::rope::{Rope, RopeBatch};
+
+/// A norm's parameters: RMSNorm (weight) or LayerNorm (weight and bias), per `ModelConfig::norm`.
+#[derive(Debug, Clone)]
+pub struct Norm<B: Backend> {
+    /// [size]
+    pub weight: Tensor<B, 1>,
+    /// [size] (LayerNorm)
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Norm<B> {
+    /// x [..., size] -> [..., size]
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, cfg: &ModelConfig) -> Tensor<B, D> {
+        match cfg.norm {
+            NormKind::Rms => rms_norm(x, &self.weight, cfg.rms_norm_eps),
+            NormKind::Layer => layer_norm(x, &self.weight, self.bias.as_ref(), cfg.rms_norm_eps),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer<B: Backend> {
     /// Index of this layer in the original (unpruned) model.
     pub original_index: usize,
-    pub input_norm: Tensor<B, 1>,
+    pub input_norm: Norm<B>,
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
-    pub post_attention_norm: Tensor<B, 1>,
-    pub gate_proj: Linear<B>,
+    /// Per-head RMSNorms of q and k before RoPE (Qwen3): [head_dim]
+    pub q_norm: Option<Tensor<B, 1>>,
+    pub k_norm: Option<Tensor<B, 1>>,
+    /// None in a parallel block (Phi: attention and MLP both read `input_norm`).
+    pub post_attention_norm: Option<Norm<B>>,
+    /// None without a gated MLP (Phi).
+    pub gate_proj: Option<Linear<B>>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// The linear projection `p` of this layer.
-    pub fn projection(&self, p: Projection) -> &Linear<B> {
-        match p {
+    /// The linear projection `p` of this layer, if the architecture has it.
+    pub fn projection(&self, p: Projection) -> Option<&Linear<B>> {
+        Some(match p {
             Projection::Q => &self.q_proj,
             Projection::K => &self.k_proj,
             Projection::V => &self.v_proj,
             Projection::O => &self.o_proj,
-            Projection::Gate => &self.gate_proj,
+            Projection::Gate => return self.gate_proj.as_ref(),
             Projection::Up => &self.up_proj,
             Projection::Down => &self.down_proj,
-        }
+        })
     }
 
-    pub fn projection_mut(&mut self, p: Projection) -> &mut Linear<B> {
-        match p {
+    pub fn projection_mut(&mut self, p: Projection) -> Option<&mut Linear<B>> {
+        Some(match p {
             Projection::Q => &mut self.q_proj,
             Projection::K => &mut self.k_proj,
             Projection::V => &mut self.v_proj,
             Projection::O => &mut self.o_proj,
-            Projection::Gate => &mut self.gate_proj,
+            Projection::Gate => return self.gate_proj.as_mut(),
             Projection::Up => &mut self.up_proj,
             Projection::Down => &mut self.down_proj,
-        }
+        })
     }
 }
 
@@ -103,10 +131,12 @@ pub struct Transformer<B: Backend> {
     /// [vocab, hidden]
     pub embed_tokens: Tensor<B, 2>,
     pub layers: Vec<DecoderLayer<B>>,
-    /// [hidden]
-    pub norm: Tensor<B, 1>,
+    /// The final norm: [hidden]
+    pub norm: Norm<B>,
     /// [hidden, vocab]; for tied embeddings a transposed view of `embed_tokens`.
     pub lm_head: Tensor<B, 2>,
+    /// [vocab] (Phi)
+    pub lm_head_bias: Option<Tensor<B, 1>>,
     pub rope: Rope,
     pub dtype: DType,
     pub device: B::Device,
@@ -156,6 +186,23 @@ pub fn rms_norm<B: Backend, const D: usize>(
     x * weight.clone().unsqueeze::<D>()
 }
 
+/// torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias, biased variance, last dim.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    bias: Option<&Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
+    let y = centered * (variance + eps).sqrt().recip() * weight.clone().unsqueeze::<D>();
+    match bias {
+        Some(b) => y + b.clone().unsqueeze::<D>(),
+        None => y,
+    }
+}
+
 /// Keys and values of one layer for a cached prefix, after RoPE: [batch, kv_heads, len, head_dim].
 #[derive(Debug, Clone)]
 pub struct LayerKv<B: Backend> {
@@ -185,17 +232,36 @@ impl<B: Backend> DecoderLayer<B> {
         rope: &RopeBatch<B>,
         past: Option<Past<B>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
-        let h = rms_norm(x.clone(), &self.input_norm, cfg.rms_norm_eps);
-        let (attn, kv) = self.attention(h, cfg, rope, past);
-        let x = x + self.o_proj.forward(attn);
-        let h = rms_norm(x.clone(), &self.post_attention_norm, cfg.rms_norm_eps);
-        (x + self.mlp(h), kv)
+        let h = self.input_norm.forward(x.clone(), cfg);
+        match &self.post_attention_norm {
+            // parallel (Phi): x + attn(ln(x)) + mlp(ln(x))
+            None => {
+                let (attn, kv) = self.attention(h.clone(), cfg, rope, past);
+                let y = self.o_proj.forward(attn) + self.mlp(h, cfg);
+                (x + y, kv)
+            }
+            // sequential: x + attn(norm(x)), then + mlp(norm(.))
+            Some(post) => {
+                let (attn, kv) = self.attention(h, cfg, rope, past);
+                let x = x + self.o_proj.forward(attn);
+                let h = post.forward(x.clone(), cfg);
+                (x + self.mlp(h, cfg), kv)
+            }
+        }
     }
 
-    /// SwiGLU: down(silu(gate(h)) * up(h)); h [batch, seq, hidden]
-    pub fn mlp(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h))
+    /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), or
+    /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h)))).
+    pub fn mlp(&self, h: Tensor<B, 3>, cfg: &ModelConfig) -> Tensor<B, 3> {
+        match (cfg.mlp, &self.gate_proj) {
+            (MlpKind::SwiGlu, Some(gate)) => self
+                .down_proj
+                .forward(silu(gate.forward(h.clone())) * self.up_proj.forward(h)),
+            (MlpKind::GeluTanh, _) => self
+                .down_proj
+                .forward(gelu_approximate(self.up_proj.forward(h))),
+            (MlpKind::SwiGlu, None) => unreachable!("a SwiGLU layer is built with its gate"),
+        }
     }
 
     /// Self-attention, causal (or under the past's mask); h [batch, seq, hidden] ->
@@ -214,11 +280,22 @@ impl<B: Backend> DecoderLayer<B> {
             cfg.head_dim,
         );
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]); // [b, t, n, hd], contiguous
+                                                                          // per-head q/k RMSNorm before RoPE (Qwen3)
+        let head_norm = |y: Tensor<B, 4>, w: &Option<Tensor<B, 1>>| match w {
+            Some(w) => rms_norm(y, w, cfg.rms_norm_eps),
+            None => y,
+        };
         let q = rope
-            .apply(heads(self.q_proj.forward(h.clone()), nh))
+            .apply(head_norm(
+                heads(self.q_proj.forward(h.clone()), nh),
+                &self.q_norm,
+            ))
             .swap_dims(1, 2); // [b, nh, t, hd]
         let k = rope
-            .apply(heads(self.k_proj.forward(h.clone()), nkv))
+            .apply(head_norm(
+                heads(self.k_proj.forward(h.clone()), nkv),
+                &self.k_norm,
+            ))
             .swap_dims(1, 2); // [b, nkv, t, hd]
         let v = heads(self.v_proj.forward(h), nkv).swap_dims(1, 2);
         let new = LayerKv {
@@ -299,8 +376,8 @@ impl<B: Backend> Transformer<B> {
 
     /// Final norm + LM head: x [batch, seq, hidden] -> logits [batch, seq, vocab]
     pub fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let h = rms_norm(x, &self.norm, self.config.rms_norm_eps);
-        burn::tensor::module::linear(h, self.lm_head.clone(), None)
+        let h = self.norm.forward(x, &self.config);
+        burn::tensor::module::linear(h, self.lm_head.clone(), self.lm_head_bias.clone())
     }
 
     /// Full forward pass over a right-padded batch.

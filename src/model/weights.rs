@@ -5,11 +5,11 @@
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use super::architecture::Projection;
+use super::architecture::{NormRole, Projection};
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::Rope;
-use super::transformer::{DecoderLayer, Transformer};
+use super::transformer::{DecoderLayer, Norm, Transformer};
 use crate::formats::gguf::GgufFile;
 use crate::formats::host_tensor::HostTensor;
 use crate::formats::safetensors_dir::SafetensorsSet;
@@ -146,28 +146,54 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Linear::dense(weight, bias))
     }
 
+    /// A norm's weight (and bias, where the spec has one).
+    fn norm(&self, name: impl Fn(&str) -> String, size: usize, bias: bool) -> Result<Norm<B>> {
+        Ok(Norm {
+            weight: self.vector(&name("weight"), size)?,
+            bias: if bias {
+                Some(self.vector(&name("bias"), size)?)
+            } else {
+                None
+            },
+        })
+    }
+
     pub fn layer(&self, i: usize) -> Result<DecoderLayer<B>> {
         let c = self.cfg;
         let layout = c.architecture.layout();
-        let h = c.hidden_size;
-        let norm = |k: usize| self.vector(&layout.norm_tensor(i, &layout.norms[k]), h);
-        let proj = |p: Projection| {
-            let spec = layout.projection(p);
+        let norm = |role: NormRole| -> Result<Option<Norm<B>>> {
+            layout
+                .norm(role)
+                .map(|spec| self.norm(|s| layout.norm_tensor(i, spec, s), spec.size(c), spec.bias))
+                .transpose()
+        };
+        let proj = |p: Projection| -> Result<Option<Linear<B>>> {
+            let Some(spec) = layout.projection(p) else {
+                return Ok(None);
+            };
             let (inp, out) = p.dims(c);
             let prefix = layout.projection_tensor(i, spec, "");
             self.linear(prefix.trim_end_matches('.'), inp, out, p.has_bias(c))
+                .map(Some)
         };
+        let required = |p: Projection| -> Result<Linear<B>> {
+            proj(p)?.with_context(|| format!("{:?} has no {p:?} projection", c.architecture))
+        };
+        let input_norm = norm(NormRole::Input)?
+            .with_context(|| format!("{:?} has no input norm", c.architecture))?;
         Ok(DecoderLayer {
             original_index: i,
-            input_norm: norm(0)?,
-            q_proj: proj(Projection::Q)?,
-            k_proj: proj(Projection::K)?,
-            v_proj: proj(Projection::V)?,
-            o_proj: proj(Projection::O)?,
-            post_attention_norm: norm(1)?,
+            input_norm,
+            q_proj: required(Projection::Q)?,
+            k_proj: required(Projection::K)?,
+            v_proj: required(Projection::V)?,
+            o_proj: required(Projection::O)?,
+            q_norm: norm(NormRole::Query)?.map(|n| n.weight),
+            k_norm: norm(NormRole::Key)?.map(|n| n.weight),
+            post_attention_norm: norm(NormRole::PostAttention)?,
             gate_proj: proj(Projection::Gate)?,
-            up_proj: proj(Projection::Up)?,
-            down_proj: proj(Projection::Down)?,
+            up_proj: required(Projection::Up)?,
+            down_proj: required(Projection::Down)?,
         })
     }
 
@@ -215,7 +241,17 @@ impl<B: Backend> Loader<'_, B> {
             config: c.with_layers(layers.len()),
             embed_tokens,
             layers,
-            norm: self.vector(layout.final_norm.hf, c.hidden_size)?,
+            norm: Norm {
+                weight: self.vector(layout.final_norm.hf, c.hidden_size)?,
+                bias: match layout.final_norm.bias {
+                    Some((name, _)) => Some(self.vector(name, c.hidden_size)?),
+                    None => None,
+                },
+            },
+            lm_head_bias: match layout.lm_head.bias {
+                Some((name, _)) if c.lm_head_bias => Some(self.vector(name, c.vocab_size)?),
+                _ => None,
+            },
             lm_head,
             rope: Rope::new(c),
             dtype: self.dtype,

@@ -1,0 +1,161 @@
+//! The families beyond Llama (Qwen3, Phi-2) through the paths that iterate the architecture
+//! description: pruning (light and exported in Hugging Face layout) against transformers with the
+//! same layers deleted (tests/fixtures/make_fixtures.py, part "families"), LoRA targets per
+//! family, NF4 of every projection. Full-model parity is in tests/model_parity.rs.
+
+mod common;
+
+use burn::tensor::DType;
+use common::{fixtures, read_reference, rel_err, B};
+use layerprune::heal::adapter::{AdapterSet, LoraConfig};
+use layerprune::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch};
+use layerprune::source;
+
+const KEEP: [usize; 2] = [0, 2];
+
+fn open(name: &str, cache: &std::path::Path) -> ModelFiles {
+    let dir = fixtures().join("models").join(name);
+    ModelFiles::open(source::resolve_str(dir.to_str().unwrap(), cache).unwrap()).unwrap()
+}
+
+/// The reference batch's rows (real tokens only) and (batch, seq).
+fn rows_of(reference: &std::collections::BTreeMap<String, common::RefTensor>) -> Vec<Vec<u32>> {
+    let ids = &reference["input_ids"];
+    let mask = &reference["attention_mask"].i64;
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Logits of the real positions, row-major.
+fn real_logits(flat: &[f32], rows: &[Vec<u32>], t: usize, vocab: usize) -> Vec<f32> {
+    let mut v = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        for j in 0..r.len() {
+            v.extend_from_slice(&flat[(i * t + j) * vocab..(i * t + j + 1) * vocab]);
+        }
+    }
+    v
+}
+
+fn pruned_matches_transformers(name: &str) {
+    let cache = common::temp_cache();
+    let files = open(name, cache.path());
+    let reference = read_reference(
+        &fixtures()
+            .join("reference")
+            .join(format!("{name}-pruned.safetensors")),
+    );
+    let rows = rows_of(&reference);
+    let t = reference["input_ids"].shape[1];
+    let vocab = files.config.vocab_size;
+    let want = real_logits(&reference["logits"].f32, &rows, t, vocab);
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let logits = |m: &layerprune::model::Transformer<B>| {
+        let flat = to_f32_vec(
+            m.forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap();
+        real_logits(&flat, &rows, t, vocab)
+    };
+    // light: the base weights with layer 1 skipped
+    let light = files
+        .build_with_layers::<B>(&Default::default(), DType::F32, &KEEP)
+        .unwrap();
+    let e = rel_err(&logits(&light), &want);
+    assert!(e < 1e-4, "{name} light: relative error {e:e}");
+    // exported Hugging Face directory, read back
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    layerprune::model::export::export_hf(
+        &files,
+        &KEEP,
+        &out,
+        layerprune::backend::Precision::F32,
+        serde_json::json!({"kept_layers": KEEP}),
+    )
+    .unwrap();
+    let exported = open(out.to_str().unwrap(), cache.path());
+    assert_eq!(exported.config.num_hidden_layers, 2);
+    assert_eq!(exported.config.architecture, files.config.architecture);
+    let m = exported
+        .build::<B>(&Default::default(), DType::F32)
+        .unwrap();
+    let e = rel_err(&logits(&m), &want);
+    assert!(e < 1e-4, "{name} exported: relative error {e:e}");
+}
+
+#[test]
+fn pruned_qwen3_matches_transformers_light_and_exported() {
+    pruned_matches_transformers("tiny-qwen3");
+}
+
+#[test]
+fn pruned_phi_matches_transformers_light_and_exported() {
+    pruned_matches_transformers("tiny-phi");
+}
+
+/// Phi's LoRA targets are its own module names (fc1, fc2: the paper's FFN); the Llama names are
+/// refused with the family's module list; NF4 quantises every projection the layout has.
+#[test]
+fn phi_lora_targets_and_nf4_follow_its_layout() {
+    let cache = common::temp_cache();
+    let files = open("tiny-phi", cache.path());
+    let mut model = files.build::<B>(&Default::default(), DType::F32).unwrap();
+    let lora = |targets: &[&str]| LoraConfig {
+        r: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+    };
+    let err = AdapterSet::init(&lora(&["gate_proj", "up_proj"]), &model, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"gate_proj\" does not exist in Phi layers")
+            && err.contains("q_proj, k_proj, v_proj, dense, fc1, fc2"),
+        "{err}"
+    );
+    let set = AdapterSet::init(&lora(&["fc1", "fc2"]), &model, 0).unwrap();
+    assert_eq!(set.modules.len(), 3 * 2);
+    assert_eq!(
+        set.modules[0].peft_name("A"),
+        "base_model.model.model.layers.0.mlp.fc1.lora_A.weight"
+    );
+    assert_eq!(
+        (set.modules[0].in_features, set.modules[0].out_features),
+        (64, 128)
+    );
+    // NF4 on every projection, then the forward still runs and stays close
+    let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
+    let dense = to_f32_vec(
+        model
+            .forward(&batch, Capture::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap(),
+    )
+    .unwrap();
+    let all = layerprune::model::surgery::all_projections(&model);
+    assert_eq!(all.len(), 6);
+    layerprune::model::surgery::quantize_nf4(&mut model, &all).unwrap();
+    let q = to_f32_vec(
+        model
+            .forward(&batch, Capture::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap(),
+    )
+    .unwrap();
+    let e = rel_err(&q, &dense);
+    assert!(e > 0.0 && e < 0.2, "NF4 vs dense relative error {e}");
+}
