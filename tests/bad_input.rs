@@ -133,7 +133,7 @@ fn unsupported_architecture_is_named() {
     let e = open_err(dir.path());
     assert!(
         e.contains(
-            "unsupported architecture model_type = \"gpt_neox\" (supported: llama, mistral, qwen2)"
+            "unsupported architecture model_type = \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, phi)"
         ),
         "{e}"
     );
@@ -249,12 +249,12 @@ fn gguf_unsupported_tensor_type_and_missing_metadata_are_named() {
             ("general.architecture", MetaValue::Str("llama")),
             ("llama.embedding_length", MetaValue::U32(256)),
         ],
-        &[("token_embd.weight", &[256, 1], 12, vec![0u8; 144])],
+        &[("token_embd.weight", &[256, 1], 16, vec![0u8; 66])],
     );
     let g = GgufFile::open(&path).unwrap();
     let e = format!("{:#}", g.tensor_f32("token_embd.weight").unwrap_err());
     assert!(
-        e.contains("token_embd.weight") && e.contains("unsupported tensor type Q4_K"),
+        e.contains("token_embd.weight") && e.contains("unsupported tensor type IQ2_XXS"),
         "{e}"
     );
     let e = open_err(&path);

@@ -11,6 +11,8 @@
 use anyhow::{bail, Result};
 use half::{bf16, f16};
 
+use super::kquants::{KQuant, QK_K};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
@@ -21,7 +23,9 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
-    /// A type this reader knows by id but cannot dequantise (k-quants, i-quants, ...).
+    /// k-quants (super-blocks of 256 values, formats::kquants).
+    K(KQuant),
+    /// A type this reader knows by id but cannot dequantise (Q8_1, i-quants, ...).
     Unsupported(u32),
 }
 
@@ -35,9 +39,15 @@ impl GgmlType {
             6 => Self::Q5_0,
             7 => Self::Q5_1,
             8 => Self::Q8_0,
+            10 => Self::K(KQuant::Q2K),
+            11 => Self::K(KQuant::Q3K),
+            12 => Self::K(KQuant::Q4K),
+            13 => Self::K(KQuant::Q5K),
+            14 => Self::K(KQuant::Q6K),
+            15 => Self::K(KQuant::Q8K),
             30 => Self::BF16,
-            // Known ggml ids (k-quants, i-quants, integer types): readable table, no dequantiser.
-            9..=29 | 31..=41 => Self::Unsupported(id),
+            // Known ggml ids (Q8_1, i-quants, integer types): readable table, no dequantiser.
+            9 | 16..=29 | 31..=41 => Self::Unsupported(id),
             _ => return None,
         })
     }
@@ -52,14 +62,25 @@ impl GgmlType {
             Self::Q5_0 => "Q5_0".into(),
             Self::Q5_1 => "Q5_1".into(),
             Self::Q8_0 => "Q8_0".into(),
+            Self::K(k) => match k {
+                KQuant::Q2K => "Q2_K",
+                KQuant::Q3K => "Q3_K",
+                KQuant::Q4K => "Q4_K",
+                KQuant::Q5K => "Q5_K",
+                KQuant::Q6K => "Q6_K",
+                KQuant::Q8K => "Q8_K",
+            }
+            .into(),
             Self::Unsupported(id) => match id {
                 9 => "Q8_1".into(),
-                10 => "Q2_K".into(),
-                11 => "Q3_K".into(),
-                12 => "Q4_K".into(),
-                13 => "Q5_K".into(),
-                14 => "Q6_K".into(),
-                15 => "Q8_K".into(),
+                16 => "IQ2_XXS".into(),
+                17 => "IQ2_XS".into(),
+                18 => "IQ3_XXS".into(),
+                19 => "IQ1_S".into(),
+                20 => "IQ4_NL".into(),
+                21 => "IQ3_S".into(),
+                22 => "IQ2_S".into(),
+                23 => "IQ4_XS".into(),
                 other => format!("ggml type {other}"),
             },
         }
@@ -75,14 +96,17 @@ impl GgmlType {
             Self::Q5_0 => (32, 22),
             Self::Q5_1 => (32, 24),
             Self::Q8_0 => (32, 34),
+            Self::K(k) => (QK_K as u64, k.block_bytes() as u64),
             Self::Unsupported(id) => match id {
                 9 => (32, 36),
-                10 => (256, 84),
-                11 => (256, 110),
-                12 => (256, 144),
-                13 => (256, 176),
-                14 => (256, 210),
-                15 => (256, 292),
+                16 => (256, 66),
+                17 => (256, 74),
+                18 => (256, 98),
+                19 => (256, 50),
+                20 => (32, 18),
+                21 => (256, 110),
+                22 => (256, 82),
+                23 => (256, 136),
                 _ => return None,
             },
         })
@@ -106,7 +130,7 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
     if expected != Some(raw.len() as u64) || matches!(ty, GgmlType::Unsupported(_)) {
         if let GgmlType::Unsupported(_) = ty {
             bail!(
-                "unsupported tensor type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
+                "unsupported tensor type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)",
                 ty.name()
             );
         }
@@ -176,6 +200,11 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
                 );
             }
         }
+        GgmlType::K(k) => {
+            for b in raw.chunks_exact(k.block_bytes()) {
+                k.dequantize_block(b, &mut out);
+            }
+        }
         GgmlType::Unsupported(_) => unreachable!(),
     }
     Ok(out)
@@ -237,9 +266,9 @@ mod tests {
     #[test]
     fn wrong_sizes_and_unsupported_types_are_errors() {
         assert!(dequantize(GgmlType::Q4_1, &[0u8; 19], 32).is_err());
-        let err = dequantize(GgmlType::Unsupported(12), &[0u8; 144], 256).unwrap_err();
+        let err = dequantize(GgmlType::Unsupported(16), &[0u8; 66], 256).unwrap_err();
         assert!(
-            err.to_string().contains("unsupported tensor type Q4_K"),
+            err.to_string().contains("unsupported tensor type IQ2_XXS"),
             "{err}"
         );
     }

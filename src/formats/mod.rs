@@ -5,6 +5,7 @@
 pub mod ggml_quant;
 pub mod gguf;
 pub mod host_tensor;
+pub mod kquants;
 pub mod nf4;
 pub mod safetensors_dir;
 pub mod tokenizer;
