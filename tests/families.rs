@@ -11,8 +11,6 @@ use layerprune::heal::adapter::{AdapterSet, LoraConfig};
 use layerprune::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch};
 use layerprune::source;
 
-const KEEP: [usize; 2] = [0, 2];
-
 fn open(name: &str, cache: &std::path::Path) -> ModelFiles {
     let dir = fixtures().join("models").join(name);
     ModelFiles::open(source::resolve_str(dir.to_str().unwrap(), cache).unwrap()).unwrap()
@@ -44,7 +42,8 @@ fn real_logits(flat: &[f32], rows: &[Vec<u32>], t: usize, vocab: usize) -> Vec<f
     v
 }
 
-fn pruned_matches_transformers(name: &str) {
+/// `keep`: the layers transformers' pruned reference keeps (make_fixtures.py FAMILY_PRUNE_KEEP).
+fn pruned_matches_transformers(name: &str, keep: &[usize]) {
     let cache = common::temp_cache();
     let files = open(name, cache.path());
     let reference = read_reference(
@@ -67,9 +66,9 @@ fn pruned_matches_transformers(name: &str) {
         .unwrap();
         real_logits(&flat, &rows, t, vocab)
     };
-    // light: the base weights with layer 1 skipped
+    // light: the base weights, only the kept layers
     let light = files
-        .build_with_layers::<B>(&Default::default(), DType::F32, &KEEP)
+        .build_with_layers::<B>(&Default::default(), DType::F32, keep)
         .unwrap();
     let e = rel_err(&logits(&light), &want);
     assert!(e < 1e-4, "{name} light: relative error {e:e}");
@@ -78,10 +77,10 @@ fn pruned_matches_transformers(name: &str) {
     let out = dir.path().join("model");
     layerprune::model::export::export_hf(
         &files,
-        &KEEP,
+        keep,
         &out,
         layerprune::backend::Precision::F32,
-        serde_json::json!({"kept_layers": KEEP}),
+        serde_json::json!({"kept_layers": keep}),
     )
     .unwrap();
     let exported = open(out.to_str().unwrap(), cache.path());
@@ -96,12 +95,37 @@ fn pruned_matches_transformers(name: &str) {
 
 #[test]
 fn pruned_qwen3_matches_transformers_light_and_exported() {
-    pruned_matches_transformers("tiny-qwen3");
+    pruned_matches_transformers("tiny-qwen3", &[0, 2]);
 }
 
 #[test]
 fn pruned_phi_matches_transformers_light_and_exported() {
-    pruned_matches_transformers("tiny-phi");
+    pruned_matches_transformers("tiny-phi", &[0, 2]);
+}
+
+/// Gemma-3 pruned to layers 1 (global) and 3 (sliding): each kept layer keeps its attention
+/// type and RoPE tables, and the exported config.json lists the kept layers' layer_types.
+#[test]
+fn pruned_gemma3_keeps_each_layers_type_light_and_exported() {
+    pruned_matches_transformers("tiny-gemma3", &[1, 3]);
+    let cache = common::temp_cache();
+    let files = open("tiny-gemma3", cache.path());
+    let dir = tempfile::tempdir().unwrap();
+    layerprune::model::export::export_hf(
+        &files,
+        &[1, 3],
+        dir.path(),
+        layerprune::backend::Precision::F32,
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cfg["layer_types"],
+        serde_json::json!(["full_attention", "sliding_attention"])
+    );
 }
 
 /// Phi's LoRA targets are its own module names (fc1, fc2: the paper's FFN); the Llama names are

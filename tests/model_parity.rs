@@ -265,3 +265,11 @@ fn tiny_qwen3_qk_norm_matches_transformers() {
 fn tiny_phi_parallel_block_layernorm_partial_rotary_matches_transformers() {
     check_model("tiny-phi", "tiny-phi");
 }
+
+/// Gemma-3 with sliding (window 4) and global layers on inputs of up to 12 tokens: the window
+/// is exact, not rejected; local and global RoPE bases (global with linear scaling), q/k norms,
+/// (1 + w) norms around attention and MLP, sqrt(hidden) embedding scale, query_pre_attn_scalar.
+#[test]
+fn tiny_gemma3_sliding_and_global_layers_match_transformers() {
+    check_model("tiny-gemma3", "tiny-gemma3");
+}

@@ -184,11 +184,6 @@ pub fn score_reusing<B: Backend>(
     for (q, &i) in seq_of.iter().enumerate() {
         requests_of[i].push(q);
     }
-    if let Some(w) = model.config.sliding_window {
-        if let Some(s) = seqs.iter().find(|s| s.len() > w) {
-            anyhow::bail!("sequence length {} exceeds the sliding window {w}: sliding-window attention is not implemented", s.len());
-        }
-    }
     let fp = fingerprint(&seqs);
     let known = if budget_bytes() > 0 {
         lookup(&cut.base, &fp, cut.cut)

@@ -39,8 +39,12 @@ pub struct ProjectionSpec {
 pub enum NormRole {
     /// The block's input (before attention; in a parallel block, before both).
     Input,
-    /// The residual stream after attention, before the MLP.
-    PostAttention,
+    /// The attention's output, before it joins the residual stream (Gemma).
+    AttnOut,
+    /// The residual stream after attention, before the MLP (Llama's post_attention_layernorm).
+    PreMlp,
+    /// The MLP's output, before it joins the residual stream (Gemma).
+    MlpOut,
     /// Each head's queries (before RoPE), over head_dim.
     Query,
     /// Each head's keys (before RoPE), over head_dim.
@@ -63,7 +67,9 @@ impl NormSpec {
     /// The norm's length: hidden_size, or head_dim for per-head q/k norms.
     pub fn size(&self, c: &ModelConfig) -> usize {
         match self.role {
-            NormRole::Input | NormRole::PostAttention => c.hidden_size,
+            NormRole::Input | NormRole::AttnOut | NormRole::PreMlp | NormRole::MlpOut => {
+                c.hidden_size
+            }
             NormRole::Query | NormRole::Key => c.head_dim,
         }
     }
@@ -101,7 +107,7 @@ const INPUT_NORM: NormSpec = NormSpec {
     bias: false,
 };
 const POST_ATTENTION_NORM: NormSpec = NormSpec {
-    role: NormRole::PostAttention,
+    role: NormRole::PreMlp,
     name: "post_attention_layernorm",
     gguf: "ffn_norm",
     bias: false,
@@ -109,21 +115,45 @@ const POST_ATTENTION_NORM: NormSpec = NormSpec {
 
 const LLAMA_NORMS: [NormSpec; 2] = [INPUT_NORM, POST_ATTENTION_NORM];
 
-const QWEN3_NORMS: [NormSpec; 4] = [
+const Q_NORM: NormSpec = NormSpec {
+    role: NormRole::Query,
+    name: "self_attn.q_norm",
+    gguf: "attn_q_norm",
+    bias: false,
+};
+const K_NORM: NormSpec = NormSpec {
+    role: NormRole::Key,
+    name: "self_attn.k_norm",
+    gguf: "attn_k_norm",
+    bias: false,
+};
+
+const QWEN3_NORMS: [NormSpec; 4] = [INPUT_NORM, POST_ATTENTION_NORM, Q_NORM, K_NORM];
+
+/// Gemma-3: norms around attention and MLP (the HF name post_attention_layernorm is the
+/// attention's output norm here), per-head q/k norms.
+const GEMMA3_NORMS: [NormSpec; 6] = [
     INPUT_NORM,
-    POST_ATTENTION_NORM,
     NormSpec {
-        role: NormRole::Query,
-        name: "self_attn.q_norm",
-        gguf: "attn_q_norm",
+        role: NormRole::AttnOut,
+        name: "post_attention_layernorm",
+        gguf: "post_attention_norm",
         bias: false,
     },
     NormSpec {
-        role: NormRole::Key,
-        name: "self_attn.k_norm",
-        gguf: "attn_k_norm",
+        role: NormRole::PreMlp,
+        name: "pre_feedforward_layernorm",
+        gguf: "ffn_norm",
         bias: false,
     },
+    NormSpec {
+        role: NormRole::MlpOut,
+        name: "post_feedforward_layernorm",
+        gguf: "post_ffw_norm",
+        bias: false,
+    },
+    Q_NORM,
+    K_NORM,
 ];
 
 const PHI_NORMS: [NormSpec; 1] = [NormSpec {
@@ -204,6 +234,8 @@ static LLAMA: Layout = llama_layout(&LLAMA_NORMS, true);
 static QWEN2: Layout = llama_layout(&LLAMA_NORMS, false);
 /// Qwen3: the Qwen2 block without biases, with per-head q/k RMSNorms.
 static QWEN3: Layout = llama_layout(&QWEN3_NORMS, false);
+/// Gemma-3: the Llama projections, Gemma's norms; llama.cpp keeps NEOX RoPE as is.
+static GEMMA3: Layout = llama_layout(&GEMMA3_NORMS, false);
 /// Phi-2 (HF layout): one LayerNorm with bias per layer, final_layernorm, LM head with bias.
 static PHI: Layout = Layout {
     layer_prefix: "model.layers",
@@ -224,12 +256,13 @@ static PHI: Layout = Layout {
 };
 
 impl Architecture {
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 6] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
         Self::Qwen3,
         Self::Phi,
+        Self::Gemma3,
     ];
 
     pub fn layout(self) -> &'static Layout {
@@ -238,6 +271,7 @@ impl Architecture {
             Self::Qwen2 => &QWEN2,
             Self::Qwen3 => &QWEN3,
             Self::Phi => &PHI,
+            Self::Gemma3 => &GEMMA3,
         }
     }
 }
@@ -303,6 +337,23 @@ impl Layout {
                 .map(|p| format!("{}.{}.bias", p.group, p.name)),
         );
         v
+    }
+
+    /// Whether a Hugging Face tensor name is a norm weight (of a layer or the final norm).
+    pub fn is_norm_weight(&self, hf: &str) -> bool {
+        if hf == self.final_norm.hf {
+            return true;
+        }
+        let Some(rest) = hf
+            .strip_prefix(self.layer_prefix)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return false;
+        };
+        let name = rest.split_once('.').map(|(_, n)| n).unwrap_or("");
+        self.norms
+            .iter()
+            .any(|n| name == format!("{}.weight", n.name))
     }
 
     /// Map a Hugging Face tensor name to llama.cpp's GGUF name.

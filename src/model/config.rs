@@ -20,6 +20,10 @@ pub enum Architecture {
     /// Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary,
     /// GELU (tanh) MLP fc1/fc2, biases on every linear and on the LM head.
     Phi,
+    /// Gemma-3 (text): embedding scaled by sqrt(hidden), q/k RMSNorm, norms before and after
+    /// attention and MLP with (1 + w) weights, GELU-tanh gated MLP, sliding-window and global
+    /// layers with their own RoPE bases, attention scaled by query_pre_attn_scalar.
+    Gemma3,
 }
 
 impl Architecture {
@@ -30,6 +34,7 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Phi => "phi",
+            Self::Gemma3 => "gemma3_text",
         }
     }
     pub fn hf_class(self) -> &'static str {
@@ -39,6 +44,7 @@ impl Architecture {
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
             Self::Phi => "PhiForCausalLM",
+            Self::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 }
@@ -63,6 +69,8 @@ pub enum MlpKind {
     SwiGlu,
     /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h))))
     GeluTanh,
+    /// down(gelu_tanh(gate(h)) * up(h)) (Gemma's gelu_pytorch_tanh)
+    GeluTanhGated,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -138,6 +146,25 @@ pub struct ModelConfig {
     /// Bias on the LM head (Phi).
     #[serde(default, skip_serializing_if = "is_default")]
     pub lm_head_bias: bool,
+    /// Embeddings multiplied by sqrt(hidden_size) (Gemma).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub embed_scale: bool,
+    /// Norm weights stored as offsets from 1: the norm multiplies by (1 + w) (Gemma, HF layout).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm_offset: bool,
+    /// Per original layer: whether it attends within `sliding_window` only (Gemma-3's
+    /// layer_types); empty: every layer does when `sliding_window` is set (Mistral).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers (Gemma-3: rope_local_base_freq), unscaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_theta: Option<f64>,
+    /// Attention scores scaled by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// logits = cap * tanh(logits / cap)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
 }
 
 /// Reads keys of a JSON config with errors that name the file and the key.
@@ -221,17 +248,28 @@ impl ModelConfig {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "phi" => Architecture::Phi,
+            "gemma3_text" => Architecture::Gemma3,
+            "gemma3" => bail!(
+                "{}: model_type = \"gemma3\" is the multimodal Gemma-3; use the text model's \
+                 config (model_type \"gemma3_text\", Gemma3ForCausalLM)",
+                file.display()
+            ),
             other => bail!(
-                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2, qwen3, phi)",
+                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2, qwen3, phi, gemma3_text)",
                 file.display()
             ),
         };
         let phi = architecture == Architecture::Phi;
+        let gemma = architecture == Architecture::Gemma3;
         if !phi && k.opt_bool("mlp_bias")?.unwrap_or(false) {
             bail!("{}: mlp_bias = true is not supported", file.display());
         }
-        let expected_act = if phi { "gelu_new" } else { "silu" };
-        if let Some(act) = k.get("hidden_act").and_then(|v| v.as_str()) {
+        let (act_key, expected_act) = match architecture {
+            Architecture::Phi => ("hidden_act", "gelu_new"),
+            Architecture::Gemma3 => ("hidden_activation", "gelu_pytorch_tanh"),
+            _ => ("hidden_act", "silu"),
+        };
+        if let Some(act) = k.get(act_key).and_then(|v| v.as_str()) {
             if act != expected_act {
                 bail!(
                     "{}: hidden_act = \"{act}\" is not supported (expected \"{expected_act}\")",
@@ -264,9 +302,33 @@ impl ModelConfig {
         let head_dim = k
             .opt_usize("head_dim")?
             .unwrap_or(hidden_size / num_attention_heads);
-        // transformers >= 5 nests rope settings in `rope_parameters`; older configs use
-        // `rope_theta` and `rope_scaling` at the top level.
-        let rope_params = k.get("rope_parameters").cloned();
+        // transformers >= 5 nests rope settings in `rope_parameters` (Gemma-3: one table per
+        // layer type); older configs use `rope_theta` and `rope_scaling` at the top level.
+        let mut rope_params = k.get("rope_parameters").cloned();
+        let mut rope_local_theta = None;
+        if gemma {
+            let local = rope_params
+                .as_ref()
+                .and_then(|p| p.get("sliding_attention").cloned());
+            rope_local_theta = match &local {
+                Some(p) => {
+                    if parse_rope_scaling(file, p)?.is_some() {
+                        bail!(
+                            "{}: rope scaling on the sliding-attention layers is not supported",
+                            file.display()
+                        );
+                    }
+                    JsonKeys { file, json: p }.opt_f64("rope_theta")?
+                }
+                None => k.opt_f64("rope_local_base_freq")?,
+            }
+            .or(Some(10000.0));
+            if let Some(p) = &rope_params {
+                if p.get("full_attention").is_some() {
+                    rope_params = p.get("full_attention").cloned();
+                }
+            }
+        }
         let rope_theta = match &rope_params {
             Some(p) => JsonKeys { file, json: p }.opt_f64("rope_theta")?,
             None => None,
@@ -280,7 +342,7 @@ impl ModelConfig {
         };
         let attention_bias = k.opt_bool("attention_bias")?.unwrap_or(false);
         let sliding_window = match architecture {
-            Architecture::Mistral => k.opt_usize("sliding_window")?,
+            Architecture::Mistral | Architecture::Gemma3 => k.opt_usize("sliding_window")?,
             Architecture::Qwen2 | Architecture::Qwen3
                 if k.opt_bool("use_sliding_window")?.unwrap_or(false) =>
             {
@@ -295,6 +357,43 @@ impl ModelConfig {
         }
         .or(k.opt_f64("partial_rotary_factor")?)
         .unwrap_or(1.0);
+        let num_hidden_layers = k.usize("num_hidden_layers")?;
+        let sliding_layers = if gemma {
+            match k.get("layer_types") {
+                Some(Value::Array(types)) => types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Ok(true),
+                        Some("full_attention") => Ok(false),
+                        _ => bail!(
+                            "{}: layer_types: expected \"sliding_attention\" or \"full_attention\", found {t}",
+                            file.display()
+                        ),
+                    })
+                    .collect::<Result<Vec<bool>>>()?,
+                Some(other) => bail!("{}: layer_types should be a list, found {other}", file.display()),
+                // transformers' default: every sliding_window_pattern-th layer is global
+                None => {
+                    let pattern = k.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+                    (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if gemma && sliding_layers.len() != num_hidden_layers {
+            bail!(
+                "{}: layer_types lists {} layers, num_hidden_layers is {num_hidden_layers}",
+                file.display(),
+                sliding_layers.len()
+            );
+        }
+        if gemma && k.get("attn_logit_softcapping").is_some() {
+            bail!(
+                "{}: attn_logit_softcapping is not supported",
+                file.display()
+            );
+        }
         if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
             bail!(
                 "{}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor}",
@@ -306,7 +405,7 @@ impl ModelConfig {
             vocab_size: k.usize("vocab_size")?,
             hidden_size,
             intermediate_size: k.usize("intermediate_size")?,
-            num_hidden_layers: k.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -317,7 +416,7 @@ impl ModelConfig {
             },
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(gemma),
             qkv_bias: architecture == Architecture::Qwen2 || phi || attention_bias,
             o_bias: phi || architecture != Architecture::Qwen2 && attention_bias,
             max_position_embeddings: k.opt_usize("max_position_embeddings")?.unwrap_or(4096),
@@ -325,16 +424,30 @@ impl ModelConfig {
             bos_token_id: k.opt_token("bos_token_id"),
             eos_token_id: k.opt_token("eos_token_id"),
             norm: if phi { NormKind::Layer } else { NormKind::Rms },
-            mlp: if phi {
-                MlpKind::GeluTanh
-            } else {
-                MlpKind::SwiGlu
+            mlp: match architecture {
+                Architecture::Phi => MlpKind::GeluTanh,
+                Architecture::Gemma3 => MlpKind::GeluTanhGated,
+                _ => MlpKind::SwiGlu,
             },
             parallel_block: phi,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
             partial_rotary_factor,
             mlp_bias: phi,
             lm_head_bias: phi,
+            embed_scale: gemma,
+            norm_offset: gemma,
+            sliding_layers,
+            rope_local_theta,
+            query_pre_attn_scalar: if gemma {
+                Some(k.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0))
+            } else {
+                None
+            },
+            final_logit_softcapping: if gemma {
+                k.opt_f64("final_logit_softcapping")?
+            } else {
+                None
+            },
         };
         cfg.validate()
             .with_context(|| format!("{}", file.display()))?;
@@ -439,6 +552,12 @@ impl ModelConfig {
             partial_rotary_factor: 1.0,
             mlp_bias: false,
             lm_head_bias: false,
+            embed_scale: false,
+            norm_offset: false,
+            sliding_layers: Vec::new(),
+            rope_local_theta: None,
+            query_pre_attn_scalar: None,
+            final_logit_softcapping: None,
         };
         cfg.validate()
             .with_context(|| format!("{}", g.path().display()))?;
@@ -487,6 +606,15 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether original layer `i` attends within the sliding window only.
+    pub fn layer_is_sliding(&self, i: usize) -> bool {
+        match self.sliding_window {
+            None => false,
+            Some(_) if self.sliding_layers.is_empty() => true,
+            Some(_) => self.sliding_layers.get(i).copied().unwrap_or(false),
+        }
     }
 
     /// How many of each head's dimensions RoPE rotates (the first ones).

@@ -11,17 +11,29 @@ use super::config::{ModelConfig, RopeScaling};
 pub struct Rope {
     /// Inverse frequencies, head_dim / 2 of them, computed in f32 as transformers does.
     inv_freq: Vec<f32>,
+    /// The sliding-window layers' own tables (Gemma-3: rope_local_base_freq, unscaled).
+    local: Option<Box<Rope>>,
+}
+
+/// transformers' default inverse frequencies: 1 / base ** (arange(0, dim, 2).float() / dim), f32.
+fn default_inv_freq(dim: usize, base: f64) -> Vec<f32> {
+    let base = base as f32;
+    (0..dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+        .collect()
 }
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
         // the rotated part of each head: all of it, or the first partial_rotary_factor (Phi)
         let dim = cfg.rotary_dim();
-        let base = cfg.rope_theta as f32;
-        // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in float32
-        let mut inv_freq: Vec<f32> = (0..dim / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
-            .collect();
+        let local = cfg.rope_local_theta.map(|theta| {
+            Box::new(Rope {
+                inv_freq: default_inv_freq(dim, theta),
+                local: None,
+            })
+        });
+        let mut inv_freq = default_inv_freq(dim, cfg.rope_theta);
         match &cfg.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => {
@@ -65,7 +77,7 @@ impl Rope {
                 }
             }
         }
-        Self { inv_freq }
+        Self { inv_freq, local }
     }
 
     /// The rotation for one batch shape: tables expanded to every (row, position, head) so that
@@ -93,6 +105,10 @@ impl Rope {
         device: &B::Device,
         dtype: DType,
     ) -> RopeBatch<B> {
+        let local = self
+            .local
+            .as_ref()
+            .map(|l| Box::new(l.for_rows(starts, len, heads, device, dtype)));
         let batch = starts.len();
         let half = self.inv_freq.len();
         let dim = 2 * half;
@@ -131,7 +147,11 @@ impl Rope {
                 by_heads.push((h, expand(&cos, h), expand(&sin, h)));
             }
         }
-        RopeBatch { rotate, by_heads }
+        RopeBatch {
+            rotate,
+            by_heads,
+            local,
+        }
     }
 }
 
@@ -142,9 +162,19 @@ pub struct RopeBatch<B: Backend> {
     rotate: Tensor<B, 2>,
     /// (heads, cos, sin) with tables [batch * len * heads, head_dim]
     by_heads: Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>,
+    /// The sliding-window layers' tables, when they differ.
+    local: Option<Box<RopeBatch<B>>>,
 }
 
 impl<B: Backend> RopeBatch<B> {
+    /// The tables of a layer: the local ones for sliding-window layers that have their own.
+    pub fn for_layer(&self, sliding: bool) -> &RopeBatch<B> {
+        match (&self.local, sliding) {
+            (Some(l), true) => l,
+            _ => self,
+        }
+    }
+
     /// Rotate x [batch, len, heads, head_dim] (contiguous) -> same shape. With partial rotary
     /// (tables narrower than head_dim) only the first dimensions of each head turn.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

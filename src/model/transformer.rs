@@ -56,8 +56,15 @@ pub struct DecoderLayer<B: Backend> {
     /// Per-head RMSNorms of q and k before RoPE (Qwen3): [head_dim]
     pub q_norm: Option<Tensor<B, 1>>,
     pub k_norm: Option<Tensor<B, 1>>,
-    /// None in a parallel block (Phi: attention and MLP both read `input_norm`).
-    pub post_attention_norm: Option<Norm<B>>,
+    /// The norm before the MLP; None in a parallel block (Phi: attention and MLP both read
+    /// `input_norm`).
+    pub pre_mlp_norm: Option<Norm<B>>,
+    /// Norms of the attention's and the MLP's outputs before the residual adds (Gemma).
+    pub attn_out_norm: Option<Norm<B>>,
+    pub mlp_out_norm: Option<Norm<B>>,
+    /// Attends within the sliding window only, with the local RoPE tables (kept from the
+    /// original layer when pruning).
+    pub sliding: bool,
     /// None without a gated MLP (Phi).
     pub gate_proj: Option<Linear<B>>,
     pub up_proj: Linear<B>,
@@ -215,6 +222,17 @@ pub struct Past<'a, B: Backend> {
     pub kv: &'a LayerKv<B>,
     /// [batch, 1, new, cached + new], true = masked out
     pub mask: Tensor<B, 4, Bool>,
+    /// The same with the sliding window applied, for sliding layers (when the model has them).
+    pub sliding_mask: Option<Tensor<B, 4, Bool>>,
+}
+
+/// Causal attention within a window: query i sees keys j with i - w < j <= i (transformers'
+/// sliding-window causal mask). [1, 1, t, t], true = masked out.
+fn sliding_mask<B: Backend>(t: usize, w: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let masked: Vec<bool> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| j > i || i - j >= w))
+        .collect();
+    Tensor::from_data(TensorData::new(masked, [1, 1, t, t]), device)
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -233,19 +251,24 @@ impl<B: Backend> DecoderLayer<B> {
         past: Option<Past<B>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let h = self.input_norm.forward(x.clone(), cfg);
-        match &self.post_attention_norm {
+        let out_norm = |y: Tensor<B, 3>, n: &Option<Norm<B>>| match n {
+            Some(n) => n.forward(y, cfg),
+            None => y,
+        };
+        match &self.pre_mlp_norm {
             // parallel (Phi): x + attn(ln(x)) + mlp(ln(x))
             None => {
                 let (attn, kv) = self.attention(h.clone(), cfg, rope, past);
                 let y = self.o_proj.forward(attn) + self.mlp(h, cfg);
                 (x + y, kv)
             }
-            // sequential: x + attn(norm(x)), then + mlp(norm(.))
-            Some(post) => {
+            // sequential: x + attn(norm(x)), then + mlp(norm(.)); Gemma norms each output too
+            Some(pre) => {
                 let (attn, kv) = self.attention(h, cfg, rope, past);
-                let x = x + self.o_proj.forward(attn);
-                let h = post.forward(x.clone(), cfg);
-                (x + self.mlp(h, cfg), kv)
+                let x = x + out_norm(self.o_proj.forward(attn), &self.attn_out_norm);
+                let h = pre.forward(x.clone(), cfg);
+                let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
+                (x + m, kv)
             }
         }
     }
@@ -260,7 +283,12 @@ impl<B: Backend> DecoderLayer<B> {
             (MlpKind::GeluTanh, _) => self
                 .down_proj
                 .forward(gelu_approximate(self.up_proj.forward(h))),
-            (MlpKind::SwiGlu, None) => unreachable!("a SwiGLU layer is built with its gate"),
+            (MlpKind::GeluTanhGated, Some(gate)) => self
+                .down_proj
+                .forward(gelu_approximate(gate.forward(h.clone())) * self.up_proj.forward(h)),
+            (MlpKind::SwiGlu | MlpKind::GeluTanhGated, None) => {
+                unreachable!("a gated MLP is built with its gate")
+            }
         }
     }
 
@@ -285,6 +313,7 @@ impl<B: Backend> DecoderLayer<B> {
             Some(w) => rms_norm(y, w, cfg.rms_norm_eps),
             None => y,
         };
+        let rope = rope.for_layer(self.sliding);
         let q = rope
             .apply(head_norm(
                 heads(self.q_proj.forward(h.clone()), nh),
@@ -302,11 +331,24 @@ impl<B: Backend> DecoderLayer<B> {
             k: k.clone(),
             v: v.clone(),
         };
+        let window = cfg.sliding_window.filter(|_| self.sliding);
         let (k, v, mask) = match past {
-            None => (k, v, None),
+            // a sliding layer on a sequence longer than its window: causal and windowed
+            None => match window {
+                Some(w) if t > w => (
+                    k,
+                    v,
+                    Some(sliding_mask::<B>(t, w, &q.device()).expand([b, nh, t, t])),
+                ),
+                _ => (k, v, None),
+            },
             Some(p) => {
-                let [_, _, q_len, k_len] = p.mask.dims();
-                let mask = p.mask.expand([b, nh, q_len, k_len]);
+                let past_mask = match (window, p.sliding_mask) {
+                    (Some(_), Some(m)) => m,
+                    _ => p.mask,
+                };
+                let [_, _, q_len, k_len] = past_mask.dims();
+                let mask = past_mask.expand([b, nh, q_len, k_len]);
                 (
                     Tensor::cat(vec![p.kv.k.clone(), k], 2),
                     Tensor::cat(vec![p.kv.v.clone(), v], 2),
@@ -316,7 +358,8 @@ impl<B: Backend> DecoderLayer<B> {
         };
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
         let options = AttentionModuleOptions {
-            scale: None,
+            // Gemma: query_pre_attn_scalar^-0.5; otherwise head_dim^-0.5
+            scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
             softcap: None,
             is_causal: mask.is_none(),
         };
@@ -346,9 +389,16 @@ impl<B: Backend> Transformer<B> {
         self.layers.iter().map(|l| l.original_index).collect()
     }
 
-    /// Embedding lookup: ids [batch, seq] -> x(0) [batch, seq, hidden]
+    /// Embedding lookup: ids [batch, seq] -> x(0) [batch, seq, hidden] (Gemma: times
+    /// sqrt(hidden), the factor rounded to the compute dtype as transformers does)
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        embedding(self.embed_tokens.clone(), ids)
+        let x = embedding(self.embed_tokens.clone(), ids);
+        if self.config.embed_scale {
+            let scale = (self.config.hidden_size as f64).sqrt() as f32;
+            x * scale
+        } else {
+            x
+        }
     }
 
     /// RoPE tables for a batch of `batch` rows at positions 0..seq.
@@ -377,7 +427,12 @@ impl<B: Backend> Transformer<B> {
     /// Final norm + LM head: x [batch, seq, hidden] -> logits [batch, seq, vocab]
     pub fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let h = self.norm.forward(x, &self.config);
-        burn::tensor::module::linear(h, self.lm_head.clone(), self.lm_head_bias.clone())
+        let logits =
+            burn::tensor::module::linear(h, self.lm_head.clone(), self.lm_head_bias.clone());
+        match self.config.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
     }
 
     /// Full forward pass over a right-padded batch.
@@ -387,11 +442,6 @@ impl<B: Backend> Transformer<B> {
         capture: Capture,
         logits: Logits,
     ) -> anyhow::Result<ForwardOutput<B>> {
-        if let Some(w) = self.config.sliding_window {
-            if batch.seq > w {
-                anyhow::bail!("sequence length {} exceeds the sliding window {w}: sliding-window attention is not implemented", batch.seq);
-            }
-        }
         let ids = batch.to_tensor::<B>(&self.device);
         let last = final_positions::<B>(batch, &self.device);
         let mut x = self.embed(ids);
@@ -556,6 +606,25 @@ impl<B: Backend> Transformer<B> {
             TensorData::new(masked, [b, 1, s, p + s]),
             &self.device,
         );
+        // sliding layers: query i (position start + i) also needs key position > it - w
+        let sliding_mask = self
+            .config
+            .sliding_window
+            .filter(|_| self.layers.iter().any(|l| l.sliding))
+            .map(|w| {
+                let mut masked = Vec::with_capacity(b * s * (p + s));
+                for &start in &starts {
+                    for i in 0..s {
+                        let q = start + i;
+                        masked.extend((0..p).map(|j| j >= start || q - j >= w));
+                        masked.extend((0..s).map(|j| j > i || i - j >= w));
+                    }
+                }
+                Tensor::<B, 4, Bool>::from_data(
+                    TensorData::new(masked, [b, 1, s, p + s]),
+                    &self.device,
+                )
+            });
         let c = &self.config;
         let rope = self.rope.for_rows(
             &starts,
@@ -580,6 +649,7 @@ impl<B: Backend> Transformer<B> {
                     Some(Past {
                         kv: &rows,
                         mask: mask.clone(),
+                        sliding_mask: sliding_mask.clone(),
                     }),
                 )
                 .0;

@@ -51,7 +51,14 @@ impl WeightStore {
                 let name = layout
                     .gguf_name(hf_name)
                     .with_context(|| format!("no GGUF name for {hf_name}"))?;
-                let t = g.tensor_f32(&name)?;
+                let mut t = g.tensor_f32(&name)?;
+                // llama.cpp's Gemma converters store norm weights as 1 + w: back to HF's w
+                // (as transformers' GGUF loader does)
+                if cfg.norm_offset && layout.is_norm_weight(hf_name) {
+                    for w in &mut t.data {
+                        *w -= 1.0;
+                    }
+                }
                 // llama.cpp permutes llama q/k for its interleaved RoPE; qwen2 uses NEOX (half-split) as is.
                 if layout.gguf_rope_permuted {
                     let heads = layout
@@ -127,6 +134,18 @@ impl<B: Backend> Loader<'_, B> {
         )
     }
 
+    /// A norm weight as the forward pass multiplies by it: Gemma's stored offset w becomes 1 + w
+    /// (in f32, as transformers' Gemma3RMSNorm computes it), here, once.
+    fn norm_weight(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
+        let mut t = self.store.get(name, self.cfg)?;
+        if self.cfg.norm_offset {
+            for w in &mut t.data {
+                *w += 1.0;
+            }
+        }
+        upload(t, [len], name, self.device, self.dtype)
+    }
+
     /// HF linear weight [out, in] (+ optional bias) -> Linear with W [in, out].
     fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>> {
         let wname = format!("{prefix}.weight");
@@ -149,7 +168,7 @@ impl<B: Backend> Loader<'_, B> {
     /// A norm's weight (and bias, where the spec has one).
     fn norm(&self, name: impl Fn(&str) -> String, size: usize, bias: bool) -> Result<Norm<B>> {
         Ok(Norm {
-            weight: self.vector(&name("weight"), size)?,
+            weight: self.norm_weight(&name("weight"), size)?,
             bias: if bias {
                 Some(self.vector(&name("bias"), size)?)
             } else {
@@ -190,7 +209,10 @@ impl<B: Backend> Loader<'_, B> {
             o_proj: required(Projection::O)?,
             q_norm: norm(NormRole::Query)?.map(|n| n.weight),
             k_norm: norm(NormRole::Key)?.map(|n| n.weight),
-            post_attention_norm: norm(NormRole::PostAttention)?,
+            pre_mlp_norm: norm(NormRole::PreMlp)?,
+            attn_out_norm: norm(NormRole::AttnOut)?,
+            mlp_out_norm: norm(NormRole::MlpOut)?,
+            sliding: c.layer_is_sliding(i),
             gate_proj: proj(Projection::Gate)?,
             up_proj: required(Projection::Up)?,
             down_proj: required(Projection::Down)?,
@@ -242,7 +264,7 @@ impl<B: Backend> Loader<'_, B> {
             embed_tokens,
             layers,
             norm: Norm {
-                weight: self.vector(layout.final_norm.hf, c.hidden_size)?,
+                weight: self.norm_weight(layout.final_norm.hf, c.hidden_size)?,
                 bias: match layout.final_norm.bias {
                     Some((name, _)) => Some(self.vector(name, c.hidden_size)?),
                     None => None,
