@@ -54,10 +54,15 @@ impl TextTokenizer {
         Self::from_json_str(json, &path.display().to_string())
     }
 
-    /// Build the tokenizer described by GGUF metadata (only `gpt2`, byte-level BPE, is supported).
+    /// Build the tokenizer described by GGUF metadata: `gpt2` (byte-level BPE), or the
+    /// SentencePiece `llama` kind of Gemma files (built as transformers' GGUF loader does).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let origin = g.path().display().to_string();
         let model = g.require_str("tokenizer.ggml.model")?;
+        let arch = g.get("general.architecture").and_then(|v| v.as_str());
+        if model == "llama" && matches!(arch, Some("gemma" | "gemma2" | "gemma3")) {
+            return Self::gemma_from_gguf(g, &origin);
+        }
         if model != "gpt2" {
             bail!(
                 "{origin}: tokenizer.ggml.model = \"{model}\" is not supported (supported: gpt2, the byte-level BPE); \
@@ -117,6 +122,113 @@ impl TextTokenizer {
                 "vocab": vocab, "merges": merges},
         });
         Self::from_json_str(tokenizer.to_string(), &origin)
+    }
+
+    /// Gemma's SentencePiece vocabulary from GGUF, as transformers' `gemma_tokenizer` builds it:
+    /// tokens of only spaces respelled with "▁", merges rebuilt from the vocabulary (every split
+    /// of a token into two tokens, ranked by the token's position in the file, then longer left
+    /// and right pieces), BPE with byte fallback and fused unknowns, spaces normalised to "▁",
+    /// control tokens special, user-defined tokens added whole, BOS as the file says.
+    fn gemma_from_gguf(g: &GgufFile, origin: &str) -> Result<Self> {
+        let raw = g.require_str_array("tokenizer.ggml.tokens")?;
+        let tokens: Vec<String> = raw
+            .iter()
+            .map(|t| {
+                if t.contains(' ') && t.trim().is_empty() {
+                    "\u{2581}".repeat(t.chars().count())
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect();
+        let types: Vec<i64> = match g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
+            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        // Python dict semantics: a repeated token keeps its first position, takes the last id
+        let mut id_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for (id, t) in tokens.iter().enumerate() {
+            if id_of.insert(t.as_str(), id).is_none() {
+                order.push(t.as_str());
+            }
+        }
+        // (left, right, score = -position of the merged token); stable sorts as Python's
+        let mut merges: Vec<(&str, &str, i64)> = Vec::new();
+        for &merged in &order {
+            let score = -(id_of[merged] as i64);
+            let bounds: Vec<usize> = merged.char_indices().map(|(i, _)| i).skip(1).collect();
+            let mut local: Vec<(&str, &str, i64)> = bounds
+                .iter()
+                .filter_map(|&i| {
+                    let (l, r) = merged.split_at(i);
+                    (id_of.contains_key(l) && id_of.contains_key(r)).then_some((l, r, score))
+                })
+                .collect();
+            local.sort_by_key(|(l, r, _)| (id_of[l], id_of[r]));
+            merges.extend(local);
+        }
+        // sorted by (score, len(left), len(right)) descending, lengths in characters; stable
+        merges.sort_by(|a, b| {
+            let key = |m: &(&str, &str, i64)| (m.2, m.0.chars().count(), m.1.chars().count());
+            key(b).cmp(&key(a))
+        });
+        let mut vocab = Map::new();
+        for &t in &order {
+            vocab.insert(t.to_string(), json!(id_of[t]));
+        }
+        let merges_json: Vec<Value> = merges.iter().map(|(l, r, _)| json!([l, r])).collect();
+        let special_id = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|x| x as usize);
+        let name_of = |id: Option<usize>, default: &str| {
+            id.and_then(|i| tokens.get(i).cloned())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let unk = name_of(special_id("tokenizer.ggml.unknown_token_id"), "<unk>");
+        let mut added = Vec::new();
+        for (id, tok) in tokens.iter().enumerate() {
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == 3 || ty == 4 {
+                added.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}),
+                );
+            }
+        }
+        let add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let post_processor = if add_bos {
+            let bos = special_id("tokenizer.ggml.bos_token_id")
+                .with_context(|| format!("{origin}: add_bos_token without bos_token_id"))?;
+            let bos_tok = name_of(Some(bos), "<bos>");
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos_tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos_tok.clone(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+        } else {
+            Value::Null
+        };
+        let tokenizer = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+            "post_processor": post_processor,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": merges_json},
+        });
+        Self::from_json_str(tokenizer.to_string(), origin)
     }
 
     /// Token ids of `text`, with the model's default special tokens (BOS where the model adds one).

