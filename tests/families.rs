@@ -161,25 +161,20 @@ fn phi_lora_targets_and_nf4_follow_its_layout() {
     );
     // NF4 on every projection, then the forward still runs and stays close
     let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
-    let dense = to_f32_vec(
-        model
-            .forward(&batch, Capture::None, Logits::All)
-            .unwrap()
-            .logits
-            .unwrap(),
-    )
-    .unwrap();
+    let logits = |m: &layerprune::model::Transformer<B>| {
+        to_f32_vec(
+            m.forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let dense = logits(&model);
     let all = layerprune::model::surgery::all_projections(&model);
     assert_eq!(all.len(), 6);
     layerprune::model::surgery::quantize_nf4(&mut model, &all).unwrap();
-    let q = to_f32_vec(
-        model
-            .forward(&batch, Capture::None, Logits::All)
-            .unwrap()
-            .logits
-            .unwrap(),
-    )
-    .unwrap();
+    let q = logits(&model);
     let e = rel_err(&q, &dense);
     assert!(e > 0.0 && e < 0.2, "NF4 vs dense relative error {e}");
 }

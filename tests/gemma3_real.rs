@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{fixtures, read_reference, rel_err, test_cache};
 
 pub const GEMMA3: &str = "concat:
@@ -29,26 +27,7 @@ fn reference() -> serde_json::Value {
 
 #[test]
 fn gemma3_forward_cli_matches_transformers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_layerprune"))
-        .args([
-            "forward",
-            GEMMA3,
-            "--prompt",
-            "The capital of France is",
-            "--top",
-            "5",
-            "--json",
-            "--cache-dir",
-        ])
-        .arg(test_cache())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = common::cli::forward_json(GEMMA3, "The capital of France is");
     let reference = reference();
     assert_eq!(ours["token_ids"], reference["token_ids"]);
     assert_eq!(ours["token_ids"][0], 2, "BOS first");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cli::{stderr, stdout, Env};
 use common::fixtures;
@@ -224,14 +224,7 @@ fn gc_skips_the_directory_of_a_running_job() {
         "name = \"p\"\n[stages.a]\nkind = \"test-value\"\nvalue = 1\nsleep_ms = 3000\n",
     );
     let child = env.spawn(&["run", "p.toml"]);
-    let start = Instant::now();
-    while !env.exec_log().iter().any(|l| l.ends_with("start")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the job never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    env.wait_for_start();
     let o = env.run(&["cache", "gc", "--all"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("skipping"), "{}", stdout(&o));
@@ -451,14 +444,7 @@ fn no_wait_answers_before_hashing_sources() {
         "name = \"p\"\n[stages.a]\nkind = \"test-value\"\nvalue = 1\nsleep_ms = 3000\n",
     );
     let mut child = env.spawn(&["run", "p.toml"]);
-    let start = Instant::now();
-    while !env.exec_log().iter().any(|l| l.ends_with("start")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the job never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    env.wait_for_start();
     // the same pipeline, now naming a folder nobody has hashed yet
     let data = env.path("texts");
     std::fs::create_dir_all(&data).unwrap();

@@ -11,6 +11,52 @@ use serde_json::{json, Map, Value};
 
 use super::gguf::GgufFile;
 
+/// ggml token types 3 (control: special) and 4 (user defined: added whole, not special) as
+/// tokenizer.json added tokens. Types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused,
+/// 6 byte.
+fn added_tokens<S: AsRef<str>>(tokens: &[S], types: &[i64]) -> Vec<Value> {
+    let mut added = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        let ty = types.get(id).copied().unwrap_or(1);
+        if ty == 3 || ty == 4 {
+            added.push(
+                json!({"id": id, "content": tok.as_ref(), "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == 3}),
+            );
+        }
+    }
+    added
+}
+
+/// The ggml token types of a GGUF vocabulary (1, normal, where absent).
+fn token_types(g: &GgufFile, n: usize) -> Vec<i64> {
+    match g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+    {
+        Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+        None => vec![1; n],
+    }
+}
+
+/// A post-processor putting `bos` (token `bos_tok`, id `bos`) before every sequence, as
+/// transformers' TemplateProcessing "<bos>:0 $A:0" (pairs: "<bos>:0 $A:0 <bos>:1 $B:1" when
+/// `bos_before_pair`, else "<bos>:0 $A:0 $B:1").
+fn bos_post_processor(bos_tok: &str, bos: usize, bos_before_pair: bool) -> Value {
+    let mut pair = vec![
+        json!({"SpecialToken": {"id": bos_tok, "type_id": 0}}),
+        json!({"Sequence": {"id": "A", "type_id": 0}}),
+    ];
+    if bos_before_pair {
+        pair.push(json!({"SpecialToken": {"id": bos_tok, "type_id": 1}}));
+    }
+    pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
+    json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": pair,
+        "special_tokens": {bos_tok: {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+}
+
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -71,26 +117,12 @@ impl TextTokenizer {
         }
         let tokens = g.require_str_array("tokenizer.ggml.tokens")?;
         let merges = g.require_str_array("tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match g
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-        {
-            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
+        let types = token_types(g, tokens.len());
         let mut vocab = Map::new();
-        let mut added = Vec::new();
         for (id, tok) in tokens.iter().enumerate() {
             vocab.insert(tok.to_string(), json!(id));
-            // ggml token types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
-            let ty = types.get(id).copied().unwrap_or(1);
-            if ty == 3 || ty == 4 {
-                added.push(
-                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}),
-                );
-            }
         }
+        let added = added_tokens(&tokens, &types);
         let add_bos = g
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
@@ -100,11 +132,7 @@ impl TextTokenizer {
             let bos_tok = tokens
                 .get(bos)
                 .with_context(|| format!("{origin}: bos_token_id {bos} out of range"))?;
-            json!({"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos_tok.to_string(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+            bos_post_processor(bos_tok, bos, false)
         } else {
             Value::Null
         };
@@ -141,13 +169,7 @@ impl TextTokenizer {
                 }
             })
             .collect();
-        let types: Vec<i64> = match g
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-        {
-            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
+        let types = token_types(g, tokens.len());
         // Python dict semantics: a repeated token keeps its first position, takes the last id
         let mut id_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut order: Vec<&str> = Vec::new();
@@ -187,16 +209,7 @@ impl TextTokenizer {
                 .unwrap_or_else(|| default.to_string())
         };
         let unk = name_of(special_id("tokenizer.ggml.unknown_token_id"), "<unk>");
-        let mut added = Vec::new();
-        for (id, tok) in tokens.iter().enumerate() {
-            let ty = types.get(id).copied().unwrap_or(1);
-            if ty == 3 || ty == 4 {
-                added.push(
-                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}),
-                );
-            }
-        }
+        let added = added_tokens(&tokens, &types);
         let add_bos = g
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
@@ -204,12 +217,7 @@ impl TextTokenizer {
         let post_processor = if add_bos {
             let bos = special_id("tokenizer.ggml.bos_token_id")
                 .with_context(|| format!("{origin}: add_bos_token without bos_token_id"))?;
-            let bos_tok = name_of(Some(bos), "<bos>");
-            json!({"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": bos_tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos_tok.clone(): {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
+            bos_post_processor(&name_of(Some(bos), "<bos>"), bos, true)
         } else {
             Value::Null
         };

@@ -139,17 +139,23 @@ impl Store {
         Status::Valid(manifest)
     }
 
-    /// Lock the key if no one holds it; None while a job (of any process) computes it.
-    pub fn try_lock(&self, kind: &str, key: &str) -> Result<Option<KeyLock>> {
+    /// The key's lock file, opened (created if needed), and its path.
+    fn lock_file(&self, kind: &str, key: &str) -> Result<(File, PathBuf)> {
         let path = self.lock_path(kind, key);
-        std::fs::create_dir_all(path.parent().unwrap())
-            .with_context(|| format!("cannot create {}", path.parent().unwrap().display()))?;
+        let dir = path.parent().unwrap();
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        Ok((file, path))
+    }
+
+    /// Lock the key if no one holds it; None while a job (of any process) computes it.
+    pub fn try_lock(&self, kind: &str, key: &str) -> Result<Option<KeyLock>> {
+        let (file, path) = self.lock_file(kind, key)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(KeyLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -161,14 +167,7 @@ impl Store {
 
     /// Lock the key (waiting for another process that holds it).
     pub fn lock(&self, kind: &str, key: &str) -> Result<KeyLock> {
-        let path = self.lock_path(kind, key);
-        std::fs::create_dir_all(path.parent().unwrap())?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        let (file, path) = self.lock_file(kind, key)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -52,6 +52,17 @@ impl Env {
             .map(|x| (x[0].to_string(), x[4].to_string(), x[5].to_string()))
             .collect()
     }
+    /// Wait (up to 30 s) until a test-value job has logged its start.
+    pub fn wait_for_start(&self) {
+        let start = std::time::Instant::now();
+        while !self.exec_log().iter().any(|l| l.ends_with("start")) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the job never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     pub fn exec_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.path("exec.log"))
             .unwrap_or_default()
@@ -66,4 +77,29 @@ pub fn stdout(o: &Output) -> String {
 }
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// `layerprune forward SOURCE --prompt PROMPT --top 5 --json` with the shared test cache: the
+/// parsed JSON report (panics with stderr on failure).
+pub fn forward_json(source: &str, prompt: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_layerprune"))
+        .args([
+            "forward",
+            source,
+            "--prompt",
+            prompt,
+            "--top",
+            "5",
+            "--json",
+            "--cache-dir",
+        ])
+        .arg(super::test_cache())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
