@@ -178,3 +178,59 @@ fn phi_lora_targets_and_nf4_follow_its_layout() {
     let e = rel_err(&q, &dense);
     assert!(e > 0.0 && e < 0.2, "NF4 vs dense relative error {e}");
 }
+
+/// Gemma-3's sliding window through the cached-prefix scoring paths (a shared few-shot prefix,
+/// and multi-token continuations after their context's KV cache): every log-likelihood equals
+/// scoring each request as one full sequence (no cache), with contexts far longer than the
+/// window (4).
+#[test]
+fn gemma3_cached_prefix_scoring_equals_full_sequences_beyond_the_window() {
+    use layerprune::eval::below_cut::{score_reusing, Cut};
+    use layerprune::eval::loglik::{score, Request, ScoreOptions};
+    let cache = common::temp_cache();
+    let files = open("tiny-gemma3", cache.path());
+    let model = files.build::<B>(&Default::default(), DType::F32).unwrap();
+    let opts = |shared_prefix: bool| ScoreOptions {
+        batch_size: 2,
+        workers: 1,
+        shared_prefix,
+        max_length: 1000,
+        pad_id: 0,
+    };
+    let prefix: Vec<u32> = (0..20).map(|i| 5 + (i * 7) % 300).collect();
+    // single-token continuations after a shared 20-token prefix (the few-shot path)
+    let single: Vec<Request> = (0..4)
+        .map(|q| Request {
+            context: [prefix.clone(), vec![40 + q, 41, 42]].concat(),
+            continuation: vec![100 + q],
+        })
+        .collect();
+    // multi-token continuations after 9-token contexts (the context-KV path)
+    let multi: Vec<Request> = (0..3)
+        .map(|q| Request {
+            context: (0..9).map(|i| 10 + q * 11 + i).collect(),
+            continuation: vec![200, 201 + q, 202],
+        })
+        .collect();
+    for (requests, shared) in [(&single, true), (&multi, false)] {
+        let cached = score(&model, requests, &opts(shared)).unwrap();
+        let (full, _) = score_reusing(
+            &model,
+            requests,
+            &opts(false),
+            &Cut {
+                base: format!("gemma3 window test {shared}"),
+                cut: model.num_layers(),
+            },
+        )
+        .unwrap();
+        for (a, b) in cached.iter().zip(&full) {
+            assert!(
+                (a.loglik - b.loglik).abs() <= 1e-4 * b.loglik.abs().max(1.0),
+                "cached {} vs full sequence {}",
+                a.loglik,
+                b.loglik
+            );
+        }
+    }
+}
