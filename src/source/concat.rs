@@ -185,11 +185,16 @@ mod tests {
         assert_eq!(std::fs::read(&r.path).unwrap(), b"hello world");
         assert_eq!(r.path.file_name().unwrap(), "m.bin");
         assert_eq!(r.sha256, sha);
-        // a wrong checksum is refused and leaves nothing behind
+        // parts that do not join to the checksum are refused, and leave nothing behind (a fresh
+        // cache: in the first one the verified file of that checksum already exists)
+        let fresh = dir.path().join("cache2");
         let bad: SourceSpec = format!("concat: {} + {} #sha256={}", b.display(), a.display(), sha)
             .parse()
             .unwrap();
-        let e = super::super::resolve(&bad, &cache).unwrap_err().to_string();
+        let e = format!("{:#}", super::super::resolve(&bad, &fresh).unwrap_err());
         assert!(e.contains("has sha256") && e.contains("expected"), "{e}");
+        let made = fresh.join("sources").join("concat").join(&sha);
+        assert!(!made.join("m.bin").exists());
+        assert_eq!(std::fs::read_dir(&made).map(|d| d.count()).unwrap_or(0), 0);
     }
 }
