@@ -468,7 +468,6 @@ impl ModelConfig {
         };
         let gemma = architecture == Architecture::Gemma3;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let block_count = g.require_u64(&key("block_count"))? as usize;
         let hidden_size = g.require_u64(&key("embedding_length"))? as usize;
         let num_attention_heads = g.require_u64(&key("attention.head_count"))? as usize;
         let num_key_value_heads = match g.get(&key("attention.head_count_kv")) {
@@ -525,7 +524,7 @@ impl ModelConfig {
             vocab_size,
             hidden_size,
             intermediate_size: g.require_u64(&key("feed_forward_length"))? as usize,
-            num_hidden_layers: block_count,
+            num_hidden_layers: g.require_u64(&key("block_count"))? as usize,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -568,15 +567,17 @@ impl ModelConfig {
             // Gemma-3 GGUF metadata holds no layer pattern, local RoPE base or attention scalar:
             // transformers' Gemma3TextConfig defaults (every 6th layer global, 10000, 256), as
             // its GGUF loader uses them
-            sliding_layers: if gemma {
-                (0..block_count).map(|i| (i + 1) % 6 != 0).collect()
-            } else {
-                Vec::new()
-            },
+            sliding_layers: Vec::new(),
             rope_local_theta: gemma.then_some(10000.0),
             query_pre_attn_scalar: gemma.then_some(256.0),
             final_logit_softcapping: None,
         };
+        let mut cfg = cfg;
+        if gemma {
+            cfg.sliding_layers = (0..cfg.num_hidden_layers)
+                .map(|i| (i + 1) % 6 != 0)
+                .collect();
+        }
         cfg.validate()
             .with_context(|| format!("{}", g.path().display()))?;
         Ok(cfg)
