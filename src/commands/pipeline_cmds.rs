@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::pipeline::{self, ConfigError, JobGraph, PipelineConfig};
-use crate::runner::{self, exit, results, store::Status, store::Store, RunOptions};
+use crate::runner::cache::GcAction;
+use crate::runner::{self, exit, results, RunOptions};
 
 /// Which cache root a pipeline uses: --cache-dir, else the file's cache_dir, else the default.
 pub fn cache_root_for(cfg: &PipelineConfig, cli: Option<&Path>) -> PathBuf {
@@ -207,37 +208,30 @@ pub fn report_error(message: &str) {
 }
 
 pub fn cache_ls(cache_root: &Path) -> Result<u8> {
-    let store = Store::new(cache_root);
-    for (kind, key, dir) in store.list() {
-        let size: u64 = walk_size(&dir);
-        let (stage, finished) = match store.status(&kind, &key, false) {
-            Status::Valid(m) => (
-                crate::pipeline::graph::label(&m.stage, &m.assignment),
-                m.finished_at,
-            ),
-            Status::Corrupt(r) => (format!("CORRUPT: {r}"), String::new()),
-            Status::Missing => continue,
+    for e in runner::cache::list(cache_root) {
+        let (stage, finished) = match e.state {
+            Ok(x) => x,
+            Err(r) => (format!("CORRUPT: {r}"), String::new()),
         };
         println!(
-            "{kind:12} {}  {:>10}  {finished:25}  {stage}",
-            &key[..12],
-            human_size(size)
+            "{:12} {}  {:>10}  {finished:25}  {stage}",
+            e.kind,
+            &e.key[..12],
+            human_size(e.bytes)
         );
     }
     Ok(exit::SUCCESS)
 }
 
 pub fn cache_verify(cache_root: &Path) -> Result<u8> {
-    let store = Store::new(cache_root);
     let (mut ok, mut bad) = (0, 0);
-    for (kind, key, _) in store.list() {
-        match store.status(&kind, &key, true) {
-            Status::Valid(_) => ok += 1,
-            Status::Corrupt(r) => {
+    for (kind, key, corrupt) in runner::cache::verify(cache_root) {
+        match corrupt {
+            None => ok += 1,
+            Some(r) => {
                 bad += 1;
                 println!("corrupt  {kind}/{key}: {r}");
             }
-            Status::Missing => {}
         }
     }
     println!("{ok} artifacts verified, {bad} corrupt");
@@ -288,46 +282,26 @@ pub fn cache_gc(
         );
     }
     let verb = if dry_run { "would remove" } else { "removing" };
-    let (mut removed, mut kept, mut busy, mut bytes) = (0, 0, 0, 0u64);
+    let mut total = runner::cache::GcSummary::default();
     for root in roots {
-        let store = Store::new(&root);
-        for (kind, key, dir) in store.list() {
-            if keep.contains(&key) {
-                kept += 1;
-                continue;
-            }
-            let Some(_lock) = store.try_lock(&kind, &key)? else {
-                busy += 1;
-                println!("skipping {kind}/{key}: a running job holds it");
-                continue;
-            };
-            bytes += walk_size(&dir);
-            removed += 1;
-            println!("{verb} {kind}/{key}");
-            if !dry_run {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("cannot remove {}", dir.display()))?;
-            }
-        }
-        for (kind, key, tmp) in store.leftovers() {
-            let Some(_lock) = store.try_lock(&kind, &key)? else {
-                busy += 1;
-                println!("skipping {}: a running job is writing it", tmp.display());
-                continue;
-            };
-            println!("{verb} leftover {}", tmp.display());
-            if !dry_run {
-                std::fs::remove_dir_all(&tmp)
-                    .with_context(|| format!("cannot remove {}", tmp.display()))?;
-            }
-        }
+        let s = runner::cache::gc(&root, (!all).then_some(&keep), dry_run, &mut |a| match a {
+            GcAction::Remove { kind, key } => println!("{verb} {kind}/{key}"),
+            GcAction::RemoveLeftover(p) => println!("{verb} leftover {}", p.display()),
+            GcAction::SkipBusy(p) => println!("skipping {}: a running job holds it", p.display()),
+        })?;
+        total.removed += s.removed;
+        total.kept += s.kept;
+        total.busy += s.busy;
+        total.bytes += s.bytes;
     }
     println!(
-        "{removed} artifacts ({}) {}, {kept} kept{}",
-        human_size(bytes),
+        "{} artifacts ({}) {}, {} kept{}",
+        total.removed,
+        human_size(total.bytes),
         if dry_run { "unreachable" } else { "removed" },
-        if busy > 0 {
-            format!(", {busy} in use skipped")
+        total.kept,
+        if total.busy > 0 {
+            format!(", {} in use skipped", total.busy)
         } else {
             String::new()
         }
@@ -368,19 +342,6 @@ pub fn stages() -> Result<u8> {
         println!();
     }
     Ok(exit::SUCCESS)
-}
-
-fn walk_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            total += walk_size(&p);
-        } else {
-            total += e.metadata().map(|m| m.len()).unwrap_or(0);
-        }
-    }
-    total
 }
 
 fn human_size(b: u64) -> String {

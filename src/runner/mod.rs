@@ -2,6 +2,7 @@
 //! it is cached or why it must run; `run` computes what is missing, one job after another, and
 //! writes results/<pipeline>/ (resolved.toml, jobs.csv, runs.csv, published report files).
 
+pub mod cache;
 pub mod results;
 pub mod state;
 pub mod store;
