@@ -27,11 +27,6 @@ impl Strategy {
         }
     }
 
-    /// The strategy named `name` (as in tables and configs).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
     /// Position in `ALL` (a figure's series index).
     pub fn index(self) -> usize {
         Self::ALL.iter().position(|&s| s == self).unwrap_or(0)

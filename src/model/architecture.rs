@@ -304,10 +304,12 @@ impl Layout {
 
     /// Hugging Face name of a layer tensor: `model.layers.{i}.{group}.{name}.{suffix}`.
     pub fn projection_tensor(&self, layer: usize, spec: &ProjectionSpec, suffix: &str) -> String {
-        format!(
-            "{}.{layer}.{}.{}.{suffix}",
-            self.layer_prefix, spec.group, spec.name
-        )
+        format!("{}.{suffix}", self.projection_prefix(layer, spec))
+    }
+
+    /// Hugging Face module path of a projection: `model.layers.{i}.{group}.{name}`.
+    pub fn projection_prefix(&self, layer: usize, spec: &ProjectionSpec) -> String {
+        format!("{}.{layer}.{}.{}", self.layer_prefix, spec.group, spec.name)
     }
 
     /// Hugging Face name of a layer norm's `suffix` ("weight" or "bias").

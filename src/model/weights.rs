@@ -191,8 +191,7 @@ impl<B: Backend> Loader<'_, B> {
                 return Ok(None);
             };
             let (inp, out) = p.dims(c);
-            let prefix = layout.projection_tensor(i, spec, "");
-            self.linear(prefix.trim_end_matches('.'), inp, out, p.has_bias(c))
+            self.linear(&layout.projection_prefix(i, spec), inp, out, p.has_bias(c))
                 .map(Some)
         };
         let required = |p: Projection| -> Result<Linear<B>> {
