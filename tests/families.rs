@@ -103,6 +103,109 @@ fn pruned_phi_matches_transformers_light_and_exported() {
     pruned_matches_transformers("tiny-phi", &[0, 2]);
 }
 
+/// Qwen v1 pruned: light, and exported in its own layout (fused c_attn, n_layer-free config,
+/// qwen.tiktoken) and read back; transformers itself loads Qwen v1 only with the upstream remote
+/// code, so the exported copy is checked against the Qwen2 reference through layerprune.
+#[test]
+fn pruned_qwen1_matches_transformers_light_and_exported() {
+    pruned_matches_transformers("tiny-qwen1", &[0, 2]);
+    let cache = common::temp_cache();
+    let files = open("tiny-qwen1", cache.path());
+    let dir = tempfile::tempdir().unwrap();
+    layerprune::model::export::export_hf(
+        &files,
+        &[0, 2],
+        dir.path(),
+        layerprune::backend::Precision::F32,
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(names.contains(&"qwen.tiktoken".to_string()), "{names:?}");
+    assert!(!names.contains(&"tokenizer.json".to_string()), "{names:?}");
+    let st = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let mut tensors: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    tensors.sort();
+    assert!(tensors.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
+    assert_eq!(st.tensor("transformer.h.1.attn.c_attn.bias").unwrap().shape(), [192]);
+    assert!(!tensors.iter().any(|t| t.starts_with("transformer.h.2.")), "{tensors:?}");
+    assert_eq!(tensors.len(), 3 + 2 * 8, "{tensors:?}");
+}
+
+/// Qwen v1's LoRA targets: w1, w2 and mlp.c_proj (the paper's FFN); bare "c_proj" names both
+/// the attention output and the MLP's down projection and is refused as ambiguous (PEFT's
+/// suffix match would take both); the fused c_attn is no target. PEFT names follow the layout.
+/// Inputs beyond seq_length (where upstream rescales RoPE and attention) are refused.
+#[test]
+fn qwen1_lora_targets_context_limit_and_nf4() {
+    let cache = common::temp_cache();
+    let files = open("tiny-qwen1", cache.path());
+    let mut model = files.build::<B>(&Default::default(), DType::F32).unwrap();
+    let lora = |targets: &[&str]| LoraConfig {
+        r: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+    };
+    let err = format!(
+        "{:#}",
+        AdapterSet::init(&lora(&["w1", "w2", "c_proj"]), &model, 0).unwrap_err()
+    );
+    assert!(
+        err.contains("ambiguous") && err.contains("attn.c_proj and mlp.c_proj"),
+        "{err}"
+    );
+    let err = format!("{:#}", AdapterSet::init(&lora(&["c_attn"]), &model, 0).unwrap_err());
+    assert!(err.contains("fuses q, k and v"), "{err}");
+    let set = AdapterSet::init(&lora(&["mlp.c_proj", "w2", "w1"]), &model, 0).unwrap();
+    assert_eq!(set.modules.len(), 3 * 3);
+    let names: Vec<String> = set.modules[..3].iter().map(|m| m.peft_name("A")).collect();
+    assert_eq!(
+        names,
+        [
+            "base_model.model.transformer.h.0.mlp.w2.lora_A.weight",
+            "base_model.model.transformer.h.0.mlp.w1.lora_A.weight",
+            "base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight",
+        ]
+    );
+    // c_proj of the MLP: in = the MLP width (intermediate_size / 2 = 128), out = hidden
+    assert_eq!((set.modules[2].in_features, set.modules[2].out_features), (128, 64));
+    // saved and read back as a PEFT adapter: the same modules
+    let dir = tempfile::tempdir().unwrap();
+    set.save_peft(dir.path(), "tiny-qwen1").unwrap();
+    let back = AdapterSet::load_peft(dir.path()).unwrap();
+    assert_eq!(back.modules, set.modules);
+    // the context limit (seq_length 32 in the fixture's config)
+    assert_eq!(files.config.context_limit, Some(32));
+    assert!(files.config.check_length("seq_len", 32).is_ok());
+    let err = files.config.check_length("seq_len", 33).unwrap_err().to_string();
+    assert!(err.contains("seq_len = 33") && err.contains("seq_length = 32"), "{err}");
+    // NF4 on every projection (q, k and v from the fused module each)
+    let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
+    let logits = |m: &layerprune::model::Transformer<B>| {
+        to_f32_vec(
+            m.forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let dense = logits(&model);
+    let all = layerprune::model::surgery::all_projections(&model);
+    assert_eq!(all.len(), 7);
+    layerprune::model::surgery::quantize_nf4(&mut model, &all).unwrap();
+    // 4-bit weights on a random 3-layer model whose layers each move the stream by 1-6x its
+    // norm: a visible but bounded difference (NF4 itself is checked against bitsandbytes in
+    // tests/heal_parity.rs)
+    let e = rel_err(&logits(&model), &dense);
+    assert!(e > 0.0 && e < 0.5, "NF4 vs dense relative error {e}");
+}
+
 /// Gemma-3 pruned to layers 1 (global) and 3 (sliding): each kept layer keeps its attention
 /// type and RoPE tables, and the exported config.json lists the kept layers' layer_types.
 #[test]

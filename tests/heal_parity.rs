@@ -79,6 +79,7 @@ fn adapters_from(r: &std::collections::BTreeMap<String, RefTensor>, prefix: &str
             modules.push(ModuleAdapter {
                 layer,
                 module: module.into(),
+                path: format!("model.layers.{layer}.mlp.{module}"),
                 in_features: a.shape[1],
                 out_features: b.shape[0],
                 a: a.f32.clone(),

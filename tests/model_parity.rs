@@ -266,6 +266,53 @@ fn tiny_phi_parallel_block_layernorm_partial_rotary_matches_transformers() {
     check_model("tiny-phi", "tiny-phi");
 }
 
+/// Qwen v1 (QWenLMHeadModel names and config keys, fused c_attn, the MLP's w1/w2 roles,
+/// intermediate_size halved) against transformers' Qwen2 on the same weights
+/// (make_fixtures.py part "qwen1").
+#[test]
+fn tiny_qwen1_fused_qkv_matches_transformers_qwen2() {
+    check_model("tiny-qwen1", "tiny-qwen1");
+}
+
+/// qwen.tiktoken through tiktoken-rs with Qwen's pattern and special tokens, NFC first, special
+/// tokens in the text encoded as themselves: equal to Python's tiktoken on the same file.
+#[test]
+fn qwen_tiktoken_matches_python_tiktoken() {
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-qwen1").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(fixtures().join("reference/tiny-qwen1-tokenizer.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tok = &files.tokenizer;
+    let (ranks, specials) = (doc["ranks"].as_u64().unwrap() as u32, doc["specials"].as_u64().unwrap() as usize);
+    assert_eq!(tok.vocab_size(), ranks as usize + specials);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(ranks));
+    assert_eq!(tok.token_to_id("<|extra_204|>"), Some(ranks + 207));
+    assert!(!tok.adds_bos);
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 9);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, want, "qwen.tiktoken on {text:?}");
+        // decoding gives the NFC text back
+        let nfc: String = unicode_normalization::UnicodeNormalization::nfc(text).collect();
+        assert_eq!(tok.decode(&ids).unwrap(), nfc);
+    }
+}
+
 /// Gemma-3 with sliding (window 4) and global layers on inputs of up to 12 tokens: the window
 /// is exact, not rejected; local and global RoPE bases (global with linear scaling), q/k norms,
 /// (1 + w) norms around attention and MLP, sqrt(hidden) embedding scale, query_pre_attn_scalar.

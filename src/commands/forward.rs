@@ -38,6 +38,9 @@ impl BackendTask for ForwardTask<'_> {
         if ids.is_empty() {
             anyhow::bail!("the prompt tokenizes to no tokens");
         }
+        self.files
+            .config
+            .check_length("the prompt's length in tokens", ids.len())?;
         let batch = TokenBatch::right_padded(std::slice::from_ref(&ids), 0);
         let out = model.forward(&batch, Capture::FinalToken, Logits::FinalToken)?;
         let logits: Vec<f32> = to_f32_vec(out.final_logits.unwrap())?;

@@ -8,4 +8,5 @@ pub mod host_tensor;
 pub mod kquants;
 pub mod nf4;
 pub mod safetensors_dir;
+pub mod tiktoken;
 pub mod tokenizer;

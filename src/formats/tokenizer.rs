@@ -1,5 +1,6 @@
 //! Text <-> token ids with the `tokenizers` crate, from a Hugging Face `tokenizer.json` or from
-//! GGUF metadata (`tokenizer.ggml.*`, byte-level BPE as transformers converts it).
+//! GGUF metadata (`tokenizer.ggml.*`, byte-level BPE as transformers converts it), or with
+//! `tiktoken-rs` from Qwen v1's `qwen.tiktoken` (formats/tiktoken.rs).
 //!
 //! BOS follows each model's own default: the tokenizer.json post-processor (HF) or
 //! `tokenizer.ggml.add_bos_token` (GGUF). SmolLM2 adds none.
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::gguf::GgufFile;
+use super::tiktoken::TiktokenBpe;
 
 /// ggml token types 3 (control: special) and 4 (user defined: added whole, not special) as
 /// tokenizer.json added tokens. Types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused,
@@ -58,12 +60,19 @@ fn bos_post_processor(bos_tok: &str, bos: usize, bos_before_pair: bool) -> Value
 }
 
 #[derive(Clone)]
+enum Engine {
+    Hf(Box<tokenizers::Tokenizer>),
+    Tiktoken(TiktokenBpe),
+}
+
+#[derive(Clone)]
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    engine: Engine,
     /// Whether encode() prepends a BOS token (recorded in artifacts holding token ids).
     pub adds_bos: bool,
-    /// The tokenizer.json text (HF or converted from GGUF), for export next to a pruned model.
-    pub json: String,
+    /// The files that describe it, for export next to a pruned model: (file name, bytes), e.g.
+    /// tokenizer.json (HF, or converted from GGUF) or qwen.tiktoken.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -88,9 +97,25 @@ impl TextTokenizer {
         let adds_bos = probe.get_ids().len() > plain.get_ids().len()
             && probe.get_ids().first() != plain.get_ids().first();
         Ok(Self {
-            inner,
+            engine: Engine::Hf(Box::new(inner)),
             adds_bos,
-            json,
+            files: vec![("tokenizer.json".into(), json.into_bytes())],
+        })
+    }
+
+    /// Qwen v1's tokenizer from its tiktoken ranks file (no BOS).
+    pub fn from_qwen_tiktoken(path: &Path) -> Result<Self> {
+        let bpe = TiktokenBpe::qwen_from_file(path)?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "qwen.tiktoken".into());
+        Ok(Self {
+            engine: Engine::Tiktoken(bpe),
+            adds_bos: false,
+            files: vec![(name, bytes)],
         })
     }
 
@@ -244,30 +269,47 @@ impl TextTokenizer {
         self.encode_with(text, true)
     }
 
-    /// Token ids with or without the model's special tokens.
+    /// Token ids with or without the model's special tokens (tiktoken: never a BOS; special
+    /// tokens written in the text are always themselves, as QWenTokenizer does).
     pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.engine {
+            Engine::Hf(t) => {
+                let enc = t
+                    .encode(text, add_special_tokens)
+                    .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Engine::Tiktoken(t) => t.encode(text),
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
+        match &self.engine {
+            Engine::Hf(t) => t
+                .decode(ids, false)
+                .map_err(|e| anyhow::anyhow!("decoding failed: {e}")),
+            Engine::Tiktoken(t) => t.decode(ids),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.engine {
+            Engine::Hf(t) => t.token_to_id(token),
+            Engine::Tiktoken(t) => t.token_to_id(token),
+        }
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.engine {
+            Engine::Hf(t) => t.id_to_token(id),
+            Engine::Tiktoken(t) => t.id_to_token(id),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.engine {
+            Engine::Hf(t) => t.get_vocab_size(true),
+            Engine::Tiktoken(t) => t.vocab_size(),
+        }
     }
 }

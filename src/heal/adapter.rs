@@ -1,7 +1,9 @@
 //! LoRA adapters on the host, in PEFT's layout: for each adapted module, lora_A [r, in] and
 //! lora_B [out, r]; the update is W x + (alpha / r) B A x. Saved and loaded as a PEFT adapter
 //! (adapter_config.json + adapter_model.safetensors with names
-//! base_model.model.model.layers.{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight).
+//! base_model.model.{module path}.lora_{A,B}.weight, e.g.
+//! base_model.model.model.layers.{i}.mlp.gate_proj.lora_A.weight or, for Qwen v1,
+//! base_model.model.transformer.h.{i}.mlp.w1.lora_A.weight).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +15,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::model::architecture::{known_modules, module_group};
+use crate::model::architecture::{known_modules, parse_module_path};
 use crate::model::surgery::{attach_lora, merge_lora, LowRankUpdate};
 use crate::model::{ModelConfig, Transformer};
 
@@ -35,7 +37,10 @@ impl LoraConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleAdapter {
     pub layer: usize,
+    /// The target name, as the layout accepts it ("gate_proj", "mlp.c_proj").
     pub module: String,
+    /// The module's path in the Hugging Face model, e.g. "model.layers.3.mlp.gate_proj".
+    pub path: String,
     pub in_features: usize,
     pub out_features: usize,
     pub a: Vec<f32>,
@@ -44,11 +49,7 @@ pub struct ModuleAdapter {
 
 impl ModuleAdapter {
     pub fn peft_name(&self, which: &str) -> String {
-        let group = module_group(&self.module).unwrap_or("mlp");
-        format!(
-            "base_model.model.model.layers.{}.{group}.{}.lora_{which}.weight",
-            self.layer, self.module
-        )
+        format!("base_model.model.{}.lora_{which}.weight", self.path)
     }
 }
 
@@ -69,21 +70,30 @@ impl AdapterSet {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut modules = Vec::new();
         let layout = model.config.architecture.layout();
+        let mut specs = Vec::new();
         for t in &config.target_modules {
-            if layout.projections.iter().all(|s| s.name != t.as_str()) {
+            let arch = model.config.architecture;
+            if !layout
+                .projections
+                .iter()
+                .any(|s| s.name == t.as_str() || s.qualified() == *t)
+            {
                 bail!(
-                    "LoRA target module {t:?} does not exist in {:?} layers (their modules: {})",
-                    model.config.architecture,
+                    "LoRA target module {t:?} does not exist in {arch:?} layers (their modules: {})",
                     layout.projection_names().join(", ")
                 );
             }
+            let spec = layout
+                .projection_named(t)
+                .map_err(|e| anyhow::anyhow!("LoRA target in {arch:?} layers: {e}"))?;
+            specs.push(spec);
         }
+        // in layout order, whatever the order of target_modules
+        specs.sort_by_key(|s| layout.projections.iter().position(|o| o.projection == s.projection));
+        specs.dedup_by_key(|s| s.projection);
+        let names = layout.projection_names();
         for (i, layer) in model.layers.iter().enumerate() {
-            for spec in layout
-                .projections
-                .iter()
-                .filter(|s| config.target_modules.iter().any(|t| t == s.name))
-            {
+            for spec in &specs {
                 let lin = layer
                     .projection(spec.projection)
                     .with_context(|| format!("layer {i} has no {}", spec.name))?;
@@ -92,9 +102,16 @@ impl AdapterSet {
                 let a = (0..config.r * inp)
                     .map(|_| rng.random_range(-bound..bound) as f32)
                     .collect();
+                let qualified = spec.qualified();
+                let module = if names.contains(&qualified) {
+                    qualified
+                } else {
+                    spec.name.to_string()
+                };
                 modules.push(ModuleAdapter {
                     layer: i,
-                    module: spec.name.to_string(),
+                    module,
+                    path: layout.projection_prefix(i, spec),
                     in_features: inp,
                     out_features: out,
                     a,
@@ -262,23 +279,25 @@ impl AdapterSet {
             (
                 Option<(Vec<usize>, Vec<f32>)>,
                 Option<(Vec<usize>, Vec<f32>)>,
+                String,
             ),
         > = BTreeMap::new();
         for (name, t) in st.tensors() {
-            let rest = name
-                .strip_prefix("base_model.model.model.layers.")
-                .with_context(|| format!("{}: unexpected tensor {name}", path.display()))?;
-            let mut parts = rest.split('.');
-            let layer: usize = parts
-                .next()
-                .and_then(|p| p.parse().ok())
-                .with_context(|| format!("{}: tensor {name}: no layer index", path.display()))?;
-            let _group = parts.next();
-            let module = parts
-                .next()
-                .with_context(|| format!("{}: tensor {name}", path.display()))?
-                .to_string();
-            let which = parts.next().unwrap_or("");
+            let bad = || format!("{}: unexpected tensor {name} (expected base_model.model.<module>.lora_A.weight or lora_B.weight)", path.display());
+            let inner = name.strip_prefix("base_model.model.").with_context(bad)?;
+            let (module_path, which) = if let Some(m) = inner.strip_suffix(".lora_A.weight") {
+                (m, "lora_A")
+            } else if let Some(m) = inner.strip_suffix(".lora_B.weight") {
+                (m, "lora_B")
+            } else {
+                bail!(bad());
+            };
+            let (layer, module) = parse_module_path(module_path).with_context(|| {
+                format!(
+                    "{}: tensor {name}: {module_path} is not a projection of a known architecture",
+                    path.display()
+                )
+            })?;
             if t.dtype() != Dtype::F32 {
                 bail!(
                     "{}: tensor {name} is {:?}, expected F32",
@@ -291,7 +310,10 @@ impl AdapterSet {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            let e = by_module.entry((layer, module)).or_default();
+            let e = by_module
+                .entry((layer, module))
+                .or_default();
+            e.2 = module_path.to_string();
             match which {
                 "lora_A" => e.0 = Some((t.shape().to_vec(), data)),
                 "lora_B" => e.1 = Some((t.shape().to_vec(), data)),
@@ -299,7 +321,7 @@ impl AdapterSet {
             }
         }
         let mut modules = Vec::new();
-        for ((layer, module), (a, b)) in by_module {
+        for ((layer, module), (a, b, module_path)) in by_module {
             let (sa, a) = a.with_context(|| {
                 format!("{}: layer {layer} {module}: lora_A missing", path.display())
             })?;
@@ -316,6 +338,7 @@ impl AdapterSet {
             modules.push(ModuleAdapter {
                 layer,
                 module,
+                path: module_path,
                 in_features: sa[1],
                 out_features: sb[0],
                 a,
@@ -323,7 +346,7 @@ impl AdapterSet {
             });
         }
         let known = known_modules();
-        let order = |m: &str| known.iter().position(|x| *x == m).unwrap_or(99);
+        let order = |m: &str| known.iter().position(|x| x == m).unwrap_or(99);
         modules.sort_by_key(|m| (m.layer, order(&m.module)));
         Ok(Self { config, modules })
     }

@@ -32,6 +32,17 @@ pub struct ProjectionSpec {
     pub gguf: &'static str,
     /// Part of the MLP (the paper's LoRA targets).
     pub mlp: bool,
+    /// Rows of a fused q/k/v module (Qwen v1's c_attn: [q; k; v]): q, k and v share `name`,
+    /// each is its slice of rows (see `Projection::fused_rows`).
+    pub fused: bool,
+}
+
+impl ProjectionSpec {
+    /// `group.name`, e.g. "mlp.c_proj": what a LoRA target may say when the bare name is
+    /// ambiguous.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.group, self.name)
+    }
 }
 
 /// What a per-layer norm normalises.
@@ -176,6 +187,14 @@ const fn projection(
             projection,
             Projection::Gate | Projection::Up | Projection::Down
         ),
+        fused: false,
+    }
+}
+
+const fn fused_qkv(projection: Projection, name: &'static str, gguf: &'static str) -> ProjectionSpec {
+    ProjectionSpec {
+        fused: true,
+        ..self::projection(projection, name, "attn", gguf)
     }
 }
 
@@ -197,6 +216,30 @@ const PHI_PROJECTIONS: [ProjectionSpec; 6] = [
     projection(Projection::O, "dense", "self_attn", "attn_output"),
     projection(Projection::Up, "fc1", "mlp", "ffn_up"),
     projection(Projection::Down, "fc2", "mlp", "ffn_down"),
+];
+
+/// Qwen v1 (QWenLMHeadModel): q, k, v fused in attn.c_attn; the MLP is
+/// c_proj(w1(x) * silu(w2(x))), so w2 is the gated branch (Llama's gate) and w1 the up branch.
+/// "c_proj" names both the attention output and the MLP's down projection.
+const QWEN_PROJECTIONS: [ProjectionSpec; 7] = [
+    fused_qkv(Projection::Q, "c_attn", "attn_qkv"),
+    fused_qkv(Projection::K, "c_attn", "attn_qkv"),
+    fused_qkv(Projection::V, "c_attn", "attn_qkv"),
+    projection(Projection::O, "c_proj", "attn", "attn_output"),
+    projection(Projection::Gate, "w2", "mlp", "ffn_gate"),
+    projection(Projection::Up, "w1", "mlp", "ffn_up"),
+    projection(Projection::Down, "c_proj", "mlp", "ffn_down"),
+];
+
+const QWEN_NORMS: [NormSpec; 2] = [
+    NormSpec {
+        name: "ln_1",
+        ..INPUT_NORM
+    },
+    NormSpec {
+        name: "ln_2",
+        ..POST_ATTENTION_NORM
+    },
 ];
 
 const EMBED: GlobalTensor = GlobalTensor {
@@ -255,12 +298,31 @@ static PHI: Layout = Layout {
     gguf_rope_permuted: false,
 };
 
+/// Qwen v1: transformer.wte, transformer.h.{i}.{ln_1, attn, ln_2, mlp}, transformer.ln_f.
+static QWEN: Layout = Layout {
+    layer_prefix: "transformer.h",
+    gguf_layer_prefix: "blk",
+    norms: &QWEN_NORMS,
+    projections: &QWEN_PROJECTIONS,
+    embed: GlobalTensor {
+        hf: "transformer.wte.weight",
+        ..EMBED
+    },
+    final_norm: GlobalTensor {
+        hf: "transformer.ln_f.weight",
+        ..FINAL_NORM
+    },
+    lm_head: LM_HEAD,
+    gguf_rope_permuted: false,
+};
+
 impl Architecture {
-    pub const ALL: [Architecture; 6] = [
+    pub const ALL: [Architecture; 7] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
         Self::Qwen3,
+        Self::Qwen,
         Self::Phi,
         Self::Gemma3,
     ];
@@ -270,6 +332,7 @@ impl Architecture {
             Self::Llama | Self::Mistral => &LLAMA,
             Self::Qwen2 => &QWEN2,
             Self::Qwen3 => &QWEN3,
+            Self::Qwen => &QWEN,
             Self::Phi => &PHI,
             Self::Gemma3 => &GEMMA3,
         }
@@ -287,19 +350,53 @@ impl Layout {
         self.norms.iter().find(|n| n.role == role)
     }
 
-    /// The projection named `name` (Hugging Face module name), or an error listing the known names.
-    pub fn projection_named(&self, name: &str) -> Result<&ProjectionSpec> {
-        match self.projections.iter().find(|s| s.name == name) {
-            Some(s) => Ok(s),
-            None => bail!(
-                "unknown module {name:?} (known: {})",
+    /// The projection a LoRA target names: its Hugging Face module name ("gate_proj") or, where
+    /// that is ambiguous, `group.name` ("mlp.c_proj"). Fused modules (Qwen v1's c_attn) cannot be
+    /// targets. Errors list the names the architecture accepts.
+    pub fn projection_named(&self, target: &str) -> Result<&ProjectionSpec> {
+        let matches: Vec<&ProjectionSpec> = self
+            .projections
+            .iter()
+            .filter(|s| s.name == target || s.qualified() == target)
+            .collect();
+        match matches.as_slice() {
+            [] => bail!(
+                "unknown module {target:?} (known: {})",
                 self.projection_names().join(", ")
+            ),
+            [s, ..] if s.fused => bail!(
+                "module {target:?} fuses q, k and v; LoRA on it is not supported (known: {})",
+                self.projection_names().join(", ")
+            ),
+            [s] => Ok(s),
+            several => bail!(
+                "module {target:?} is ambiguous: it names {}; write one of these",
+                several
+                    .iter()
+                    .map(|s| s.qualified())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         }
     }
 
-    pub fn projection_names(&self) -> Vec<&'static str> {
-        self.projections.iter().map(|s| s.name).collect()
+    /// The names LoRA targets may use: each module's name, or `group.name` where two modules
+    /// share a name; fused modules are left out.
+    pub fn projection_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in self.projections.iter().filter(|s| !s.fused) {
+            let shared = self
+                .projections
+                .iter()
+                .filter(|o| o.name == s.name)
+                .count()
+                > 1;
+            let n = if shared { s.qualified() } else { s.name.to_string() };
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
     }
 
     /// Hugging Face name of a layer tensor: `model.layers.{i}.{group}.{name}.{suffix}`.
@@ -327,17 +424,17 @@ impl Layout {
                 v.push(format!("{}.bias", n.name));
             }
         }
-        v.extend(
-            self.projections
-                .iter()
-                .map(|p| format!("{}.{}.weight", p.group, p.name)),
-        );
-        v.extend(
-            self.projections
-                .iter()
-                .filter(|p| p.projection.has_bias(cfg))
-                .map(|p| format!("{}.{}.bias", p.group, p.name)),
-        );
+        let mut push = |name: String| {
+            if !v.contains(&name) {
+                v.push(name);
+            }
+        };
+        for p in self.projections {
+            push(format!("{}.{}.weight", p.group, p.name));
+        }
+        for p in self.projections.iter().filter(|p| p.projection.has_bias(cfg)) {
+            push(format!("{}.{}.bias", p.group, p.name));
+        }
         v
     }
 
@@ -410,9 +507,9 @@ impl Layout {
     }
 }
 
-/// Every projection name of every architecture, in layout order (what LoRA can target).
-pub fn known_modules() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = Vec::new();
+/// Every LoRA target name of every architecture, in layout order.
+pub fn known_modules() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
     for a in Architecture::ALL {
         for n in a.layout().projection_names() {
             if !names.contains(&n) {
@@ -423,20 +520,55 @@ pub fn known_modules() -> Vec<&'static str> {
     names
 }
 
-/// The Hugging Face parent module ("self_attn", "mlp") of a projection name, where every
-/// architecture agrees on it (PEFT tensor names need it).
-pub fn module_group(name: &str) -> Option<&'static str> {
-    let mut group = None;
+/// Whether some architecture accepts `target` as a LoRA target; else the reason (ambiguous in
+/// the architecture that has it, or unknown, with the known names).
+pub fn check_target_name(target: &str) -> Result<()> {
+    let mut ambiguous = None;
     for a in Architecture::ALL {
-        if let Some(s) = a.layout().projections.iter().find(|s| s.name == name) {
-            match group {
-                None => group = Some(s.group),
-                Some(g) if g == s.group => {}
-                Some(_) => return None,
+        match a.layout().projection_named(target) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("ambiguous") => {
+                ambiguous = Some(format!("{e} ({a:?} layers)"))
             }
+            Err(_) => {}
         }
     }
-    group
+    match ambiguous {
+        Some(e) => bail!(e),
+        None => bail!(
+            "unknown module {target:?} (known: {})",
+            known_modules().join(", ")
+        ),
+    }
+}
+
+/// A PEFT module path inside the model ("model.layers.3.mlp.gate_proj") parsed against every
+/// layout: (layer, the target name the layout uses for it: "gate_proj", or "mlp.c_proj" where the
+/// bare name is shared).
+pub fn parse_module_path(path: &str) -> Option<(usize, String)> {
+    for a in Architecture::ALL {
+        let l = a.layout();
+        let Some(rest) = path
+            .strip_prefix(l.layer_prefix)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let (layer, module) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let spec = l
+            .projections
+            .iter()
+            .find(|s| !s.fused && s.qualified() == module)?;
+        let names = l.projection_names();
+        let name = if names.iter().any(|n| n == module) {
+            module.to_string()
+        } else {
+            spec.name.to_string()
+        };
+        return Some((layer, name));
+    }
+    None
 }
 
 impl Projection {
@@ -454,6 +586,20 @@ impl Projection {
             Self::O => (q, h),
             Self::Gate | Self::Up => (h, ff),
             Self::Down => (ff, h),
+        }
+    }
+
+    /// The rows of a fused [q; k; v] weight that hold this projection: (first row, rows).
+    pub fn fused_rows(self, c: &ModelConfig) -> (usize, usize) {
+        let (q, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        match self {
+            Self::Q => (0, q),
+            Self::K => (q, kv),
+            Self::V => (q + kv, kv),
+            other => (0, other.dims(c).1),
         }
     }
 
@@ -520,14 +666,39 @@ mod tests {
             assert_eq!((layer, back.projection), (5, spec.projection));
         }
         assert!(l.projection_named("gate_proj").unwrap().mlp);
-        assert_eq!(module_group("down_proj"), Some("mlp"));
-        assert_eq!(module_group("o_proj"), Some("self_attn"));
-        assert_eq!(known_modules().len(), 10);
+        assert_eq!(
+            parse_module_path("model.layers.3.mlp.down_proj"),
+            Some((3, "down_proj".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("transformer.h.12.mlp.c_proj"),
+            Some((12, "mlp.c_proj".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("transformer.h.0.mlp.w2"),
+            Some((0, "w2".to_string()))
+        );
+        assert_eq!(parse_module_path("transformer.h.0.attn.c_attn"), None);
+        // llama 7, phi fc1 fc2 dense, qwen w1 w2 attn.c_proj mlp.c_proj
+        assert_eq!(known_modules().len(), 14);
+        let qwen = Architecture::Qwen.layout();
+        assert_eq!(
+            qwen.projection_names(),
+            ["attn.c_proj", "w2", "w1", "mlp.c_proj"]
+        );
+        assert_eq!(
+            qwen.projection_named("mlp.c_proj").unwrap().projection,
+            Projection::Down
+        );
+        assert_eq!(qwen.projection_named("w2").unwrap().projection, Projection::Gate);
+        let err = qwen.projection_named("c_proj").unwrap_err().to_string();
+        assert!(err.contains("ambiguous") && err.contains("attn.c_proj and mlp.c_proj"), "{err}");
+        let err = qwen.projection_named("c_attn").unwrap_err().to_string();
+        assert!(err.contains("fuses q, k and v"), "{err}");
         let phi = Architecture::Phi.layout();
         assert!(phi.projection(Projection::Gate).is_none());
         assert_eq!(phi.projection(Projection::Up).unwrap().name, "fc1");
         assert!(phi.projection_named("fc2").unwrap().mlp);
-        assert_eq!(module_group("dense"), Some("self_attn"));
         assert_eq!(
             Architecture::Qwen3
                 .layout()

@@ -17,6 +17,9 @@ pub enum Architecture {
     Qwen2,
     /// The Qwen2 block without q/k/v biases and with q/k RMSNorm per head before RoPE.
     Qwen3,
+    /// Qwen v1 (QWenLMHeadModel, remote code upstream): Qwen2's block with fused q/k/v
+    /// (attn.c_attn) and GPT-2-style names and config keys.
+    Qwen,
     /// Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary,
     /// GELU (tanh) MLP fc1/fc2, biases on every linear and on the LM head.
     Phi,
@@ -33,6 +36,7 @@ impl Architecture {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Qwen => "qwen",
             Self::Phi => "phi",
             Self::Gemma3 => "gemma3_text",
         }
@@ -43,6 +47,7 @@ impl Architecture {
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Qwen => "QWenLMHeadModel",
             Self::Phi => "PhiForCausalLM",
             Self::Gemma3 => "Gemma3ForCausalLM",
         }
@@ -165,6 +170,11 @@ pub struct ModelConfig {
     /// logits = cap * tanh(logits / cap)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<f64>,
+    /// Inputs longer than this are refused: beyond it the reference model changes its
+    /// computation (Qwen v1's dynamic NTK RoPE and log-n attention scaling beyond seq_length),
+    /// which layerprune does not implement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_limit: Option<usize>,
 }
 
 /// Reads keys of a JSON config with errors that name the file and the key.
@@ -249,13 +259,14 @@ impl ModelConfig {
             "qwen3" => Architecture::Qwen3,
             "phi" => Architecture::Phi,
             "gemma3_text" => Architecture::Gemma3,
+            "qwen" => return Self::from_qwen_json(&k),
             "gemma3" => bail!(
                 "{}: model_type = \"gemma3\" is the multimodal Gemma-3; use the text model's \
                  config (model_type \"gemma3_text\", Gemma3ForCausalLM)",
                 file.display()
             ),
             other => bail!(
-                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen2, qwen3, phi, gemma3_text)",
+                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen, qwen2, qwen3, phi, gemma3_text)",
                 file.display()
             ),
         };
@@ -448,10 +459,127 @@ impl ModelConfig {
             } else {
                 None
             },
+            context_limit: None,
         };
         cfg.validate()
             .with_context(|| format!("{}", file.display()))?;
         Ok(cfg)
+    }
+
+    /// Qwen v1's config.json (configuration_qwen.py), in either generation of its key names:
+    /// hidden_size / num_attention_heads / num_hidden_layers / intermediate_size /
+    /// max_position_embeddings, or the first release's n_embd / n_head / n_layer /
+    /// ffn_hidden_size / n_positions (and padded_vocab_size). The MLP is intermediate_size / 2
+    /// wide (modeling_qwen.py's QWenMLP).
+    fn from_qwen_json(k: &JsonKeys) -> Result<Self> {
+        let file = k.file;
+        let either = |new: &str, old: &str| -> Result<usize> {
+            match k.get(new) {
+                Some(_) => k.usize(new),
+                None if k.get(old).is_some() => k.usize(old),
+                None => bail!(
+                    "{}: missing key \"{new}\" (or \"{old}\")",
+                    file.display()
+                ),
+            }
+        };
+        let hidden_size = either("hidden_size", "n_embd")?;
+        let num_attention_heads = either("num_attention_heads", "n_head")?;
+        let num_hidden_layers = either("num_hidden_layers", "n_layer")?;
+        let ffn = either("intermediate_size", "ffn_hidden_size")?;
+        let vocab_size = either("vocab_size", "padded_vocab_size")?;
+        if num_attention_heads == 0 {
+            bail!("{}: num_attention_heads must be positive", file.display());
+        }
+        if ffn % 2 != 0 {
+            bail!(
+                "{}: intermediate_size {ffn} should be even (Qwen's MLP is intermediate_size / 2 wide)",
+                file.display()
+            );
+        }
+        if k.opt_bool("scale_attn_weights")? == Some(false) {
+            bail!(
+                "{}: scale_attn_weights = false is not supported",
+                file.display()
+            );
+        }
+        let head_dim = k
+            .opt_usize("kv_channels")?
+            .unwrap_or(hidden_size / num_attention_heads);
+        let seq_length = k.opt_usize("seq_length")?.unwrap_or(2048);
+        let max_positions = match k.get("max_position_embeddings") {
+            Some(_) => k.usize("max_position_embeddings")?,
+            None => k.opt_usize("n_positions")?.unwrap_or(seq_length),
+        };
+        // beyond seq_length, upstream rescales RoPE (dynamic NTK) and queries (log-n)
+        let rescales = k.opt_bool("use_dynamic_ntk")?.unwrap_or(false)
+            || k.opt_bool("use_logn_attn")?.unwrap_or(false);
+        let biases = !k.opt_bool("no_bias")?.unwrap_or(true);
+        let cfg = Self {
+            architecture: Architecture::Qwen,
+            vocab_size,
+            hidden_size,
+            intermediate_size: ffn / 2,
+            num_hidden_layers,
+            num_attention_heads,
+            // Qwen v1 has no grouped-query attention
+            num_key_value_heads: num_attention_heads,
+            head_dim,
+            rms_norm_eps: k.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-6),
+            rope_theta: k.opt_f64("rotary_emb_base")?.unwrap_or(10000.0),
+            rope_scaling: None,
+            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: true,
+            o_bias: biases,
+            max_position_embeddings: if rescales {
+                seq_length.min(max_positions)
+            } else {
+                max_positions
+            },
+            sliding_window: None,
+            bos_token_id: k.opt_token("bos_token_id"),
+            eos_token_id: k.opt_token("eos_token_id"),
+            norm: NormKind::Rms,
+            mlp: MlpKind::SwiGlu,
+            parallel_block: false,
+            qk_norm: false,
+            partial_rotary_factor: k.opt_f64("rotary_pct")?.unwrap_or(1.0),
+            mlp_bias: biases,
+            lm_head_bias: false,
+            embed_scale: false,
+            norm_offset: false,
+            sliding_layers: Vec::new(),
+            rope_local_theta: None,
+            query_pre_attn_scalar: None,
+            final_logit_softcapping: None,
+            context_limit: rescales.then_some(seq_length),
+        };
+        let rotary = cfg.partial_rotary_factor;
+        if !(rotary > 0.0 && rotary <= 1.0) {
+            bail!(
+                "{}: rotary_pct must be in (0, 1], got {rotary}",
+                file.display()
+            );
+        }
+        cfg.validate()
+            .with_context(|| format!("{}", file.display()))?;
+        Ok(cfg)
+    }
+
+    /// Refuse an input of `len` tokens that the model would compute differently from its
+    /// reference (see `context_limit`); `what` names the setting that asked for it.
+    pub fn check_length(&self, what: &str, len: usize) -> Result<()> {
+        if let Some(limit) = self.context_limit {
+            if len > limit {
+                bail!(
+                    "{what} = {len} is longer than the model's seq_length = {limit}: beyond it {:?} \
+                     rescales RoPE (dynamic NTK) and attention (log-n), which layerprune does not \
+                     implement; use at most {limit} tokens",
+                    self.architecture
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Read the architecture from GGUF metadata (llama.cpp key names).
@@ -571,6 +699,7 @@ impl ModelConfig {
             rope_local_theta: gemma.then_some(10000.0),
             query_pre_attn_scalar: gemma.then_some(256.0),
             final_logit_softcapping: None,
+            context_limit: None,
         };
         let mut cfg = cfg;
         if gemma {

@@ -1,7 +1,9 @@
 //! Write a (pruned) model as a Hugging Face model directory that transformers loads:
 //! config.json (num_hidden_layers updated, plus a "layerprune" entry), model.safetensors with the
 //! kept layers renumbered from 0, tokenizer.json (and the source's tokenizer_config.json and
-//! special_tokens_map.json when it has them). GGUF weights are written dequantised.
+//! special_tokens_map.json when it has them). GGUF weights are written dequantised. Qwen v1
+//! models keep their own layout (fused c_attn, qwen.tiktoken): transformers loads them only with
+//! the upstream remote code (trust_remote_code).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -80,7 +82,12 @@ pub fn export_hf_with_updates(
     let obj = config
         .as_object_mut()
         .context("config.json is not an object")?;
-    obj.insert("num_hidden_layers".into(), kept.len().into());
+    // Qwen v1's first configs count layers in n_layer
+    if obj.contains_key("n_layer") {
+        obj.insert("n_layer".into(), kept.len().into());
+    } else {
+        obj.insert("num_hidden_layers".into(), kept.len().into());
+    }
     obj.insert("torch_dtype".into(), dtype_name.into());
     obj.remove("dtype");
     obj.remove("quantization_config");
@@ -143,8 +150,10 @@ pub fn export_hf_with_updates(
     safetensors::serialize_to_file(views, Some(info), &dir.join("model.safetensors"))
         .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
 
-    // tokenizer
-    std::fs::write(dir.join("tokenizer.json"), &files.tokenizer.json)?;
+    // tokenizer (tokenizer.json, or Qwen v1's qwen.tiktoken)
+    for (name, bytes) in &files.tokenizer.files {
+        std::fs::write(dir.join(name), bytes)?;
+    }
     let mut copied_config = false;
     if files.format == "hf" {
         for f in [

@@ -86,10 +86,17 @@ fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, TextTokenizer, WeightStore, &
     }
     let config = ModelConfig::from_hf_config_file(&config_path)?;
     let tok_path = dir.join("tokenizer.json");
-    if !tok_path.exists() {
-        bail!("{}: missing tokenizer.json", dir.display());
-    }
-    let tokenizer = TextTokenizer::from_file(&tok_path)?;
+    let tiktoken_path = dir.join("qwen.tiktoken");
+    let tokenizer = if tok_path.exists() {
+        TextTokenizer::from_file(&tok_path)?
+    } else if tiktoken_path.exists() {
+        TextTokenizer::from_qwen_tiktoken(&tiktoken_path)?
+    } else {
+        bail!(
+            "{}: missing tokenizer.json (or, for Qwen v1, qwen.tiktoken)",
+            dir.display()
+        );
+    };
     let store = WeightStore::Safetensors(SafetensorsSet::open_dir(dir)?);
     Ok((config, tokenizer, store, "hf"))
 }

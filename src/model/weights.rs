@@ -165,6 +165,43 @@ impl<B: Backend> Loader<'_, B> {
         Ok(Linear::dense(weight, bias))
     }
 
+    /// A projection whose rows are a slice of a fused [q; k; v] module (Qwen v1's c_attn):
+    /// the fused weight [q + 2 kv, in] (and bias) is read, and this projection's rows kept.
+    fn fused_linear(&self, prefix: &str, p: Projection, inp: usize, bias: bool) -> Result<Linear<B>> {
+        let c = self.cfg;
+        let (first, rows) = p.fused_rows(c);
+        let (v_first, v_rows) = Projection::V.fused_rows(c);
+        let fused_rows = v_first + v_rows;
+        let wname = format!("{prefix}.weight");
+        let w = self.store.get(&wname, c)?;
+        if w.shape != [fused_rows, inp] {
+            bail!(
+                "tensor {wname} has shape {:?}, expected [{fused_rows}, {inp}] (q, k and v fused)",
+                w.shape
+            );
+        }
+        let part = HostTensor::new(
+            vec![rows, inp],
+            w.data[first * inp..(first + rows) * inp].to_vec(),
+        )?;
+        let weight = upload(part.transposed(), [inp, rows], &wname, self.device, self.dtype)?;
+        let bias = if bias {
+            let bname = format!("{prefix}.bias");
+            let b = self.store.get(&bname, c)?;
+            if b.shape != [fused_rows] {
+                bail!(
+                    "tensor {bname} has shape {:?}, expected [{fused_rows}]",
+                    b.shape
+                );
+            }
+            let part = HostTensor::new(vec![rows], b.data[first..first + rows].to_vec())?;
+            Some(upload(part, [rows], &bname, self.device, self.dtype)?)
+        } else {
+            None
+        };
+        Ok(Linear::dense(weight, bias))
+    }
+
     /// A norm's weight (and bias, where the spec has one).
     fn norm(&self, name: impl Fn(&str) -> String, size: usize, bias: bool) -> Result<Norm<B>> {
         Ok(Norm {
@@ -191,8 +228,11 @@ impl<B: Backend> Loader<'_, B> {
                 return Ok(None);
             };
             let (inp, out) = p.dims(c);
-            self.linear(&layout.projection_prefix(i, spec), inp, out, p.has_bias(c))
-                .map(Some)
+            let prefix = layout.projection_prefix(i, spec);
+            if spec.fused {
+                return self.fused_linear(&prefix, p, inp, p.has_bias(c)).map(Some);
+            }
+            self.linear(&prefix, inp, out, p.has_bias(c)).map(Some)
         };
         let required = |p: Projection| -> Result<Linear<B>> {
             proj(p)?.with_context(|| format!("{:?} has no {p:?} projection", c.architecture))

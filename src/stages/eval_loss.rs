@@ -88,7 +88,7 @@ impl Stage for EvalLossStage {
         let p: EvalLossParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;
         let text = ctx.source("text.source")?;
-        super::warn_beyond_context(&ctx.stage, "seq_len", p.seq_len, &model.files.config);
+        super::check_context(&ctx.stage, "seq_len", p.seq_len, &model.files.config)?;
         let count = if p.windows == 0 {
             None
         } else {

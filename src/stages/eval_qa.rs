@@ -344,7 +344,7 @@ impl Stage for EvalQaStage {
         let p: EvalQaParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;
         let data = ctx.source("data")?;
-        super::warn_beyond_context(&ctx.stage, "max_length", p.max_length, &model.files.config);
+        super::check_context(&ctx.stage, "max_length", p.max_length, &model.files.config)?;
         set_budget_mb(ctx.runtime.stream_memo_mb);
         let task = Evaluate {
             model: &model,

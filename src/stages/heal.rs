@@ -15,7 +15,7 @@ use crate::data::text::{read_documents, select_part, TextSpec};
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
-use crate::model::architecture::known_modules;
+use crate::model::architecture::check_target_name;
 
 pub use crate::heal::train::Quant;
 
@@ -92,13 +92,9 @@ impl Params for HealParams {
                 "must name at least one module".into(),
             ));
         }
-        let known = known_modules();
         for m in &self.target_modules {
-            if !known.contains(&m.as_str()) {
-                return Err(perr(
-                    "target_modules",
-                    format!("unknown module {m:?} (known: {})", known.join(", ")),
-                ));
+            if let Err(e) = check_target_name(m) {
+                return Err(perr("target_modules", e.to_string()));
             }
         }
         self.text

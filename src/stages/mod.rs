@@ -136,8 +136,24 @@ pub fn defaults_with<P: Params>(stage: &dyn Stage, overrides: serde_json::Value)
         .map_err(|e| anyhow::anyhow!("stage {} defaults: {}: {}", stage.kind(), e.path, e.message))
 }
 
+/// For inference stages: refuse sequences the model would compute differently from its
+/// reference (Qwen v1 beyond seq_length), then `warn_beyond_context`.
+pub fn check_context(
+    stage: &str,
+    what: &str,
+    len: usize,
+    cfg: &crate::model::ModelConfig,
+) -> anyhow::Result<()> {
+    cfg.check_length(what, len)
+        .map_err(|e| anyhow::anyhow!("stage {stage}: {e}"))?;
+    warn_beyond_context(stage, what, len, cfg);
+    Ok(())
+}
+
 /// Warn when a job feeds the model sequences longer than its context: positions beyond
-/// max_position_embeddings were never trained, so results there mean little.
+/// max_position_embeddings were never trained, so results there mean little. (Healing uses
+/// only this: Qwen v1's rescaling beyond seq_length is inference-only upstream, so training on
+/// longer sequences computes what the reference computes in training mode.)
 pub fn warn_beyond_context(stage: &str, what: &str, len: usize, cfg: &crate::model::ModelConfig) {
     if cfg.max_position_embeddings > 0 && len > cfg.max_position_embeddings {
         tracing::warn!(

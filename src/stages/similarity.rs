@@ -110,7 +110,7 @@ impl Stage for SimilarityStage {
         let p: SimilarityParams = ctx.params()?;
         let files = LoadRecord::of(ctx.input("model")?)?.open(&ctx.cache_root)?;
         let text = ctx.source("text.source")?;
-        super::warn_beyond_context(&ctx.stage, "seq_len", p.seq_len, &files.config);
+        super::check_context(&ctx.stage, "seq_len", p.seq_len, &files.config)?;
         let rows = load_windows(
             &text.path,
             &p.text,
