@@ -22,9 +22,24 @@ pub fn load_graph(
     sets: &[String],
     cache_cli: Option<&Path>,
 ) -> Result<(PipelineConfig, JobGraph, PathBuf), ConfigError> {
+    load_graph_with(file, sets, cache_cli, false)
+}
+
+/// `allow_absent`: Hugging Face sources missing from the local cache are reported, not fatal
+/// (planning only).
+fn load_graph_with(
+    file: &Path,
+    sets: &[String],
+    cache_cli: Option<&Path>,
+    allow_absent: bool,
+) -> Result<(PipelineConfig, JobGraph, PathBuf), ConfigError> {
     let cfg = pipeline::load(file, sets)?;
     let cache_root = cache_root_for(&cfg, cache_cli);
-    let graph = pipeline::expand(&cfg, &cache_root)?;
+    let graph = if allow_absent {
+        pipeline::expand_allowing_absent(&cfg, &cache_root)?
+    } else {
+        pipeline::expand(&cfg, &cache_root)?
+    };
     warn_unused_axes(&cfg, &graph);
     Ok((cfg, graph, cache_root))
 }
@@ -45,13 +60,14 @@ pub fn plan(
     verify: bool,
     cache_cli: Option<&Path>,
 ) -> Result<u8> {
-    let (cfg, graph, cache_root) = match load_graph(file, sets, cache_cli) {
+    let (cfg, graph, cache_root) = match load_graph_with(file, sets, cache_cli, true) {
         Ok(x) => x,
         Err(e) => {
             report_error(&e.to_string());
             return Ok(exit::CONFIG);
         }
     };
+    let absent = graph.absent_sources();
     let force = match check_force(&cfg, force) {
         Ok(f) => f,
         Err(e) => {
@@ -67,14 +83,36 @@ pub fn plan(
         graph.jobs.len(),
         cache_root.display()
     );
-    for (p, j) in planned.iter().zip(&graph.jobs) {
-        println!("  {:width$}  {}  {}", p.label, j.short_key(), p.reason);
+    let mut waiting = 0;
+    for (i, (p, j)) in planned.iter().zip(&graph.jobs).enumerate() {
+        if graph.waits_for_source(i) {
+            waiting += 1;
+            let key = "?".repeat(j.short_key().len());
+            println!("  {:width$}  {key}  needs a source not on this machine", p.label);
+        } else {
+            println!("  {:width$}  {}  {}", p.label, j.short_key(), p.reason);
+        }
     }
     let to_run = planned
         .iter()
         .filter(|p| p.reason != runner::Reason::Cached)
         .count();
-    println!("{to_run} to run, {} cached", planned.len() - to_run);
+    if waiting == 0 {
+        println!("{to_run} to run, {} cached", planned.len() - to_run);
+    } else {
+        println!(
+            "{} to run, {} cached, {waiting} waiting for sources not on this machine",
+            to_run - waiting,
+            planned.len() - to_run
+        );
+        for m in &absent {
+            eprintln!("warning: {m}");
+        }
+        eprintln!(
+            "warning: the configuration is valid; `layerprune run` needs the sources above \
+             (keys shown as ? depend on them)"
+        );
+    }
     Ok(exit::SUCCESS)
 }
 

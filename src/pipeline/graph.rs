@@ -26,6 +26,9 @@ pub struct SourceRef {
     pub spec: SourceSpec,
     /// What the cache key uses: pinned spec (pip), commit (hf) or content hash (local).
     pub identity: String,
+    /// Only when planning with absent sources allowed: why this source is not on this machine
+    /// (the identity is then a placeholder, and keys that depend on it are provisional).
+    pub absent: Option<String>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,30 @@ pub struct JobGraph {
 }
 
 impl JobGraph {
+    /// The sources that are not on this machine (only after `expand_allowing_absent`): one
+    /// message per source, naming its key and what is missing.
+    pub fn absent_sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for j in &self.jobs {
+            for s in j.sources.values() {
+                if let Some(m) = &s.absent {
+                    if !v.contains(m) {
+                        v.push(m.clone());
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether job `idx`, or a job it depends on, needs an absent source (its key is then
+    /// provisional).
+    pub fn waits_for_source(&self, idx: usize) -> bool {
+        let j = &self.jobs[idx];
+        j.sources.values().any(|s| s.absent.is_some())
+            || j.inputs.values().flatten().any(|&u| self.waits_for_source(u))
+    }
+
     pub fn dependants(&self, idx: usize) -> Vec<usize> {
         self.jobs
             .iter()
@@ -278,8 +305,28 @@ fn param_error(
 
 /// Expand the pipeline into jobs. `cache_root` is used for local-file digests and hf refs.
 pub fn expand(cfg: &PipelineConfig, cache_root: &Path) -> Result<JobGraph, ConfigError> {
+    expand_with(cfg, cache_root, false)
+}
+
+/// As `expand`, but a Hugging Face source that is not in the local cache does not stop the
+/// expansion: it is recorded (`JobGraph::absent_sources`) and the keys of the jobs that depend
+/// on it are provisional. For `plan`, which validates a pipeline before its models are
+/// downloaded; `run` uses `expand`.
+pub fn expand_allowing_absent(
+    cfg: &PipelineConfig,
+    cache_root: &Path,
+) -> Result<JobGraph, ConfigError> {
+    expand_with(cfg, cache_root, true)
+}
+
+fn expand_with(
+    cfg: &PipelineConfig,
+    cache_root: &Path,
+    allow_absent: bool,
+) -> Result<JobGraph, ConfigError> {
     let order = stage_order(cfg)?;
     let mut graph = Builder::new(cfg, cache_root);
+    graph.allow_absent = allow_absent;
     for name in &order {
         graph.add_stage(name)?;
     }
@@ -530,6 +577,7 @@ fn json_pointer(path: &str) -> String {
 fn resolve_sources(
     cfg: &PipelineConfig,
     cache_root: &Path,
+    allow_absent: bool,
     cache: &mut HashMap<String, SourceRef>,
     name: &str,
     stage: &dyn Stage,
@@ -546,7 +594,13 @@ fn resolve_sources(
         let sref = match cache.get(v) {
             Some(s) => s.clone(),
             None => {
-                let s = resolve_source(cfg, cache_root, &format!("stages.{name}.{p}"), v)?;
+                let s = resolve_source(
+                    cfg,
+                    cache_root,
+                    allow_absent,
+                    &format!("stages.{name}.{p}"),
+                    v,
+                )?;
                 cache.insert(v.to_string(), s.clone());
                 s
             }
@@ -561,6 +615,7 @@ fn resolve_sources(
 fn resolve_source(
     cfg: &PipelineConfig,
     cache_root: &Path,
+    allow_absent: bool,
     key: &str,
     v: &str,
 ) -> Result<SourceRef, ConfigError> {
@@ -576,18 +631,28 @@ fn resolve_source(
         ));
     }
     let spec: SourceSpec = text.parse().map_err(|e| cfg.error(key, format!("{e:#}")))?;
-    let identity = source::identity(&spec, cache_root).map_err(|e| {
-        let k = if cfg.sources.contains_key(v) {
-            format!("sources.{v}")
-        } else {
-            key.to_string()
-        };
-        cfg.error(&k, format!("{e:#}"))
-    })?;
+    let at = if cfg.sources.contains_key(v) {
+        format!("sources.{v}")
+    } else {
+        key.to_string()
+    };
+    let identity = match source::identity(&spec, cache_root) {
+        Ok(id) => id,
+        Err(e) if allow_absent && matches!(spec, SourceSpec::Hf { .. }) => {
+            return Ok(SourceRef {
+                value: v.to_string(),
+                identity: format!("absent:{spec}"),
+                spec,
+                absent: Some(format!("{at}: {e:#}")),
+            })
+        }
+        Err(e) => return Err(cfg.error(&at, format!("{e:#}"))),
+    };
     Ok(SourceRef {
         value: v.to_string(),
         spec,
         identity,
+        absent: None,
     })
 }
 
@@ -659,6 +724,8 @@ struct Builder<'a> {
     stage_jobs: BTreeMap<String, Vec<(Assignment, usize)>>,
     /// source value -> resolved source
     source_cache: HashMap<String, SourceRef>,
+    /// see `expand_allowing_absent`
+    allow_absent: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -673,6 +740,7 @@ impl<'a> Builder<'a> {
             index: HashMap::new(),
             stage_jobs: BTreeMap::new(),
             source_cache: HashMap::new(),
+            allow_absent: false,
         }
     }
 
@@ -694,6 +762,7 @@ impl<'a> Builder<'a> {
         let sources = resolve_sources(
             self.cfg,
             self.cache_root,
+            self.allow_absent,
             &mut self.source_cache,
             plan.name,
             plan.stage,
@@ -1148,6 +1217,7 @@ mod tests {
                 value: "seen".to_string(),
                 spec: "pip:p==1:m".parse::<SourceSpec>().unwrap(),
                 identity: "cached-identity".to_string(),
+                absent: None,
             },
         );
         let got = resolve_sources(
@@ -1244,6 +1314,7 @@ mod tests {
                 value: "speeches".to_string(),
                 spec: "pip:c==1:s.txt".parse::<SourceSpec>().unwrap(),
                 identity: "pip:c==1:s.txt".to_string(),
+                absent: None,
             },
         )]);
         let key = job_key(

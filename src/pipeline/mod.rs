@@ -6,4 +6,4 @@ pub mod graph;
 
 pub use config::{load, load_text, PipelineConfig};
 pub use config_error::ConfigError;
-pub use graph::{expand, Job, JobGraph};
+pub use graph::{expand, expand_allowing_absent, Job, JobGraph};
