@@ -1,4 +1,6 @@
-//! `layerprune inspect MODEL`: what a model source holds.
+//! `layerprune inspect MODEL`: what a model source holds. A directory with only config.json (as
+//! `huggingface-cli download REPO config.json` leaves it, or pipelines/paper/configs/*) is
+//! read as a configuration without weights.
 
 use std::path::Path;
 
@@ -15,19 +17,54 @@ pub struct InspectReport {
     pub sha256: String,
     pub format: String,
     pub storage_dtype: String,
-    pub tokenizer_adds_bos: bool,
+    /// None when the source holds no tokenizer (a configuration only).
+    pub tokenizer_adds_bos: Option<bool>,
+    pub parameters: u64,
+    /// The names LoRA targets may use for this architecture.
+    pub lora_targets: Vec<String>,
     pub config: ModelConfig,
 }
 
+/// Whether a model directory holds a configuration but no weights.
+fn config_only(dir: &Path) -> bool {
+    dir.is_dir()
+        && dir.join("config.json").is_file()
+        && !std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            })
+            .unwrap_or(false)
+}
+
 pub fn inspect(model: &str, cache_root: &Path) -> Result<InspectReport> {
-    let files = ModelFiles::open(source::resolve_model_str(model, cache_root)?)?;
+    let resolved = source::resolve_model_str(model, cache_root)?;
+    if config_only(&resolved.path) {
+        let config = ModelConfig::from_hf_config_file(&resolved.path.join("config.json"))?;
+        let layout = config.architecture.layout();
+        return Ok(InspectReport {
+            source: resolved.spec.to_string(),
+            path: resolved.path.display().to_string(),
+            sha256: resolved.sha256.clone(),
+            format: "config only".into(),
+            storage_dtype: "no weights here".into(),
+            tokenizer_adds_bos: None,
+            parameters: layout.parameter_count(&config),
+            lora_targets: layout.projection_names(),
+            config,
+        });
+    }
+    let files = ModelFiles::open(resolved)?;
+    let layout = files.config.architecture.layout();
     Ok(InspectReport {
         source: files.source.spec.to_string(),
         path: files.source.path.display().to_string(),
         sha256: files.source.sha256.clone(),
         format: files.format.to_string(),
         storage_dtype: files.store.storage_dtype(&files.config),
-        tokenizer_adds_bos: files.tokenizer.adds_bos,
+        tokenizer_adds_bos: Some(files.tokenizer.adds_bos),
+        parameters: layout.parameter_count(&files.config),
+        lora_targets: layout.projection_names(),
         config: files.config.clone(),
     })
 }
@@ -60,6 +97,19 @@ impl std::fmt::Display for InspectReport {
             c.rope_theta, c.rope_scaling
         )?;
         writeln!(f, "tied embed    {}", c.tie_word_embeddings)?;
-        write!(f, "adds BOS      {}", self.tokenizer_adds_bos)
+        writeln!(
+            f,
+            "parameters    {} ({:.2} B)",
+            self.parameters,
+            self.parameters as f64 / 1e9
+        )?;
+        if let Some(limit) = c.context_limit {
+            writeln!(f, "context       at most {limit} tokens per sequence in inference (seq_length)")?;
+        }
+        writeln!(f, "LoRA targets  {}", self.lora_targets.join(", "))?;
+        match self.tokenizer_adds_bos {
+            Some(b) => write!(f, "adds BOS      {b}"),
+            None => write!(f, "tokenizer     none here (configuration only)"),
+        }
     }
 }

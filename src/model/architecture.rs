@@ -438,6 +438,32 @@ impl Layout {
         v
     }
 
+    /// The number of parameters a model of this layout and `cfg` has (embedding, layers, final
+    /// norm, LM head unless tied; biases where the config has them).
+    pub fn parameter_count(&self, cfg: &ModelConfig) -> u64 {
+        let (v, h) = (cfg.vocab_size as u64, cfg.hidden_size as u64);
+        let mut layer = 0u64;
+        for n in self.norms {
+            layer += n.size(cfg) as u64 * if n.bias { 2 } else { 1 };
+        }
+        for p in self.projections {
+            let (inp, out) = p.projection.dims(cfg);
+            layer += (inp * out) as u64;
+            if p.projection.has_bias(cfg) {
+                layer += out as u64;
+            }
+        }
+        let mut total = v * h + layer * cfg.num_hidden_layers as u64;
+        total += h * if self.final_norm.bias.is_some() { 2 } else { 1 };
+        if !cfg.tie_word_embeddings {
+            total += v * h;
+        }
+        if cfg.lm_head_bias {
+            total += v;
+        }
+        total
+    }
+
     /// Whether a Hugging Face tensor name is a norm weight (of a layer or the final norm).
     pub fn is_norm_weight(&self, hf: &str) -> bool {
         if hf == self.final_norm.hf {

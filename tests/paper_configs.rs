@@ -1,0 +1,173 @@
+//! The paper's seven models without their weights: the committed config.json files
+//! (pipelines/paper/configs/<org>--<name>/, the public configuration values) are read by
+//! `inspect` with the published parameter counts, every pipelines/paper/*.toml plans on a
+//! machine without the models (its jobs wait for the sources), and each pipeline's LoRA targets
+//! exist in its model's architecture.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cli::{stderr, stdout, Env};
+use layerprune::model::config::{Architecture, ModelConfig};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config_dir(hf_repo: &str) -> PathBuf {
+    repo()
+        .join("pipelines/paper/configs")
+        .join(hf_repo.replace('/', "--"))
+}
+
+/// (hub repo, architecture, layers, parameters as published)
+const MODELS: [(&str, Architecture, usize, u64); 7] = [
+    ("meta-llama/Llama-2-7b-hf", Architecture::Llama, 32, 6_738_415_616),
+    ("meta-llama/Llama-2-13b-hf", Architecture::Llama, 40, 13_015_864_320),
+    ("meta-llama/Llama-2-70b-hf", Architecture::Llama, 80, 68_976_648_192),
+    ("mistralai/Mistral-7B-v0.1", Architecture::Mistral, 32, 7_241_732_096),
+    ("Qwen/Qwen-7B", Architecture::Qwen, 32, 7_721_324_544),
+    ("Qwen/Qwen-14B", Architecture::Qwen, 40, 14_167_290_880),
+    ("microsoft/phi-2", Architecture::Phi, 32, 2_779_683_840),
+];
+
+#[test]
+fn inspect_reads_the_seven_paper_configs() {
+    let cache = common::temp_cache();
+    for (hf, arch, layers, params) in MODELS {
+        let dir = config_dir(hf);
+        let r = layerprune::commands::inspect::inspect(dir.to_str().unwrap(), cache.path())
+            .unwrap_or_else(|e| panic!("{hf}: {e:#}"));
+        assert_eq!(r.format, "config only", "{hf}");
+        assert_eq!(r.config.architecture, arch, "{hf}");
+        assert_eq!(r.config.num_hidden_layers, layers, "{hf}");
+        assert_eq!(r.parameters, params, "{hf}: parameter count");
+        assert_eq!(r.tokenizer_adds_bos, None);
+    }
+    // Qwen v1: the MLP is intermediate_size / 2 wide; inference limited to seq_length
+    let q14 = layerprune::commands::inspect::inspect(
+        config_dir("Qwen/Qwen-14B").to_str().unwrap(),
+        cache.path(),
+    )
+    .unwrap();
+    assert_eq!(q14.config.intermediate_size, 13696);
+    assert_eq!(q14.config.context_limit, Some(2048));
+    assert_eq!(q14.lora_targets, ["attn.c_proj", "w2", "w1", "mlp.c_proj"]);
+    // and through the binary, as a user sees it
+    let env = Env::new();
+    let out = env.run(&["inspect", config_dir("microsoft/phi-2").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("architecture  Phi"), "{text}");
+    assert!(text.contains("parameters    2779683840 (2.78 B)"), "{text}");
+    assert!(text.contains("configuration only"), "{text}");
+}
+
+/// Qwen v1's first configs (GPT-2-style keys) read as the later ones.
+#[test]
+fn qwen_v1_first_release_keys_read_as_the_later_ones() {
+    let new: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(config_dir("Qwen/Qwen-7B").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut old = new.clone();
+    for (from, to) in [
+        ("hidden_size", "n_embd"),
+        ("num_attention_heads", "n_head"),
+        ("num_hidden_layers", "n_layer"),
+        ("intermediate_size", "ffn_hidden_size"),
+        ("vocab_size", "padded_vocab_size"),
+        ("max_position_embeddings", "n_positions"),
+    ] {
+        let o = old.as_object_mut().unwrap();
+        let v = o.remove(from).unwrap();
+        o.insert(to.into(), v);
+    }
+    let f = Path::new("config.json");
+    let a = ModelConfig::from_hf_json(f, &new).unwrap();
+    let b = ModelConfig::from_hf_json(f, &old).unwrap();
+    assert_eq!(a, b);
+    assert_eq!((a.hidden_size, a.intermediate_size, a.head_dim), (4096, 11008, 128));
+    old.as_object_mut().unwrap().remove("n_layer");
+    let err = ModelConfig::from_hf_json(f, &old).unwrap_err().to_string();
+    assert!(
+        err.contains("missing key \"num_hidden_layers\" (or \"n_layer\")"),
+        "{err}"
+    );
+}
+
+fn paper_pipelines() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("pipelines/paper"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every paper pipeline plans on a machine without its models and data (an empty Hugging Face
+/// cache): exit 0, every job listed as waiting, one warning per missing source; `run` refuses.
+#[test]
+fn every_paper_pipeline_plans_without_its_sources() {
+    let files = paper_pipelines();
+    assert_eq!(files.len(), 7);
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("hub")).unwrap();
+    for f in &files {
+        let out = env
+            .cmd(&["plan", f.to_str().unwrap()])
+            .env("HF_HUB_CACHE", env.path("hub"))
+            .output()
+            .unwrap();
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(0), "{}: {o}\n{e}", f.display());
+        let jobs: usize = o
+            .lines()
+            .next()
+            .and_then(|l| l.split(" (").nth(1))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: {o}", f.display()));
+        assert!(jobs > 300, "{}: {jobs} jobs", f.display());
+        assert!(
+            o.contains(&format!("0 to run, 0 cached, {jobs} waiting for sources")),
+            "{}: {o}",
+            f.display()
+        );
+        assert!(e.contains("sources.model:") && e.contains("huggingface-cli download"), "{e}");
+    }
+    let out = env
+        .cmd(&["run", files[0].to_str().unwrap()])
+        .env("HF_HUB_CACHE", env.path("hub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not in the local Hugging Face cache"));
+}
+
+/// Each paper pipeline's heal targets exist in its model's architecture (the committed config
+/// of its sources.model), so a GPU run does not stop at the first heal job.
+#[test]
+fn paper_pipelines_lora_targets_exist_in_their_models() {
+    for f in paper_pipelines() {
+        let cfg = layerprune::pipeline::load(&f, &[]).unwrap();
+        let model = cfg.sources["model"].strip_prefix("hf:").unwrap().to_string();
+        let config =
+            ModelConfig::from_hf_config_file(&config_dir(&model).join("config.json")).unwrap();
+        let layout = config.architecture.layout();
+        let targets = cfg.stages["heal"].params["target_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        for t in &targets {
+            let spec = layout
+                .projection_named(t)
+                .unwrap_or_else(|e| panic!("{}: {t}: {e}", f.display()));
+            assert!(spec.mlp, "{}: {t} is not an MLP projection", f.display());
+        }
+    }
+}
