@@ -266,6 +266,14 @@ fn tiny_phi_parallel_block_layernorm_partial_rotary_matches_transformers() {
     check_model("tiny-phi", "tiny-phi");
 }
 
+/// llama.cpp's qwen3 and phi2 GGUF layouts (F32 tensors made from the same weights,
+/// make_fixtures.py part "families-gguf"): equal to transformers on the Hugging Face checkpoints.
+#[test]
+fn tiny_qwen3_and_phi_gguf_match_transformers() {
+    check_model("tiny-qwen3.gguf", "tiny-qwen3");
+    check_model("tiny-phi.gguf", "tiny-phi");
+}
+
 /// Qwen v1 (QWenLMHeadModel names and config keys, fused c_attn, the MLP's w1/w2 roles,
 /// intermediate_size halved) against transformers' Qwen2 on the same weights
 /// (make_fixtures.py part "qwen1").

@@ -495,15 +495,15 @@ impl Layout {
         }
         let rest = hf.strip_prefix(self.layer_prefix)?.strip_prefix('.')?;
         let (layer, name) = rest.split_once('.')?;
-        if let Some(n) = self
-            .norms
-            .iter()
-            .find(|n| name == format!("{}.weight", n.name))
-        {
-            return Some(format!(
-                "{}.{layer}.{}.weight",
-                self.gguf_layer_prefix, n.gguf
-            ));
+        for n in self.norms {
+            for suffix in ["weight", "bias"] {
+                if name == format!("{}.{suffix}", n.name) {
+                    return Some(format!(
+                        "{}.{layer}.{}.{suffix}",
+                        self.gguf_layer_prefix, n.gguf
+                    ));
+                }
+            }
         }
         for p in self.projections {
             for suffix in ["weight", "bias"] {

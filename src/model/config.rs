@@ -588,13 +588,24 @@ impl ModelConfig {
         let architecture = match arch_name {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            "phi2" => Architecture::Phi,
             "gemma3" => Architecture::Gemma3,
             other => bail!(
-                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2, gemma3)",
+                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2, qwen3, phi2, gemma3)",
                 g.path().display()
             ),
         };
         let gemma = architecture == Architecture::Gemma3;
+        let phi = architecture == Architecture::Phi;
+        if phi && g.tensor_info("blk.0.attn_qkv.weight").is_some() {
+            bail!(
+                "{}: this phi2 file fuses q, k and v (blk.N.attn_qkv, converted from Microsoft's \
+                 original checkpoint layout), which is not supported; convert the transformers \
+                 layout (separate attn_q, attn_k, attn_v) instead",
+                g.path().display()
+            );
+        }
         let key = |k: &str| format!("{arch_name}.{k}");
         let hidden_size = g.require_u64(&key("embedding_length"))? as usize;
         let num_attention_heads = g.require_u64(&key("attention.head_count"))? as usize;
@@ -647,6 +658,18 @@ impl ModelConfig {
             ),
         };
         let qkv_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
+        // Phi-2: LayerNorm (attention.layer_norm_epsilon) and the rotated dims per head
+        let rms_norm_eps = if phi {
+            g.require_f64(&key("attention.layer_norm_epsilon"))?
+        } else {
+            g.require_f64(&key("attention.layer_norm_rms_epsilon"))?
+        };
+        let partial_rotary_factor = match g.get(&key("rope.dimension_count")) {
+            Some(_) if phi => {
+                g.require_u64(&key("rope.dimension_count"))? as f64 / head_dim as f64
+            }
+            _ => 1.0,
+        };
         let cfg = Self {
             architecture,
             vocab_size,
@@ -656,7 +679,7 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
@@ -679,17 +702,19 @@ impl ModelConfig {
                 .get("tokenizer.ggml.eos_token_id")
                 .and_then(|v| v.as_u64())
                 .map(|x| x as u32),
-            norm: NormKind::Rms,
+            norm: if phi { NormKind::Layer } else { NormKind::Rms },
             mlp: if gemma {
                 MlpKind::GeluTanhGated
+            } else if phi {
+                MlpKind::GeluTanh
             } else {
                 MlpKind::SwiGlu
             },
-            parallel_block: false,
-            qk_norm: gemma,
-            partial_rotary_factor: 1.0,
-            mlp_bias: false,
-            lm_head_bias: false,
+            parallel_block: phi,
+            qk_norm: gemma || g.tensor_info("blk.0.attn_q_norm.weight").is_some(),
+            partial_rotary_factor,
+            mlp_bias: g.tensor_info("blk.0.ffn_up.bias").is_some(),
+            lm_head_bias: g.tensor_info("output.bias").is_some(),
             embed_scale: gemma,
             norm_offset: gemma,
             // Gemma-3 GGUF metadata holds no layer pattern, local RoPE base or attention scalar:
