@@ -1178,12 +1178,26 @@ mod tests {
     }
 
     #[test]
+    fn an_absent_hub_source_is_an_error_unless_planning() {
+        let cfg = config("name = \"x\"\n[sources]\nm = \"hf:layerprune-test/no-such-model\"\n[stages.a]\nkind = \"test-value\"\ndata = \"m\"\n");
+        let e = err(resolve_source(&cfg, root(), false, "stages.a.data", "m")).to_string();
+        assert!(e.contains("sources.m") && e.contains("not in the local Hugging Face cache"), "{e}");
+        let s = resolve_source(&cfg, root(), true, "stages.a.data", "m").unwrap();
+        assert_eq!(s.identity, "absent:hf:layerprune-test/no-such-model");
+        assert!(s.absent.unwrap().starts_with("sources.m: layerprune-test/no-such-model is not in"));
+        // only hub sources may be absent: a missing local file stays an error
+        let cfg = config("name = \"x\"\n[stages.a]\nkind = \"test-value\"\ndata = \"/no/such/file.txt\"\n");
+        assert!(resolve_source(&cfg, root(), true, "stages.a.data", "/no/such/file.txt").is_err());
+    }
+
+    #[test]
     fn sources_resolve_by_name_or_literal_and_once() {
         let cfg = config("name = \"x\"\n[sources]\nspeeches = \"pip:corpus==1.0:speeches.txt\"\n[stages.a]\nkind = \"test-value\"\ndata = \"speeches\"\n");
         let mut cache = HashMap::new();
         let got = resolve_sources(
             &cfg,
             root(),
+            false,
             &mut cache,
             "a",
             tv(),
@@ -1197,6 +1211,7 @@ mod tests {
         let got = resolve_sources(
             &cfg,
             root(),
+            false,
             &mut cache,
             "a",
             tv(),
@@ -1206,7 +1221,7 @@ mod tests {
         assert_eq!(got["data"].identity, "pip:other==2:x");
         // an empty value names no source
         assert!(
-            resolve_sources(&cfg, root(), &mut cache, "a", tv(), &json!({"data": ""}))
+            resolve_sources(&cfg, root(), false, &mut cache, "a", tv(), &json!({"data": ""}))
                 .unwrap()
                 .is_empty()
         );
@@ -1223,6 +1238,7 @@ mod tests {
         let got = resolve_sources(
             &cfg,
             root(),
+            false,
             &mut cache,
             "a",
             tv(),
@@ -1236,12 +1252,12 @@ mod tests {
     fn a_source_that_cannot_be_found_is_an_error_where_it_is_named() {
         let cfg = config("name = \"x\"\n[stages.a]\nkind = \"test-value\"\ndata = \"speeches\"\n");
         assert_eq!(
-            err(resolve_source(&cfg, root(), "stages.a.data", "speeches")).to_string(),
+            err(resolve_source(&cfg, root(), false, "stages.a.data", "speeches")).to_string(),
             "p.toml:4: stages.a.data: no source named \"speeches\" in [sources]"
         );
         let cfg = config("name = \"x\"\n[sources]\nspeeches = \"./nowhere.txt\"\n[stages.a]\nkind = \"test-value\"\ndata = \"speeches\"\n");
         assert_eq!(
-            err(resolve_source(&cfg, root(), "stages.a.data", "speeches")).to_string(),
+            err(resolve_source(&cfg, root(), false, "stages.a.data", "speeches")).to_string(),
             "p.toml:3: sources.speeches: ./nowhere.txt: no such file or directory"
         );
     }
