@@ -206,6 +206,61 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
     assert!(e > 0.0 && e < 0.5, "NF4 vs dense relative error {e}");
 }
 
+/// LoRA on every family's MLP targets: the adapter attached beside the frozen weights (as in
+/// healing) and the adapter merged into them (as for evaluation) give the same logits, with a
+/// nonzero B so the update matters; and NF4 applies to every projection the layout lists.
+#[test]
+fn lora_attached_equals_merged_and_nf4_for_every_family() {
+    let cache = common::temp_cache();
+    let families: [(&str, &[&str], usize); 4] = [
+        ("tiny-qwen3", &["gate_proj", "up_proj", "down_proj"], 7),
+        ("tiny-gemma3", &["gate_proj", "up_proj", "down_proj"], 7),
+        ("tiny-phi", &["fc1", "fc2"], 6),
+        ("tiny-qwen1", &["w1", "w2", "mlp.c_proj"], 7),
+    ];
+    let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9, 5, 88, 120, 7, 61, 2, 33]], 0);
+    let logits = |m: &layerprune::model::Transformer<B>| {
+        to_f32_vec(
+            m.forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    for (name, targets, projections) in families {
+        let files = open(name, cache.path());
+        let base = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut set = AdapterSet::init(&lora, &base, 7).unwrap();
+        assert_eq!(set.modules.len(), targets.len() * files.config.num_hidden_layers, "{name}");
+        for (k, m) in set.modules.iter_mut().enumerate() {
+            for (i, b) in m.b.iter_mut().enumerate() {
+                *b = 0.05 * (((i * 7 + k * 13) % 17) as f32 / 8.0 - 1.0);
+            }
+        }
+        let plain = logits(&base);
+        let mut attached = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        set.attach(&mut attached, false).unwrap();
+        let mut merged = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        set.merge_into(&mut merged).unwrap();
+        let (a, m) = (logits(&attached), logits(&merged));
+        assert!(rel_err(&a, &plain) > 1e-3, "{name}: the update changes nothing");
+        let e = rel_err(&a, &m);
+        assert!(e < 1e-5, "{name}: attached vs merged relative error {e:e}");
+        let mut q = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        let all = layerprune::model::surgery::all_projections(&q);
+        assert_eq!(all.len(), projections, "{name}");
+        layerprune::model::surgery::quantize_nf4(&mut q, &all).unwrap();
+        assert!(logits(&q).iter().all(|x| x.is_finite()), "{name}: NF4 forward");
+    }
+}
+
 /// Gemma-3 pruned to layers 1 (global) and 3 (sliding): each kept layer keeps its attention
 /// type and RoPE tables, and the exported config.json lists the kept layers' layer_types.
 #[test]
