@@ -92,6 +92,43 @@ enum Command {
         /// Re-hash every cached artifact before trusting it.
         #[arg(long)]
         verify: bool,
+        /// Run only this job (its key, a unique key prefix of 8+ characters, or its label as
+        /// `plan` prints it); its inputs must be cached. Takes no pipeline lock (Slurm tasks).
+        #[arg(long, value_name = "KEY|LABEL")]
+        job: Option<String>,
+    },
+    /// Per stage: how many jobs are done, running (lock held), failed or pending.
+    Status {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Submit the jobs that are not cached to a cluster scheduler (Slurm array jobs, one per
+    /// level of the job graph, each depending on the previous one).
+    Submit {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Submit with Slurm's sbatch (the only scheduler supported).
+        #[arg(long)]
+        slurm: bool,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        gpus_per_task: Option<u32>,
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        /// Slurm time limit per task, e.g. 04:00:00.
+        #[arg(long)]
+        time: Option<String>,
+        /// At most this many tasks of one level at once.
+        #[arg(long)]
+        array_parallelism: Option<u32>,
+        /// Print the scripts and the sbatch commands; write and submit nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show the job graph: for each job "cached" or the reason it will run.
     Plan {
@@ -256,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             no_wait,
             verify,
+            job,
         } => {
             return Ok(ExitCode::from(pc::run(pc::RunArgs {
                 file: &file,
@@ -264,7 +302,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_wait,
                 verify,
                 cache_cli,
+                job: job.as_deref(),
             })?));
+        }
+        Command::Status { file, sets } => {
+            return Ok(ExitCode::from(pc::status(&file, &sets, cache_cli)?));
+        }
+        Command::Submit {
+            file,
+            sets,
+            slurm,
+            partition,
+            account,
+            gpus_per_task,
+            cpus_per_task,
+            time,
+            array_parallelism,
+            dry_run,
+        } => {
+            if !slurm {
+                pc::report_error("submit: name the scheduler: --slurm (the only one supported)");
+                return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
+            }
+            return Ok(ExitCode::from(commands::submit::submit(
+                commands::submit::SubmitArgs {
+                    file: &file,
+                    sets: &sets,
+                    cache_cli,
+                    options: layerprune::runner::slurm::SlurmOptions {
+                        partition,
+                        account,
+                        gpus_per_task,
+                        cpus_per_task,
+                        time,
+                        array_parallelism,
+                    },
+                    dry_run,
+                },
+            )?));
         }
         Command::Plan {
             file,

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod forward;
 pub mod inspect;
 pub mod pipeline_cmds;
+pub mod submit;

@@ -1,4 +1,4 @@
-//! `run`, `plan`, `cache ls|verify|gc` and `stages`.
+//! `run` (and `run --job`), `plan`, `cache ls|verify|gc` and `stages`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -139,9 +139,102 @@ pub struct RunArgs<'a> {
     pub no_wait: bool,
     pub verify: bool,
     pub cache_cli: Option<&'a Path>,
+    /// Run only this job (key, key prefix or label), whose inputs must be cached.
+    pub job: Option<&'a str>,
+}
+
+/// `run FILE --job KEY`: exactly one job, no pipeline lock (Slurm array tasks run many at
+/// once); exit 2 when the job is unknown or its inputs are not cached, 1 when it fails.
+fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
+    let (cfg, graph, cache_root) = match load_graph(args.file, args.sets, args.cache_cli) {
+        Ok(x) => x,
+        Err(e) => {
+            report_error(&e.to_string());
+            return Ok(exit::CONFIG);
+        }
+    };
+    let force = match check_force(&cfg, args.force) {
+        Ok(f) => f,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    };
+    let i = match runner::find_job(&graph, selector) {
+        Ok(i) => i,
+        Err(e) => {
+            report_error(&format!("{}: {e:#}", args.file.display()));
+            return Ok(exit::CONFIG);
+        }
+    };
+    let opts = RunOptions {
+        force,
+        verify: args.verify,
+        runtime: crate::runtime::current().clone(),
+    };
+    let record = match runner::run_one(&cfg, &graph, i, &cache_root, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    };
+    match &record.outcome {
+        runner::Outcome::Failed(e) => {
+            report_error(&format!("{} failed: {e}", record.label));
+            Ok(exit::JOBS_FAILED)
+        }
+        outcome => {
+            let what = if *outcome == runner::Outcome::Ran { "ran" } else { "cached" };
+            println!(
+                "{} ({}): {what} in {:.1} s",
+                record.label,
+                &record.key[..12],
+                record.seconds
+            );
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+/// `status FILE`: per stage, jobs done / running / failed / pending; exit 1 when any failed.
+pub fn status(file: &Path, sets: &[String], cache_cli: Option<&Path>) -> Result<u8> {
+    let (cfg, graph, cache_root) = match load_graph(file, sets, cache_cli) {
+        Ok(x) => x,
+        Err(e) => {
+            report_error(&e.to_string());
+            return Ok(exit::CONFIG);
+        }
+    };
+    let (stages, failed) = runner::status::status(&cfg, &graph, &cache_root)?;
+    let width = stages.iter().map(|s| s.stage.len()).max().unwrap_or(5).max(5);
+    println!(
+        "pipeline {} ({} jobs; cache {})",
+        cfg.name,
+        graph.jobs.len(),
+        cache_root.display()
+    );
+    println!("  {:width$}  {:>5}  {:>5}  {:>7}  {:>6}  {:>7}", "stage", "jobs", "done", "running", "failed", "pending");
+    for c in &stages {
+        println!(
+            "  {:width$}  {:>5}  {:>5}  {:>7}  {:>6}  {:>7}",
+            c.stage, c.jobs, c.done, c.running, c.failed, c.pending
+        );
+    }
+    for (label, e) in &failed {
+        println!("  failed: {label}: {}", e.lines().next().unwrap_or(""));
+    }
+    Ok(if failed.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::JOBS_FAILED
+    })
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
+    if let Some(selector) = args.job {
+        return run_job(&args, selector);
+    }
     let started_at = runner::now_rfc3339();
     // the configuration first (cheap), then the pipeline's lock, then the graph (which hashes
     // sources): --no-wait answers at once

@@ -3,8 +3,11 @@
 //! writes results/<pipeline>/ (resolved.toml, jobs.csv, runs.csv, published report files).
 
 pub mod cache;
+pub mod failures;
 pub mod results;
+pub mod slurm;
 pub mod state;
+pub mod status;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -231,6 +234,15 @@ impl RunSummary {
     }
 }
 
+/// The UTC time to the second as a file name: "2026-12-01T13-44-32Z".
+pub fn utc_stamp() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]-[minute]-[second]Z"
+        ))
+        .unwrap_or_default()
+}
+
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -349,6 +361,7 @@ pub fn run(
             }
             other => other,
         };
+        note_outcome(cache_root, &cfg.name, job, &outcome);
         summary.jobs.push(JobRecord {
             label: job.label(),
             stage: job.stage.clone(),
@@ -371,6 +384,130 @@ pub fn run(
         summary.error = Some(format!("saving the pipeline's state: {e:#}"));
     }
     summary
+}
+
+/// Keep the failure record of a job in step with its outcome (for `status`).
+fn note_outcome(cache_root: &Path, pipeline: &str, job: &crate::pipeline::Job, outcome: &Outcome) {
+    match outcome {
+        Outcome::Failed(e) => {
+            if let Err(err) = failures::record(cache_root, pipeline, &job.key, &job.label(), e) {
+                tracing::warn!("cannot record the failure of {}: {err:#}", job.label());
+            }
+        }
+        Outcome::Ran | Outcome::Cached => failures::clear(cache_root, pipeline, &job.key),
+        Outcome::Skipped(_) => {}
+    }
+}
+
+/// The job a `--job` argument names: its full key, a unique key prefix of at least 8
+/// characters, or its label (e.g. "prune[fraction=0.25,strategy=simple]").
+pub fn find_job(graph: &JobGraph, selector: &str) -> Result<usize> {
+    if let Some(i) = graph.jobs.iter().position(|j| j.label() == selector) {
+        return Ok(i);
+    }
+    let by_key: Vec<usize> = if selector.len() >= 8 {
+        (0..graph.jobs.len())
+            .filter(|&i| graph.jobs[i].key.starts_with(selector))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match by_key.as_slice() {
+        [i] => Ok(*i),
+        [] => {
+            let near: Vec<String> = graph
+                .jobs
+                .iter()
+                .map(|j| j.label())
+                .filter(|l| l.split('[').next() == selector.split('[').next())
+                .take(5)
+                .collect();
+            anyhow::bail!(
+                "--job {selector}: no job has this label or key{}",
+                if near.is_empty() {
+                    " (`layerprune plan FILE` lists them)".to_string()
+                } else {
+                    format!(" (jobs of that stage: {})", near.join(", "))
+                }
+            )
+        }
+        several => anyhow::bail!(
+            "--job {selector}: {} jobs have keys starting so; give more of the key",
+            several.len()
+        ),
+    }
+}
+
+/// Why job `i` cannot run now: the inputs that are not valid in the store.
+pub fn missing_inputs(graph: &JobGraph, i: usize, store: &Store) -> Vec<String> {
+    graph.jobs[i]
+        .inputs
+        .values()
+        .flatten()
+        .filter(|&&u| {
+            let up = &graph.jobs[u];
+            !matches!(store.status(up.kind.kind(), &up.key, false), Status::Valid(_))
+        })
+        .map(|&u| format!("{} ({})", graph.jobs[u].label(), graph.jobs[u].short_key()))
+        .collect()
+}
+
+/// Run exactly job `i`, whose inputs must be in the store (for `run --job` and Slurm array
+/// tasks). Takes no pipeline lock and writes no pipeline state: several such processes run at
+/// once, and the per-key lock makes each artifact computed once.
+pub fn run_one(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    i: usize,
+    cache_root: &Path,
+    opts: &RunOptions,
+) -> Result<JobRecord> {
+    let store = Store::new(cache_root);
+    let job = &graph.jobs[i];
+    let missing = missing_inputs(graph, i, &store);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{}: its inputs are not in the cache: {}; run them first (or the whole pipeline)",
+            job.label(),
+            missing.join(", ")
+        );
+    }
+    let prev = state::load(cache_root, &cfg.name);
+    let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
+    let started_at = now_rfc3339();
+    let start = Instant::now();
+    let outcome = if reason == Reason::Cached {
+        Outcome::Cached
+    } else {
+        tracing::info!("{} ({}) {}", job.label(), job.short_key(), reason);
+        let replace = matches!(reason, Reason::Forced | Reason::Corrupt(_));
+        match execute(cfg, graph, i, &store, cache_root, replace, &opts.runtime) {
+            Ok(true) => Outcome::Ran,
+            Ok(false) => Outcome::Cached,
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    };
+    let outcome = match outcome {
+        Outcome::Ran | Outcome::Cached if job.kind.publishes() => {
+            let results_dir = cfg.results_dir.join(&cfg.name);
+            match publish(&store.dir(job.kind.kind(), &job.key), &results_dir) {
+                Ok(()) => outcome,
+                Err(e) => Outcome::Failed(format!("publishing results: {e:#}")),
+            }
+        }
+        other => other,
+    };
+    note_outcome(cache_root, &cfg.name, job, &outcome);
+    Ok(JobRecord {
+        label: job.label(),
+        stage: job.stage.clone(),
+        kind: job.kind.kind().to_string(),
+        key: job.key.clone(),
+        outcome,
+        reason: reason.to_string(),
+        started_at,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Compute one job into the store. Ok(false) when another process finished it meanwhile.
