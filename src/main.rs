@@ -96,6 +96,20 @@ enum Command {
         /// `plan` prints it); its inputs must be cached. Takes no pipeline lock (Slurm tasks).
         #[arg(long, value_name = "KEY|LABEL")]
         job: Option<String>,
+        /// Recompute these stages (names or kinds, repeatable) and their dependants under new
+        /// keys, even when cached; the previous artifacts stay in the cache.
+        #[arg(long, value_name = "STAGE", num_args = 1..)]
+        refresh: Vec<String>,
+    },
+    /// Figures and tables from a pipeline's cached results (computes nothing).
+    Report {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Each metric of the unpruned and pruned models over the result snapshots that runs
+        /// wrote (results/<pipeline>/history/).
+        #[arg(long)]
+        history: bool,
     },
     /// Per stage: how many jobs are done, running (lock held), failed or pending.
     Status {
@@ -294,6 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
             verify,
             job,
+            refresh,
         } => {
             return Ok(ExitCode::from(pc::run(pc::RunArgs {
                 file: &file,
@@ -303,7 +318,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 verify,
                 cache_cli,
                 job: job.as_deref(),
+                refresh: &refresh,
             })?));
+        }
+        Command::Report {
+            file,
+            sets,
+            history,
+        } => {
+            if !history {
+                pc::report_error(
+                    "report: say what to draw: --history (the report stage of a run draws the rest)",
+                );
+                return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
+            }
+            return Ok(ExitCode::from(commands::report::history_report(&file, &sets)?));
         }
         Command::Status { file, sets } => {
             return Ok(ExitCode::from(pc::status(&file, &sets, cache_cli)?));

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod forward;
 pub mod inspect;
 pub mod pipeline_cmds;
+pub mod report;
 pub mod submit;

@@ -33,8 +33,14 @@ fn load_graph_with(
     cache_cli: Option<&Path>,
     allow_absent: bool,
 ) -> Result<(PipelineConfig, JobGraph, PathBuf), ConfigError> {
-    let cfg = pipeline::load(file, sets)?;
+    let mut cfg = pipeline::load(file, sets)?;
     let cache_root = cache_root_for(&cfg, cache_cli);
+    cfg.refresh = runner::refresh::load(&cache_root, &cfg.name)
+        .map_err(|e| ConfigError {
+            origin: crate::pipeline::config_error::Origin::Unknown,
+            key: String::new(),
+            message: format!("{e:#}"),
+        })?;
     let graph = if allow_absent {
         pipeline::expand_allowing_absent(&cfg, &cache_root)?
     } else {
@@ -141,6 +147,8 @@ pub struct RunArgs<'a> {
     pub cache_cli: Option<&'a Path>,
     /// Run only this job (key, key prefix or label), whose inputs must be cached.
     pub job: Option<&'a str>,
+    /// Stage names or kinds to recompute (with their dependants) under new keys.
+    pub refresh: &'a [String],
 }
 
 /// `run FILE --job KEY`: exactly one job, no pipeline lock (Slurm array tasks run many at
@@ -257,6 +265,30 @@ pub fn run(args: RunArgs) -> Result<u8> {
         report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
     };
+    let mut cfg = cfg;
+    match runner::refresh::load(&cache_root, &cfg.name) {
+        Ok(marks) => cfg.refresh = marks,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    }
+    if !args.refresh.is_empty() {
+        let marked = runner::refresh::stages_named(&cfg, args.refresh).and_then(|stages| {
+            runner::refresh::mark(&cache_root, &mut cfg, &stages, &runner::now_rfc3339())?;
+            Ok(stages)
+        });
+        match marked {
+            Ok(stages) => tracing::info!(
+                "refreshing {} and their dependants (new keys; the previous artifacts stay cached)",
+                stages.join(", ")
+            ),
+            Err(e) => {
+                report_error(&format!("{e:#}"));
+                return Ok(exit::CONFIG);
+            }
+        }
+    }
     let graph = match pipeline::expand(&cfg, &cache_root) {
         Ok(g) => g,
         Err(e) => {
@@ -292,6 +324,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
     } else {
         summary.exit_code()
     };
+    match runner::history::snapshot(&summary, &results_dir, &started_at) {
+        Ok(Some(dir)) => tracing::info!("results changed: snapshot in {}", dir.display()),
+        Ok(None) => {}
+        Err(e) => {
+            run_error.get_or_insert(e);
+        }
+    }
     for step in [
         results::write_jobs(&summary, &results_dir),
         results::mark_stale(&summary, &results_dir, &started_at),

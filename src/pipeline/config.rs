@@ -43,6 +43,10 @@ pub struct PipelineConfig {
     pub stages: BTreeMap<String, StageConfig>,
     /// The whole layered configuration (for resolved.toml).
     pub resolved: Value,
+    /// Stage -> refresh mark (`run --refresh`): part of the keys of that stage's jobs, so a
+    /// refresh computes new artifacts beside the previous ones. Not read from the file: the
+    /// runner keeps the marks per pipeline in its cache.
+    pub refresh: BTreeMap<String, String>,
     origins: Origins,
 }
 
@@ -602,6 +606,7 @@ fn assemble(
         sweep,
         stages: stage_configs,
         resolved,
+        refresh: BTreeMap::new(),
         origins,
     }
 }

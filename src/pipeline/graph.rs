@@ -661,6 +661,7 @@ fn resolve_source(
 /// stages.
 fn job_key(
     cfg: &PipelineConfig,
+    stage_name: &str,
     stage: &dyn Stage,
     params: &Value,
     sources: &BTreeMap<String, SourceRef>,
@@ -680,6 +681,10 @@ fn job_key(
         "inputs": inputs.iter().map(|(k, v)| (k.clone(), v.iter().map(|i: &usize| jobs[*i].key.clone()).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
         "precision": if stage.numeric() { Value::String(cfg.precision.to_string()) } else { Value::Null },
     });
+    let mut key_doc = key_doc;
+    if let Some(mark) = cfg.refresh.get(stage_name) {
+        key_doc["refresh"] = Value::String(mark.clone());
+    }
     sha256_bytes(canonical_text(&key_doc).as_bytes())
 }
 
@@ -769,7 +774,15 @@ impl<'a> Builder<'a> {
             &params,
         )?;
         let inputs = self.wire_inputs(plan, &assignment);
-        let key = job_key(self.cfg, plan.stage, &params, &sources, &inputs, &self.jobs);
+        let key = job_key(
+            self.cfg,
+            plan.name,
+            plan.stage,
+            &params,
+            &sources,
+            &inputs,
+            &self.jobs,
+        );
         let job = Job {
             stage: plan.name.to_string(),
             kind: plan.stage,
@@ -1298,6 +1311,7 @@ mod tests {
         let no_sources = BTreeMap::new();
         let key = job_key(
             &cfg,
+            "a",
             tv(),
             &json!({"value": 1.0}),
             &no_sources,
@@ -1313,6 +1327,7 @@ mod tests {
         let inputs = BTreeMap::from([("parent".to_string(), vec![0usize])]);
         let key = job_key(
             &cfg,
+            "a",
             tv(),
             &json!({"value": 1.0}),
             &no_sources,
@@ -1335,6 +1350,7 @@ mod tests {
         )]);
         let key = job_key(
             &cfg,
+            "a",
             tv(),
             &json!({"data": "speeches", "value": 1.0}),
             &sources,
@@ -1345,6 +1361,17 @@ mod tests {
             key,
             sha256_bytes(br#"{"inputs":{},"kind":"test-value","params":{"data":"pip:c==1:s.txt","value":1.0},"precision":null,"version":1}"#)
         );
+        // a refresh mark of the stage enters the key; another stage's does not
+        let mut refreshed = cfg.clone();
+        refreshed.refresh.insert("a".into(), "2026-12-01T00:00:00Z".into());
+        let k = |c: &PipelineConfig| job_key(c, "a", tv(), &json!({"value": 1.0}), &no_sources, &BTreeMap::new(), &[]);
+        assert_eq!(
+            k(&refreshed),
+            sha256_bytes(br#"{"inputs":{},"kind":"test-value","params":{"value":1.0},"precision":null,"refresh":"2026-12-01T00:00:00Z","version":1}"#)
+        );
+        refreshed.refresh.clear();
+        refreshed.refresh.insert("b".into(), "x".into());
+        assert_eq!(k(&refreshed), k(&cfg));
     }
 
     #[test]

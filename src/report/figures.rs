@@ -296,6 +296,7 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
     x_max: f64,
+    x_label: &str,
 ) -> Result<()> {
     let mut ys: Vec<f64> = p
         .curves
@@ -320,7 +321,7 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("fraction of layers dropped")
+        .x_desc(x_label)
         .y_desc(&p.y_label)
         .label_style(("sans-serif", 12))
         .axis_desc_style(("sans-serif", 13))
@@ -459,6 +460,7 @@ fn draw_panels<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     panels: &[Panel],
     title: &str,
+    x_label: &str,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
@@ -473,7 +475,7 @@ fn draw_panels<DB: DrawingBackend>(
         * 1.05;
     let areas = root.split_evenly((rows, cols));
     for (area, p) in areas.iter().zip(panels) {
-        draw_panel(area, p, x_max)?;
+        draw_panel(area, p, x_max, x_label)?;
     }
     root.present().map_err(err)?;
     Ok(())
@@ -484,6 +486,16 @@ const LEGEND_HEIGHT: u32 = 36;
 
 /// Metric-against-fraction panels (paper Figs. 1d, 2, 3, 5, 6) as `<stem>.svg` and `<stem>.png`.
 pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
+    panel_figure(dir, stem, panels, title, "fraction of layers dropped")
+}
+
+/// Metrics over result snapshots (`report --history`): x is the snapshot's number (1 = the
+/// oldest), as `<stem>.svg` and `<stem>.png`.
+pub fn trend_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
+    panel_figure(dir, stem, panels, title, "snapshot (1 = oldest; times in trend.csv)")
+}
+
+fn panel_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str, x_label: &str) -> Result<()> {
     register_font();
     let cols = panels.len().min(3).max(1) as u32;
     let rows = panels.len().div_ceil(3).max(1) as u32;
@@ -492,11 +504,13 @@ pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) ->
         SVGBackend::new(&dir.join(format!("{stem}.svg")), size).into_drawing_area(),
         panels,
         title,
+        x_label,
     )?;
     draw_panels(
         BitMapBackend::new(&dir.join(format!("{stem}.png")), size).into_drawing_area(),
         panels,
         title,
+        x_label,
     )?;
     Ok(())
 }

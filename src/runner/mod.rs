@@ -4,6 +4,8 @@
 
 pub mod cache;
 pub mod failures;
+pub mod history;
+pub mod refresh;
 pub mod results;
 pub mod slurm;
 pub mod state;
@@ -239,6 +241,16 @@ pub fn utc_stamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year]-[month]-[day]T[hour]-[minute]-[second]Z"
+        ))
+        .unwrap_or_default()
+}
+
+/// As `utc_stamp`, to the millisecond: "2026-12-01T13-44-32.123Z" (snapshots of quick
+/// successive runs stay apart).
+pub fn utc_stamp_ms() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]-[minute]-[second].[subsecond digits:3]Z"
         ))
         .unwrap_or_default()
 }
