@@ -36,7 +36,10 @@ pub fn history_report(file: &Path, sets: &[String]) -> Result<u8> {
     let mut panels = Vec::new();
     for (quantity, models) in &grouped {
         let mut curves = Vec::new();
-        for (i, (model, values)) in models.iter().enumerate() {
+        // the unpruned model first (series 0), then the strategies
+        let mut ordered: Vec<(&String, &Vec<Option<f64>>)> = models.iter().collect();
+        ordered.sort_by_key(|(m, _)| m.as_str() != "unpruned");
+        for (i, (model, values)) in ordered.into_iter().enumerate() {
             let points: Vec<(f64, f64)> = values
                 .iter()
                 .enumerate()

@@ -88,9 +88,12 @@ impl EvalRow {
         }
     }
 
-    /// The quantity: "task (shots) metric", e.g. "mmlu (5-shot) acc".
+    /// The quantity: "task (shots) metric", e.g. "mmlu (5-shot) acc"; the held-out loss by its
+    /// metric alone ("loss", "loss_normalized").
     pub fn quantity(&self) -> String {
-        if self.shots.is_empty() {
+        if self.task == "loss" {
+            self.metric.clone()
+        } else if self.shots.is_empty() {
             format!("{} {}", self.task, self.metric)
         } else {
             format!("{} ({}-shot) {}", self.task, self.shots, self.metric)
