@@ -42,6 +42,29 @@ fn real_logits(flat: &[f32], rows: &[Vec<u32>], t: usize, vocab: usize) -> Vec<f
     v
 }
 
+/// Every position's logits of `batch`, row-major.
+fn all_logits(m: &layerprune::model::Transformer<B>, batch: &TokenBatch) -> Vec<f32> {
+    to_f32_vec(
+        m.forward(batch, Capture::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Export the model keeping the original layers `keep` into `dir`, in f32.
+fn export_to(files: &ModelFiles, keep: &[usize], dir: &std::path::Path) {
+    layerprune::model::export::export_hf(
+        files,
+        keep,
+        dir,
+        layerprune::backend::Precision::F32,
+        serde_json::json!({"kept_layers": keep}),
+    )
+    .unwrap();
+}
+
 /// `keep`: the layers transformers' pruned reference keeps (make_fixtures.py FAMILY_PRUNE_KEEP).
 fn pruned_matches_transformers(name: &str, keep: &[usize]) {
     let cache = common::temp_cache();
@@ -57,14 +80,7 @@ fn pruned_matches_transformers(name: &str, keep: &[usize]) {
     let want = real_logits(&reference["logits"].f32, &rows, t, vocab);
     let batch = TokenBatch::right_padded(&rows, 0);
     let logits = |m: &layerprune::model::Transformer<B>| {
-        let flat = to_f32_vec(
-            m.forward(&batch, Capture::None, Logits::All)
-                .unwrap()
-                .logits
-                .unwrap(),
-        )
-        .unwrap();
-        real_logits(&flat, &rows, t, vocab)
+        real_logits(&all_logits(m, &batch), &rows, t, vocab)
     };
     // light: the base weights, only the kept layers
     let light = files
@@ -75,14 +91,7 @@ fn pruned_matches_transformers(name: &str, keep: &[usize]) {
     // exported Hugging Face directory, read back
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    layerprune::model::export::export_hf(
-        &files,
-        keep,
-        &out,
-        layerprune::backend::Precision::F32,
-        serde_json::json!({"kept_layers": keep}),
-    )
-    .unwrap();
+    export_to(&files, keep, &out);
     let exported = open(out.to_str().unwrap(), cache.path());
     assert_eq!(exported.config.num_hidden_layers, 2);
     assert_eq!(exported.config.architecture, files.config.architecture);
@@ -112,14 +121,7 @@ fn pruned_qwen1_matches_transformers_light_and_exported() {
     let cache = common::temp_cache();
     let files = open("tiny-qwen1", cache.path());
     let dir = tempfile::tempdir().unwrap();
-    layerprune::model::export::export_hf(
-        &files,
-        &[0, 2],
-        dir.path(),
-        layerprune::backend::Precision::F32,
-        serde_json::json!({}),
-    )
-    .unwrap();
+    export_to(&files, &[0, 2], dir.path());
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -186,15 +188,7 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
     assert!(err.contains("seq_len = 33") && err.contains("seq_length = 32"), "{err}");
     // NF4 on every projection (q, k and v from the fused module each)
     let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
-    let logits = |m: &layerprune::model::Transformer<B>| {
-        to_f32_vec(
-            m.forward(&batch, Capture::None, Logits::All)
-                .unwrap()
-                .logits
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let logits = |m: &layerprune::model::Transformer<B>| all_logits(m, &batch);
     let dense = logits(&model);
     let all = layerprune::model::surgery::all_projections(&model);
     assert_eq!(all.len(), 7);
@@ -219,15 +213,7 @@ fn lora_attached_equals_merged_and_nf4_for_every_family() {
         ("tiny-qwen1", &["w1", "w2", "mlp.c_proj"], 7),
     ];
     let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9, 5, 88, 120, 7, 61, 2, 33]], 0);
-    let logits = |m: &layerprune::model::Transformer<B>| {
-        to_f32_vec(
-            m.forward(&batch, Capture::None, Logits::All)
-                .unwrap()
-                .logits
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let logits = |m: &layerprune::model::Transformer<B>| all_logits(m, &batch);
     for (name, targets, projections) in families {
         let files = open(name, cache.path());
         let base = files.build::<B>(&Default::default(), DType::F32).unwrap();
@@ -269,14 +255,7 @@ fn pruned_gemma3_keeps_each_layers_type_light_and_exported() {
     let cache = common::temp_cache();
     let files = open("tiny-gemma3", cache.path());
     let dir = tempfile::tempdir().unwrap();
-    layerprune::model::export::export_hf(
-        &files,
-        &[1, 3],
-        dir.path(),
-        layerprune::backend::Precision::F32,
-        serde_json::json!({}),
-    )
-    .unwrap();
+    export_to(&files, &[1, 3], dir.path());
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
             .unwrap();
@@ -319,15 +298,7 @@ fn phi_lora_targets_and_nf4_follow_its_layout() {
     );
     // NF4 on every projection, then the forward still runs and stays close
     let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
-    let logits = |m: &layerprune::model::Transformer<B>| {
-        to_f32_vec(
-            m.forward(&batch, Capture::None, Logits::All)
-                .unwrap()
-                .logits
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let logits = |m: &layerprune::model::Transformer<B>| all_logits(m, &batch);
     let dense = logits(&model);
     let all = layerprune::model::surgery::all_projections(&model);
     assert_eq!(all.len(), 6);
