@@ -53,6 +53,16 @@ fn all_logits(m: &layerprune::model::Transformer<B>, batch: &TokenBatch) -> Vec<
     .unwrap()
 }
 
+/// A rank-2 LoRA (alpha 2, no dropout) on `targets`.
+fn rank2_lora(targets: &[&str]) -> LoraConfig {
+    LoraConfig {
+        r: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 /// Export the model keeping the original layers `keep` into `dir`, in f32.
 fn export_to(files: &ModelFiles, keep: &[usize], dir: &std::path::Path) {
     layerprune::model::export::export_hf(
@@ -147,12 +157,7 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
     let cache = common::temp_cache();
     let files = open("tiny-qwen1", cache.path());
     let mut model = files.build::<B>(&Default::default(), DType::F32).unwrap();
-    let lora = |targets: &[&str]| LoraConfig {
-        r: 2,
-        alpha: 2.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-    };
+    let lora = rank2_lora;
     let err = format!(
         "{:#}",
         AdapterSet::init(&lora(&["w1", "w2", "c_proj"]), &model, 0).unwrap_err()
@@ -272,12 +277,7 @@ fn phi_lora_targets_and_nf4_follow_its_layout() {
     let cache = common::temp_cache();
     let files = open("tiny-phi", cache.path());
     let mut model = files.build::<B>(&Default::default(), DType::F32).unwrap();
-    let lora = |targets: &[&str]| LoraConfig {
-        r: 2,
-        alpha: 2.0,
-        dropout: 0.0,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-    };
+    let lora = rank2_lora;
     let err = AdapterSet::init(&lora(&["gate_proj", "up_proj"]), &model, 0)
         .unwrap_err()
         .to_string();
