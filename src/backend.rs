@@ -161,6 +161,28 @@ fn run_cuda<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> 
     }
 }
 
+/// Whether `kind` can run here: Ok, or an error naming what is missing (the cargo feature, the
+/// driver, the device). `run` asks before any job starts, so a pipeline for a GPU machine fails
+/// at once (exit 2) on a machine without one instead of failing job after job.
+pub fn check_available(kind: BackendKind) -> Result<()> {
+    match kind {
+        BackendKind::Flex => Ok(()),
+        BackendKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                cuda_device().map(|_| ())
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                bail!(
+                    "backend = \"cuda\": this build has no cuda backend (rebuild with --features cuda, \
+                     on a machine with the NVIDIA driver); or use --set backend=flex for the CPU"
+                )
+            }
+        }
+    }
+}
+
 /// The first CUDA device, after checking that a tensor can be made on it: cubecl panics when the
 /// driver library is missing; turn that into an error.
 #[cfg(feature = "cuda")]

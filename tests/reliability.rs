@@ -461,3 +461,27 @@ fn no_wait_answers_before_hashing_sources() {
     assert!(!digests.contains("texts"), "{digests}");
     assert!(child.wait().unwrap().success());
 }
+
+/// A pipeline for a GPU backend on a build (or machine) without it fails before any job starts
+/// (exit 2), naming what is missing, instead of failing job after job.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn an_unavailable_backend_is_refused_before_any_job() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(fixtures().join("pipelines/sweep.toml")).unwrap();
+    env.write("sweep.toml", &text);
+    for args in [
+        vec!["run", "sweep.toml", "--set", "backend=cuda"],
+        vec!["run", "sweep.toml", "--set", "backend=cuda", "--job", "base"],
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let e = stderr(&out);
+        assert!(
+            e.contains("backend = \"cuda\": this build has no cuda backend (rebuild with --features cuda"),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(env.exec_log().is_empty(), "{:?}", env.exec_log());
+    }
+}

@@ -168,6 +168,10 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
+    if let Err(e) = crate::backend::check_available(cfg.backend) {
+        report_error(&format!("{}: {e:#}", args.file.display()));
+        return Ok(exit::CONFIG);
+    }
     let i = match runner::find_job(&graph, selector) {
         Ok(i) => i,
         Err(e) => {
@@ -261,6 +265,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
+    if let Err(e) = crate::backend::check_available(cfg.backend) {
+        report_error(&format!("{}: {e:#}", args.file.display()));
+        return Ok(exit::CONFIG);
+    }
     let Some(_lock) = runner::lock_pipeline(&cache_root, &cfg.name, args.no_wait)? else {
         report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
