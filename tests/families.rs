@@ -235,6 +235,11 @@ fn lora_attached_equals_merged_and_nf4_for_every_family() {
                 *b = 0.05 * (((i * 7 + k * 13) % 17) as f32 / 8.0 - 1.0);
             }
         }
+        // the PEFT adapter directory reads back as the same modules
+        let dir = tempfile::tempdir().unwrap();
+        set.save_peft(dir.path(), name).unwrap();
+        let back = AdapterSet::load_peft(dir.path()).unwrap();
+        assert_eq!(back.modules, set.modules, "{name}: PEFT round trip");
         let plain = logits(&base);
         let mut attached = files.build::<B>(&Default::default(), DType::F32).unwrap();
         set.attach(&mut attached, false).unwrap();

@@ -582,10 +582,14 @@ pub fn parse_module_path(path: &str) -> Option<(usize, String)> {
         };
         let (layer, module) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let spec = l
+        // several layouts share a layer prefix (model.layers): the one with this module
+        let Some(spec) = l
             .projections
             .iter()
-            .find(|s| !s.fused && s.qualified() == module)?;
+            .find(|s| !s.fused && s.qualified() == module)
+        else {
+            continue;
+        };
         let names = l.projection_names();
         let name = if names.iter().any(|n| n == module) {
             module.to_string()
@@ -705,6 +709,16 @@ mod tests {
             Some((0, "w2".to_string()))
         );
         assert_eq!(parse_module_path("transformer.h.0.attn.c_attn"), None);
+        // Phi shares Llama's layer prefix: its modules are found in its own layout
+        assert_eq!(
+            parse_module_path("model.layers.2.mlp.fc1"),
+            Some((2, "fc1".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("model.layers.2.self_attn.dense"),
+            Some((2, "dense".to_string()))
+        );
+        assert_eq!(parse_module_path("model.layers.2.mlp.nope"), None);
         // llama 7, phi fc1 fc2 dense, qwen w1 w2 attn.c_proj mlp.c_proj
         assert_eq!(known_modules().len(), 14);
         let qwen = Architecture::Qwen.layout();
