@@ -14,6 +14,7 @@
 //! | eval-loss | `LossRecord` | loss.json |
 
 pub mod eval;
+pub mod eval_table;
 pub mod heal;
 pub mod load;
 pub mod loss;

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Outcome, RunSummary};
+use crate::artifacts::eval_table::{self, EvalTableRow};
 use crate::artifacts::manifest::{GIT_REV, TOOL_VERSION};
 
 /// Stage kinds whose recomputation changes the published results.
@@ -60,54 +61,37 @@ pub fn snapshot(summary: &RunSummary, results_dir: &Path, started_at: &str) -> R
     Ok(Some(dir))
 }
 
-/// One row of a published eval.csv (the columns the history needs).
-#[derive(Debug, Clone, Deserialize)]
-pub struct EvalRow {
-    pub variant: String,
-    pub strategy: String,
-    pub fraction: f64,
-    pub healed: bool,
-    pub task: String,
-    pub shots: String,
-    pub metric: String,
-    pub value: f64,
+/// The model of a row: "unpruned", or "<strategy> <fraction>[ healed]".
+pub fn model(r: &EvalTableRow) -> String {
+    if r.variant == "base" {
+        "unpruned".into()
+    } else {
+        format!(
+            "{} {}{}",
+            r.strategy,
+            r.fraction,
+            if r.healed { " healed" } else { "" }
+        )
+    }
 }
 
-impl EvalRow {
-    /// The model: "unpruned", or "<strategy> <fraction>[ healed]".
-    pub fn model(&self) -> String {
-        if self.variant == "base" {
-            "unpruned".into()
-        } else {
-            format!(
-                "{} {}{}",
-                self.strategy,
-                self.fraction,
-                if self.healed { " healed" } else { "" }
-            )
-        }
-    }
-
-    /// The quantity: "task (shots) metric", e.g. "mmlu (5-shot) acc"; the held-out loss by its
-    /// metric alone ("loss", "loss_normalized").
-    pub fn quantity(&self) -> String {
-        if self.task == "loss" {
-            self.metric.clone()
-        } else if self.shots.is_empty() {
-            format!("{} {}", self.task, self.metric)
-        } else {
-            format!("{} ({}-shot) {}", self.task, self.shots, self.metric)
-        }
+/// The quantity of a row: "task (shots) metric", e.g. "mmlu (5-shot) acc"; the held-out loss
+/// by its metric alone ("loss", "loss_normalized").
+pub fn quantity(r: &EvalTableRow) -> String {
+    if r.task == "loss" {
+        r.metric.clone()
+    } else {
+        format!("{} ({}-shot) {}", r.task, r.shots, r.metric)
     }
 }
 
 /// The snapshots in time order: (directory name = UTC time, rows of its eval.csv).
-pub fn read(results_dir: &Path) -> Result<Vec<(String, Vec<EvalRow>)>> {
+pub fn read(results_dir: &Path) -> Result<Vec<(String, Vec<EvalTableRow>)>> {
     let dir = results_dir.join("history");
     let mut names: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
             .flatten()
-            .filter(|e| e.path().join("eval.csv").is_file())
+            .filter(|e| e.path().join(eval_table::FILE).is_file())
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -116,12 +100,7 @@ pub fn read(results_dir: &Path) -> Result<Vec<(String, Vec<EvalRow>)>> {
     names.sort();
     let mut out = Vec::new();
     for n in names {
-        let p = dir.join(&n).join("eval.csv");
-        let mut r = csv::Reader::from_path(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let rows = r
-            .deserialize()
-            .collect::<Result<Vec<EvalRow>, _>>()
-            .with_context(|| format!("{}: not an eval.csv", p.display()))?;
+        let rows = eval_table::read(&dir.join(&n).join(eval_table::FILE))?;
         out.push((n, rows));
     }
     Ok(out)
@@ -130,14 +109,14 @@ pub fn read(results_dir: &Path) -> Result<Vec<(String, Vec<EvalRow>)>> {
 /// quantity -> model -> value per snapshot (None where a snapshot lacks it).
 pub type Trend = BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>>;
 
-pub fn trend(snapshots: &[(String, Vec<EvalRow>)]) -> Trend {
+pub fn trend(snapshots: &[(String, Vec<EvalTableRow>)]) -> Trend {
     let mut t: Trend = BTreeMap::new();
     for (i, (_, rows)) in snapshots.iter().enumerate() {
         for r in rows {
             let series = t
-                .entry(r.quantity())
+                .entry(quantity(r))
                 .or_default()
-                .entry(r.model())
+                .entry(model(r))
                 .or_insert_with(|| vec![None; snapshots.len()]);
             series[i] = Some(r.value);
         }
@@ -147,7 +126,7 @@ pub fn trend(snapshots: &[(String, Vec<EvalRow>)]) -> Trend {
 
 /// As `trend`, with the pruned models of one strategy (healed or not) averaged over their
 /// fractions: "unpruned", "similarity", "similarity healed", ... (what the figure draws).
-pub fn grouped_trend(snapshots: &[(String, Vec<EvalRow>)]) -> Trend {
+pub fn grouped_trend(snapshots: &[(String, Vec<EvalTableRow>)]) -> Trend {
     let mut sums: BTreeMap<(String, String), Vec<(f64, usize)>> = BTreeMap::new();
     for (i, (_, rows)) in snapshots.iter().enumerate() {
         for r in rows {
@@ -157,7 +136,7 @@ pub fn grouped_trend(snapshots: &[(String, Vec<EvalRow>)]) -> Trend {
                 format!("{}{}", r.strategy, if r.healed { " healed" } else { "" })
             };
             let s = sums
-                .entry((r.quantity(), group))
+                .entry((quantity(r), group))
                 .or_insert_with(|| vec![(0.0, 0); snapshots.len()]);
             s[i].0 += r.value;
             s[i].1 += 1;
@@ -175,7 +154,7 @@ pub fn grouped_trend(snapshots: &[(String, Vec<EvalRow>)]) -> Trend {
 }
 
 /// history/trend.csv: snapshot, quantity, model, value.
-pub fn write_trend_csv(results_dir: &Path, snapshots: &[(String, Vec<EvalRow>)], t: &Trend) -> Result<PathBuf> {
+pub fn write_trend_csv(results_dir: &Path, snapshots: &[(String, Vec<EvalTableRow>)], t: &Trend) -> Result<PathBuf> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["snapshot", "quantity", "model", "value"])?;
     for (q, models) in t {

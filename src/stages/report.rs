@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::eval_table::{self, EvalTableRow};
 use crate::artifacts::similarity::samples_path;
 use crate::artifacts::{
     EvalRecord, InputArtifact, LoadRecord, LossRecord, Record, SelectionRecord, SimilarityRecord,
@@ -166,23 +167,6 @@ impl Stage for ReportStage {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct EvalRow {
-    variant: String,
-    strategy: String,
-    fraction: f64,
-    n_dropped: usize,
-    start: String,
-    end: String,
-    healed: bool,
-    task: String,
-    shots: usize,
-    metric: String,
-    value: f64,
-    stderr: f64,
-    n_items: usize,
-}
-
 #[derive(Serialize)]
 struct ItemRow<'a> {
     variant: &'a str,
@@ -193,8 +177,8 @@ struct ItemRow<'a> {
     pred: usize,
 }
 
-fn base_row(v: &Variant) -> EvalRow {
-    EvalRow {
+fn base_row(v: &Variant) -> EvalTableRow {
+    EvalTableRow {
         variant: v.variant.clone(),
         strategy: v.strategy.map(|s| s.to_string()).unwrap_or_default(),
         fraction: v.fraction,
@@ -212,7 +196,7 @@ fn base_row(v: &Variant) -> EvalRow {
 }
 
 /// Chance level of a task (gray dashed line of the figures); 1.0 for the normalised loss.
-fn chance(task: &str, metric: &str) -> Option<f64> {
+pub fn chance(task: &str, metric: &str) -> Option<f64> {
     match (task, metric) {
         ("loss", "loss_normalized") => Some(1.0),
         ("loss", _) => None,
@@ -223,11 +207,7 @@ fn chance(task: &str, metric: &str) -> Option<f64> {
 /// eval.csv, eval_items.csv, the metric-against-fraction figure and a summary table.
 fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()> {
     let rows = collect_eval_rows(ctx, ctx.inputs("evals"))?;
-    let mut w = csv::Writer::from_path(ctx.out("eval.csv"))?;
-    for r in &rows {
-        w.serialize(r)?;
-    }
-    w.flush()?;
+    eval_table::write(&ctx.out(eval_table::FILE), &rows)?;
     let panels = fraction_panels(&rows);
     if !panels.is_empty() {
         crate::report::figures::fraction_figure(
@@ -242,15 +222,15 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
 
 /// One row per (model, task, metric) of the evaluation artifacts, sorted for the table; every
 /// scored item goes to eval_items.csv on the way.
-fn collect_eval_rows(ctx: &JobContext, evals: &[InputArtifact]) -> Result<Vec<EvalRow>> {
-    let mut rows: Vec<EvalRow> = Vec::new();
+fn collect_eval_rows(ctx: &JobContext, evals: &[InputArtifact]) -> Result<Vec<EvalTableRow>> {
+    let mut rows: Vec<EvalTableRow> = Vec::new();
     let mut items = csv::Writer::from_path(ctx.out("eval_items.csv"))?;
     for a in evals {
         if a.kind == EvalRecord::KIND {
             let r = EvalRecord::of(a)?;
             for t in &r.results {
                 for m in &t.metrics {
-                    rows.push(EvalRow {
+                    rows.push(EvalTableRow {
                         task: t.task.clone(),
                         shots: t.shots,
                         metric: m.metric.clone(),
@@ -278,7 +258,7 @@ fn collect_eval_rows(ctx: &JobContext, evals: &[InputArtifact]) -> Result<Vec<Ev
                 ("loss", r.loss, r.stderr),
                 ("loss_normalized", r.loss_normalized, r.stderr / ln_v),
             ] {
-                rows.push(EvalRow {
+                rows.push(EvalTableRow {
                     task: "loss".into(),
                     shots: 0,
                     metric: metric.into(),
@@ -320,7 +300,7 @@ fn collect_eval_rows(ctx: &JobContext, evals: &[InputArtifact]) -> Result<Vec<Ev
 
 /// One panel per (task, shots, metric) of interest: a curve per strategy (and healed or not)
 /// against the fraction dropped, starting at the unpruned model.
-fn fraction_panels(rows: &[EvalRow]) -> Vec<Panel> {
+pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
     let mut keys: Vec<(String, usize, String)> = rows
         .iter()
         .filter(|r| matches!(r.metric.as_str(), "acc" | "loss_normalized" | "loss"))
@@ -329,7 +309,7 @@ fn fraction_panels(rows: &[EvalRow]) -> Vec<Panel> {
     keys.dedup();
     let mut panels = Vec::new();
     for (task, shots, metric) in &keys {
-        let sel: Vec<&EvalRow> = rows
+        let sel: Vec<&EvalTableRow> = rows
             .iter()
             .filter(|r| &r.task == task && r.shots == *shots && &r.metric == metric)
             .collect();
@@ -389,7 +369,7 @@ fn fraction_panels(rows: &[EvalRow]) -> Vec<Panel> {
 }
 
 /// The evaluation section of summary.md.
-fn write_eval_summary(summary: &mut String, rows: &[EvalRow]) -> Result<()> {
+fn write_eval_summary(summary: &mut String, rows: &[EvalTableRow]) -> Result<()> {
     writeln!(summary, "## Evaluation
 
 - eval.csv: one row per model, task and metric
