@@ -101,15 +101,20 @@ enum Command {
         #[arg(long, value_name = "STAGE", num_args = 1..)]
         refresh: Vec<String>,
     },
-    /// Figures and tables from a pipeline's cached results (computes nothing).
+    /// Figures and tables from pipelines' published results (computes nothing): several
+    /// pipelines side by side (the paper's multi-model figures), or one pipeline's history.
     Report {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Each metric of the unpruned and pruned models over the result snapshots that runs
-        /// wrote (results/<pipeline>/history/).
+        /// wrote (results/<pipeline>/history/); one pipeline.
         #[arg(long)]
         history: bool,
+        /// Where the multi-pipeline figures go (default results/combined).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Per stage: how many jobs are done, running (lock held), failed or pending.
     Status {
@@ -322,17 +327,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?));
         }
         Command::Report {
-            file,
+            files,
             sets,
             history,
+            out,
         } => {
-            if !history {
-                pc::report_error(
-                    "report: say what to draw: --history (the report stage of a run draws the rest)",
-                );
-                return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
+            if history {
+                if files.len() != 1 {
+                    pc::report_error("report --history: name one pipeline file");
+                    return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
+                }
+                return Ok(ExitCode::from(commands::report::history_report(&files[0], &sets)?));
             }
-            return Ok(ExitCode::from(commands::report::history_report(&file, &sets)?));
+            return Ok(ExitCode::from(commands::report::combined_report(
+                &files,
+                &sets,
+                out.as_deref(),
+            )?));
         }
         Command::Status { file, sets } => {
             return Ok(ExitCode::from(pc::status(&file, &sets, cache_cli)?));

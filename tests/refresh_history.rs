@@ -1,7 +1,8 @@
 //! Scheduled refreshes: `run --refresh STAGE` recomputes that stage's jobs and their dependants
 //! under new keys while the previous artifacts stay cached; every run that computes a result
 //! anew writes a dated snapshot of eval.csv; `report --history` draws the snapshots over time.
-//! On the tiny fixture model with a held-out loss evaluation.
+//! `report A.toml B.toml` draws several pipelines' published results side by side. On the tiny
+//! fixture model with a held-out loss evaluation.
 
 mod common;
 
@@ -133,4 +134,39 @@ fn refresh_keeps_old_artifacts_snapshots_record_each_change_and_history_draws_th
     let out = env.run(&["run", &f, "--refresh", "evals"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--refresh evals: no stage has this name or kind"), "{}", stderr(&out));
+}
+
+/// Two pipelines' published results side by side: eval_all.csv holds every row of both with its
+/// pipeline, the loss figure has a panel per pipeline, figures without inputs are skipped.
+#[test]
+fn report_combines_pipelines_and_skips_figures_without_inputs() {
+    let env = Env::new();
+    let f = pipeline(&env);
+    let text = std::fs::read_to_string(env.path(&f)).unwrap().replace("name = \"hist\"", "name = \"other\"");
+    env.write("other.toml", &text);
+    for p in [f.as_str(), "other.toml"] {
+        let out = env.run(&["run", p]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = env.run(&["report", &f, "other.toml", "--out", "both"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("2 pipelines (hist, other): eval_all.csv, fig3_loss_by_model.{svg,png}"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("fig2_mmlu_by_model: skipped (no pipeline has mmlu acc)"), "{}", stderr(&out));
+    let all = std::fs::read_to_string(env.path("both/eval_all.csv")).unwrap();
+    let own = std::fs::read_to_string(env.path("results/hist/eval.csv")).unwrap();
+    assert!(all.starts_with("pipeline,variant,strategy,fraction"), "{all}");
+    // every row of each pipeline's eval.csv, prefixed by its name
+    for line in own.lines().skip(1) {
+        assert!(all.lines().any(|l| l == format!("hist,{line}")), "{line}");
+        assert!(all.lines().any(|l| l == format!("other,{line}")), "{line}");
+    }
+    assert_eq!(all.lines().count(), 1 + 2 * (own.lines().count() - 1));
+    assert!(env.path("both/fig3_loss_by_model.png").metadata().unwrap().len() > 1000);
+    assert!(!env.path("both/fig2_mmlu_by_model.png").exists());
+    // a pipeline that has not run: a clear error
+    let text = text.replace("name = \"other\"", "name = \"never\"");
+    env.write("never.toml", &text);
+    let out = env.run(&["report", &f, "never.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("eval.csv does not exist: run the pipeline first"), "{}", stderr(&out));
 }
