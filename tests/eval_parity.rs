@@ -337,7 +337,8 @@ fn angular_distances_match_transformers() {
     let fx = fixture("similarity-tiny-llama.json");
     let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
     for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
-        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0).unwrap();
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, false).unwrap();
+        assert!(d.all_tokens.is_none());
         assert_eq!(d.layers, 4);
         assert_eq!(d.samples, 6);
         let reference = fx["d"].as_array().unwrap();
@@ -356,6 +357,55 @@ fn angular_distances_match_transformers() {
             }
             for (a, b) in d.stderr[n].iter().zip(ref_se[n].as_array().unwrap()) {
                 assert!((a - b.as_f64().unwrap()).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+/// The all-token statistics (mean cosine of x_t(l), x_t(l+n) over every real token) against numpy
+/// on transformers' hidden states, the final-token distances unchanged by asking for them, and
+/// the layers bi, cosine_all and reverse drop (make_fixtures.py part "criteria").
+#[test]
+fn all_token_cosines_and_criteria_match_the_reference() {
+    use layerprune::method::selection::{choose, Strategy};
+    let (_, model) = tiny();
+    let fx = fixture("criteria-tiny-llama.json");
+    let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
+    let plain = layerprune::method::similarity::measure(&model, &rows, 6, 1, 0, false).unwrap();
+    for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, true).unwrap();
+        for (a, b) in d.d.iter().flatten().zip(plain.d.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "final-token d changed: {a} vs {b}");
+        }
+        let all = d.all_tokens.as_ref().unwrap();
+        assert_eq!(all.tokens as u64, fx["tokens"].as_u64().unwrap());
+        let reference = fx["cos"].as_array().unwrap();
+        assert_eq!(all.cos.len(), reference.len());
+        for (n, (row, r)) in all.cos.iter().zip(reference).enumerate() {
+            let r = r.as_array().unwrap();
+            assert_eq!(row.len(), r.len());
+            for (l, (a, b)) in row.iter().zip(r).enumerate() {
+                let b = b.as_f64().unwrap();
+                assert!((a - b).abs() < 1e-5, "cos(l={l}, n={}) = {a} vs {b}", n + 1);
+            }
+        }
+        for (a, b) in all.block_influence().iter().zip(fx["block_influence"].as_array().unwrap()) {
+            assert!((a - b.as_f64().unwrap()).abs() < 1e-5);
+        }
+        for (strategy, name) in [
+            (Strategy::Bi, "bi"),
+            (Strategy::CosineAll, "cosine_all"),
+            (Strategy::Reverse, "reverse"),
+        ] {
+            for n in 1..4 {
+                let want: Vec<usize> = fx["dropped"][name][n.to_string()]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                let block = choose(&d, n, strategy).unwrap();
+                assert_eq!(block.dropped(), want, "{name} n={n}");
             }
         }
     }

@@ -260,6 +260,7 @@ pub fn similarity(
             rows: &rows,
             batch,
             workers: default_workers(backend),
+            all_tokens: false,
         }),
     )?;
     println!(

@@ -1,29 +1,50 @@
-//! Which block of n layers to drop:
+//! Which n layers to drop:
 //! - `similarity`: l*(n) = argmin_l d(x(l), x(l+n)) (paper Eq. 6), ties to the smallest l;
 //! - `simple`: the deepest block that keeps the final layer, 0-based layers L-n-1 .. L-2, i.e.
 //!   the half-open block [L-n-1, L-1) (the paper's "(L-n) to (L-1)" in 1-based numbering, as the
-//!   authors' code does it; paper-spec §3).
+//!   authors' code does it; paper-spec §3);
+//! - `reverse`: the last n layers, the final one included, [L-n, L) ("Reassessing Layer Pruning
+//!   in LLMs", ICLR 2026: a baseline distinct from `simple`);
+//! - `cosine_all`: LLM-Streamline's contiguous block of highest mean cosine between x(l) and
+//!   x(l+n) over all tokens (ties to the smallest l);
+//! - `bi`: ShortGPT's Block Influence BI(l) = 1 - cos(x(l), x(l+1)) over all tokens: the n
+//!   layers of lowest influence, not necessarily contiguous (ties to the smaller l).
+//! The last two need the similarity stage's all-token statistics (`all_tokens = true`).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::similarity::Distances;
+#[cfg(test)]
+use super::similarity::AllTokenStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Similarity,
     Simple,
+    Reverse,
+    CosineAll,
+    Bi,
 }
 
 impl Strategy {
     /// Every strategy, in the order tables and figures list them.
-    pub const ALL: [Strategy; 2] = [Strategy::Similarity, Strategy::Simple];
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Similarity,
+        Strategy::Simple,
+        Strategy::Reverse,
+        Strategy::CosineAll,
+        Strategy::Bi,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Similarity => "similarity",
             Strategy::Simple => "simple",
+            Strategy::Reverse => "reverse",
+            Strategy::CosineAll => "cosine_all",
+            Strategy::Bi => "bi",
         }
     }
 
@@ -39,7 +60,9 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// One row of the selection table: drop layers [start, end) (0-based, half-open).
+/// One row of the selection table: drop layers [start, end) (0-based, half-open), or, for a
+/// selection that is not contiguous (`bi`), the layers in `layers` ([start, end) is then their
+/// span).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Block {
     pub n: usize,
@@ -47,8 +70,23 @@ pub struct Block {
     pub strategy: Strategy,
     pub start: usize,
     pub end: usize,
-    /// d(x(start), x(start + n)) of the block.
+    /// d(x(start), x(start + n)) of a contiguous block; for `bi`, the mean Block Influence of
+    /// the dropped layers.
     pub d: f64,
+    /// The dropped layers when they are not contiguous (empty: [start, end)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
+}
+
+impl Block {
+    /// The dropped layers, ascending.
+    pub fn dropped(&self) -> Vec<usize> {
+        if self.layers.is_empty() {
+            (self.start..self.end).collect()
+        } else {
+            self.layers.clone()
+        }
+    }
 }
 
 /// n = round(f * L), halves rounded up.
@@ -64,17 +102,34 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
             layers - 1
         );
     }
-    let start = match strategy {
-        Strategy::Similarity => {
-            let row = &dist.d[n - 1];
-            let mut best = 0;
-            for (l, &v) in row.iter().enumerate() {
-                if v < row[best] {
-                    best = l;
-                }
+    let all_tokens = || {
+        dist.all_tokens.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "strategy {strategy} needs the all-token statistics: set all_tokens = true in the similarity stage"
+            )
+        })
+    };
+    // the first index of the smallest value (ties to the smallest l)
+    let argmin = |row: &[f64]| {
+        let mut best = 0;
+        for (l, &v) in row.iter().enumerate() {
+            if v < row[best] {
+                best = l;
             }
-            best
         }
+        best
+    };
+    let contiguous = |start: usize| Block {
+        n,
+        fraction: n as f64 / layers as f64,
+        strategy,
+        start,
+        end: start + n,
+        d: dist.get(n, start),
+        layers: Vec::new(),
+    };
+    Ok(match strategy {
+        Strategy::Similarity => contiguous(argmin(&dist.d[n - 1])),
         Strategy::Simple => {
             if n + 1 > layers {
                 bail!(
@@ -82,16 +137,33 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
                     n + 1
                 );
             }
-            layers - n - 1
+            contiguous(layers - n - 1)
         }
-    };
-    Ok(Block {
-        n,
-        fraction: n as f64 / layers as f64,
-        strategy,
-        start,
-        end: start + n,
-        d: dist.get(n, start),
+        Strategy::Reverse => contiguous(layers - n),
+        Strategy::CosineAll => {
+            let negated: Vec<f64> = all_tokens()?.cos[n - 1].iter().map(|c| -c).collect();
+            contiguous(argmin(&negated))
+        }
+        Strategy::Bi => {
+            let bi = all_tokens()?.block_influence();
+            let mut order: Vec<usize> = (0..layers).collect();
+            // stable: equal influence keeps the smaller layer first
+            order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
+            let mut chosen: Vec<usize> = order[..n].to_vec();
+            chosen.sort_unstable();
+            let (start, end) = (chosen[0], chosen[n - 1] + 1);
+            let d = chosen.iter().map(|&l| bi[l]).sum::<f64>() / n as f64;
+            let contiguous_run = end - start == n;
+            Block {
+                n,
+                fraction: n as f64 / layers as f64,
+                strategy,
+                start,
+                end,
+                d,
+                layers: if contiguous_run { Vec::new() } else { chosen },
+            }
+        }
     })
 }
 
@@ -110,6 +182,7 @@ mod tests {
                 vec![0.4, 0.4],
             ],
             stderr: vec![vec![0.0; 4], vec![0.0; 3], vec![0.0; 2]],
+            all_tokens: None,
         }
     }
 
@@ -129,6 +202,40 @@ mod tests {
         let b = choose(&dist(), 3, Strategy::Simple).unwrap();
         assert_eq!((b.start, b.end), (0, 3));
         assert!(choose(&dist(), 4, Strategy::Simple).is_err());
+    }
+
+    #[test]
+    fn reverse_cosine_all_and_bi() {
+        let mut d = dist();
+        // reverse: the last n layers, the final one included
+        let b = choose(&d, 2, Strategy::Reverse).unwrap();
+        assert_eq!((b.start, b.end, b.dropped()), (2, 4, vec![2, 3]));
+        // the all-token strategies need the statistics
+        let e = choose(&d, 1, Strategy::Bi).unwrap_err().to_string();
+        assert!(e.contains("all_tokens = true"), "{e}");
+        d.all_tokens = Some(AllTokenStats {
+            tokens: 10,
+            cos: vec![
+                vec![0.5, 0.95, 0.7, 0.9],
+                vec![0.4, 0.8, 0.8],
+                vec![0.3, 0.6],
+            ],
+        });
+        // cosine_all: the highest mean cosine, ties to the smallest l
+        let b = choose(&d, 2, Strategy::CosineAll).unwrap();
+        assert_eq!((b.start, b.end), (1, 3));
+        // bi: 1 - cos = [0.5, 0.05, 0.3, 0.1]: lowest two are layers 1 and 3, not contiguous
+        let b = choose(&d, 2, Strategy::Bi).unwrap();
+        assert_eq!((b.start, b.end, b.dropped()), (1, 4, vec![1, 3]));
+        assert_eq!(b.layers, vec![1, 3]);
+        assert!((b.d - 0.075).abs() < 1e-12);
+        // a contiguous choice is stored as a plain block
+        let b = choose(&d, 1, Strategy::Bi).unwrap();
+        assert_eq!((b.start, b.end, b.layers.len()), (1, 2, 0));
+        let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["similarity", "simple", "reverse", "cosine_all", "bi"]);
+        let parsed: Strategy = serde_json::from_str("\"cosine_all\"").unwrap();
+        assert_eq!(parsed, Strategy::CosineAll);
     }
 
     #[test]

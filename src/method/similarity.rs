@@ -1,6 +1,11 @@
 //! Angular distance between layer boundaries (paper Eq. 7):
 //! d(x(l), x(l+n)) = arccos(x_T(l) . x_T(l+n) / (|x_T(l)| |x_T(l+n)|)) / pi at the final token T,
 //! averaged over samples. x(l) is the input of layer l; x(L) is taken before the final norm.
+//!
+//! With `all_tokens`, the same pass also accumulates the mean cosine similarity
+//! cos(x_t(l), x_t(l+n)) over every real token t of every sample (`AllTokenStats`): what
+//! ShortGPT's Block Influence (BI(l) = 1 - cos(x(l), x(l+1))) and LLM-Streamline's contiguous
+//! block of highest cosine need. Statistics are summed per token as they come, never stored.
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
@@ -20,6 +25,79 @@ pub struct Distances {
     pub d: Vec<Vec<f64>>,
     /// Standard error of the mean: sample standard deviation / sqrt(samples).
     pub stderr: Vec<Vec<f64>>,
+    /// Over every token, when the similarity stage was asked for them (`all_tokens = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_tokens: Option<AllTokenStats>,
+}
+
+/// Mean cosine similarity between boundaries over every real token of every sample.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AllTokenStats {
+    /// Tokens averaged over.
+    pub tokens: usize,
+    /// cos[n - 1][l] = mean over tokens of cos(x_t(l), x_t(l+n)), n = 1..L-1, l = 0..L-n (the
+    /// shape of `Distances::d`).
+    pub cos: Vec<Vec<f64>>,
+}
+
+impl AllTokenStats {
+    /// ShortGPT's Block Influence of layer l = 0..L-1: 1 - mean cos(x(l), x(l+1)).
+    pub fn block_influence(&self) -> Vec<f64> {
+        self.cos[0].iter().map(|c| 1.0 - c).collect()
+    }
+}
+
+/// Sums of cosines over tokens, in f64.
+pub struct AllTokenAccumulator {
+    layers: usize,
+    tokens: usize,
+    sum: Vec<Vec<f64>>,
+}
+
+/// The cosine of two vectors (1 when either is zero, as angular_distance treats them).
+fn cosine(a: &[f32], b: &[f32], na: f64, nb: f64) -> f64 {
+    let denom = (na * nb).sqrt();
+    if denom == 0.0 {
+        return 1.0;
+    }
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    (dot / denom).clamp(-1.0, 1.0)
+}
+
+impl AllTokenAccumulator {
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers,
+            tokens: 0,
+            sum: (1..layers).map(|n| vec![0.0; layers - n + 1]).collect(),
+        }
+    }
+
+    /// One token: its vector at each of the L + 1 boundaries, [L + 1, hidden] flat.
+    pub fn add(&mut self, boundaries: &[f32], hidden: usize) {
+        let v = |l: usize| &boundaries[l * hidden..(l + 1) * hidden];
+        let norms: Vec<f64> = (0..=self.layers)
+            .map(|l| v(l).iter().map(|&x| x as f64 * x as f64).sum())
+            .collect();
+        for n in 1..self.layers {
+            for l in 0..=self.layers - n {
+                self.sum[n - 1][l] += cosine(v(l), v(l + n), norms[l], norms[l + n]);
+            }
+        }
+        self.tokens += 1;
+    }
+
+    pub fn finish(self) -> AllTokenStats {
+        let t = self.tokens.max(1) as f64;
+        AllTokenStats {
+            tokens: self.tokens,
+            cos: self
+                .sum
+                .into_iter()
+                .map(|r| r.into_iter().map(|x| x / t).collect())
+                .collect(),
+        }
+    }
 }
 
 impl Distances {
@@ -113,29 +191,51 @@ impl Accumulator {
             samples: self.count,
             d: mean,
             stderr,
+            all_tokens: None,
         }
     }
 }
 
-/// Run the boundary-keeping forward pass over `rows` (batched, right-padded) and average.
+/// Run the boundary-keeping forward pass over `rows` (batched, right-padded) and average; with
+/// `all_tokens`, every position's boundaries are read too and their cosines accumulated.
 pub fn measure<B: Backend>(
     model: &Transformer<B>,
     rows: &[Vec<u32>],
     batch: usize,
     workers: usize,
     pad_id: u32,
+    all_tokens: bool,
 ) -> Result<Distances> {
     let layers = model.num_layers();
     let hidden = model.config.hidden_size;
     let mut acc = Accumulator::new(layers);
+    let mut all = all_tokens.then(|| AllTokenAccumulator::new(layers));
     let mut progress = Progress::new(rows.len() as u64, "similarity");
     let mut done = 0;
     for chunk in rows.chunks(batch.max(1)) {
         let tb = TokenBatch::right_padded(chunk, pad_id);
-        let out = model.forward_parallel(&tb, Capture::FinalToken, Logits::None, workers)?;
-        let flat = to_f32_vec(out.final_token_boundaries.expect("requested"))?; // [L + 1, b, hidden]
         let b = chunk.len();
-        if let Some(k) = flat.iter().position(|x| !x.is_finite()) {
+        // [L + 1, b, hidden] at the final tokens; with all_tokens also [L + 1][b, seq, hidden]
+        let (finals, every) = if all_tokens {
+            let out = model.forward_parallel(&tb, Capture::All, Logits::None, workers)?;
+            let mut per_layer = Vec::with_capacity(layers + 1);
+            for t in out.boundaries.expect("requested") {
+                per_layer.push(to_f32_vec(t)?);
+            }
+            let seq = tb.seq;
+            let mut finals = Vec::with_capacity((layers + 1) * b * hidden);
+            for layer in &per_layer {
+                for (i, r) in chunk.iter().enumerate() {
+                    let at = (i * seq + r.len() - 1) * hidden;
+                    finals.extend_from_slice(&layer[at..at + hidden]);
+                }
+            }
+            (finals, Some((per_layer, seq)))
+        } else {
+            let out = model.forward_parallel(&tb, Capture::FinalToken, Logits::None, workers)?;
+            (to_f32_vec(out.final_token_boundaries.expect("requested"))?, None)
+        };
+        if let Some(k) = finals.iter().position(|x| !x.is_finite()) {
             let (l, i) = (k / hidden / b, k / hidden % b);
             anyhow::bail!(
                 "similarity: the residual stream x({l}) of sample {} is not finite (NaN or infinity): \
@@ -146,15 +246,36 @@ pub fn measure<B: Backend>(
         for i in 0..b {
             let mut sample = Vec::with_capacity((layers + 1) * hidden);
             for l in 0..=layers {
-                sample.extend_from_slice(&flat[(l * b + i) * hidden..(l * b + i + 1) * hidden]);
+                sample.extend_from_slice(&finals[(l * b + i) * hidden..(l * b + i + 1) * hidden]);
             }
             acc.add(&sample, hidden);
+        }
+        if let (Some(all), Some((per_layer, seq))) = (all.as_mut(), every) {
+            let mut token = Vec::with_capacity((layers + 1) * hidden);
+            for (i, r) in chunk.iter().enumerate() {
+                for t in 0..r.len() {
+                    token.clear();
+                    for layer in &per_layer {
+                        let at = (i * seq + t) * hidden;
+                        token.extend_from_slice(&layer[at..at + hidden]);
+                    }
+                    if token.iter().any(|x| !x.is_finite()) {
+                        anyhow::bail!(
+                            "similarity: the residual stream of sample {} at token {t} is not finite",
+                            done + i
+                        );
+                    }
+                    all.add(&token, hidden);
+                }
+            }
         }
         progress.inc(b as u64);
         done += b;
     }
     progress.finish();
-    Ok(acc.finish())
+    let mut d = acc.finish();
+    d.all_tokens = all.map(AllTokenAccumulator::finish);
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -31,6 +31,18 @@ pub fn kept_without(layers: usize, block: Range<usize>) -> Result<(Vec<usize>, V
     Ok((kept, dropped))
 }
 
+/// The layers kept and dropped when the layers `drop` (any set, e.g. ShortGPT's) are removed.
+pub fn kept_without_layers(layers: usize, drop: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let mut dropped = drop.to_vec();
+    dropped.sort_unstable();
+    dropped.dedup();
+    if dropped.is_empty() || dropped.len() >= layers || dropped.iter().any(|&l| l >= layers) {
+        bail!("cannot drop layers {drop:?} of a {layers}-layer model");
+    }
+    let kept: Vec<usize> = (0..layers).filter(|l| !dropped.contains(l)).collect();
+    Ok((kept, dropped))
+}
+
 impl<B: Backend> Transformer<B> {
     /// Drop the half-open block [start, start + n) of the CURRENT layer list.
     pub fn drop_block(&mut self, start: usize, n: usize) -> anyhow::Result<()> {

@@ -418,9 +418,16 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
     }
     let (w, h) = area.dim_in_pixel();
     let y = h as i32 / 2;
-    let slot = (w as i32 - 20) / entries.len().max(1) as i32;
+    // each entry as wide as its label (about 7 px a character at 13 px), squeezed evenly when
+    // they do not fit
+    let widths: Vec<i32> = entries.iter().map(|e| 48 + 7 * e.label.chars().count() as i32).collect();
+    let total: i32 = widths.iter().sum();
+    let scale = if total > w as i32 - 20 { (w as i32 - 20) as f64 / total as f64 } else { 1.0 };
+    let mut x = 10;
     for (i, e) in entries.iter().enumerate() {
-        let x = 10 + i as i32 * slot;
+        if i > 0 {
+            x += (widths[i - 1] as f64 * scale) as i32;
+        }
         let style = e.color.stroke_width(if e.dashed { 1 } else { 2 });
         if e.dashed {
             for k in 0..3 {

@@ -8,7 +8,7 @@ use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::pruned::EXPORT_DIR;
 use crate::artifacts::{LoadRecord, PrunedRecord, Record, SelectionRecord};
 use crate::method::selection::{n_for_fraction, Strategy};
-use crate::model::surgery::kept_without;
+use crate::model::surgery::kept_without_layers;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +83,7 @@ impl Stage for PruneStage {
         let block = selection.find(n, p.strategy).ok_or_else(|| {
             anyhow::anyhow!("the selection has no {} block of n = {n} layers (fraction {}); add it to the select stage's n", p.strategy, p.fraction)
         })?;
-        let (kept, dropped) = kept_without(layers, block.start..block.end)?;
+        let (kept, dropped) = kept_without_layers(layers, &block.dropped())?;
         let record = PrunedRecord {
             base: base.clone(),
             layers,
@@ -97,9 +97,7 @@ impl Stage for PruneStage {
             dropped: dropped.clone(),
         };
         tracing::info!(
-            "prune: drop {n} of {layers} layers [{}, {}) ({})",
-            block.start,
-            block.end,
+            "prune: drop {n} of {layers} layers {dropped:?} ({})",
             p.strategy
         );
         record.write(&ctx.out_dir)?;

@@ -146,10 +146,17 @@ impl Stage for ReportStage {
             w.flush()?;
             writeln!(summary, "## Selected blocks\n\n| n | fraction | strategy | dropped [start, end) | d |\n|---|---|---|---|---|")?;
             for b in &sel.blocks {
+                // a selection that is not contiguous (bi) lists its layers; start and end in
+                // selection.csv are then its span
+                let dropped = if b.layers.is_empty() {
+                    format!("[{}, {})", b.start, b.end)
+                } else {
+                    format!("layers {:?}", b.layers)
+                };
                 writeln!(
                     summary,
-                    "| {} | {:.3} | {} | [{}, {}) | {:.4} |",
-                    b.n, b.fraction, b.strategy, b.start, b.end, b.d
+                    "| {} | {:.3} | {} | {dropped} | {:.4} |",
+                    b.n, b.fraction, b.strategy, b.d
                 )?;
             }
             writeln!(summary)?;

@@ -19,6 +19,14 @@ pub struct SimilarityParams {
     pub seq_len: usize,
     pub batch_size: usize,
     pub text: TextSpec,
+    /// Also the mean cosine over every token (for the bi and cosine_all strategies). Left out
+    /// of the canonical parameters when false, so existing keys stay as they were.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all_tokens: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Params for SimilarityParams {
@@ -57,6 +65,8 @@ pub struct Measure<'a> {
     pub rows: &'a [Vec<u32>],
     pub batch: usize,
     pub workers: usize,
+    /// Accumulate every token's cosines too.
+    pub all_tokens: bool,
 }
 
 impl Measure<'_> {
@@ -68,6 +78,7 @@ impl Measure<'_> {
             self.batch,
             self.workers,
             self.files.config.eos_token_id.unwrap_or(0),
+            self.all_tokens,
         )
     }
 }
@@ -88,7 +99,7 @@ impl Stage for SimilarityStage {
         1
     }
     fn description(&self) -> &'static str {
-        "angular distance d(l, n) between layer boundaries at the final token, averaged over a text set"
+        "angular distance d(l, n) between layer boundaries at the final token, averaged over a text set (optionally the all-token mean cosine too)"
     }
     fn defaults(&self) -> &'static str {
         include_str!("../../stages/similarity.toml")
@@ -132,6 +143,7 @@ impl Stage for SimilarityStage {
                 rows: &rows,
                 batch: p.batch_size,
                 workers: ctx.workers(),
+                all_tokens: p.all_tokens,
             },
         )?;
         let record = SimilarityRecord {
