@@ -13,6 +13,10 @@ pub enum BackendKind {
     Flex,
     /// NVIDIA GPU through burn-cuda (needs the `cuda` cargo feature and a driver).
     Cuda,
+    /// Any Vulkan (or Metal) device through burn-wgpu, the same CubeCL kernels as burn-cuda
+    /// (needs the `wgpu` cargo feature; on a machine without a GPU, Mesa's lavapipe is a Vulkan
+    /// device on the CPU).
+    Wgpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -34,7 +38,7 @@ impl Precision {
     /// f32 on CPU, bf16 on CUDA.
     pub fn default_for(kind: BackendKind) -> Self {
         match kind {
-            BackendKind::Flex => Self::F32,
+            BackendKind::Flex | BackendKind::Wgpu => Self::F32,
             BackendKind::Cuda => Self::Bf16,
         }
     }
@@ -45,6 +49,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             Self::Flex => "flex",
             Self::Cuda => "cuda",
+            Self::Wgpu => "wgpu",
         })
     }
 }
@@ -64,7 +69,7 @@ impl std::fmt::Display for Precision {
 pub fn workers_for(kind: BackendKind, cpu_threads: usize) -> usize {
     match kind {
         BackendKind::Flex => cpu_threads.max(1),
-        BackendKind::Cuda => 1,
+        BackendKind::Cuda | BackendKind::Wgpu => 1,
     }
 }
 
@@ -98,6 +103,7 @@ pub fn dispatch<T: BackendTask>(
     match kind {
         BackendKind::Flex => run_flex(precision, task),
         BackendKind::Cuda => run_cuda(precision, task),
+        BackendKind::Wgpu => run_wgpu(precision, task),
     }
 }
 
@@ -133,6 +139,59 @@ pub fn dispatch_autodiff<T: AutodiffTask>(
                 bail!("this build has no cuda backend (rebuild with --features cuda)")
             }
         }
+        BackendKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let device = wgpu_device()?;
+                type B = burn::backend::Autodiff<burn::backend::Wgpu>;
+                return task.run::<B>(device, precision.dtype());
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = task;
+                bail!(NO_WGPU)
+            }
+        }
+    }
+}
+
+const NO_WGPU: &str = "this build has no wgpu backend (rebuild with --features wgpu)";
+
+fn run_wgpu<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> {
+    #[cfg(feature = "wgpu")]
+    {
+        let device = wgpu_device()?;
+        return task.run::<burn::backend::Wgpu>(device, precision.dtype());
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (precision, task);
+        bail!(NO_WGPU)
+    }
+}
+
+/// The default wgpu device, after checking that a tensor can be made and read back on it
+/// (wgpu panics when no adapter exists: turned into an error naming what to install).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Result<burn::backend::wgpu::WgpuDevice> {
+    use burn::tensor::Tensor;
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    let probe_device = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(move || {
+        let t = Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0, 2.0], &probe_device);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(previous);
+    match ok {
+        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(device),
+        Ok(v) => bail!("the wgpu device computed 1 + 2 = {v}"),
+        Err(_) => bail!(
+            "the wgpu backend is compiled in but no Vulkan/Metal adapter was found (install a \
+             Vulkan driver: on Debian, libvulkan1 and mesa-vulkan-drivers give lavapipe on the CPU); \
+             use --backend flex"
+        ),
     }
 }
 
@@ -177,6 +236,18 @@ pub fn check_available(kind: BackendKind) -> Result<()> {
                 bail!(
                     "backend = \"cuda\": this build has no cuda backend (rebuild with --features cuda, \
                      on a machine with the NVIDIA driver); or use --set backend=flex for the CPU"
+                )
+            }
+        }
+        BackendKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                wgpu_device().map(|_| ())
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                bail!(
+                    "backend = \"wgpu\": {NO_WGPU}; or use --set backend=flex for the CPU"
                 )
             }
         }

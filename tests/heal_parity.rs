@@ -14,7 +14,7 @@ use layerprune::heal::train::micro_step;
 use layerprune::model::ModelFiles;
 use layerprune::source;
 
-type AD = burn::backend::Autodiff<burn::backend::Flex>;
+type AD = burn::backend::Autodiff<common::B>;
 
 #[test]
 fn nf4_double_quantisation_is_bitsandbytes_exact() {
@@ -61,6 +61,27 @@ fn nf4_double_quantisation_is_bitsandbytes_exact() {
                 b.to_bits(),
                 "{name}: dequantized[{i}] {a} vs {b}"
             );
+        }
+    }
+}
+
+/// NF4 dequantised on the device (code book lookup, blockwise absmax) equals bitsandbytes'
+/// dequantisation, on whichever backend the tests run (flex, or wgpu with --features wgpu-tests).
+#[test]
+fn nf4_on_the_device_equals_bitsandbytes() {
+    let r = read_reference(&fixtures().join("reference/nf4.safetensors"));
+    for name in ["normal", "edge", "down_proj"] {
+        let input = &r[&format!("{name}.input")];
+        if input.shape.len() != 2 {
+            continue;
+        }
+        let q = Nf4Host::quantize(&input.shape, &input.f32).unwrap();
+        let w = layerprune::model::nf4_linear::Nf4Weight::<common::B>::from_host(&q, &Default::default(), DType::F32).unwrap();
+        let deq = layerprune::model::to_f32_vec(w.dequantize()).unwrap();
+        let want = &r[&format!("{name}.dequantized")].f32;
+        assert_eq!(deq.len(), want.len(), "{name}");
+        for (i, (a, b)) in deq.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-7 * b.abs().max(1.0), "{name}[{i}]: {a} vs {b}");
         }
     }
 }

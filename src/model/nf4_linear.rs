@@ -13,7 +13,8 @@ use crate::formats::nf4::{Nf4Host, BLOCK, NF4};
 pub struct Nf4Weight<B: Backend> {
     /// [out, in] (Hugging Face layout of the quantised matrix)
     pub shape: [usize; 2],
-    /// [out * in], one code per element, u8
+    /// [out * in], one code per element: u8 where the backend supports 8-bit integers, else
+    /// i32 (wgpu: WGSL has no 8-bit integers)
     codes: Tensor<B, 1, Int>,
     /// [out * in / 64, 1]
     absmax: Tensor<B, 2>,
@@ -30,7 +31,12 @@ impl<B: Backend> Nf4Weight<B> {
         if n % BLOCK != 0 {
             bail!("NF4 on a device needs whole blocks of {BLOCK}; the matrix has {n} values");
         }
-        let codes = Tensor::from_data(TensorData::new(q.codes(), [n]), (device, DType::U8));
+        let codes = if B::supports_dtype(device, DType::U8) {
+            Tensor::from_data(TensorData::new(q.codes(), [n]), (device, DType::U8))
+        } else {
+            let wide: Vec<i32> = q.codes().into_iter().map(i32::from).collect();
+            Tensor::from_data(TensorData::new(wide, [n]), (device, DType::I32))
+        };
         let absmax = q.absmax();
         let blocks = absmax.len();
         Ok(Self {
@@ -44,7 +50,8 @@ impl<B: Backend> Nf4Weight<B> {
     /// The dequantised matrix [out, in].
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let [o, i] = self.shape;
-        let codes = self.codes.clone().cast(DType::I64);
+        // i32 indices: WGSL (wgpu) has no 64-bit integers, and every backend accepts i32
+        let codes = self.codes.clone().cast(DType::I32);
         let values = self
             .book
             .clone()

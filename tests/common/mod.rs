@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+/// The backend the parity tests run on: flex, or with `--features wgpu-tests` Burn's wgpu
+/// backend (the CubeCL kernels of the GPU backends; lavapipe in CI).
+#[cfg(not(feature = "wgpu-tests"))]
 pub type B = burn::backend::Flex;
+#[cfg(feature = "wgpu-tests")]
+pub type B = burn::backend::Wgpu;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
