@@ -1,5 +1,6 @@
-//! GGUF k-quant dequantisation against the `gguf` Python package's `dequantize` on random
-//! super-blocks (tests/fixtures/make_fixtures.py, part "kquants"): equal to the bit.
+//! GGUF k-quant (and Q5_0 / Q5_1) dequantisation against the `gguf` Python package's
+//! `dequantize` on random blocks (tests/fixtures/make_fixtures.py, part "kquants"): equal to
+//! the bit.
 
 mod common;
 
@@ -15,6 +16,8 @@ fn k_quants_equal_the_gguf_package_bit_for_bit() {
         ("Q4_K", 12),
         ("Q5_K", 13),
         ("Q6_K", 14),
+        ("Q5_0", 6),
+        ("Q5_1", 7),
     ] {
         let ty = GgmlType::from_id(id).unwrap();
         assert_eq!(ty.name(), name);
