@@ -131,7 +131,7 @@ fn tiny_pipeline_end_to_end() {
     )
     .unwrap();
     let model = files.build::<B>(&Default::default(), DType::F32).unwrap();
-    let again = layerprune::method::similarity::measure(&model, &samples, 5, 1, 0).unwrap();
+    let again = layerprune::method::similarity::measure(&model, &samples, 5, 1, 0, false).unwrap();
     for row in &rows {
         let (n, l): (usize, usize) = (row[0].parse().unwrap(), row[1].parse().unwrap());
         let d: f64 = row[2].parse().unwrap();

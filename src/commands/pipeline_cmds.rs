@@ -154,6 +154,10 @@ pub struct RunArgs<'a> {
 /// `run FILE --job KEY`: exactly one job, no pipeline lock (Slurm array tasks run many at
 /// once); exit 2 when the job is unknown or its inputs are not cached, 1 when it fails.
 fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
+    if !args.refresh.is_empty() {
+        report_error("--refresh marks stages for a whole run; with --job, run `layerprune run FILE --refresh STAGE` first (or submit again)");
+        return Ok(exit::CONFIG);
+    }
     let (cfg, graph, cache_root) = match load_graph(args.file, args.sets, args.cache_cli) {
         Ok(x) => x,
         Err(e) => {
