@@ -138,13 +138,25 @@ fn every_paper_pipeline_plans_without_its_sources() {
         );
         assert!(e.contains("sources.model:") && e.contains("huggingface-cli download"), "{e}");
     }
+    // run refuses before any job: the sources (on the CPU backend), and first of all a backend
+    // this build lacks (the paper pipelines are for cuda)
     let out = env
-        .cmd(&["run", files[0].to_str().unwrap()])
+        .cmd(&["run", files[0].to_str().unwrap(), "--set", "backend=flex"])
         .env("HF_HUB_CACHE", env.path("hub"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not in the local Hugging Face cache"));
+    assert!(stderr(&out).contains("is not in the local Hugging Face cache"), "{}", stderr(&out));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let out = env
+            .cmd(&["run", files[0].to_str().unwrap()])
+            .env("HF_HUB_CACHE", env.path("hub"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("this build has no cuda backend"), "{}", stderr(&out));
+    }
 }
 
 /// Each paper pipeline's heal targets exist in its model's architecture (the committed config
