@@ -122,6 +122,15 @@ pub fn plan(
     Ok(exit::SUCCESS)
 }
 
+/// What `run` checks before any job (with or without --job): the --force stages exist and the
+/// backend is available. The forced stages, or the message for the user.
+fn preflight(cfg: &PipelineConfig, args: &RunArgs) -> std::result::Result<BTreeSet<String>, String> {
+    let force = check_force(cfg, args.force).map_err(|e| format!("{e:#}"))?;
+    crate::backend::check_available(cfg.backend)
+        .map_err(|e| format!("{}: {e:#}", args.file.display()))?;
+    Ok(force)
+}
+
 fn check_force(cfg: &PipelineConfig, force: &[String]) -> Result<BTreeSet<String>> {
     for f in force {
         if !cfg.stages.contains_key(f) {
@@ -165,17 +174,13 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
-    let force = match check_force(&cfg, args.force) {
+    let force = match preflight(&cfg, args) {
         Ok(f) => f,
-        Err(e) => {
-            report_error(&format!("{e:#}"));
+        Err(m) => {
+            report_error(&m);
             return Ok(exit::CONFIG);
         }
     };
-    if let Err(e) = crate::backend::check_available(cfg.backend) {
-        report_error(&format!("{}: {e:#}", args.file.display()));
-        return Ok(exit::CONFIG);
-    }
     let i = match runner::find_job(&graph, selector) {
         Ok(i) => i,
         Err(e) => {
@@ -262,17 +267,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     };
     let cache_root = cache_root_for(&cfg, args.cache_cli);
-    let force = match check_force(&cfg, args.force) {
+    let force = match preflight(&cfg, &args) {
         Ok(f) => f,
-        Err(e) => {
-            report_error(&format!("{e:#}"));
+        Err(m) => {
+            report_error(&m);
             return Ok(exit::CONFIG);
         }
     };
-    if let Err(e) = crate::backend::check_available(cfg.backend) {
-        report_error(&format!("{}: {e:#}", args.file.display()));
-        return Ok(exit::CONFIG);
-    }
     let Some(_lock) = runner::lock_pipeline(&cache_root, &cfg.name, args.no_wait)? else {
         report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
