@@ -246,9 +246,7 @@ pub fn check_available(kind: BackendKind) -> Result<()> {
             }
             #[cfg(not(feature = "wgpu"))]
             {
-                bail!(
-                    "backend = \"wgpu\": {NO_WGPU}; or use --set backend=flex for the CPU"
-                )
+                bail!("backend = \"wgpu\": {NO_WGPU}; or use --set backend=flex for the CPU")
             }
         }
     }

@@ -337,7 +337,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     pc::report_error("report --history: name one pipeline file");
                     return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
                 }
-                return Ok(ExitCode::from(commands::report::history_report(&files[0], &sets)?));
+                return Ok(ExitCode::from(commands::report::history_report(
+                    &files[0], &sets,
+                )?));
             }
             return Ok(ExitCode::from(commands::report::combined_report(
                 &files,

@@ -337,7 +337,8 @@ fn angular_distances_match_transformers() {
     let fx = fixture("similarity-tiny-llama.json");
     let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
     for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
-        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, false).unwrap();
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, false)
+            .unwrap();
         assert!(d.all_tokens.is_none());
         assert_eq!(d.layers, 4);
         assert_eq!(d.samples, 6);
@@ -373,7 +374,8 @@ fn all_token_cosines_and_criteria_match_the_reference() {
     let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
     let plain = layerprune::method::similarity::measure(&model, &rows, 6, 1, 0, false).unwrap();
     for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
-        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, true).unwrap();
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, true)
+            .unwrap();
         for (a, b) in d.d.iter().flatten().zip(plain.d.iter().flatten()) {
             assert!((a - b).abs() < 1e-6, "final-token d changed: {a} vs {b}");
         }
@@ -389,7 +391,11 @@ fn all_token_cosines_and_criteria_match_the_reference() {
                 assert!((a - b).abs() < 1e-5, "cos(l={l}, n={}) = {a} vs {b}", n + 1);
             }
         }
-        for (a, b) in all.block_influence().iter().zip(fx["block_influence"].as_array().unwrap()) {
+        for (a, b) in all
+            .block_influence()
+            .iter()
+            .zip(fx["block_influence"].as_array().unwrap())
+        {
             assert!((a - b.as_f64().unwrap()).abs() < 1e-5);
         }
         for (strategy, name) in [

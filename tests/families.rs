@@ -143,8 +143,16 @@ fn pruned_qwen1_matches_transformers_light_and_exported() {
     let mut tensors: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     tensors.sort();
     assert!(tensors.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
-    assert_eq!(st.tensor("transformer.h.1.attn.c_attn.bias").unwrap().shape(), [192]);
-    assert!(!tensors.iter().any(|t| t.starts_with("transformer.h.2.")), "{tensors:?}");
+    assert_eq!(
+        st.tensor("transformer.h.1.attn.c_attn.bias")
+            .unwrap()
+            .shape(),
+        [192]
+    );
+    assert!(
+        !tensors.iter().any(|t| t.starts_with("transformer.h.2.")),
+        "{tensors:?}"
+    );
     assert_eq!(tensors.len(), 3 + 2 * 8, "{tensors:?}");
 }
 
@@ -166,7 +174,10 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
         err.contains("ambiguous") && err.contains("attn.c_proj and mlp.c_proj"),
         "{err}"
     );
-    let err = format!("{:#}", AdapterSet::init(&lora(&["c_attn"]), &model, 0).unwrap_err());
+    let err = format!(
+        "{:#}",
+        AdapterSet::init(&lora(&["c_attn"]), &model, 0).unwrap_err()
+    );
     assert!(err.contains("fuses q, k and v"), "{err}");
     let set = AdapterSet::init(&lora(&["mlp.c_proj", "w2", "w1"]), &model, 0).unwrap();
     assert_eq!(set.modules.len(), 3 * 3);
@@ -180,7 +191,10 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
         ]
     );
     // c_proj of the MLP: in = the MLP width (intermediate_size / 2 = 128), out = hidden
-    assert_eq!((set.modules[2].in_features, set.modules[2].out_features), (128, 64));
+    assert_eq!(
+        (set.modules[2].in_features, set.modules[2].out_features),
+        (128, 64)
+    );
     // saved and read back as a PEFT adapter: the same modules
     let dir = tempfile::tempdir().unwrap();
     set.save_peft(dir.path(), "tiny-qwen1").unwrap();
@@ -189,8 +203,15 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
     // the context limit (seq_length 32 in the fixture's config)
     assert_eq!(files.config.context_limit, Some(32));
     assert!(files.config.check_length("seq_len", 32).is_ok());
-    let err = files.config.check_length("seq_len", 33).unwrap_err().to_string();
-    assert!(err.contains("seq_len = 33") && err.contains("seq_length = 32"), "{err}");
+    let err = files
+        .config
+        .check_length("seq_len", 33)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seq_len = 33") && err.contains("seq_length = 32"),
+        "{err}"
+    );
     // NF4 on every projection (q, k and v from the fused module each)
     let batch = TokenBatch::right_padded(&[vec![3, 17, 42, 9]], 0);
     let logits = |m: &layerprune::model::Transformer<B>| all_logits(m, &batch);
@@ -229,7 +250,11 @@ fn lora_attached_equals_merged_and_nf4_for_every_family() {
             target_modules: targets.iter().map(|s| s.to_string()).collect(),
         };
         let mut set = AdapterSet::init(&lora, &base, 7).unwrap();
-        assert_eq!(set.modules.len(), targets.len() * files.config.num_hidden_layers, "{name}");
+        assert_eq!(
+            set.modules.len(),
+            targets.len() * files.config.num_hidden_layers,
+            "{name}"
+        );
         for (k, m) in set.modules.iter_mut().enumerate() {
             for (i, b) in m.b.iter_mut().enumerate() {
                 *b = 0.05 * (((i * 7 + k * 13) % 17) as f32 / 8.0 - 1.0);
@@ -246,14 +271,20 @@ fn lora_attached_equals_merged_and_nf4_for_every_family() {
         let mut merged = files.build::<B>(&Default::default(), DType::F32).unwrap();
         set.merge_into(&mut merged).unwrap();
         let (a, m) = (logits(&attached), logits(&merged));
-        assert!(rel_err(&a, &plain) > 1e-3, "{name}: the update changes nothing");
+        assert!(
+            rel_err(&a, &plain) > 1e-3,
+            "{name}: the update changes nothing"
+        );
         let e = rel_err(&a, &m);
         assert!(e < 1e-5, "{name}: attached vs merged relative error {e:e}");
         let mut q = files.build::<B>(&Default::default(), DType::F32).unwrap();
         let all = layerprune::model::surgery::all_projections(&q);
         assert_eq!(all.len(), projections, "{name}");
         layerprune::model::surgery::quantize_nf4(&mut q, &all).unwrap();
-        assert!(logits(&q).iter().all(|x| x.is_finite()), "{name}: NF4 forward");
+        assert!(
+            logits(&q).iter().all(|x| x.is_finite()),
+            "{name}: NF4 forward"
+        );
     }
 }
 

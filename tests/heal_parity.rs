@@ -76,12 +76,20 @@ fn nf4_on_the_device_equals_bitsandbytes() {
             continue;
         }
         let q = Nf4Host::quantize(&input.shape, &input.f32).unwrap();
-        let w = layerprune::model::nf4_linear::Nf4Weight::<common::B>::from_host(&q, &Default::default(), DType::F32).unwrap();
+        let w = layerprune::model::nf4_linear::Nf4Weight::<common::B>::from_host(
+            &q,
+            &Default::default(),
+            DType::F32,
+        )
+        .unwrap();
         let deq = layerprune::model::to_f32_vec(w.dequantize()).unwrap();
         let want = &r[&format!("{name}.dequantized")].f32;
         assert_eq!(deq.len(), want.len(), "{name}");
         for (i, (a, b)) in deq.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= 1e-7 * b.abs().max(1.0), "{name}[{i}]: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-7 * b.abs().max(1.0),
+                "{name}[{i}]: {a} vs {b}"
+            );
         }
     }
 }

@@ -295,10 +295,14 @@ fn qwen_tiktoken_matches_python_tiktoken() {
         .unwrap(),
     )
     .unwrap();
-    let text = std::fs::read_to_string(fixtures().join("reference/tiny-qwen1-tokenizer.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures().join("reference/tiny-qwen1-tokenizer.json")).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let tok = &files.tokenizer;
-    let (ranks, specials) = (doc["ranks"].as_u64().unwrap() as u32, doc["specials"].as_u64().unwrap() as usize);
+    let (ranks, specials) = (
+        doc["ranks"].as_u64().unwrap() as u32,
+        doc["specials"].as_u64().unwrap() as usize,
+    );
     assert_eq!(tok.vocab_size(), ranks as usize + specials);
     assert_eq!(tok.token_to_id("<|endoftext|>"), Some(ranks));
     assert_eq!(tok.token_to_id("<|extra_204|>"), Some(ranks + 207));

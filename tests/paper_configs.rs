@@ -23,10 +23,30 @@ fn config_dir(hf_repo: &str) -> PathBuf {
 
 /// (hub repo, architecture, layers, parameters as published)
 const MODELS: [(&str, Architecture, usize, u64); 7] = [
-    ("meta-llama/Llama-2-7b-hf", Architecture::Llama, 32, 6_738_415_616),
-    ("meta-llama/Llama-2-13b-hf", Architecture::Llama, 40, 13_015_864_320),
-    ("meta-llama/Llama-2-70b-hf", Architecture::Llama, 80, 68_976_648_192),
-    ("mistralai/Mistral-7B-v0.1", Architecture::Mistral, 32, 7_241_732_096),
+    (
+        "meta-llama/Llama-2-7b-hf",
+        Architecture::Llama,
+        32,
+        6_738_415_616,
+    ),
+    (
+        "meta-llama/Llama-2-13b-hf",
+        Architecture::Llama,
+        40,
+        13_015_864_320,
+    ),
+    (
+        "meta-llama/Llama-2-70b-hf",
+        Architecture::Llama,
+        80,
+        68_976_648_192,
+    ),
+    (
+        "mistralai/Mistral-7B-v0.1",
+        Architecture::Mistral,
+        32,
+        7_241_732_096,
+    ),
     ("Qwen/Qwen-7B", Architecture::Qwen, 32, 7_721_324_544),
     ("Qwen/Qwen-14B", Architecture::Qwen, 40, 14_167_290_880),
     ("microsoft/phi-2", Architecture::Phi, 32, 2_779_683_840),
@@ -88,7 +108,10 @@ fn qwen_v1_first_release_keys_read_as_the_later_ones() {
     let a = ModelConfig::from_hf_json(f, &new).unwrap();
     let b = ModelConfig::from_hf_json(f, &old).unwrap();
     assert_eq!(a, b);
-    assert_eq!((a.hidden_size, a.intermediate_size, a.head_dim), (4096, 11008, 128));
+    assert_eq!(
+        (a.hidden_size, a.intermediate_size, a.head_dim),
+        (4096, 11008, 128)
+    );
     old.as_object_mut().unwrap().remove("n_layer");
     let err = ModelConfig::from_hf_json(f, &old).unwrap_err().to_string();
     assert!(
@@ -136,7 +159,10 @@ fn every_paper_pipeline_plans_without_its_sources() {
             "{}: {o}",
             f.display()
         );
-        assert!(e.contains("sources.model:") && e.contains("huggingface-cli download"), "{e}");
+        assert!(
+            e.contains("sources.model:") && e.contains("huggingface-cli download"),
+            "{e}"
+        );
     }
     // run refuses before any job: the sources (on the CPU backend), and first of all a backend
     // this build lacks (the paper pipelines are for cuda)
@@ -146,7 +172,11 @@ fn every_paper_pipeline_plans_without_its_sources() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not in the local Hugging Face cache"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not in the local Hugging Face cache"),
+        "{}",
+        stderr(&out)
+    );
     #[cfg(not(feature = "cuda"))]
     {
         let out = env
@@ -155,7 +185,11 @@ fn every_paper_pipeline_plans_without_its_sources() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-        assert!(stderr(&out).contains("this build has no cuda backend"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("this build has no cuda backend"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
@@ -165,7 +199,10 @@ fn every_paper_pipeline_plans_without_its_sources() {
 fn paper_pipelines_lora_targets_exist_in_their_models() {
     for f in paper_pipelines() {
         let cfg = layerprune::pipeline::load(&f, &[]).unwrap();
-        let model = cfg.sources["model"].strip_prefix("hf:").unwrap().to_string();
+        let model = cfg.sources["model"]
+            .strip_prefix("hf:")
+            .unwrap()
+            .to_string();
         let config =
             ModelConfig::from_hf_config_file(&config_dir(&model).join("config.json")).unwrap();
         let layout = config.architecture.layout();

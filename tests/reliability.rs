@@ -472,13 +472,22 @@ fn an_unavailable_backend_is_refused_before_any_job() {
     env.write("sweep.toml", &text);
     for args in [
         vec!["run", "sweep.toml", "--set", "backend=cuda"],
-        vec!["run", "sweep.toml", "--set", "backend=cuda", "--job", "base"],
+        vec![
+            "run",
+            "sweep.toml",
+            "--set",
+            "backend=cuda",
+            "--job",
+            "base",
+        ],
     ] {
         let out = env.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         let e = stderr(&out);
         assert!(
-            e.contains("backend = \"cuda\": this build has no cuda backend (rebuild with --features cuda"),
+            e.contains(
+                "backend = \"cuda\": this build has no cuda backend (rebuild with --features cuda"
+            ),
             "{e}"
         );
         assert!(!e.contains("panicked"), "{e}");

@@ -50,13 +50,25 @@ fn run_job_needs_cached_inputs_and_status_counts_match() {
     let out = env.run(&["run", &f, "--job", "per_x[x=2]"]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    assert!(e.contains("per_x[x=2]: its inputs are not in the cache: base ("), "{e}");
-    let started = |env: &Env| env.exec_log().iter().filter(|l| l.ends_with(" start")).count();
+    assert!(
+        e.contains("per_x[x=2]: its inputs are not in the cache: base ("),
+        "{e}"
+    );
+    let started = |env: &Env| {
+        env.exec_log()
+            .iter()
+            .filter(|l| l.ends_with(" start"))
+            .count()
+    };
     assert_eq!(started(&env), 0, "nothing may run: {:?}", env.exec_log());
     // an unknown job: the stage's jobs are listed
     let out = env.run(&["run", &f, "--job", "per_x[x=9]"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("jobs of that stage: per_x[x=1], per_x[x=2], per_x[x=3]"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("jobs of that stage: per_x[x=1], per_x[x=2], per_x[x=3]"),
+        "{}",
+        stderr(&out)
+    );
     // exactly the named job runs, by label and by key prefix
     let out = env.run(&["run", &f, "--job", "base"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -97,9 +109,22 @@ fn submit_dry_run_describes_the_pending_levels() {
     // base cached first: it is not submitted, and per_x becomes level 0
     assert!(env.run(&["run", &f, "--job", "base"]).status.success());
     let out = env.run(&[
-        "submit", &f, "--slurm", "--dry-run", "--partition", "gpu", "--gpus-per-task", "1",
-        "--time", "02:00:00", "--array-parallelism", "2", "--account", "lab",
-        "--set", "stages.side.value=7",
+        "submit",
+        &f,
+        "--slurm",
+        "--dry-run",
+        "--partition",
+        "gpu",
+        "--gpus-per-task",
+        "1",
+        "--time",
+        "02:00:00",
+        "--array-parallelism",
+        "2",
+        "--account",
+        "lab",
+        "--set",
+        "stages.side.value=7",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
@@ -116,10 +141,18 @@ fn submit_dry_run_describes_the_pending_levels() {
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
-    assert!(text.contains(" run ") && text.contains("--job \"$KEY\" --cache-dir ") && text.contains(" --set stages.side.value=7"), "{text}");
+    assert!(
+        text.contains(" run ")
+            && text.contains("--job \"$KEY\" --cache-dir ")
+            && text.contains(" --set stages.side.value=7"),
+        "{text}"
+    );
     // submit.sh chains the levels
     assert!(text.contains("L0=$(sbatch --parsable "), "{text}");
-    assert!(text.contains("L1=$(sbatch --parsable --dependency=afterok:$L0 "), "{text}");
+    assert!(
+        text.contains("L1=$(sbatch --parsable --dependency=afterok:$L0 "),
+        "{text}"
+    );
     // the index files hold the pending jobs' keys, as plan computes them
     let plan = stdout(&env.run(&["plan", &f, "--set", "stages.side.value=7"]));
     for label in ["per_x[x=1]", "per_x[x=2]", "per_x[x=3]", "side", "total"] {
@@ -128,10 +161,25 @@ fn submit_dry_run_describes_the_pending_levels() {
             .find(|l| l.split_whitespace().next() == Some(label))
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap();
-        assert!(text.lines().any(|l| l.len() == 64 && l.starts_with(short)), "{label} {short}\n{text}");
+        assert!(
+            text.lines().any(|l| l.len() == 64 && l.starts_with(short)),
+            "{label} {short}\n{text}"
+        );
     }
-    let base_short = plan.lines().find(|l| l.trim_start().starts_with("base ")).unwrap().split_whitespace().nth(1).unwrap().to_string();
-    assert!(!text.lines().any(|l| l.len() == 64 && l.starts_with(&base_short)), "cached base was submitted");
+    let base_short = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("base "))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.len() == 64 && l.starts_with(&base_short)),
+        "cached base was submitted"
+    );
     // a dry run writes nothing
     assert!(!env.path("cache/slurm").exists());
     // without --slurm: a clear error
@@ -145,7 +193,9 @@ fn artifacts(cache: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
     for kind in std::fs::read_dir(cache).unwrap().flatten() {
         let name = kind.file_name().to_string_lossy().to_string();
-        if ["locks", "pipelines", "slurm", "digests", "tmp"].contains(&name.as_str()) || !kind.path().is_dir() {
+        if ["locks", "pipelines", "slurm", "digests", "tmp"].contains(&name.as_str())
+            || !kind.path().is_dir()
+        {
             continue;
         }
         for key in std::fs::read_dir(kind.path()).unwrap().flatten() {
@@ -177,7 +227,13 @@ fn slurm_submission_equals_a_local_run() {
     let env = Env::new();
     let f = sweep(&env);
     let out = env.run(&["submit", &f, "--slurm", "--time", "00:05:00"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let text = stdout(&out);
     assert!(text.contains("6 jobs in 3 array job(s)"), "{text}");
     // wait (bounded) until status shows every job done
@@ -193,7 +249,11 @@ fn slurm_submission_equals_a_local_run() {
             "a Slurm task failed:\n{s}\nlogs: {:?}",
             std::fs::read_dir(env.path("cache/slurm/sweep")).map(|d| d.count())
         );
-        assert!(start.elapsed() < Duration::from_secs(240), "Slurm did not finish in 4 minutes:\n{s}\n{}", stdout(&std::process::Command::new("squeue").output().unwrap()));
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "Slurm did not finish in 4 minutes:\n{s}\n{}",
+            stdout(&std::process::Command::new("squeue").output().unwrap())
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     // the same artifacts as a local run in a fresh cache
@@ -201,11 +261,33 @@ fn slurm_submission_equals_a_local_run() {
     let lf = sweep(&local);
     let out = local.run(&["run", &lf]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let (a, b) = (artifacts(&env.path("cache")), artifacts(&local.path("cache")));
-    assert_eq!(a.len(), 6, "{:?}", a.iter().map(|x| &x.0).collect::<Vec<_>>());
+    let (a, b) = (
+        artifacts(&env.path("cache")),
+        artifacts(&local.path("cache")),
+    );
+    assert_eq!(
+        a.len(),
+        6,
+        "{:?}",
+        a.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
     assert_eq!(a, b);
     // and the Slurm tasks' logs are where submit said
-    let logs = std::fs::read_dir(env.path("cache/slurm/sweep")).unwrap().next().unwrap().unwrap().path();
-    let outs = std::fs::read_dir(&logs).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "out")).count();
+    let logs = std::fs::read_dir(env.path("cache/slurm/sweep"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let outs = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "out")
+        })
+        .count();
     assert_eq!(outs, 6);
 }

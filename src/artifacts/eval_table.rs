@@ -38,7 +38,8 @@ pub fn write(path: &Path, rows: &[EvalTableRow]) -> Result<()> {
 }
 
 pub fn read(path: &Path) -> Result<Vec<EvalTableRow>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     r.deserialize()
         .collect::<Result<Vec<EvalTableRow>, _>>()
         .with_context(|| format!("{}: not an eval.csv of this version", path.display()))

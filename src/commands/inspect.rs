@@ -104,7 +104,10 @@ impl std::fmt::Display for InspectReport {
             self.parameters as f64 / 1e9
         )?;
         if let Some(limit) = c.context_limit {
-            writeln!(f, "context       at most {limit} tokens per sequence in inference (seq_length)")?;
+            writeln!(
+                f,
+                "context       at most {limit} tokens per sequence in inference (seq_length)"
+            )?;
         }
         writeln!(f, "LoRA targets  {}", self.lora_targets.join(", "))?;
         match self.tokenizer_adds_bos {

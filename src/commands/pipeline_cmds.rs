@@ -35,12 +35,11 @@ fn load_graph_with(
 ) -> Result<(PipelineConfig, JobGraph, PathBuf), ConfigError> {
     let mut cfg = pipeline::load(file, sets)?;
     let cache_root = cache_root_for(&cfg, cache_cli);
-    cfg.refresh = runner::refresh::load(&cache_root, &cfg.name)
-        .map_err(|e| ConfigError {
-            origin: crate::pipeline::config_error::Origin::Unknown,
-            key: String::new(),
-            message: format!("{e:#}"),
-        })?;
+    cfg.refresh = runner::refresh::load(&cache_root, &cfg.name).map_err(|e| ConfigError {
+        origin: crate::pipeline::config_error::Origin::Unknown,
+        key: String::new(),
+        message: format!("{e:#}"),
+    })?;
     let graph = if allow_absent {
         pipeline::expand_allowing_absent(&cfg, &cache_root)?
     } else {
@@ -94,7 +93,10 @@ pub fn plan(
         if graph.waits_for_source(i) {
             waiting += 1;
             let key = "?".repeat(j.short_key().len());
-            println!("  {:width$}  {key}  needs a source not on this machine", p.label);
+            println!(
+                "  {:width$}  {key}  needs a source not on this machine",
+                p.label
+            );
         } else {
             println!("  {:width$}  {}  {}", p.label, j.short_key(), p.reason);
         }
@@ -124,7 +126,10 @@ pub fn plan(
 
 /// What `run` checks before any job (with or without --job): the --force stages exist and the
 /// backend is available. The forced stages, or the message for the user.
-fn preflight(cfg: &PipelineConfig, args: &RunArgs) -> std::result::Result<BTreeSet<String>, String> {
+fn preflight(
+    cfg: &PipelineConfig,
+    args: &RunArgs,
+) -> std::result::Result<BTreeSet<String>, String> {
     let force = check_force(cfg, args.force).map_err(|e| format!("{e:#}"))?;
     crate::backend::check_available(cfg.backend)
         .map_err(|e| format!("{}: {e:#}", args.file.display()))?;
@@ -206,7 +211,11 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             Ok(exit::JOBS_FAILED)
         }
         outcome => {
-            let what = if *outcome == runner::Outcome::Ran { "ran" } else { "cached" };
+            let what = if *outcome == runner::Outcome::Ran {
+                "ran"
+            } else {
+                "cached"
+            };
             println!(
                 "{} ({}): {what} in {:.1} s",
                 record.label,
@@ -228,14 +237,22 @@ pub fn status(file: &Path, sets: &[String], cache_cli: Option<&Path>) -> Result<
         }
     };
     let (stages, failed) = runner::status::status(&cfg, &graph, &cache_root)?;
-    let width = stages.iter().map(|s| s.stage.len()).max().unwrap_or(5).max(5);
+    let width = stages
+        .iter()
+        .map(|s| s.stage.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!(
         "pipeline {} ({} jobs; cache {})",
         cfg.name,
         graph.jobs.len(),
         cache_root.display()
     );
-    println!("  {:width$}  {:>5}  {:>5}  {:>7}  {:>6}  {:>7}", "stage", "jobs", "done", "running", "failed", "pending");
+    println!(
+        "  {:width$}  {:>5}  {:>5}  {:>7}  {:>6}  {:>7}",
+        "stage", "jobs", "done", "running", "failed", "pending"
+    );
     for c in &stages {
         println!(
             "  {:width$}  {:>5}  {:>5}  {:>7}  {:>6}  {:>7}",

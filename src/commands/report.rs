@@ -22,12 +22,26 @@ use crate::stages::report::fraction_panels;
 /// The multi-model figures: (file stem, task, metric, what the paper calls it).
 const MODEL_FIGURES: [(&str, &str, &str, &str); 3] = [
     ("fig2_mmlu_by_model", "mmlu", "acc", "Fig. 2: MMLU accuracy"),
-    ("fig6_boolq_by_model", "boolq", "acc", "Fig. 6: BoolQ accuracy"),
-    ("fig3_loss_by_model", "loss", "loss_normalized", "Fig. 3: held-out loss / ln V"),
+    (
+        "fig6_boolq_by_model",
+        "boolq",
+        "acc",
+        "Fig. 6: BoolQ accuracy",
+    ),
+    (
+        "fig3_loss_by_model",
+        "loss",
+        "loss_normalized",
+        "Fig. 3: held-out loss / ln V",
+    ),
 ];
 
 /// `report A.toml B.toml ... [--out DIR]`.
-pub fn combined_report(files: &[std::path::PathBuf], sets: &[String], out: Option<&Path>) -> Result<u8> {
+pub fn combined_report(
+    files: &[std::path::PathBuf],
+    sets: &[String],
+    out: Option<&Path>,
+) -> Result<u8> {
     let mut tables: Vec<(String, Vec<EvalTableRow>)> = Vec::new();
     for f in files {
         let cfg = match pipeline::load(f, sets) {
@@ -101,7 +115,11 @@ pub fn combined_report(files: &[std::path::PathBuf], sets: &[String], out: Optio
     println!(
         "{} pipelines ({}): {} in {}",
         tables.len(),
-        tables.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+        tables
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         written.join(", "),
         dir.display()
     );

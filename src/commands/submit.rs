@@ -91,7 +91,11 @@ pub fn submit(args: SubmitArgs) -> Result<u8> {
         );
         for (script, text, index, keys, _) in &scripts {
             println!("\n# {}\n{text}", script.display());
-            println!("# {} ({} keys)\n{keys}", index.display(), keys.lines().count());
+            println!(
+                "# {} ({} keys)\n{keys}",
+                index.display(),
+                keys.lines().count()
+            );
         }
         println!("# {}\n{submit_sh}", dir.join("submit.sh").display());
         return Ok(exit::SUCCESS);
@@ -111,9 +115,11 @@ pub fn submit(args: SubmitArgs) -> Result<u8> {
             c.arg(format!("--dependency=afterok:{id}"));
         }
         c.arg(script);
-        let out = c
-            .output()
-            .with_context(|| format!("cannot run {sbatch} (is Slurm installed? LAYERPRUNE_SBATCH overrides the command)"))?;
+        let out = c.output().with_context(|| {
+            format!(
+                "cannot run {sbatch} (is Slurm installed? LAYERPRUNE_SBATCH overrides the command)"
+            )
+        })?;
         if !out.status.success() {
             bail!(
                 "{sbatch} {} failed ({}): {}",
@@ -132,7 +138,10 @@ pub fn submit(args: SubmitArgs) -> Result<u8> {
         if id.is_empty() {
             bail!("{sbatch} {} printed no job id", script.display());
         }
-        println!("level {k}: {n} task(s), Slurm job {id} ({})", script.display());
+        println!(
+            "level {k}: {n} task(s), Slurm job {id} ({})",
+            script.display()
+        );
         previous = Some(id);
     }
     println!(

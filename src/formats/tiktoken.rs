@@ -76,7 +76,10 @@ impl TiktokenBpe {
             by_rank[rank] = Some(bytes);
         }
         if let Some(gap) = by_rank.iter().position(|t| t.is_none()) {
-            bail!("{}: rank {gap} is missing (ranks must be 0..N)", path.display());
+            bail!(
+                "{}: rank {gap} is missing (ranks must be 0..N)",
+                path.display()
+            );
         }
         let mut tokens: Vec<Vec<u8>> = by_rank.into_iter().flatten().collect();
         if tokens.len() < 256 {

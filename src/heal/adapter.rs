@@ -89,7 +89,12 @@ impl AdapterSet {
             specs.push(spec);
         }
         // in layout order, whatever the order of target_modules
-        specs.sort_by_key(|s| layout.projections.iter().position(|o| o.projection == s.projection));
+        specs.sort_by_key(|s| {
+            layout
+                .projections
+                .iter()
+                .position(|o| o.projection == s.projection)
+        });
         specs.dedup_by_key(|s| s.projection);
         let names = layout.projection_names();
         for (i, layer) in model.layers.iter().enumerate() {
@@ -283,7 +288,9 @@ impl AdapterSet {
             ),
         > = BTreeMap::new();
         for (name, t) in st.tensors() {
-            let bad = || format!("{}: unexpected tensor {name} (expected base_model.model.<module>.lora_A.weight or lora_B.weight)", path.display());
+            let bad = || {
+                format!("{}: unexpected tensor {name} (expected base_model.model.<module>.lora_A.weight or lora_B.weight)", path.display())
+            };
             let inner = name.strip_prefix("base_model.model.").with_context(bad)?;
             let (module_path, which) = if let Some(m) = inner.strip_suffix(".lora_A.weight") {
                 (m, "lora_A")
@@ -310,9 +317,7 @@ impl AdapterSet {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            let e = by_module
-                .entry((layer, module))
-                .or_default();
+            let e = by_module.entry((layer, module)).or_default();
             e.2 = module_path.to_string();
             match which {
                 "lora_A" => e.0 = Some((t.shape().to_vec(), data)),

@@ -14,9 +14,9 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::similarity::Distances;
 #[cfg(test)]
 use super::similarity::AllTokenStats;
+use super::similarity::Distances;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -233,7 +233,10 @@ mod tests {
         let b = choose(&d, 1, Strategy::Bi).unwrap();
         assert_eq!((b.start, b.end, b.layers.len()), (1, 2, 0));
         let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(names, ["similarity", "simple", "reverse", "cosine_all", "bi"]);
+        assert_eq!(
+            names,
+            ["similarity", "simple", "reverse", "cosine_all", "bi"]
+        );
         let parsed: Strategy = serde_json::from_str("\"cosine_all\"").unwrap();
         assert_eq!(parsed, Strategy::CosineAll);
     }

@@ -233,7 +233,10 @@ pub fn measure<B: Backend>(
             (finals, Some((per_layer, seq)))
         } else {
             let out = model.forward_parallel(&tb, Capture::FinalToken, Logits::None, workers)?;
-            (to_f32_vec(out.final_token_boundaries.expect("requested"))?, None)
+            (
+                to_f32_vec(out.final_token_boundaries.expect("requested"))?,
+                None,
+            )
         };
         if let Some(k) = finals.iter().position(|x| !x.is_finite()) {
             let (l, i) = (k / hidden / b, k / hidden % b);

@@ -191,7 +191,11 @@ const fn projection(
     }
 }
 
-const fn fused_qkv(projection: Projection, name: &'static str, gguf: &'static str) -> ProjectionSpec {
+const fn fused_qkv(
+    projection: Projection,
+    name: &'static str,
+    gguf: &'static str,
+) -> ProjectionSpec {
     ProjectionSpec {
         fused: true,
         ..self::projection(projection, name, "attn", gguf)
@@ -385,13 +389,12 @@ impl Layout {
     pub fn projection_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for s in self.projections.iter().filter(|s| !s.fused) {
-            let shared = self
-                .projections
-                .iter()
-                .filter(|o| o.name == s.name)
-                .count()
-                > 1;
-            let n = if shared { s.qualified() } else { s.name.to_string() };
+            let shared = self.projections.iter().filter(|o| o.name == s.name).count() > 1;
+            let n = if shared {
+                s.qualified()
+            } else {
+                s.name.to_string()
+            };
             if !names.contains(&n) {
                 names.push(n);
             }
@@ -432,7 +435,11 @@ impl Layout {
         for p in self.projections {
             push(format!("{}.{}.weight", p.group, p.name));
         }
-        for p in self.projections.iter().filter(|p| p.projection.has_bias(cfg)) {
+        for p in self
+            .projections
+            .iter()
+            .filter(|p| p.projection.has_bias(cfg))
+        {
             push(format!("{}.{}.bias", p.group, p.name));
         }
         v
@@ -730,9 +737,15 @@ mod tests {
             qwen.projection_named("mlp.c_proj").unwrap().projection,
             Projection::Down
         );
-        assert_eq!(qwen.projection_named("w2").unwrap().projection, Projection::Gate);
+        assert_eq!(
+            qwen.projection_named("w2").unwrap().projection,
+            Projection::Gate
+        );
         let err = qwen.projection_named("c_proj").unwrap_err().to_string();
-        assert!(err.contains("ambiguous") && err.contains("attn.c_proj and mlp.c_proj"), "{err}");
+        assert!(
+            err.contains("ambiguous") && err.contains("attn.c_proj and mlp.c_proj"),
+            "{err}"
+        );
         let err = qwen.projection_named("c_attn").unwrap_err().to_string();
         assert!(err.contains("fuses q, k and v"), "{err}");
         let phi = Architecture::Phi.layout();

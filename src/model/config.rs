@@ -477,10 +477,7 @@ impl ModelConfig {
             match k.get(new) {
                 Some(_) => k.usize(new),
                 None if k.get(old).is_some() => k.usize(old),
-                None => bail!(
-                    "{}: missing key \"{new}\" (or \"{old}\")",
-                    file.display()
-                ),
+                None => bail!("{}: missing key \"{new}\" (or \"{old}\")", file.display()),
             }
         };
         let hidden_size = either("hidden_size", "n_embd")?;
@@ -665,9 +662,7 @@ impl ModelConfig {
             g.require_f64(&key("attention.layer_norm_rms_epsilon"))?
         };
         let partial_rotary_factor = match g.get(&key("rope.dimension_count")) {
-            Some(_) if phi => {
-                g.require_u64(&key("rope.dimension_count"))? as f64 / head_dim as f64
-            }
+            Some(_) if phi => g.require_u64(&key("rope.dimension_count"))? as f64 / head_dim as f64,
             _ => 1.0,
         };
         let cfg = Self {

@@ -167,7 +167,13 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A projection whose rows are a slice of a fused [q; k; v] module (Qwen v1's c_attn):
     /// the fused weight [q + 2 kv, in] (and bias) is read, and this projection's rows kept.
-    fn fused_linear(&self, prefix: &str, p: Projection, inp: usize, bias: bool) -> Result<Linear<B>> {
+    fn fused_linear(
+        &self,
+        prefix: &str,
+        p: Projection,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear<B>> {
         let c = self.cfg;
         let (first, rows) = p.fused_rows(c);
         let (v_first, v_rows) = Projection::V.fused_rows(c);
@@ -184,7 +190,13 @@ impl<B: Backend> Loader<'_, B> {
             vec![rows, inp],
             w.data[first * inp..(first + rows) * inp].to_vec(),
         )?;
-        let weight = upload(part.transposed(), [inp, rows], &wname, self.device, self.dtype)?;
+        let weight = upload(
+            part.transposed(),
+            [inp, rows],
+            &wname,
+            self.device,
+            self.dtype,
+        )?;
         let bias = if bias {
             let bname = format!("{prefix}.bias");
             let b = self.store.get(&bname, c)?;

@@ -118,7 +118,10 @@ impl JobGraph {
     pub fn waits_for_source(&self, idx: usize) -> bool {
         let j = &self.jobs[idx];
         j.sources.values().any(|s| s.absent.is_some())
-            || j.inputs.values().flatten().any(|&u| self.waits_for_source(u))
+            || j.inputs
+                .values()
+                .flatten()
+                .any(|&u| self.waits_for_source(u))
     }
 
     pub fn dependants(&self, idx: usize) -> Vec<usize> {
@@ -775,13 +778,7 @@ impl<'a> Builder<'a> {
         )?;
         let inputs = self.wire_inputs(plan, &assignment);
         let key = job_key(
-            self.cfg,
-            plan.name,
-            plan.stage,
-            &params,
-            &sources,
-            &inputs,
-            &self.jobs,
+            self.cfg, plan.name, plan.stage, &params, &sources, &inputs, &self.jobs,
         );
         let job = Job {
             stage: plan.name.to_string(),
@@ -1194,12 +1191,20 @@ mod tests {
     fn an_absent_hub_source_is_an_error_unless_planning() {
         let cfg = config("name = \"x\"\n[sources]\nm = \"hf:layerprune-test/no-such-model\"\n[stages.a]\nkind = \"test-value\"\ndata = \"m\"\n");
         let e = err(resolve_source(&cfg, root(), false, "stages.a.data", "m")).to_string();
-        assert!(e.contains("sources.m") && e.contains("not in the local Hugging Face cache"), "{e}");
+        assert!(
+            e.contains("sources.m") && e.contains("not in the local Hugging Face cache"),
+            "{e}"
+        );
         let s = resolve_source(&cfg, root(), true, "stages.a.data", "m").unwrap();
         assert_eq!(s.identity, "absent:hf:layerprune-test/no-such-model");
-        assert!(s.absent.unwrap().starts_with("sources.m: layerprune-test/no-such-model is not in"));
+        assert!(s
+            .absent
+            .unwrap()
+            .starts_with("sources.m: layerprune-test/no-such-model is not in"));
         // only hub sources may be absent: a missing local file stays an error
-        let cfg = config("name = \"x\"\n[stages.a]\nkind = \"test-value\"\ndata = \"/no/such/file.txt\"\n");
+        let cfg = config(
+            "name = \"x\"\n[stages.a]\nkind = \"test-value\"\ndata = \"/no/such/file.txt\"\n",
+        );
         assert!(resolve_source(&cfg, root(), true, "stages.a.data", "/no/such/file.txt").is_err());
     }
 
@@ -1233,11 +1238,17 @@ mod tests {
         .unwrap();
         assert_eq!(got["data"].identity, "pip:other==2:x");
         // an empty value names no source
-        assert!(
-            resolve_sources(&cfg, root(), false, &mut cache, "a", tv(), &json!({"data": ""}))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(resolve_sources(
+            &cfg,
+            root(),
+            false,
+            &mut cache,
+            "a",
+            tv(),
+            &json!({"data": ""})
+        )
+        .unwrap()
+        .is_empty());
         // a value seen before comes from the cache
         cache.insert(
             "seen".to_string(),
@@ -1265,12 +1276,26 @@ mod tests {
     fn a_source_that_cannot_be_found_is_an_error_where_it_is_named() {
         let cfg = config("name = \"x\"\n[stages.a]\nkind = \"test-value\"\ndata = \"speeches\"\n");
         assert_eq!(
-            err(resolve_source(&cfg, root(), false, "stages.a.data", "speeches")).to_string(),
+            err(resolve_source(
+                &cfg,
+                root(),
+                false,
+                "stages.a.data",
+                "speeches"
+            ))
+            .to_string(),
             "p.toml:4: stages.a.data: no source named \"speeches\" in [sources]"
         );
         let cfg = config("name = \"x\"\n[sources]\nspeeches = \"./nowhere.txt\"\n[stages.a]\nkind = \"test-value\"\ndata = \"speeches\"\n");
         assert_eq!(
-            err(resolve_source(&cfg, root(), false, "stages.a.data", "speeches")).to_string(),
+            err(resolve_source(
+                &cfg,
+                root(),
+                false,
+                "stages.a.data",
+                "speeches"
+            ))
+            .to_string(),
             "p.toml:3: sources.speeches: ./nowhere.txt: no such file or directory"
         );
     }
@@ -1363,8 +1388,20 @@ mod tests {
         );
         // a refresh mark of the stage enters the key; another stage's does not
         let mut refreshed = cfg.clone();
-        refreshed.refresh.insert("a".into(), "2026-12-01T00:00:00Z".into());
-        let k = |c: &PipelineConfig| job_key(c, "a", tv(), &json!({"value": 1.0}), &no_sources, &BTreeMap::new(), &[]);
+        refreshed
+            .refresh
+            .insert("a".into(), "2026-12-01T00:00:00Z".into());
+        let k = |c: &PipelineConfig| {
+            job_key(
+                c,
+                "a",
+                tv(),
+                &json!({"value": 1.0}),
+                &no_sources,
+                &BTreeMap::new(),
+                &[],
+            )
+        };
         assert_eq!(
             k(&refreshed),
             sha256_bytes(br#"{"inputs":{},"kind":"test-value","params":{"value":1.0},"precision":null,"refresh":"2026-12-01T00:00:00Z","version":1}"#)

@@ -420,9 +420,16 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
     let y = h as i32 / 2;
     // each entry as wide as its label (about 7 px a character at 13 px), squeezed evenly when
     // they do not fit
-    let widths: Vec<i32> = entries.iter().map(|e| 48 + 7 * e.label.chars().count() as i32).collect();
+    let widths: Vec<i32> = entries
+        .iter()
+        .map(|e| 48 + 7 * e.label.chars().count() as i32)
+        .collect();
     let total: i32 = widths.iter().sum();
-    let scale = if total > w as i32 - 20 { (w as i32 - 20) as f64 / total as f64 } else { 1.0 };
+    let scale = if total > w as i32 - 20 {
+        (w as i32 - 20) as f64 / total as f64
+    } else {
+        1.0
+    };
     let mut x = 10;
     for (i, e) in entries.iter().enumerate() {
         if i > 0 {
@@ -499,10 +506,22 @@ pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) ->
 /// Metrics over result snapshots (`report --history`): x is the snapshot's number (1 = the
 /// oldest), as `<stem>.svg` and `<stem>.png`.
 pub fn trend_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
-    panel_figure(dir, stem, panels, title, "snapshot (1 = oldest; times in trend.csv)")
+    panel_figure(
+        dir,
+        stem,
+        panels,
+        title,
+        "snapshot (1 = oldest; times in trend.csv)",
+    )
 }
 
-fn panel_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str, x_label: &str) -> Result<()> {
+fn panel_figure(
+    dir: &Path,
+    stem: &str,
+    panels: &[Panel],
+    title: &str,
+    x_label: &str,
+) -> Result<()> {
     register_font();
     let cols = panels.len().min(3).max(1) as u32;
     let rows = panels.len().div_ceil(3).max(1) as u32;

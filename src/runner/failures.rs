@@ -13,7 +13,13 @@ fn dir(cache_root: &Path, pipeline: &str) -> PathBuf {
         .join(format!("{pipeline}.failures"))
 }
 
-pub fn record(cache_root: &Path, pipeline: &str, key: &str, label: &str, error: &str) -> Result<()> {
+pub fn record(
+    cache_root: &Path,
+    pipeline: &str,
+    key: &str,
+    label: &str,
+    error: &str,
+) -> Result<()> {
     let text = format!("{label}\n{}\n{error}\n", super::now_rfc3339());
     crate::fsutil::atomic_write(
         &dir(cache_root, pipeline).join(format!("{key}.txt")),
@@ -27,6 +33,7 @@ pub fn clear(cache_root: &Path, pipeline: &str, key: &str) {
 
 /// The recorded error of `key`'s last failure, if it has not succeeded since.
 pub fn last(cache_root: &Path, pipeline: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(dir(cache_root, pipeline).join(format!("{key}.txt"))).ok()?;
+    let text =
+        std::fs::read_to_string(dir(cache_root, pipeline).join(format!("{key}.txt"))).ok()?;
     Some(text.lines().skip(2).collect::<Vec<_>>().join("\n"))
 }

@@ -25,7 +25,11 @@ struct JobMeta<'a> {
 }
 
 /// Write a snapshot when the run computed a result anew and eval.csv exists; its directory.
-pub fn snapshot(summary: &RunSummary, results_dir: &Path, started_at: &str) -> Result<Option<PathBuf>> {
+pub fn snapshot(
+    summary: &RunSummary,
+    results_dir: &Path,
+    started_at: &str,
+) -> Result<Option<PathBuf>> {
     let changed = summary
         .jobs
         .iter()
@@ -154,7 +158,11 @@ pub fn grouped_trend(snapshots: &[(String, Vec<EvalTableRow>)]) -> Trend {
 }
 
 /// history/trend.csv: snapshot, quantity, model, value.
-pub fn write_trend_csv(results_dir: &Path, snapshots: &[(String, Vec<EvalTableRow>)], t: &Trend) -> Result<PathBuf> {
+pub fn write_trend_csv(
+    results_dir: &Path,
+    snapshots: &[(String, Vec<EvalTableRow>)],
+    t: &Trend,
+) -> Result<PathBuf> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["snapshot", "quantity", "model", "value"])?;
     for (q, models) in t {

@@ -458,7 +458,10 @@ pub fn missing_inputs(graph: &JobGraph, i: usize, store: &Store) -> Vec<String> 
         .flatten()
         .filter(|&&u| {
             let up = &graph.jobs[u];
-            !matches!(store.status(up.kind.kind(), &up.key, false), Status::Valid(_))
+            !matches!(
+                store.status(up.kind.kind(), &up.key, false),
+                Status::Valid(_)
+            )
         })
         .map(|&u| format!("{} ({})", graph.jobs[u].label(), graph.jobs[u].short_key()))
         .collect()

@@ -75,8 +75,7 @@ pub fn levels(graph: &JobGraph, pending: &[bool]) -> Vec<Level> {
 /// A word for a POSIX shell: unchanged when it is plain, else in single quotes.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.to_string()
@@ -115,7 +114,11 @@ pub fn script(
     };
     let _ = writeln!(s, "#SBATCH --array={array}");
     let _ = writeln!(s, "#SBATCH --ntasks=1");
-    let _ = writeln!(s, "#SBATCH --chdir={}", shell_quote(&cmd.workdir.display().to_string()));
+    let _ = writeln!(
+        s,
+        "#SBATCH --chdir={}",
+        shell_quote(&cmd.workdir.display().to_string())
+    );
     let _ = writeln!(
         s,
         "#SBATCH --output={}",
@@ -182,7 +185,10 @@ mod tests {
     #[test]
     fn quoting_keeps_plain_words_and_quotes_the_rest() {
         assert_eq!(shell_quote("/a/b-c.toml"), "/a/b-c.toml");
-        assert_eq!(shell_quote("stages.heal.lora_rank=8"), "stages.heal.lora_rank=8");
+        assert_eq!(
+            shell_quote("stages.heal.lora_rank=8"),
+            "stages.heal.lora_rank=8"
+        );
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");

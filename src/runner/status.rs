@@ -30,7 +30,13 @@ pub struct StageCounts {
 }
 
 /// One job's status.
-pub fn job_status(cfg: &PipelineConfig, graph: &JobGraph, i: usize, store: &Store, cache_root: &Path) -> Result<JobStatus> {
+pub fn job_status(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    i: usize,
+    store: &Store,
+    cache_root: &Path,
+) -> Result<JobStatus> {
     let j = &graph.jobs[i];
     let kind = j.kind.kind();
     if matches!(store.status(kind, &j.key, false), Status::Valid(_)) {
