@@ -10,12 +10,14 @@
 //! | select | `SelectionRecord` | selection.json |
 //! | prune | `PrunedRecord` | pruned.json (+ model/ when exported) |
 //! | heal | `HealRecord` | heal.json (+ adapter/, loss.csv, merged/) |
+//! | heal-linear | `LinearHealRecord` | heal-linear.json (+ replaced/, map.safetensors, merged/) |
 //! | eval-qa | `EvalRecord` | scores.json (+ prompts.json) |
 //! | eval-loss | `LossRecord` | loss.json |
 
 pub mod eval;
 pub mod eval_table;
 pub mod heal;
+pub mod heal_linear;
 pub mod load;
 pub mod loss;
 pub mod manifest;
@@ -32,6 +34,7 @@ use serde::Serialize;
 
 pub use eval::EvalRecord;
 pub use heal::HealRecord;
+pub use heal_linear::LinearHealRecord;
 pub use load::LoadRecord;
 pub use loss::LossRecord;
 pub use manifest::Manifest;

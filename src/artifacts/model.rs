@@ -1,6 +1,7 @@
 //! The model an upstream artifact stands for: the base model (`load`), a pruned model (`prune`:
 //! the base plus the list of kept layers, no weights copied) or a healed one (`heal`: a pruned
-//! model plus a LoRA adapter). Evaluation and healing stages take any of them.
+//! model plus a LoRA adapter; `heal-linear`: a pruned model with one output projection
+//! replaced). Evaluation and healing stages take any of them.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,8 @@ use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
 use super::heal::adapter_dir;
-use super::{HealRecord, InputArtifact, LoadRecord, PrunedRecord, Record};
+use super::heal_linear::replaced_dir;
+use super::{HealRecord, InputArtifact, LinearHealRecord, LoadRecord, PrunedRecord, Record};
 use crate::heal::adapter::AdapterSet;
 use crate::method::selection::Strategy;
 use crate::model::{ModelFiles, Transformer};
@@ -17,7 +19,7 @@ use crate::model::{ModelFiles, Transformer};
 /// How a model came about, for result tables.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Variant {
-    /// "base", "pruned" or "healed"
+    /// "base", "pruned", "healed" (LoRA) or "healed-linear" (a fitted linear map)
     pub variant: String,
     pub strategy: Option<Strategy>,
     pub fraction: f64,
@@ -61,6 +63,15 @@ impl Variant {
         }
     }
 
+    /// The same model after training-free healing by a linear map.
+    pub fn healed_linear(&self) -> Self {
+        Self {
+            variant: "healed-linear".into(),
+            healed: true,
+            ..self.clone()
+        }
+    }
+
     /// A short unique name: "base", "pruned/similarity/0.25", "healed/simple/0.25".
     pub fn label(&self) -> String {
         match (&self.strategy, self.variant.as_str()) {
@@ -76,6 +87,7 @@ pub enum ModelArtifact {
     Base(LoadRecord),
     Pruned(PrunedRecord),
     Healed(HealRecord),
+    LinearHealed(LinearHealRecord),
 }
 
 impl ModelArtifact {
@@ -85,6 +97,7 @@ impl ModelArtifact {
             LoadRecord::KIND => Self::Base(LoadRecord::of(input)?),
             PrunedRecord::KIND => Self::Pruned(PrunedRecord::of(input)?),
             HealRecord::KIND => Self::Healed(HealRecord::of(input)?),
+            LinearHealRecord::KIND => Self::LinearHealed(LinearHealRecord::of(input)?),
             other => bail!(
                 "stage {}: an artifact of kind {other} is not a model ({})",
                 input.stage,
@@ -99,6 +112,7 @@ impl ModelArtifact {
             Self::Base(r) => r,
             Self::Pruned(r) => &r.base,
             Self::Healed(r) => &r.base,
+            Self::LinearHealed(r) => &r.base,
         }
     }
 
@@ -108,6 +122,7 @@ impl ModelArtifact {
             Self::Base(r) => (0..r.config.num_hidden_layers).collect(),
             Self::Pruned(r) => r.kept.clone(),
             Self::Healed(r) => r.kept.clone(),
+            Self::LinearHealed(r) => r.kept.clone(),
         }
     }
 
@@ -116,6 +131,7 @@ impl ModelArtifact {
             Self::Base(_) => Variant::base(),
             Self::Pruned(r) => Variant::pruned(r),
             Self::Healed(r) => r.variant.clone(),
+            Self::LinearHealed(r) => r.variant.clone(),
         }
     }
 
@@ -132,6 +148,8 @@ pub struct ModelRef {
     pub variant: Variant,
     /// A PEFT adapter directory (healed models), merged into the weights when built.
     pub adapter: Option<PathBuf>,
+    /// Original layers some of whose tensors the model replaces (heal-linear), in `files`.
+    pub replaced_layers: Vec<usize>,
     /// The artifact key of the model (for naming).
     pub key: String,
     pub artifact: ModelArtifact,
@@ -140,13 +158,19 @@ pub struct ModelRef {
 impl ModelRef {
     pub fn open(input: &InputArtifact, cache_root: &Path) -> Result<Self> {
         let artifact = ModelArtifact::of(input)?;
-        let files = artifact.base().open(cache_root)?;
+        let mut files = artifact.base().open(cache_root)?;
         let adapter = matches!(artifact, ModelArtifact::Healed(_)).then(|| adapter_dir(&input.dir));
+        let mut replaced_layers = Vec::new();
+        if let ModelArtifact::LinearHealed(r) = &artifact {
+            files = files.with_replaced(&replaced_dir(&input.dir))?;
+            replaced_layers.push(r.folded_layer);
+        }
         Ok(Self {
             files,
             kept: artifact.kept(),
             variant: artifact.variant(),
             adapter,
+            replaced_layers,
             key: input.key.clone(),
             artifact,
         })
@@ -159,6 +183,7 @@ impl ModelRef {
             kept: artifact.kept(),
             variant: Variant::base(),
             adapter: None,
+            replaced_layers: Vec::new(),
             key: key.to_string(),
             artifact,
             files,
@@ -182,7 +207,11 @@ impl ModelRef {
             return None;
         }
         let kept = &self.kept;
-        let cut = kept.iter().enumerate().take_while(|(i, k)| i == *k).count();
+        let cut = kept
+            .iter()
+            .enumerate()
+            .take_while(|(i, k)| i == *k && !self.replaced_layers.contains(k))
+            .count();
         (cut < kept.len() || kept.len() < self.files.config.num_hidden_layers).then_some(cut)
     }
 }

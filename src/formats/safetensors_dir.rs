@@ -169,3 +169,25 @@ impl SafetensorsSet {
             .with_context(|| format!("{}: tensor {name}", shard.path.display()))
     }
 }
+
+/// Write f32 tensors to one safetensors file (metadata format = "pt", as transformers writes).
+pub fn write_f32(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            Ok((
+                name.clone(),
+                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let info: std::collections::HashMap<String, String> =
+        [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(info), path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}

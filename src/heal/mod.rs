@@ -1,6 +1,8 @@
 //! Healing: QLoRA finetuning of a pruned model (paper §4): LoRA adapters on a frozen base
-//! (NF4 or dense), trained with AdamW on packed token windows, saved in PEFT layout.
+//! (NF4 or dense), trained with AdamW on packed token windows, saved in PEFT layout; and the
+//! training-free alternative, one least-squares linear map in place of the dropped block.
 
 pub mod adapter;
+pub mod linear_map;
 pub mod optim;
 pub mod train;

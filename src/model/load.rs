@@ -52,6 +52,26 @@ impl ModelFiles {
         })
     }
 
+    /// The same model with some tensors replaced by those of `dir/model.safetensors` (Hugging
+    /// Face names, original layer numbers): a healed model's changed weights.
+    pub fn with_replaced(mut self, dir: &Path) -> Result<Self> {
+        let top = SafetensorsSet::open_dir(dir)?;
+        for name in top.names() {
+            if !self.store.has(name, &self.config) {
+                bail!(
+                    "{}: replaces {name}, which the model {} does not have",
+                    dir.display(),
+                    self.source.path.display()
+                );
+            }
+        }
+        self.store = WeightStore::Overlay {
+            top,
+            base: Box::new(self.store),
+        };
+        Ok(self)
+    }
+
     /// Build the Burn model with all layers.
     pub fn build<B: Backend>(&self, device: &B::Device, dtype: DType) -> Result<Transformer<B>> {
         let all: Vec<usize> = (0..self.config.num_hidden_layers).collect();

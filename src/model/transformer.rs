@@ -273,6 +273,39 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
+    /// The block split where its MLP joins the residual stream: (y, m), both [batch, seq,
+    /// hidden], with the block's output y + m; y is x plus the attention's output, m the MLP's
+    /// output (in a parallel block both read norm(x)). None where a norm sits between the MLP
+    /// and the add (Gemma's post_feedforward_layernorm), since m is then not the projection's
+    /// output.
+    pub fn forward_parts(
+        &self,
+        x: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        rope: &RopeBatch<B>,
+    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        if self.mlp_out_norm.is_some() {
+            return None;
+        }
+        let h = self.input_norm.forward(x.clone(), cfg);
+        Some(match &self.pre_mlp_norm {
+            None => {
+                let (attn, _) = self.attention(h.clone(), cfg, rope, None);
+                (x + self.o_proj.forward(attn), self.mlp(h, cfg))
+            }
+            Some(pre) => {
+                let (attn, _) = self.attention(h, cfg, rope, None);
+                let attn = self.o_proj.forward(attn);
+                let y = x + match &self.attn_out_norm {
+                    Some(n) => n.forward(attn, cfg),
+                    None => attn,
+                };
+                let m = self.mlp(pre.forward(y.clone(), cfg), cfg);
+                (y, m)
+            }
+        })
+    }
+
     /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), or
     /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h)))).
     pub fn mlp(&self, h: Tensor<B, 3>, cfg: &ModelConfig) -> Tensor<B, 3> {

@@ -17,6 +17,12 @@ use crate::formats::safetensors_dir::SafetensorsSet;
 pub enum WeightStore {
     Safetensors(SafetensorsSet),
     Gguf(GgufFile),
+    /// Some tensors replaced (a healed model's changed weights, Hugging Face names and layout,
+    /// original layer numbers); every other tensor from `base`.
+    Overlay {
+        top: SafetensorsSet,
+        base: Box<WeightStore>,
+    },
 }
 
 impl WeightStore {
@@ -28,15 +34,23 @@ impl WeightStore {
                 .layout()
                 .gguf_name(hf_name)
                 .is_some_and(|n| g.tensor_info(&n).is_some()),
+            Self::Overlay { top, base } => top.contains(hf_name) || base.has(hf_name, cfg),
         }
     }
 
     /// One tensor in Hugging Face layout and naming, as f32; NaN or infinite values are an
     /// error naming the tensor (checked once, here, while converting).
     pub fn get(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {
+        if let Self::Overlay { top, base } = self {
+            if !top.contains(hf_name) {
+                return base.get(hf_name, cfg);
+            }
+        }
         let t = self.get_unchecked(hf_name, cfg)?;
         let origin = match self {
-            Self::Safetensors(s) => s.file_of(hf_name).unwrap_or(std::path::Path::new("?")),
+            Self::Safetensors(s) | Self::Overlay { top: s, .. } => {
+                s.file_of(hf_name).unwrap_or(std::path::Path::new("?"))
+            }
             Self::Gguf(g) => g.path(),
         };
         t.check_finite(hf_name, origin)?;
@@ -45,7 +59,7 @@ impl WeightStore {
 
     fn get_unchecked(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {
         match self {
-            Self::Safetensors(s) => s.tensor_f32(hf_name),
+            Self::Safetensors(s) | Self::Overlay { top: s, .. } => s.tensor_f32(hf_name),
             Self::Gguf(g) => {
                 let layout = cfg.architecture.layout();
                 let name = layout
@@ -91,6 +105,7 @@ impl WeightStore {
                 let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
                 format!("GGUF {}", parts.join(", "))
             }
+            Self::Overlay { base, .. } => base.storage_dtype(cfg),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod context;
 pub mod eval_loss;
 pub mod eval_qa;
 pub mod heal;
+pub mod heal_linear;
 pub mod load;
 pub mod prune;
 pub mod report;
@@ -64,7 +65,7 @@ impl InputSlot {
 }
 
 /// The slot of stages that take any model: base (`load`), pruned or healed.
-pub const ANY_MODEL: InputSlot = InputSlot::one("model", &["load", "prune", "heal"]);
+pub const ANY_MODEL: InputSlot = InputSlot::one("model", &["load", "prune", "heal", "heal-linear"]);
 
 /// A parameter error: dotted path inside the stage table and message.
 #[derive(Debug, Clone)]
@@ -181,6 +182,7 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &eval_qa::EvalQaStage,
         &eval_loss::EvalLossStage,
         &heal::HealStage,
+        &heal_linear::LinearHealStage,
         &report::ReportStage,
     ];
     if cfg!(test) || crate::runtime::current().test_stages {

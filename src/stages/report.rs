@@ -324,12 +324,18 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
         let any_healed = sel.iter().any(|r| r.healed);
         let mut curves = Vec::new();
         for strategy in Strategy::ALL {
-            for healed in [false, true] {
+            for (variant, suffix, series) in [
+                ("pruned", ", not healed", strategy.index()),
+                ("healed", ", healed", strategy.index()),
+                (
+                    "healed-linear",
+                    ", healed (linear map)",
+                    Strategy::ALL.len() + strategy.index(),
+                ),
+            ] {
                 let mut pts: Vec<(f64, f64)> = sel
                     .iter()
-                    .filter(|r| {
-                        r.strategy == strategy.as_str() && r.healed == healed && r.variant != "base"
-                    })
+                    .filter(|r| r.strategy == strategy.as_str() && r.variant == variant)
                     .map(|r| (r.fraction, r.value))
                     .collect();
                 if pts.is_empty() {
@@ -338,19 +344,14 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                 if let Some(b) = base {
                     pts.insert(0, (0.0, b));
                 }
+                let pruned = variant == "pruned";
                 curves.push(Curve {
                     label: format!(
                         "{strategy}{}",
-                        if healed {
-                            ", healed"
-                        } else if any_healed {
-                            ", not healed"
-                        } else {
-                            ""
-                        }
+                        if pruned && !any_healed { "" } else { suffix }
                     ),
-                    series: strategy.index(),
-                    dashed: any_healed && !healed,
+                    series,
+                    dashed: any_healed && pruned,
                     points: pts,
                 });
             }

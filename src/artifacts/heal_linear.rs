@@ -1,0 +1,48 @@
+//! The `heal-linear` artifact: heal-linear.json (the pruned model it heals, the folded layer,
+//! the fit), replaced/model.safetensors (the changed tensors: the folded layer's MLP output
+//! projection, Hugging Face names with original layer numbers, f32), map.safetensors (the
+//! fitted map T [hidden, hidden], f32) and, when asked for, merged/ (Hugging Face layout).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LoadRecord, Record, Variant};
+
+/// The replaced tensors' directory inside the artifact.
+pub const REPLACED_DIR: &str = "replaced";
+/// The fitted map, tensor "linear_map" [hidden, hidden]: m -> m T.
+pub const MAP_FILE: &str = "map.safetensors";
+pub const MAP_TENSOR: &str = "linear_map";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearHealRecord {
+    pub base: LoadRecord,
+    pub kept: Vec<usize>,
+    pub variant: Variant,
+    /// The replaced block [start, end), original layer numbers.
+    pub start: usize,
+    pub end: usize,
+    /// The layer whose MLP output projection holds the map (start - 1), original number.
+    pub folded_layer: usize,
+    /// Hugging Face names of the replaced tensors.
+    pub replaced: Vec<String>,
+    pub windows: usize,
+    pub seq_len: usize,
+    pub tokens: u64,
+    /// Mean squared error per calibration token between the pruned model's stream at the cut
+    /// and the unpruned model's x(end): plain pruning (T = I) and with the fitted map.
+    pub mse_pruned: f64,
+    pub mse_fitted: f64,
+    pub seconds: f64,
+}
+
+impl Record for LinearHealRecord {
+    const KIND: &'static str = "heal-linear";
+    const FILE: &'static str = "heal-linear.json";
+}
+
+/// The replaced tensors of a heal-linear artifact.
+pub fn replaced_dir(dir: &Path) -> PathBuf {
+    dir.join(REPLACED_DIR)
+}

@@ -1,0 +1,232 @@
+//! `heal-linear`: training-free healing of a pruned model by one least-squares linear map in
+//! place of the dropped block, folded into the last kept layer's MLP output projection
+//! (ReplaceMe).
+
+use anyhow::{bail, Result};
+use burn::tensor::{backend::Backend, DType};
+use serde::{Deserialize, Serialize};
+
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::heal::MERGED_DIR;
+use crate::artifacts::heal_linear::{replaced_dir, MAP_FILE, MAP_TENSOR};
+use crate::artifacts::{LinearHealRecord, ModelArtifact, ModelRef, Record};
+use crate::backend::{dispatch, BackendTask};
+use crate::data::text::{load_windows, TextSpec};
+use crate::formats::host_tensor::HostTensor;
+use crate::formats::safetensors_dir::write_f32;
+use crate::heal::linear_map::{accumulate, LinearFit, NormalEquations};
+use crate::model::{Projection, TokenBatch};
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearHealParams {
+    pub windows: usize,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub merge: bool,
+    pub text: TextSpec,
+}
+
+fn perr(path: &str, message: &str) -> ParamError {
+    ParamError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl Params for LinearHealParams {
+    fn validate(&self) -> Result<(), ParamError> {
+        if self.windows == 0 {
+            return Err(perr("windows", "must be at least 1"));
+        }
+        if self.seq_len == 0 {
+            return Err(perr("seq_len", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(perr("batch_size", "must be at least 1"));
+        }
+        self.text
+            .validate()
+            .map_err(|m| perr("text.holdout_every", &m))
+    }
+}
+
+/// Accumulate the normal equations over the calibration windows on the unpruned model.
+struct Fit<'a> {
+    model: &'a ModelRef,
+    windows: &'a [Vec<u32>],
+    batch: usize,
+    start: usize,
+    end: usize,
+}
+
+impl BackendTask for Fit<'_> {
+    type Output = NormalEquations;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<NormalEquations> {
+        // only the layers up to the block's end are needed
+        let through: Vec<usize> = (0..self.end).collect();
+        let model = self
+            .model
+            .files
+            .build_with_layers::<B>(&device, dtype, &through)?;
+        let mut eq = NormalEquations::new(model.config.hidden_size);
+        let mut progress = Progress::new(self.windows.len() as u64, "heal-linear");
+        for chunk in self.windows.chunks(self.batch) {
+            let batch = TokenBatch::right_padded(chunk, 0);
+            accumulate(&model, &batch, self.start, self.end, &mut eq)?;
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish();
+        Ok(eq)
+    }
+}
+
+pub struct LinearHealStage;
+
+impl Stage for LinearHealStage {
+    fn kind(&self) -> &'static str {
+        "heal-linear"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn description(&self) -> &'static str {
+        "training-free healing (ReplaceMe): the dropped block replaced by a least-squares linear map folded into the last kept MLP"
+    }
+    fn defaults(&self) -> &'static str {
+        include_str!("../../stages/heal-linear.toml")
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        const SLOTS: &[InputSlot] = &[InputSlot::one("model", &["prune"])];
+        SLOTS
+    }
+    fn source_params(&self) -> &'static [&'static str] {
+        &["text.source"]
+    }
+    fn numeric(&self) -> bool {
+        true
+    }
+    fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
+        canonical::<LinearHealParams>(params)
+    }
+    fn run(&self, ctx: &JobContext) -> Result<()> {
+        let p: LinearHealParams = ctx.params()?;
+        let input = ctx.input("model")?;
+        let ModelArtifact::Pruned(pruned) = ModelArtifact::of(input)? else {
+            bail!(
+                "stage {}: heal-linear heals a pruned model (a prune stage's artifact)",
+                ctx.stage
+            );
+        };
+        let (start, end) = (pruned.start, pruned.end);
+        if pruned.dropped != (start..end).collect::<Vec<_>>() {
+            bail!(
+                "stage {}: heal-linear replaces one contiguous block, but the selection drops layers {:?}",
+                ctx.stage,
+                pruned.dropped
+            );
+        }
+        if start == 0 {
+            bail!(
+                "stage {}: the block [0, {end}) starts at layer 0, so no kept layer precedes it to hold the map",
+                ctx.stage
+            );
+        }
+        let model = ModelRef::open(input, &ctx.cache_root)?;
+        let cfg = &model.files.config;
+        super::check_context(&ctx.stage, "seq_len", p.seq_len, cfg)?;
+        let text = ctx.source("text.source")?;
+        let windows = load_windows(
+            &text.path,
+            &p.text,
+            &model.files.tokenizer,
+            p.seq_len,
+            Some(p.windows),
+        )?;
+        let began = std::time::Instant::now();
+        let eq = dispatch(
+            ctx.backend,
+            ctx.precision,
+            Fit {
+                model: &model,
+                windows: &windows,
+                batch: p.batch_size,
+                start,
+                end,
+            },
+        )?;
+        let fit = eq.solve()?;
+        tracing::info!(
+            "heal-linear: block [{start}, {end}) fitted on {} tokens; stream error at the cut {:.4e} -> {:.4e} per token",
+            fit.tokens,
+            fit.mse_pruned,
+            fit.mse_fitted
+        );
+        let replaced = folded_tensors(&model, start - 1, &fit)?;
+        let dir = replaced_dir(&ctx.out_dir);
+        std::fs::create_dir_all(&dir)?;
+        write_f32(&dir.join("model.safetensors"), &replaced)?;
+        let d = fit.dim;
+        let t = HostTensor::new(vec![d, d], fit.t.iter().map(|&x| x as f32).collect())?;
+        write_f32(&ctx.out(MAP_FILE), &[(MAP_TENSOR.to_string(), t)])?;
+        let record = LinearHealRecord {
+            base: pruned.base.clone(),
+            kept: pruned.kept.clone(),
+            variant: model.variant.healed_linear(),
+            start,
+            end,
+            folded_layer: start - 1,
+            replaced: replaced.iter().map(|(n, _)| n.clone()).collect(),
+            windows: windows.len(),
+            seq_len: p.seq_len,
+            tokens: fit.tokens,
+            mse_pruned: fit.mse_pruned,
+            mse_fitted: fit.mse_fitted,
+            seconds: began.elapsed().as_secs_f64(),
+        };
+        record.write(&ctx.out_dir)?;
+        if p.merge {
+            let healed = model.files.with_replaced(&dir)?;
+            let meta = serde_json::json!({
+                "kept_layers": pruned.kept,
+                "dropped_layers": pruned.dropped,
+                "healed": "linear map folded into layer start-1's MLP output projection (ReplaceMe)",
+                "folded_layer": start - 1,
+            });
+            crate::model::export::export_hf(
+                &healed,
+                &pruned.kept,
+                &ctx.out(MERGED_DIR),
+                ctx.precision,
+                meta,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The folded layer's MLP output projection (weight, and bias where it has one) with T folded
+/// in, under their Hugging Face names (original layer number).
+fn folded_tensors(
+    model: &ModelRef,
+    layer: usize,
+    fit: &LinearFit,
+) -> Result<Vec<(String, HostTensor)>> {
+    let cfg = &model.files.config;
+    let layout = cfg.architecture.layout();
+    let spec = layout
+        .projection(Projection::Down)
+        .expect("every layout has an MLP output projection");
+    let weight = layout.projection_tensor(layer, spec, "weight");
+    let mut out = vec![(
+        weight.clone(),
+        fit.fold_weight(&model.files.store.get(&weight, cfg)?)?,
+    )];
+    if Projection::Down.has_bias(cfg) {
+        let bias = layout.projection_tensor(layer, spec, "bias");
+        let b = model.files.store.get(&bias, cfg)?;
+        out.push((bias, fit.fold_bias(&b)?));
+    }
+    Ok(out)
+}

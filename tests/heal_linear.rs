@@ -1,0 +1,360 @@
+//! Training-free healing by a linear map (ReplaceMe) against an independent reference
+//! (tests/fixtures/make_fixtures.py part `linear`: numpy's least squares on transformers' states,
+//! the map folded into the weights by hand in PyTorch): the fitted map to 1e-4 (relative,
+//! Frobenius), the healed model's logits to 1e-4 (max |ours - ref| / max |ref|), and the
+//! `heal-linear` stage in a pipeline through evaluation and export.
+
+mod common;
+
+use std::path::Path;
+
+use burn::tensor::DType;
+use common::{fixtures, read_reference, rel_err, B};
+use layerprune::formats::safetensors_dir::write_f32;
+use layerprune::heal::linear_map::{accumulate, LinearFit, NormalEquations};
+use layerprune::model::{to_f32_vec, Capture, Logits, ModelFiles, Projection, TokenBatch};
+use layerprune::source;
+
+const TOL: f64 = 1e-4;
+
+fn reference_doc() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/linear.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn open(model: &str, cache: &Path) -> ModelFiles {
+    ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models").join(model).to_str().unwrap(),
+            cache,
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn block(doc: &serde_json::Value, model: &str) -> (usize, usize, Vec<usize>) {
+    let m = &doc["models"][model];
+    let kept = m["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    (
+        m["start"].as_u64().unwrap() as usize,
+        m["end"].as_u64().unwrap() as usize,
+        kept,
+    )
+}
+
+fn fit_model(model: &str) {
+    let doc = reference_doc();
+    let rows: Vec<Vec<u32>> = serde_json::from_value(doc["rows"].clone()).unwrap();
+    let (start, end, _) = block(&doc, model);
+    let cache = common::temp_cache();
+    let files = open(model, cache.path());
+    let net = files.build::<B>(&Default::default(), DType::F32).unwrap();
+    let mut eq = NormalEquations::new(files.config.hidden_size);
+    // three right-padded batches of unequal lengths: the sums run over real tokens only
+    for chunk in rows.chunks(3) {
+        accumulate(
+            &net,
+            &TokenBatch::right_padded(chunk, 0),
+            start,
+            end,
+            &mut eq,
+        )
+        .unwrap();
+    }
+    let fit = eq.solve().unwrap();
+    let want = doc["models"][model]["tokens"].as_u64().unwrap();
+    assert_eq!(fit.tokens, want, "{model}: calibration tokens");
+    let reference =
+        read_reference(&fixtures().join(format!("reference/linear-{model}.safetensors")));
+    let t_ref = &reference["map"].f32;
+    let num: f64 = fit
+        .t
+        .iter()
+        .zip(t_ref)
+        .map(|(a, &b)| (a - b as f64).powi(2))
+        .sum();
+    let den: f64 = t_ref.iter().map(|&b| (b as f64).powi(2)).sum();
+    let e = (num / den).sqrt();
+    eprintln!("{model}: map relative error {e:e}");
+    assert!(e < TOL, "{model}: map relative error {e:e}");
+    for (ours, key) in [
+        (fit.mse_pruned, "mse_pruned"),
+        (fit.mse_fitted, "mse_fitted"),
+    ] {
+        let r = doc["models"][model][key].as_f64().unwrap();
+        assert!((ours - r).abs() <= TOL * r, "{model}: {key} {ours} vs {r}");
+    }
+    assert!(fit.mse_fitted < fit.mse_pruned);
+}
+
+#[test]
+fn fitted_map_matches_numpy_least_squares_llama() {
+    fit_model("tiny-llama");
+}
+
+#[test]
+fn fitted_map_matches_numpy_least_squares_phi_parallel_block_with_bias() {
+    fit_model("tiny-phi");
+}
+
+/// The reference map folded by our code (and read back through the replaced-tensor overlay)
+/// gives the logits of the model PyTorch folded by hand.
+fn fold_model(model: &str) {
+    let doc = reference_doc();
+    let (start, _, kept) = block(&doc, model);
+    let cache = common::temp_cache();
+    let files = open(model, cache.path());
+    let reference =
+        read_reference(&fixtures().join(format!("reference/linear-{model}.safetensors")));
+    let d = files.config.hidden_size;
+    let fit = LinearFit {
+        dim: d,
+        t: reference["map"].f32.iter().map(|&x| x as f64).collect(),
+        tokens: 0,
+        mse_pruned: 0.0,
+        mse_fitted: 0.0,
+    };
+    let layout = files.config.architecture.layout();
+    let spec = layout.projection(Projection::Down).unwrap();
+    let mut tensors = Vec::new();
+    let w = layout.projection_tensor(start - 1, spec, "weight");
+    tensors.push((
+        w.clone(),
+        fit.fold_weight(&files.store.get(&w, &files.config).unwrap())
+            .unwrap(),
+    ));
+    if Projection::Down.has_bias(&files.config) {
+        let b = layout.projection_tensor(start - 1, spec, "bias");
+        tensors.push((
+            b.clone(),
+            fit.fold_bias(&files.store.get(&b, &files.config).unwrap())
+                .unwrap(),
+        ));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_f32(&tmp.path().join("model.safetensors"), &tensors).unwrap();
+    let healed = files.with_replaced(tmp.path()).unwrap();
+    let net = healed
+        .build_with_layers::<B>(&Default::default(), DType::F32, &kept)
+        .unwrap();
+    let ids = &reference["input_ids"];
+    let mask = &reference["attention_mask"].i64;
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let rows: Vec<Vec<u32>> = (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    let out = net
+        .forward(
+            &TokenBatch::right_padded(&rows, 0),
+            Capture::None,
+            Logits::All,
+        )
+        .unwrap();
+    let logits = to_f32_vec(out.logits.unwrap()).unwrap();
+    let vocab = healed.config.vocab_size;
+    let pick = |flat: &[f32]| -> Vec<f32> {
+        (0..b * t)
+            .filter(|&p| mask[p] == 1)
+            .flat_map(|p| flat[p * vocab..(p + 1) * vocab].to_vec())
+            .collect()
+    };
+    let e = rel_err(&pick(&logits), &pick(&reference["logits"].f32));
+    eprintln!("{model}: healed logits relative error {e:e}");
+    assert!(
+        (e as f64) < TOL,
+        "{model}: healed logits relative error {e:e}"
+    );
+}
+
+#[test]
+fn folded_map_gives_the_reference_healed_logits_llama() {
+    fold_model("tiny-llama");
+}
+
+#[test]
+fn folded_map_gives_the_reference_healed_logits_phi() {
+    fold_model("tiny-phi");
+}
+
+#[test]
+fn blocks_without_a_place_for_the_map_are_refused() {
+    let cache = common::temp_cache();
+    let rows = vec![vec![5u32, 6, 7, 8]];
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let llama = open("tiny-llama", cache.path())
+        .build::<B>(&Default::default(), DType::F32)
+        .unwrap();
+    let mut eq = NormalEquations::new(64);
+    let e = accumulate(&llama, &batch, 0, 2, &mut eq)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 0"), "{e}");
+    // Gemma-3 normalises the MLP output before the residual add
+    let gemma = open("tiny-gemma3", cache.path())
+        .build::<B>(&Default::default(), DType::F32)
+        .unwrap();
+    let e = accumulate(&gemma, &batch, 2, 3, &mut eq)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("norm before the residual add"), "{e}");
+    assert_eq!(eq.tokens, 0, "nothing was accumulated");
+}
+
+fn pipeline(dir: &Path) -> String {
+    format!(
+        r#"
+name = "tiny-linear"
+results_dir = "{results}"
+
+[sources]
+model = "{model}"
+text = "{text}"
+
+[stages.load]
+
+[stages.similarity]
+samples = 8
+seq_len = 32
+batch_size = 4
+text = {{ source = "text", part = "all" }}
+
+[stages.select]
+
+# simple at n = 1 of 4 layers: drop [2, 3), fold into layer 1
+[stages.prune]
+fraction = 0.25
+strategy = "simple"
+
+[stages.heal_linear]
+kind = "heal-linear"
+windows = 12
+seq_len = 32
+batch_size = 4
+merge = true
+text = {{ source = "text", part = "all" }}
+
+[stages.loss]
+kind = "eval-loss"
+inputs = {{ model = ["load", "prune", "heal_linear"] }}
+seq_len = 32
+windows = 6
+text = {{ source = "text", part = "all" }}
+
+[stages.report]
+inputs = {{ similarity = "similarity", selection = "select", evals = ["loss"] }}
+"#,
+        results = dir.join("results").display(),
+        model = fixtures().join("models/tiny-llama").display(),
+        text = fixtures().join("text").display(),
+    )
+}
+
+#[test]
+fn heal_linear_stage_in_a_pipeline() {
+    let env = common::cli::Env::new();
+    env.write("p.toml", &pipeline(env.dir.path()));
+    let o = env.run(&["run", "p.toml"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    // the artifact: record, replaced tensors, map, merged export
+    let arts: Vec<_> = std::fs::read_dir(env.path("cache/heal-linear"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("heal-linear.json").exists())
+        .collect();
+    assert_eq!(arts.len(), 1);
+    let art = &arts[0];
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(art.join("heal-linear.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (rec["start"].as_u64(), rec["end"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(rec["folded_layer"], 1);
+    assert_eq!(
+        rec["replaced"],
+        serde_json::json!(["model.layers.1.mlp.down_proj.weight"])
+    );
+    assert_eq!(rec["tokens"], 12 * 32);
+    assert!(rec["mse_fitted"].as_f64().unwrap() < rec["mse_pruned"].as_f64().unwrap());
+    assert_eq!(rec["variant"]["variant"], "healed-linear");
+    let map = read_reference(&art.join("map.safetensors"));
+    assert_eq!(map["linear_map"].shape, vec![64, 64]);
+
+    // the merged export (our loader) and the overlay give the same model
+    let cache = common::temp_cache();
+    let merged = ModelFiles::open(
+        source::resolve_str(art.join("merged").to_str().unwrap(), cache.path()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(merged.config.num_hidden_layers, 3);
+    let overlay = open("tiny-llama", cache.path())
+        .with_replaced(&art.join("replaced"))
+        .unwrap();
+    let rows = vec![vec![3u32, 17, 90, 4, 200, 11], vec![8, 9, 10]];
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let logits = |m: layerprune::model::Transformer<B>| {
+        to_f32_vec(
+            m.forward(&batch, Capture::None, Logits::All)
+                .unwrap()
+                .logits
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let a = logits(merged.build::<B>(&Default::default(), DType::F32).unwrap());
+    let b = logits(
+        overlay
+            .build_with_layers::<B>(&Default::default(), DType::F32, &[0, 1, 3])
+            .unwrap(),
+    );
+    let e = rel_err(&a, &b);
+    assert!(e < 1e-6, "merged vs overlay: {e:e}");
+    // and it differs from the plainly pruned model
+    let plain = open("tiny-llama", cache.path());
+    let c = logits(
+        plain
+            .build_with_layers::<B>(&Default::default(), DType::F32, &[0, 1, 3])
+            .unwrap(),
+    );
+    assert!(rel_err(&c, &b) > 1e-3);
+
+    // the report lists the healed model's loss beside the pruned one's
+    let mut r = csv::Reader::from_path(env.path("results/tiny-linear/eval.csv")).unwrap();
+    let variants: Vec<String> = r
+        .records()
+        .map(|x| x.unwrap())
+        .filter(|x| &x[10] != "" && &x[9] == "loss")
+        .map(|x| x[0].to_string())
+        .collect();
+    assert_eq!(
+        variants,
+        ["base", "pruned", "healed-linear"],
+        "{variants:?}"
+    );
+
+    // a second run is fully cached
+    let o = env.run(&["run", "p.toml"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("0 jobs run"),
+        "{stdout}"
+    );
+}
