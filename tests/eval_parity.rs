@@ -2,7 +2,8 @@
 //! by tests/fixtures/make_fixtures.py with lm_eval 0.4.13's task YAMLs): the exact prompt
 //! strings of each task, the harness's context/continuation token split, and per-request
 //! log-likelihoods within 1e-4 relative (|ours - ref| <= 1e-4 * max(1, |ref|)); the paper's
-//! next-token scoring; the validation loss; the angular distances; a pruned model's logits.
+//! next-token scoring; the validation loss; the angular distances and the other criteria (all-token
+//! cosines, greedy removal by loss); a pruned model's logits.
 
 mod common;
 
@@ -415,6 +416,46 @@ fn all_token_cosines_and_criteria_match_the_reference() {
             }
         }
     }
+}
+
+/// Greedy removal by calibration loss (SLEB / BlockPruner) against a naive reference that runs
+/// a full transformers pass per candidate (make_fixtures.py part "greedy"): the same removal
+/// order and the loss after each removal within 1e-4 relative, with any batching and workers.
+#[test]
+fn greedy_removal_by_loss_matches_the_reference() {
+    use layerprune::method::loss_greedy::greedy_removal;
+    use layerprune::method::selection::{choose, Strategy};
+    let (_, model) = tiny();
+    let fx = fixture("greedy-tiny-llama.json");
+    let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
+    let want_order: Vec<usize> = serde_json::from_value(fx["order"].clone()).unwrap();
+    let want_loss: Vec<f64> = serde_json::from_value(fx["loss"].clone()).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+    for (batch, workers) in [(6, 1), (4, 2), (1, 1)] {
+        let g = greedy_removal(&model, &rows, batch, workers, 3).unwrap();
+        assert_eq!(g.tokens as u64, fx["tokens"].as_u64().unwrap());
+        assert_eq!(g.order, want_order, "batch {batch}, workers {workers}");
+        let base = fx["base_loss"].as_f64().unwrap();
+        assert!(close(g.base_loss, base), "base {} vs {base}", g.base_loss);
+        for (k, (a, b)) in g.loss.iter().zip(&want_loss).enumerate() {
+            assert!(close(*a, *b), "loss after {} removals: {a} vs {b}", k + 1);
+        }
+        // the strategy drops the first n removed layers
+        let mut d = layerprune::method::similarity::measure(&model, &rows, 6, 1, 0, false).unwrap();
+        d.loss_greedy = Some(g);
+        for n in 1..4 {
+            let mut first = want_order[..n].to_vec();
+            first.sort_unstable();
+            assert_eq!(
+                choose(&d, n, Strategy::LossGreedy).unwrap().dropped(),
+                first
+            );
+        }
+    }
+    assert!(
+        greedy_removal(&model, &rows, 6, 1, 4).is_err(),
+        "cannot remove every layer"
+    );
 }
 
 #[test]

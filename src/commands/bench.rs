@@ -261,6 +261,8 @@ pub fn similarity(
             batch,
             workers: default_workers(backend),
             all_tokens: false,
+            greedy_samples: 0,
+            greedy_steps: 0,
         }),
     )?;
     println!(

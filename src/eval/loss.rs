@@ -2,10 +2,9 @@
 //! of seq_len tokens (each window predicts its tokens 1..seq_len-1 from the ones before).
 
 use anyhow::Result;
-use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 
-use crate::model::to_f32_vec;
-use crate::model::transformer::gather_rows;
+use crate::model::nll::next_token_nll;
 use crate::model::{TokenBatch, Transformer};
 use crate::progress::Progress;
 
@@ -21,26 +20,7 @@ fn chunk_losses<B: Backend>(
         let tb = TokenBatch::right_padded(chunk, 0);
         let n_layers = model.num_layers();
         let x = model.run_layers(model.embed(tb.to_tensor::<B>(&model.device)), 0, n_layers); // [b, t, hidden]
-        let mut flat = Vec::new();
-        let mut targets = Vec::new();
-        for (r, w) in chunk.iter().enumerate() {
-            for j in 0..w.len().saturating_sub(1) {
-                flat.push((r * tb.seq + j) as i64);
-                targets.push(w[j + 1] as i64);
-            }
-        }
-        let n = flat.len();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), &model.device);
-        let logp = log_softmax(model.head(gather_rows(x, &idx)), 1); // [n, vocab]
-        let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device);
-        let lp = to_f32_vec(logp.gather(1, tgt))?;
-        let mut k = 0;
-        for w in chunk {
-            let m = w.len().saturating_sub(1);
-            let s: f64 = lp[k..k + m].iter().map(|&v| -(v as f64)).sum();
-            out.push((s, m));
-            k += m;
-        }
+        out.extend(next_token_nll(model, x, chunk)?);
         if let Some(p) = progress {
             p.lock().unwrap().inc(chunk.len() as u64);
         }

@@ -9,7 +9,10 @@
 //!   x(l+n) over all tokens (ties to the smallest l);
 //! - `bi`: ShortGPT's Block Influence BI(l) = 1 - cos(x(l), x(l+1)) over all tokens: the n
 //!   layers of lowest influence, not necessarily contiguous (ties to the smaller l).
-//! The last two need the similarity stage's all-token statistics (`all_tokens = true`).
+//! - `loss_greedy`: SLEB / BlockPruner: the first n layers of a greedy removal by calibration
+//!   loss (not necessarily contiguous).
+//! `cosine_all` and `bi` need the similarity stage's all-token statistics (`all_tokens =
+//! true`), `loss_greedy` its greedy removal (`greedy_samples > 0`).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,16 +29,18 @@ pub enum Strategy {
     Reverse,
     CosineAll,
     Bi,
+    LossGreedy,
 }
 
 impl Strategy {
     /// Every strategy, in the order tables and figures list them.
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Similarity,
         Strategy::Simple,
         Strategy::Reverse,
         Strategy::CosineAll,
         Strategy::Bi,
+        Strategy::LossGreedy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +50,7 @@ impl Strategy {
             Strategy::Reverse => "reverse",
             Strategy::CosineAll => "cosine_all",
             Strategy::Bi => "bi",
+            Strategy::LossGreedy => "loss_greedy",
         }
     }
 
@@ -71,7 +77,7 @@ pub struct Block {
     pub start: usize,
     pub end: usize,
     /// d(x(start), x(start + n)) of a contiguous block; for `bi`, the mean Block Influence of
-    /// the dropped layers.
+    /// the dropped layers; for `loss_greedy`, the calibration loss without them.
     pub d: f64,
     /// The dropped layers when they are not contiguous (empty: [start, end)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -151,20 +157,33 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
             order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
             let mut chosen: Vec<usize> = order[..n].to_vec();
             chosen.sort_unstable();
-            let (start, end) = (chosen[0], chosen[n - 1] + 1);
             let d = chosen.iter().map(|&l| bi[l]).sum::<f64>() / n as f64;
-            let contiguous_run = end - start == n;
-            Block {
-                n,
-                fraction: n as f64 / layers as f64,
-                strategy,
-                start,
-                end,
-                d,
-                layers: if contiguous_run { Vec::new() } else { chosen },
-            }
+            layer_set(n, layers, strategy, chosen, d)
+        }
+        Strategy::LossGreedy => {
+            let greedy = dist.loss_greedy.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "strategy loss_greedy needs the greedy removal: set greedy_samples > 0 in the similarity stage"
+                )
+            })?;
+            layer_set(n, layers, strategy, greedy.first(n)?, greedy.loss[n - 1])
         }
     })
+}
+
+/// A block of any n layers (ascending): [start, end) is their span, `layers` lists them when
+/// they are not contiguous.
+fn layer_set(n: usize, layers: usize, strategy: Strategy, chosen: Vec<usize>, d: f64) -> Block {
+    let (start, end) = (chosen[0], chosen[n - 1] + 1);
+    Block {
+        n,
+        fraction: n as f64 / layers as f64,
+        strategy,
+        start,
+        end,
+        d,
+        layers: if end - start == n { Vec::new() } else { chosen },
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +202,7 @@ mod tests {
             ],
             stderr: vec![vec![0.0; 4], vec![0.0; 3], vec![0.0; 2]],
             all_tokens: None,
+            loss_greedy: None,
         }
     }
 
@@ -235,10 +255,37 @@ mod tests {
         let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             names,
-            ["similarity", "simple", "reverse", "cosine_all", "bi"]
+            [
+                "similarity",
+                "simple",
+                "reverse",
+                "cosine_all",
+                "bi",
+                "loss_greedy"
+            ]
         );
         let parsed: Strategy = serde_json::from_str("\"cosine_all\"").unwrap();
         assert_eq!(parsed, Strategy::CosineAll);
+    }
+
+    #[test]
+    fn loss_greedy_takes_the_first_removals() {
+        let mut d = dist();
+        let e = choose(&d, 1, Strategy::LossGreedy).unwrap_err().to_string();
+        assert!(e.contains("greedy_samples > 0"), "{e}");
+        d.loss_greedy = Some(crate::method::loss_greedy::GreedyRemoval {
+            samples: 2,
+            tokens: 10,
+            base_loss: 1.0,
+            order: vec![2, 0],
+            loss: vec![1.1, 1.5],
+        });
+        let b = choose(&d, 1, Strategy::LossGreedy).unwrap();
+        assert_eq!((b.start, b.end, b.d, b.layers.len()), (2, 3, 1.1, 0));
+        let b = choose(&d, 2, Strategy::LossGreedy).unwrap();
+        assert_eq!((b.start, b.end, b.dropped()), (0, 3, vec![0, 2]));
+        let e = choose(&d, 3, Strategy::LossGreedy).unwrap_err().to_string();
+        assert!(e.contains("raise greedy_steps"), "{e}");
     }
 
     #[test]

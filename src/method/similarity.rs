@@ -11,6 +11,7 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use super::loss_greedy::GreedyRemoval;
 use crate::model::to_f32_vec;
 use crate::model::{Capture, Logits, TokenBatch, Transformer};
 use crate::progress::Progress;
@@ -28,6 +29,10 @@ pub struct Distances {
     /// Over every token, when the similarity stage was asked for them (`all_tokens = true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all_tokens: Option<AllTokenStats>,
+    /// Greedy removal by calibration loss, when the similarity stage was asked for it
+    /// (`greedy_samples > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_greedy: Option<GreedyRemoval>,
 }
 
 /// Mean cosine similarity between boundaries over every real token of every sample.
@@ -192,6 +197,7 @@ impl Accumulator {
             d: mean,
             stderr,
             all_tokens: None,
+            loss_greedy: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod load;
 pub mod lora;
 pub mod nf4_linear;
+pub mod nll;
 pub mod readback;
 pub mod rope;
 pub mod surgery;

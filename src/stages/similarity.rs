@@ -9,6 +9,7 @@ use crate::artifacts::similarity::{write_samples, NUMBERING};
 use crate::artifacts::{LoadRecord, Record, SimilarityRecord};
 use crate::backend::{dispatch, BackendTask};
 use crate::data::text::{load_windows, TextSpec};
+use crate::method::loss_greedy::greedy_removal;
 use crate::method::similarity::{measure, Distances};
 use crate::model::ModelFiles;
 
@@ -23,10 +24,21 @@ pub struct SimilarityParams {
     /// of the canonical parameters when false, so existing keys stay as they were.
     #[serde(default, skip_serializing_if = "is_false")]
     pub all_tokens: bool,
+    /// Greedy removal by calibration loss on the first greedy_samples samples (for the
+    /// loss_greedy strategy); 0 = off. Left out of the canonical parameters when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub greedy_samples: usize,
+    /// Layers removed greedily; 0 = L - 2.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub greedy_steps: usize,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Params for SimilarityParams {
@@ -49,6 +61,15 @@ impl Params for SimilarityParams {
                 message: format!("must be at least 2, got {}", self.seq_len),
             });
         }
+        if self.greedy_samples > self.samples {
+            return Err(ParamError {
+                path: "greedy_samples".into(),
+                message: format!(
+                    "must be at most samples ({}), got {}",
+                    self.samples, self.greedy_samples
+                ),
+            });
+        }
         self.text.validate().map_err(|m| ParamError {
             path: "text.holdout_every".into(),
             message: m,
@@ -67,19 +88,38 @@ pub struct Measure<'a> {
     pub workers: usize,
     /// Accumulate every token's cosines too.
     pub all_tokens: bool,
+    /// Greedy removal by loss on the first `greedy_samples` rows (0 = none), `greedy_steps`
+    /// layers (0 = L - 2).
+    pub greedy_samples: usize,
+    pub greedy_steps: usize,
 }
 
 impl Measure<'_> {
     /// The distances on a built model (rows padded with EOS).
     pub fn on<B: Backend>(&self, model: &crate::model::Transformer<B>) -> Result<Distances> {
-        measure(
+        let mut d = measure(
             model,
             self.rows,
             self.batch,
             self.workers,
             self.files.config.eos_token_id.unwrap_or(0),
             self.all_tokens,
-        )
+        )?;
+        if self.greedy_samples > 0 {
+            let layers = model.num_layers();
+            let steps = match self.greedy_steps {
+                0 => layers.saturating_sub(2).max(1),
+                s => s,
+            };
+            d.loss_greedy = Some(greedy_removal(
+                model,
+                &self.rows[..self.greedy_samples],
+                self.batch,
+                self.workers,
+                steps,
+            )?);
+        }
+        Ok(d)
     }
 }
 
@@ -144,6 +184,8 @@ impl Stage for SimilarityStage {
                 batch: p.batch_size,
                 workers: ctx.workers(),
                 all_tokens: p.all_tokens,
+                greedy_samples: p.greedy_samples,
+                greedy_steps: p.greedy_steps,
             },
         )?;
         let record = SimilarityRecord {
