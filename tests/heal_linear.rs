@@ -35,109 +35,117 @@ fn open(model: &str, cache: &Path) -> ModelFiles {
     .unwrap()
 }
 
-fn block(doc: &serde_json::Value, model: &str) -> (usize, usize, Vec<usize>) {
-    let m = &doc["models"][model];
-    let kept = m["kept"]
+/// A reference case: its model, its blocks [start, end) and the layers the healed model keeps.
+fn case(doc: &serde_json::Value, name: &str) -> (String, Vec<(usize, usize)>, Vec<usize>) {
+    let c = &doc["models"][name];
+    let blocks = c["blocks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
+        .map(|b| {
+            (
+                b["start"].as_u64().unwrap() as usize,
+                b["end"].as_u64().unwrap() as usize,
+            )
+        })
         .collect();
-    (
-        m["start"].as_u64().unwrap() as usize,
-        m["end"].as_u64().unwrap() as usize,
-        kept,
-    )
+    let kept = serde_json::from_value(c["kept"].clone()).unwrap();
+    (c["model"].as_str().unwrap().to_string(), blocks, kept)
 }
 
-fn fit_model(model: &str) {
+fn fit_case(name: &str) {
     let doc = reference_doc();
     let rows: Vec<Vec<u32>> = serde_json::from_value(doc["rows"].clone()).unwrap();
-    let (start, end, _) = block(&doc, model);
+    let (model, blocks, _) = case(&doc, name);
     let cache = common::temp_cache();
-    let files = open(model, cache.path());
+    let files = open(&model, cache.path());
     let net = files.build::<B>(&Default::default(), DType::F32).unwrap();
-    let mut eq = NormalEquations::new(files.config.hidden_size);
+    let mut eqs = vec![NormalEquations::new(files.config.hidden_size); blocks.len()];
     // three right-padded batches of unequal lengths: the sums run over real tokens only
     for chunk in rows.chunks(3) {
-        accumulate(
-            &net,
-            &TokenBatch::right_padded(chunk, 0),
-            start,
-            end,
-            &mut eq,
-        )
-        .unwrap();
+        let batch = TokenBatch::right_padded(chunk, 0);
+        accumulate(&net, &batch, &blocks, &mut eqs).unwrap();
     }
-    let fit = eq.solve().unwrap();
-    let want = doc["models"][model]["tokens"].as_u64().unwrap();
-    assert_eq!(fit.tokens, want, "{model}: calibration tokens");
     let reference =
-        read_reference(&fixtures().join(format!("reference/linear-{model}.safetensors")));
-    let t_ref = &reference["map"].f32;
-    let num: f64 = fit
-        .t
-        .iter()
-        .zip(t_ref)
-        .map(|(a, &b)| (a - b as f64).powi(2))
-        .sum();
-    let den: f64 = t_ref.iter().map(|&b| (b as f64).powi(2)).sum();
-    let e = (num / den).sqrt();
-    eprintln!("{model}: map relative error {e:e}");
-    assert!(e < TOL, "{model}: map relative error {e:e}");
-    for (ours, key) in [
-        (fit.mse_pruned, "mse_pruned"),
-        (fit.mse_fitted, "mse_fitted"),
-    ] {
-        let r = doc["models"][model][key].as_f64().unwrap();
-        assert!((ours - r).abs() <= TOL * r, "{model}: {key} {ours} vs {r}");
+        read_reference(&fixtures().join(format!("reference/linear-{name}.safetensors")));
+    for (k, (&(start, end), eq)) in blocks.iter().zip(&eqs).enumerate() {
+        let fit = eq.solve().unwrap();
+        let want = &doc["models"][name]["blocks"][k];
+        assert_eq!(
+            fit.tokens,
+            want["tokens"].as_u64().unwrap(),
+            "{name}: tokens"
+        );
+        let t_ref = &reference[&format!("map.{}", start - 1)].f32;
+        let num: f64 = fit
+            .t
+            .iter()
+            .zip(t_ref)
+            .map(|(a, &b)| (a - b as f64).powi(2))
+            .sum();
+        let den: f64 = t_ref.iter().map(|&b| (b as f64).powi(2)).sum();
+        let e = (num / den).sqrt();
+        eprintln!("{name} [{start}, {end}): map relative error {e:e}");
+        assert!(e < TOL, "{name} [{start}, {end}): map relative error {e:e}");
+        for (ours, key) in [
+            (fit.mse_pruned, "mse_pruned"),
+            (fit.mse_fitted, "mse_fitted"),
+        ] {
+            let r = want[key].as_f64().unwrap();
+            assert!((ours - r).abs() <= TOL * r, "{name}: {key} {ours} vs {r}");
+        }
+        assert!(fit.mse_fitted < fit.mse_pruned);
     }
-    assert!(fit.mse_fitted < fit.mse_pruned);
 }
 
 #[test]
 fn fitted_map_matches_numpy_least_squares_llama() {
-    fit_model("tiny-llama");
+    fit_case("tiny-llama");
 }
 
 #[test]
 fn fitted_map_matches_numpy_least_squares_phi_parallel_block_with_bias() {
-    fit_model("tiny-phi");
+    fit_case("tiny-phi");
 }
 
-/// The reference map folded by our code (and read back through the replaced-tensor overlay)
-/// gives the logits of the model PyTorch folded by hand.
-fn fold_model(model: &str) {
+#[test]
+fn two_blocks_fitted_in_one_pass_match_numpy() {
+    fit_case("tiny-llama-two-blocks");
+}
+
+/// The reference maps folded by our code (and read back through the replaced-tensor overlay)
+/// give the logits of the model PyTorch folded by hand.
+fn fold_case(name: &str) {
     let doc = reference_doc();
-    let (start, _, kept) = block(&doc, model);
+    let (model, blocks, kept) = case(&doc, name);
     let cache = common::temp_cache();
-    let files = open(model, cache.path());
+    let files = open(&model, cache.path());
     let reference =
-        read_reference(&fixtures().join(format!("reference/linear-{model}.safetensors")));
+        read_reference(&fixtures().join(format!("reference/linear-{name}.safetensors")));
     let d = files.config.hidden_size;
-    let fit = LinearFit {
-        dim: d,
-        t: reference["map"].f32.iter().map(|&x| x as f64).collect(),
-        tokens: 0,
-        mse_pruned: 0.0,
-        mse_fitted: 0.0,
-    };
     let layout = files.config.architecture.layout();
     let spec = layout.projection(Projection::Down).unwrap();
     let mut tensors = Vec::new();
-    let w = layout.projection_tensor(start - 1, spec, "weight");
-    tensors.push((
-        w.clone(),
-        fit.fold_weight(&files.store.get(&w, &files.config).unwrap())
-            .unwrap(),
-    ));
-    if Projection::Down.has_bias(&files.config) {
-        let b = layout.projection_tensor(start - 1, spec, "bias");
-        tensors.push((
-            b.clone(),
-            fit.fold_bias(&files.store.get(&b, &files.config).unwrap())
-                .unwrap(),
-        ));
+    for &(start, _) in &blocks {
+        let fit = LinearFit {
+            dim: d,
+            t: reference[&format!("map.{}", start - 1)]
+                .f32
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+            tokens: 0,
+            mse_pruned: 0.0,
+            mse_fitted: 0.0,
+        };
+        let w = layout.projection_tensor(start - 1, spec, "weight");
+        let folded = fit.fold_weight(&files.store.get(&w, &files.config).unwrap());
+        tensors.push((w, folded.unwrap()));
+        if Projection::Down.has_bias(&files.config) {
+            let b = layout.projection_tensor(start - 1, spec, "bias");
+            let folded = fit.fold_bias(&files.store.get(&b, &files.config).unwrap());
+            tensors.push((b, folded.unwrap()));
+        }
     }
     let tmp = tempfile::tempdir().unwrap();
     write_f32(&tmp.path().join("model.safetensors"), &tensors).unwrap();
@@ -172,21 +180,26 @@ fn fold_model(model: &str) {
             .collect()
     };
     let e = rel_err(&pick(&logits), &pick(&reference["logits"].f32));
-    eprintln!("{model}: healed logits relative error {e:e}");
+    eprintln!("{name}: healed logits relative error {e:e}");
     assert!(
         (e as f64) < TOL,
-        "{model}: healed logits relative error {e:e}"
+        "{name}: healed logits relative error {e:e}"
     );
 }
 
 #[test]
 fn folded_map_gives_the_reference_healed_logits_llama() {
-    fold_model("tiny-llama");
+    fold_case("tiny-llama");
 }
 
 #[test]
 fn folded_map_gives_the_reference_healed_logits_phi() {
-    fold_model("tiny-phi");
+    fold_case("tiny-phi");
+}
+
+#[test]
+fn two_folded_maps_give_the_reference_healed_logits() {
+    fold_case("tiny-llama-two-blocks");
 }
 
 #[test]
@@ -197,20 +210,26 @@ fn blocks_without_a_place_for_the_map_are_refused() {
     let llama = open("tiny-llama", cache.path())
         .build::<B>(&Default::default(), DType::F32)
         .unwrap();
-    let mut eq = NormalEquations::new(64);
-    let e = accumulate(&llama, &batch, 0, 2, &mut eq)
+    let mut eq = vec![NormalEquations::new(64)];
+    let e = accumulate(&llama, &batch, &[(0, 2)], &mut eq)
         .unwrap_err()
         .to_string();
     assert!(e.contains("layer 0"), "{e}");
+    // blocks must be separated by a kept layer that holds the second map
+    let mut two = vec![NormalEquations::new(64), NormalEquations::new(64)];
+    let e = accumulate(&llama, &batch, &[(1, 2), (2, 3)], &mut two)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("separated by a kept layer"), "{e}");
     // Gemma-3 normalises the MLP output before the residual add
     let gemma = open("tiny-gemma3", cache.path())
         .build::<B>(&Default::default(), DType::F32)
         .unwrap();
-    let e = accumulate(&gemma, &batch, 2, 3, &mut eq)
+    let e = accumulate(&gemma, &batch, &[(2, 3)], &mut eq)
         .unwrap_err()
         .to_string();
     assert!(e.contains("norm before the residual add"), "{e}");
-    assert_eq!(eq.tokens, 0, "nothing was accumulated");
+    assert_eq!(eq[0].tokens, 0, "nothing was accumulated");
 }
 
 fn pipeline(dir: &Path) -> String {
@@ -283,20 +302,23 @@ fn heal_linear_stage_in_a_pipeline() {
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(art.join("heal-linear.json")).unwrap())
             .unwrap();
+    let blocks = rec["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 1);
+    let block = &blocks[0];
     assert_eq!(
-        (rec["start"].as_u64(), rec["end"].as_u64()),
+        (block["start"].as_u64(), block["end"].as_u64()),
         (Some(2), Some(3))
     );
-    assert_eq!(rec["folded_layer"], 1);
+    assert_eq!(block["folded_layer"], 1);
     assert_eq!(
         rec["replaced"],
         serde_json::json!(["model.layers.1.mlp.down_proj.weight"])
     );
-    assert_eq!(rec["tokens"], 12 * 32);
-    assert!(rec["mse_fitted"].as_f64().unwrap() < rec["mse_pruned"].as_f64().unwrap());
+    assert_eq!(block["tokens"], 12 * 32);
+    assert!(block["mse_fitted"].as_f64().unwrap() < block["mse_pruned"].as_f64().unwrap());
     assert_eq!(rec["variant"]["variant"], "healed-linear");
     let map = read_reference(&art.join("map.safetensors"));
-    assert_eq!(map["linear_map"].shape, vec![64, 64]);
+    assert_eq!(map["linear_map.1"].shape, vec![64, 64]);
 
     // the merged export (our loader) and the overlay give the same model
     let cache = common::temp_cache();

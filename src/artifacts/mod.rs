@@ -14,6 +14,7 @@
 //! | eval-qa | `EvalRecord` | scores.json (+ prompts.json) |
 //! | eval-loss | `LossRecord` | loss.json |
 
+pub mod comparison;
 pub mod eval;
 pub mod eval_table;
 pub mod heal;

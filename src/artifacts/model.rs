@@ -163,7 +163,7 @@ impl ModelRef {
         let mut replaced_layers = Vec::new();
         if let ModelArtifact::LinearHealed(r) = &artifact {
             files = files.with_replaced(&replaced_dir(&input.dir))?;
-            replaced_layers.push(r.folded_layer);
+            replaced_layers.extend(r.blocks.iter().map(|b| b.folded_layer));
         }
         Ok(Self {
             files,

@@ -6,7 +6,9 @@
 //! the healed model has exactly the pruned model's parameters.
 //!
 //! The normal equations (M^T M) T = M^T Z are accumulated in f64 over every real token, from
-//! the f32 states of the model, and solved by Cholesky. ReplaceMe's cosine-distance objective
+//! the f32 states of the model, and solved by Cholesky. A selection of several separate runs of
+//! layers (ShortGPT's, the greedy one's) gets one map per run, each fitted on the unpruned
+//! model's states in the same pass. ReplaceMe's cosine-distance objective
 //! has no closed form (the authors fit it with Adam); it is not offered here.
 
 use anyhow::{bail, Context, Result};
@@ -140,43 +142,77 @@ impl LinearFit {
     }
 }
 
-/// Accumulate the normal equations of the block [start, end) (indices of the model as built,
-/// all layers) over the real tokens of `batch`: m = MLP output of layer start - 1, z = x(end) -
-/// y, y = that layer's residual before its MLP joins it.
+/// The maximal contiguous runs [start, end) of a sorted list of dropped layers.
+pub fn contiguous_runs(dropped: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &l in dropped {
+        match runs.last_mut() {
+            Some((_, end)) if *end == l => *end += 1,
+            _ => runs.push((l, l + 1)),
+        }
+    }
+    runs
+}
+
+/// Accumulate, in one pass of the unpruned model over the real tokens of `batch`, the normal
+/// equations of each dropped block [start, end) of `blocks` (ascending, disjoint, separated by
+/// kept layers; indices of the model as built, which must hold layers 0..the last end): m = MLP
+/// output of layer start - 1, z = x(end) - y, y = that layer's residual before its MLP joins it.
 pub fn accumulate<B: Backend>(
     model: &Transformer<B>,
     batch: &TokenBatch,
-    start: usize,
-    end: usize,
-    eq: &mut NormalEquations,
+    blocks: &[(usize, usize)],
+    eqs: &mut [NormalEquations],
 ) -> Result<()> {
-    if start == 0 {
-        bail!("the block starts at layer 0: there is no kept layer before it to fold a map into");
-    }
-    if end > model.num_layers() || start >= end {
-        bail!(
-            "block [{start}, {end}) is not inside the model's {} layers",
-            model.num_layers()
-        );
+    assert_eq!(blocks.len(), eqs.len(), "one set of equations per block");
+    let mut prev_end = 0;
+    for &(start, end) in blocks {
+        if start == 0 {
+            bail!("the block [0, {end}) starts at layer 0: there is no kept layer before it to fold a map into");
+        }
+        if start >= end || end > model.num_layers() || start <= prev_end {
+            bail!(
+                "block [{start}, {end}) is not a block of the model's {} layers after the previous one (blocks must be ascending and separated by a kept layer)",
+                model.num_layers()
+            );
+        }
+        prev_end = end;
     }
     let ids = batch.to_tensor::<B>(&model.device);
-    let x = model.run_layers(model.embed(ids), 0, start - 1); // x(start - 1) [b, t, d]
+    let mut x = model.embed(ids); // x(0) [b, t, d]
     let [b, t, d] = x.dims();
     let rope = model.rope_for(b, t);
-    let layer = &model.layers[start - 1];
-    let (y, m) = layer.forward_parts(x, &model.config, &rope).with_context(|| {
-        format!(
-            "{:?} layers pass the MLP output through a norm before the residual add: a linear map cannot be folded into the output projection",
-            model.config.architecture
-        )
-    })?;
-    let x_end = model.run_layers(y.clone() + m.clone(), start, end); // x(end)
-    let z: Tensor<B, 3> = x_end - y;
-    let m = to_f32_vec(m)?; // [b, t, d]
-    let z = to_f32_vec(z)?;
-    for (row, &len) in batch.lengths.iter().enumerate() {
-        let range = row * t * d..(row * t + len) * d;
-        eq.add(&m[range.clone()], &z[range], len);
+    let last = blocks.last().map(|b| b.1).unwrap_or(0);
+    // (y, m) of the block whose end is still ahead
+    let mut open: Option<(usize, Tensor<B, 3>, Tensor<B, 3>)> = None;
+    for l in 0..=last {
+        if let Some((k, y, m)) = open.take_if(|(k, _, _)| blocks[*k].1 == l) {
+            let z = x.clone() - y; // x(end) - y
+            let m = to_f32_vec(m)?; // [b, t, d]
+            let z = to_f32_vec(z)?;
+            for (row, &len) in batch.lengths.iter().enumerate() {
+                let range = row * t * d..(row * t + len) * d;
+                eqs[k].add(&m[range.clone()], &z[range], len);
+            }
+        }
+        if l == last {
+            break;
+        }
+        let layer = &model.layers[l];
+        x = match blocks.iter().position(|&(start, _)| start == l + 1) {
+            Some(k) => {
+                let (y, m) = layer.forward_parts(x, &model.config, &rope).with_context(|| {
+                    format!(
+                        "{:?} layers pass the MLP output through a norm before the residual add: a linear map cannot be folded into the output projection",
+                        model.config.architecture
+                    )
+                })?;
+                let next = y.clone() + m.clone();
+                open = Some((k, y, m));
+                next
+            }
+            None => layer.forward(x, &model.config, &rope),
+        };
     }
     Ok(())
 }
@@ -226,6 +262,13 @@ mod tests {
             let want: f64 = (0..d).map(|k| t0[k * d + o] * b.data[k] as f64).sum();
             assert!((fb.data[o] as f64 - want).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn runs_of_dropped_layers() {
+        assert_eq!(contiguous_runs(&[2, 3, 5, 7, 8]), [(2, 4), (5, 6), (7, 9)]);
+        assert_eq!(contiguous_runs(&[1]), [(1, 2)]);
+        assert!(contiguous_runs(&[]).is_empty());
     }
 
     #[test]

@@ -2,19 +2,20 @@
 //! place of the dropped block, folded into the last kept layer's MLP output projection
 //! (ReplaceMe).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::heal::MERGED_DIR;
-use crate::artifacts::heal_linear::{replaced_dir, MAP_FILE, MAP_TENSOR};
+use crate::artifacts::heal_linear::{map_tensor, replaced_dir, LinearBlock, MAP_FILE};
 use crate::artifacts::{LinearHealRecord, ModelArtifact, ModelRef, Record};
 use crate::backend::{dispatch, BackendTask};
 use crate::data::text::{load_windows, TextSpec};
 use crate::formats::host_tensor::HostTensor;
 use crate::formats::safetensors_dir::write_f32;
-use crate::heal::linear_map::{accumulate, LinearFit, NormalEquations};
+use crate::heal::linear_map::{accumulate, contiguous_runs, LinearFit, NormalEquations};
+use crate::model::architecture::NormRole;
 use crate::model::{Projection, TokenBatch};
 use crate::progress::Progress;
 
@@ -57,28 +58,28 @@ struct Fit<'a> {
     model: &'a ModelRef,
     windows: &'a [Vec<u32>],
     batch: usize,
-    start: usize,
-    end: usize,
+    blocks: &'a [(usize, usize)],
 }
 
 impl BackendTask for Fit<'_> {
-    type Output = NormalEquations;
-    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<NormalEquations> {
-        // only the layers up to the block's end are needed
-        let through: Vec<usize> = (0..self.end).collect();
+    type Output = Vec<NormalEquations>;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Vec<NormalEquations>> {
+        // only the layers up to the last block's end are needed
+        let last = self.blocks.last().map(|b| b.1).unwrap_or(0);
+        let through: Vec<usize> = (0..last).collect();
         let model = self
             .model
             .files
             .build_with_layers::<B>(&device, dtype, &through)?;
-        let mut eq = NormalEquations::new(model.config.hidden_size);
+        let mut eqs = vec![NormalEquations::new(model.config.hidden_size); self.blocks.len()];
         let mut progress = Progress::new(self.windows.len() as u64, "heal-linear");
         for chunk in self.windows.chunks(self.batch) {
             let batch = TokenBatch::right_padded(chunk, 0);
-            accumulate(&model, &batch, self.start, self.end, &mut eq)?;
+            accumulate(&model, &batch, self.blocks, &mut eqs)?;
             progress.inc(chunk.len() as u64);
         }
         progress.finish();
-        Ok(eq)
+        Ok(eqs)
     }
 }
 
@@ -119,22 +120,22 @@ impl Stage for LinearHealStage {
                 ctx.stage
             );
         };
-        let (start, end) = (pruned.start, pruned.end);
-        if pruned.dropped != (start..end).collect::<Vec<_>>() {
+        let blocks = contiguous_runs(&pruned.dropped);
+        if let Some(&(0, end)) = blocks.first() {
             bail!(
-                "stage {}: heal-linear replaces one contiguous block, but the selection drops layers {:?}",
-                ctx.stage,
-                pruned.dropped
-            );
-        }
-        if start == 0 {
-            bail!(
-                "stage {}: the block [0, {end}) starts at layer 0, so no kept layer precedes it to hold the map",
+                "stage {}: the dropped block [0, {end}) starts at layer 0, so no kept layer precedes it to hold a map",
                 ctx.stage
             );
         }
         let model = ModelRef::open(input, &ctx.cache_root)?;
         let cfg = &model.files.config;
+        if cfg.architecture.layout().norm(NormRole::MlpOut).is_some() {
+            bail!(
+                "stage {}: {:?} layers normalise the MLP output before the residual add, so a linear map cannot be folded into the MLP output projection",
+                ctx.stage,
+                cfg.architecture
+            );
+        }
         super::check_context(&ctx.stage, "seq_len", p.seq_len, cfg)?;
         let text = ctx.source("text.source")?;
         let windows = load_windows(
@@ -145,44 +146,56 @@ impl Stage for LinearHealStage {
             Some(p.windows),
         )?;
         let began = std::time::Instant::now();
-        let eq = dispatch(
+        let eqs = dispatch(
             ctx.backend,
             ctx.precision,
             Fit {
                 model: &model,
                 windows: &windows,
                 batch: p.batch_size,
-                start,
-                end,
+                blocks: &blocks,
             },
         )?;
-        let fit = eq.solve()?;
-        tracing::info!(
-            "heal-linear: block [{start}, {end}) fitted on {} tokens; stream error at the cut {:.4e} -> {:.4e} per token",
-            fit.tokens,
-            fit.mse_pruned,
-            fit.mse_fitted
-        );
-        let replaced = folded_tensors(&model, start - 1, &fit)?;
+        let mut replaced = Vec::new();
+        let mut maps = Vec::new();
+        let mut fitted = Vec::new();
+        for (&(start, end), eq) in blocks.iter().zip(&eqs) {
+            let fit = eq
+                .solve()
+                .with_context(|| format!("fitting the map of the block [{start}, {end})"))?;
+            tracing::info!(
+                "heal-linear: block [{start}, {end}) fitted on {} tokens; stream error at the cut {:.4e} -> {:.4e} per token",
+                fit.tokens,
+                fit.mse_pruned,
+                fit.mse_fitted
+            );
+            replaced.extend(folded_tensors(&model, start - 1, &fit)?);
+            let d = fit.dim;
+            maps.push((
+                map_tensor(start - 1),
+                HostTensor::new(vec![d, d], fit.t.iter().map(|&x| x as f32).collect())?,
+            ));
+            fitted.push(LinearBlock {
+                start,
+                end,
+                folded_layer: start - 1,
+                tokens: fit.tokens,
+                mse_pruned: fit.mse_pruned,
+                mse_fitted: fit.mse_fitted,
+            });
+        }
         let dir = replaced_dir(&ctx.out_dir);
         std::fs::create_dir_all(&dir)?;
         write_f32(&dir.join("model.safetensors"), &replaced)?;
-        let d = fit.dim;
-        let t = HostTensor::new(vec![d, d], fit.t.iter().map(|&x| x as f32).collect())?;
-        write_f32(&ctx.out(MAP_FILE), &[(MAP_TENSOR.to_string(), t)])?;
+        write_f32(&ctx.out(MAP_FILE), &maps)?;
         let record = LinearHealRecord {
             base: pruned.base.clone(),
             kept: pruned.kept.clone(),
             variant: model.variant.healed_linear(),
-            start,
-            end,
-            folded_layer: start - 1,
+            blocks: fitted,
             replaced: replaced.iter().map(|(n, _)| n.clone()).collect(),
             windows: windows.len(),
             seq_len: p.seq_len,
-            tokens: fit.tokens,
-            mse_pruned: fit.mse_pruned,
-            mse_fitted: fit.mse_fitted,
             seconds: began.elapsed().as_secs_f64(),
         };
         record.write(&ctx.out_dir)?;
@@ -191,8 +204,8 @@ impl Stage for LinearHealStage {
             let meta = serde_json::json!({
                 "kept_layers": pruned.kept,
                 "dropped_layers": pruned.dropped,
-                "healed": "linear map folded into layer start-1's MLP output projection (ReplaceMe)",
-                "folded_layer": start - 1,
+                "healed": "one linear map per dropped block, folded into the MLP output projection of the layer before it (ReplaceMe)",
+                "folded_layers": record.blocks.iter().map(|b| b.folded_layer).collect::<Vec<_>>(),
             });
             crate::model::export::export_hf(
                 &healed,

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use crate::artifacts::comparison::{self, ComparisonRow};
 use crate::artifacts::eval_table::{self, EvalTableRow};
 use crate::artifacts::similarity::samples_path;
 use crate::artifacts::{
@@ -50,7 +51,8 @@ impl Stage for ReportStage {
     }
     fn version(&self) -> u32 {
         // 2: one shared legend strip, healed points marked by squares
-        2
+        // 3: comparison.csv and fig_comparison_retained (retained % per strategy and healing)
+        3
     }
     fn description(&self) -> &'static str {
         "CSV tables and the paper's figures of a sweep, published to results/<pipeline>/"
@@ -224,7 +226,133 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
             &format!("{title}: metrics against the fraction of layers dropped"),
         )?;
     }
-    write_eval_summary(summary, &rows)
+    write_eval_summary(summary, &rows)?;
+    let compared = comparison::compare(&rows);
+    if !compared.is_empty() {
+        comparison::write(&ctx.out(comparison::FILE), &compared)?;
+        crate::report::figures::fraction_figure(
+            &ctx.out_dir,
+            "fig_comparison_retained",
+            &comparison_panels(&compared),
+            &format!("{title}: score retained, % of the unpruned model"),
+        )?;
+        write_comparison_summary(summary, &compared)?;
+    }
+    Ok(())
+}
+
+/// Retained % against the fraction dropped: the mean over tasks, then the loss (base / loss);
+/// a curve per strategy and healing method (not healed: dashed).
+pub fn comparison_panels(rows: &[ComparisonRow]) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for (task, title) in [
+        (comparison::AVERAGE, "score retained (mean over tasks)"),
+        ("loss", "loss retained (base loss / loss)"),
+    ] {
+        let mut curves = Vec::new();
+        for strategy in Strategy::ALL {
+            for (heal, series) in [
+                ("none", strategy.index()),
+                ("lora", strategy.index()),
+                ("linear", Strategy::ALL.len() + strategy.index()),
+            ] {
+                let mut pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.task == task && r.strategy == strategy.as_str() && r.heal == heal)
+                    .map(|r| (r.fraction, r.retained_pct))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                pts.insert(0, (0.0, 100.0));
+                curves.push(Curve {
+                    label: format!("{strategy}, heal: {heal}"),
+                    series,
+                    dashed: heal == "none",
+                    points: pts,
+                });
+            }
+        }
+        if !curves.is_empty() {
+            panels.push(Panel {
+                title: title.into(),
+                y_label: "% of unpruned".into(),
+                curves,
+                baseline: Some(100.0),
+                reference: None,
+            });
+        }
+    }
+    panels
+}
+
+/// The comparison section of summary.md: one table per fraction, a row per strategy and
+/// healing method, each task's retained % (+- standard error), their mean and the loss's.
+fn write_comparison_summary(summary: &mut String, rows: &[ComparisonRow]) -> Result<()> {
+    writeln!(
+        summary,
+        "## Method comparison\n\n\
+         - comparison.csv: each task's headline score (acc_norm where the harness reports it, else acc) \
+         as a percentage of the unpruned model's, their mean over tasks, and the held-out loss as \
+         base loss / loss; standard error 100 * stderr / base (the mean: sqrt(sum of squares) / tasks)\n\
+         - fig_comparison_retained.svg/.png: retained % against the fraction dropped\n"
+    )?;
+    let mut tasks: Vec<String> = rows
+        .iter()
+        .filter(|r| r.task != comparison::AVERAGE && r.task != "loss")
+        .map(|r| r.task.clone())
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    let mut fractions: Vec<f64> = rows.iter().map(|r| r.fraction).collect();
+    fractions.dedup();
+    for f in fractions {
+        let sel: Vec<&ComparisonRow> = rows.iter().filter(|r| r.fraction == f).collect();
+        let n = sel.first().map(|r| r.n_dropped).unwrap_or(0);
+        writeln!(
+            summary,
+            "### {:.0}% of layers dropped (n = {n})\n",
+            100.0 * f
+        )?;
+        let mut header = String::from("| strategy | heal |");
+        let mut rule = String::from("|---|---|");
+        for t in tasks
+            .iter()
+            .map(String::as_str)
+            .chain([comparison::AVERAGE, "loss"])
+        {
+            header.push_str(&format!(" {t} |"));
+            rule.push_str("---|");
+        }
+        writeln!(summary, "{header}\n{rule}")?;
+        let mut models: Vec<(&str, &str)> = sel
+            .iter()
+            .map(|r| (r.strategy.as_str(), r.heal.as_str()))
+            .collect();
+        models.dedup();
+        for (strategy, heal) in models {
+            let mut line = format!("| {strategy} | {heal} |");
+            for t in tasks
+                .iter()
+                .map(String::as_str)
+                .chain([comparison::AVERAGE, "loss"])
+            {
+                match sel
+                    .iter()
+                    .find(|r| r.strategy == strategy && r.heal == heal && r.task == t)
+                {
+                    Some(r) => line.push_str(&format!(
+                        " {:.1} +- {:.1} |",
+                        r.retained_pct, r.retained_stderr
+                    )),
+                    None => line.push_str(" - |"),
+                }
+            }
+            writeln!(summary, "{line}")?;
+        }
+        writeln!(summary)?;
+    }
+    Ok(())
 }
 
 /// One row per (model, task, metric) of the evaluation artifacts, sorted for the table; every
