@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval_table::EvalTableRow;
 use crate::data::tasks::TaskName;
+use crate::method::selection::Strategy;
 
 pub const FILE: &str = "comparison.csv";
 /// The task name of the mean over tasks.
@@ -58,7 +59,7 @@ pub fn headline_metric(task: &str) -> Option<&'static str> {
 }
 
 /// Every pruned model's retained percentages, task by task then the average, sorted by
-/// fraction, strategy and healing method.
+/// fraction, strategy (in `Strategy::ALL`'s order) and healing method.
 pub fn compare(rows: &[EvalTableRow]) -> Vec<ComparisonRow> {
     let is_headline = |r: &EvalTableRow| {
         headline_metric(&r.task) == Some(r.metric.as_str())
@@ -106,7 +107,7 @@ pub fn compare(rows: &[EvalTableRow]) -> Vec<ComparisonRow> {
             .collect();
         m.sort_by(|a, b| {
             a.2.total_cmp(&b.2)
-                .then(a.0.cmp(&b.0))
+                .then(strategy_rank(&a.0).cmp(&strategy_rank(&b.0)))
                 .then(heal_rank(&a.1).cmp(&heal_rank(&b.1)))
         });
         m.dedup();
@@ -153,13 +154,21 @@ pub fn compare(rows: &[EvalTableRow]) -> Vec<ComparisonRow> {
     out.sort_by(|a, b| {
         a.fraction
             .total_cmp(&b.fraction)
-            .then(a.strategy.cmp(&b.strategy))
+            .then(strategy_rank(&a.strategy).cmp(&strategy_rank(&b.strategy)))
             .then(heal_rank(&a.heal).cmp(&heal_rank(&b.heal)))
             .then(task_rank(&a.task).cmp(&task_rank(&b.task)))
             .then(a.task.cmp(&b.task))
             .then(a.shots.cmp(&b.shots))
     });
     out
+}
+
+/// Strategies in the order of `Strategy::ALL`.
+fn strategy_rank(s: &str) -> usize {
+    Strategy::ALL
+        .iter()
+        .position(|x| x.as_str() == s)
+        .unwrap_or(Strategy::ALL.len())
 }
 
 fn heal_rank(h: &str) -> usize {

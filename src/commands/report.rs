@@ -15,7 +15,7 @@ use anyhow::Result;
 use super::pipeline_cmds::report_error;
 use crate::artifacts::eval_table::{self, EvalTableRow};
 use crate::pipeline;
-use crate::report::figures::{fraction_figure, trend_figure, Curve, Panel};
+use crate::report::figures::{fraction_figure, trend_figure, Curve, Marker, Panel};
 use crate::runner::{exit, history};
 use crate::stages::report::fraction_panels;
 
@@ -158,10 +158,12 @@ pub fn history_report(file: &Path, sets: &[String]) -> Result<u8> {
                 .enumerate()
                 .filter_map(|(k, v)| v.map(|v| ((k + 1) as f64, v)))
                 .collect();
+            let dashed = !model.ends_with("healed") && model != "unpruned";
             curves.push(Curve {
                 label: model.clone(),
                 series: i,
-                dashed: !model.ends_with("healed") && model != "unpruned",
+                dashed,
+                marker: Marker::of(dashed),
                 points,
             });
         }

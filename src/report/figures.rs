@@ -257,7 +257,50 @@ pub struct Curve {
     pub series: usize,
     /// Dashed curves are drawn thinner, for unhealed models next to healed ones.
     pub dashed: bool,
+    /// The marker at each point (e.g. the healing method's).
+    pub marker: Marker,
     pub points: Vec<(f64, f64)>,
+}
+
+/// Point markers: small circles (unhealed), squares (healed), triangles (healed otherwise,
+/// e.g. by a linear map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Circle,
+    Square,
+    Triangle,
+}
+
+impl Marker {
+    /// The marker of an unhealed (dashed) or healed curve.
+    pub fn of(dashed: bool) -> Self {
+        if dashed {
+            Self::Circle
+        } else {
+            Self::Square
+        }
+    }
+}
+
+/// Draw `marker` centred at pixel (x, y) of `area` (the legend).
+fn marker_element<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    marker: Marker,
+    (x, y): (i32, i32),
+    color: RGBColor,
+) -> Result<()> {
+    match marker {
+        Marker::Circle => area.draw(&Circle::new((x, y), 3, color.filled())),
+        Marker::Square => area.draw(&Rectangle::new(
+            [(x - 4, y - 4), (x + 4, y + 4)],
+            color.filled(),
+        )),
+        Marker::Triangle => area.draw(&Polygon::new(
+            vec![(x, y - 5), (x - 5, y + 4), (x + 5, y + 4)],
+            color.filled(),
+        )),
+    }
+    .map_err(err)
 }
 
 /// One panel: a metric against the fraction of layers dropped, with the unpruned baseline (red,
@@ -353,25 +396,21 @@ fn draw_panel<DB: DrawingBackend>(
                 ))
                 .map_err(err)?;
         }
-        // solid curves (healed) get larger square markers, dashed ones small circles; the
-        // first point of a curve is the unpruned model, drawn by the baseline already
+        // each point gets the curve's marker (healed: squares or triangles, unhealed: small
+        // circles)
+        let color = series_color(c.series);
         for &q in &c.points {
-            if c.dashed {
-                chart
-                    .draw_series(std::iter::once(Circle::new(
-                        q,
-                        3,
-                        series_color(c.series).filled(),
-                    )))
-                    .map_err(err)?;
-            } else {
-                chart
-                    .draw_series(std::iter::once(
-                        EmptyElement::at(q)
-                            + Rectangle::new([(-4, -4), (4, 4)], series_color(c.series).filled()),
-                    ))
-                    .map_err(err)?;
+            let fill = color.filled();
+            match c.marker {
+                Marker::Circle => chart.draw_series(std::iter::once(Circle::new(q, 3, fill))),
+                Marker::Square => chart.draw_series(std::iter::once(
+                    EmptyElement::at(q) + Rectangle::new([(-4, -4), (4, 4)], fill),
+                )),
+                Marker::Triangle => chart.draw_series(std::iter::once(
+                    EmptyElement::at(q) + Polygon::new(vec![(0, -5), (-5, 4), (5, 4)], fill),
+                )),
             }
+            .map_err(err)?;
         }
     }
     Ok(())
@@ -384,18 +423,21 @@ struct LegendEntry {
     label: String,
     color: RGBColor,
     dashed: bool,
-    marker: bool,
+    marker: Option<Marker>,
 }
 
-/// The figure's one legend, in a strip under the panels, so that it never hides data.
-fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<()> {
+/// Height of one legend row, in pixels.
+const LEGEND_ROW: i32 = 22;
+
+/// The legend's entries: the reference lines, then each distinct curve label.
+fn legend_entries(panels: &[Panel]) -> Vec<LegendEntry> {
     let mut entries: Vec<LegendEntry> = Vec::new();
     if panels.iter().any(|p| p.baseline.is_some()) {
         entries.push(LegendEntry {
             label: "unpruned".into(),
             color: RED,
             dashed: true,
-            marker: false,
+            marker: None,
         });
     }
     if panels.iter().any(|p| p.reference.is_some()) {
@@ -403,7 +445,7 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
             label: "chance (normalised loss: 1)".into(),
             color: GRAY,
             dashed: true,
-            marker: false,
+            marker: None,
         });
     }
     for c in panels.iter().flat_map(|p| &p.curves) {
@@ -412,29 +454,45 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
                 label: c.label.clone(),
                 color: series_color(c.series),
                 dashed: c.dashed,
-                marker: true,
+                marker: Some(c.marker),
             });
         }
     }
-    let (w, h) = area.dim_in_pixel();
-    let y = h as i32 / 2;
-    // each entry as wide as its label (about 7 px a character at 13 px), squeezed evenly when
-    // they do not fit
-    let widths: Vec<i32> = entries
-        .iter()
-        .map(|e| 48 + 7 * e.label.chars().count() as i32)
-        .collect();
-    let total: i32 = widths.iter().sum();
-    let scale = if total > w as i32 - 20 {
-        (w as i32 - 20) as f64 / total as f64
-    } else {
-        1.0
-    };
-    let mut x = 10;
-    for (i, e) in entries.iter().enumerate() {
-        if i > 0 {
-            x += (widths[i - 1] as f64 * scale) as i32;
+    entries
+}
+
+/// Each entry's (row, x) in a legend `width` pixels wide: as wide as its label (about 7 px a
+/// character at 13 px), wrapped onto a new row when the row is full.
+fn legend_layout(entries: &[LegendEntry], width: u32) -> Vec<(i32, i32)> {
+    let mut out = Vec::with_capacity(entries.len());
+    let (mut row, mut x) = (0, 10);
+    for e in entries {
+        let w = 48 + 7 * e.label.chars().count() as i32;
+        if x > 10 && x + w > width as i32 - 10 {
+            row += 1;
+            x = 10;
         }
+        out.push((row, x));
+        x += w;
+    }
+    out
+}
+
+/// The legend strip's height for `panels` in a figure `width` pixels wide.
+fn legend_height(panels: &[Panel], width: u32) -> u32 {
+    let rows = legend_layout(&legend_entries(panels), width)
+        .last()
+        .map(|(r, _)| r + 1)
+        .unwrap_or(1);
+    (14 + LEGEND_ROW * rows) as u32
+}
+
+/// The figure's one legend, in a strip under the panels, so that it never hides data.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<()> {
+    let entries = legend_entries(panels);
+    let (w, _) = area.dim_in_pixel();
+    for (e, (row, x)) in entries.iter().zip(legend_layout(&entries, w)) {
+        let y = 7 + LEGEND_ROW / 2 + row * LEGEND_ROW;
         let style = e.color.stroke_width(if e.dashed { 1 } else { 2 });
         if e.dashed {
             for k in 0..3 {
@@ -448,17 +506,8 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
             area.draw(&PathElement::new(vec![(x, y), (x + 26, y)], style))
                 .map_err(err)?;
         }
-        if e.marker {
-            if e.dashed {
-                area.draw(&Circle::new((x + 13, y), 3, e.color.filled()))
-                    .map_err(err)?;
-            } else {
-                area.draw(&Rectangle::new(
-                    [(x + 9, y - 4), (x + 17, y + 4)],
-                    e.color.filled(),
-                ))
-                .map_err(err)?;
-            }
+        if let Some(m) = e.marker {
+            marker_element(area, m, (x + 13, y), e.color)?;
         }
         area.draw(&Text::new(
             e.label.clone(),
@@ -478,7 +527,8 @@ fn draw_panels<DB: DrawingBackend>(
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
-    let (root, legend) = root.split_vertically(root.dim_in_pixel().1.saturating_sub(LEGEND_HEIGHT));
+    let (width, height) = root.dim_in_pixel();
+    let (root, legend) = root.split_vertically(height.saturating_sub(legend_height(panels, width)));
     draw_legend(&legend, panels)?;
     let cols = panels.len().min(3).max(1);
     let rows = panels.len().div_ceil(cols);
@@ -494,9 +544,6 @@ fn draw_panels<DB: DrawingBackend>(
     root.present().map_err(err)?;
     Ok(())
 }
-
-/// Height of the legend strip under the panels, in pixels.
-const LEGEND_HEIGHT: u32 = 36;
 
 /// Metric-against-fraction panels (paper Figs. 1d, 2, 3, 5, 6) as `<stem>.svg` and `<stem>.png`.
 pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
@@ -525,7 +572,8 @@ fn panel_figure(
     register_font();
     let cols = panels.len().min(3).max(1) as u32;
     let rows = panels.len().div_ceil(3).max(1) as u32;
-    let size = (420 * cols + 20, 360 * rows + 40 + LEGEND_HEIGHT);
+    let width = 420 * cols + 20;
+    let size = (width, 360 * rows + 40 + legend_height(panels, width));
     draw_panels(
         SVGBackend::new(&dir.join(format!("{stem}.svg")), size).into_drawing_area(),
         panels,
@@ -553,6 +601,7 @@ pub fn loss_curve(dir: &Path, points: &[(f64, f64)], title: &str) -> Result<()> 
             label: "loss".into(),
             series: 0,
             dashed: false,
+            marker: Marker::Square,
             points,
         }],
         baseline: None,

@@ -15,7 +15,7 @@ use crate::artifacts::{
 };
 use crate::data::tasks::TaskName;
 use crate::method::selection::Strategy;
-use crate::report::figures::{Curve, DistanceGrid, Panel};
+use crate::report::figures::{Curve, DistanceGrid, Marker, Panel};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,10 +251,10 @@ pub fn comparison_panels(rows: &[ComparisonRow]) -> Vec<Panel> {
     ] {
         let mut curves = Vec::new();
         for strategy in Strategy::ALL {
-            for (heal, series) in [
-                ("none", strategy.index()),
-                ("lora", strategy.index()),
-                ("linear", Strategy::ALL.len() + strategy.index()),
+            for (heal, marker) in [
+                ("none", Marker::Circle),
+                ("lora", Marker::Square),
+                ("linear", Marker::Triangle),
             ] {
                 let mut pts: Vec<(f64, f64)> = rows
                     .iter()
@@ -267,8 +267,9 @@ pub fn comparison_panels(rows: &[ComparisonRow]) -> Vec<Panel> {
                 pts.insert(0, (0.0, 100.0));
                 curves.push(Curve {
                     label: format!("{strategy}, heal: {heal}"),
-                    series,
+                    series: strategy.index(),
                     dashed: heal == "none",
+                    marker,
                     points: pts,
                 });
             }
@@ -452,14 +453,10 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
         let any_healed = sel.iter().any(|r| r.healed);
         let mut curves = Vec::new();
         for strategy in Strategy::ALL {
-            for (variant, suffix, series) in [
-                ("pruned", ", not healed", strategy.index()),
-                ("healed", ", healed", strategy.index()),
-                (
-                    "healed-linear",
-                    ", healed (linear map)",
-                    Strategy::ALL.len() + strategy.index(),
-                ),
+            for (variant, suffix, marker) in [
+                ("pruned", ", not healed", Marker::Circle),
+                ("healed", ", healed", Marker::Square),
+                ("healed-linear", ", healed (linear map)", Marker::Triangle),
             ] {
                 let mut pts: Vec<(f64, f64)> = sel
                     .iter()
@@ -478,8 +475,9 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                         "{strategy}{}",
                         if pruned && !any_healed { "" } else { suffix }
                     ),
-                    series,
+                    series: strategy.index(),
                     dashed: any_healed && pruned,
+                    marker,
                     points: pts,
                 });
             }
