@@ -87,7 +87,7 @@ data = "./evaldata"
 
 [sweep]
 fraction = [0.25, 0.5]
-strategy = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy"]
+strategy = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy", "attention"]
 
 [stages.load]
 
@@ -100,11 +100,12 @@ greedy_samples = 4
 text = {{ source = "text", part = "all" }}
 
 [stages.select]
-strategies = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy"]
+strategies = ["similarity", "simple", "reverse", "cosine_all", "bi", "loss_greedy", "attention"]
 
 [stages.prune]
 fraction = "${{fraction}}"
 strategy = "${{strategy}}"
+export = true
 
 [stages.heal]
 steps = 2
@@ -187,6 +188,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         "cosine_all",
         "bi",
         "loss_greedy",
+        "attention",
     ];
     for s in strategies {
         assert!(
@@ -195,7 +197,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
     }
 
-    // comparison.csv: 2 fractions x 6 strategies x 3 healing methods, each with boolq, piqa,
+    // comparison.csv: 2 fractions x 7 strategies x 3 healing methods, each with boolq, piqa,
     // their average and the loss
     let eval = csv_rows(&res.join("eval.csv"));
     let cmp = csv_rows(&res.join("comparison.csv"));
@@ -215,7 +217,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             r["fraction"].clone(),
         ));
     }
-    assert_eq!(models.len(), 2 * 6 * 3, "{models:?}");
+    assert_eq!(models.len(), 2 * 7 * 3, "{models:?}");
     for (strategy, heal, fraction) in &models {
         let variant = match heal.as_str() {
             "none" => "pruned",
@@ -308,5 +310,67 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 2 * 6 * 3);
+    assert_eq!(checked, 2 * 7 * 3);
+
+    // attention-only prunes keep every layer; their export (o_proj zeroed) is the same model
+    let mut attention_prunes = 0;
+    for e in std::fs::read_dir(env.path("cache/prune")).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("pruned.json")) else {
+            continue;
+        };
+        let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if rec["strategy"] != "attention" {
+            assert!(rec.get("attention_dropped").is_none());
+            continue;
+        }
+        attention_prunes += 1;
+        let dropped: Vec<usize> = serde_json::from_value(rec["attention_dropped"].clone()).unwrap();
+        assert_eq!(dropped.len(), rec["n"].as_u64().unwrap() as usize);
+        assert_eq!(rec["kept"].as_array().unwrap().len(), 4);
+        let cache = common::temp_cache();
+        let open = |p: &std::path::Path| {
+            layerprune::model::ModelFiles::open(
+                layerprune::source::resolve_str(p.to_str().unwrap(), cache.path()).unwrap(),
+            )
+            .unwrap()
+        };
+        let exported = open(&dir.join("model"));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["layerprune"]["attention_dropped_layers"],
+            rec["attention_dropped"]
+        );
+        let rows = vec![vec![3u32, 17, 90, 4, 200, 11], vec![8, 9, 10]];
+        let batch = layerprune::model::TokenBatch::right_padded(&rows, 0);
+        let logits = |m: layerprune::model::Transformer<common::B>| {
+            layerprune::model::to_f32_vec(
+                m.forward(
+                    &batch,
+                    layerprune::model::Capture::None,
+                    layerprune::model::Logits::All,
+                )
+                .unwrap()
+                .logits
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let f32 = burn::tensor::DType::F32;
+        let a = logits(
+            exported
+                .build::<common::B>(&Default::default(), f32)
+                .unwrap(),
+        );
+        let mut light = open(&fixtures().join("models/tiny-llama"))
+            .build::<common::B>(&Default::default(), f32)
+            .unwrap();
+        light.drop_attention(&dropped).unwrap();
+        let b = logits(light);
+        let e = common::rel_err(&a, &b);
+        assert!(e < 1e-5, "exported vs light attention drop: {e:e}");
+    }
+    assert_eq!(attention_prunes, 2, "one attention prune per fraction");
 }

@@ -418,6 +418,111 @@ fn all_token_cosines_and_criteria_match_the_reference() {
     }
 }
 
+/// LLM-Drop's attention importance against numpy on transformers' states, the sublayers the
+/// `attention` strategy drops, and the logits of attention-dropped models against transformers
+/// with those layers' o_proj zeroed (make_fixtures.py part "attention"); the shared-prefix
+/// scoring path (zero keys and values in dropped layers) equals full scoring there.
+#[test]
+fn attention_sublayer_drop_matches_the_reference() {
+    use layerprune::method::selection::{choose, Strategy};
+    let (_, model) = tiny();
+    let fx = fixture("attention-tiny-llama.json");
+    let rows: Vec<Vec<u32>> = fx["rows"].as_array().unwrap().iter().map(ids).collect();
+    for (batch, workers) in [(6, 1), (4, 2)] {
+        let d = layerprune::method::similarity::measure(&model, &rows, batch, workers, 0, true)
+            .unwrap();
+        let all = d.all_tokens.as_ref().unwrap();
+        assert_eq!(all.tokens as u64, fx["tokens"].as_u64().unwrap());
+        let want: Vec<f64> = serde_json::from_value(fx["attention_cos"].clone()).unwrap();
+        assert_eq!(all.attention_cos.len(), want.len());
+        for (l, (a, b)) in all.attention_cos.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "attention cos of layer {l}: {a} vs {b}"
+            );
+        }
+        for n in 1..4 {
+            let want: Vec<usize> =
+                serde_json::from_value(fx["dropped"][n.to_string()].clone()).unwrap();
+            let block = choose(&d, n, Strategy::Attention).unwrap();
+            assert!(block.attention_only);
+            assert_eq!(block.dropped(), want, "attention n={n}");
+        }
+    }
+    for (name, entry) in fx["logits"].as_object().unwrap() {
+        let cache = common::temp_cache();
+        let files = ModelFiles::open(
+            source::resolve_str(
+                fixtures().join("models").join(name).to_str().unwrap(),
+                cache.path(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut net = files.build::<B>(&Default::default(), DType::F32).unwrap();
+        let drop: Vec<usize> = serde_json::from_value(entry["attention_dropped"].clone()).unwrap();
+        net.drop_attention(&drop).unwrap();
+        let reference = read_reference(
+            &fixtures()
+                .join("reference")
+                .join(entry["file"].as_str().unwrap()),
+        );
+        let ids_t = &reference["input_ids"];
+        let mask = &reference["attention_mask"].i64;
+        let (b, t) = (ids_t.shape[0], ids_t.shape[1]);
+        let rows: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                (0..t)
+                    .filter(|&j| mask[i * t + j] == 1)
+                    .map(|j| ids_t.i64[i * t + j] as u32)
+                    .collect()
+            })
+            .collect();
+        let out = net
+            .forward(
+                &TokenBatch::right_padded(&rows, 0),
+                Capture::None,
+                Logits::All,
+            )
+            .unwrap();
+        let logits = to_f32_vec(out.logits.unwrap()).unwrap();
+        let vocab = files.config.vocab_size;
+        let pick = |flat: &[f32]| -> Vec<f32> {
+            (0..b * t)
+                .filter(|&p| mask[p] == 1)
+                .flat_map(|p| flat[p * vocab..(p + 1) * vocab].to_vec())
+                .collect()
+        };
+        let e = rel_err(&pick(&logits), &pick(&reference["logits"].f32));
+        assert!(
+            e < 1e-4,
+            "{name}: attention-dropped logits relative error {e:e}"
+        );
+        // scoring with a shared prefix (keys/values cached) equals scoring in full
+        // (two continuations of each context, so the prefix is shared)
+        let requests: Vec<Request> = rows
+            .iter()
+            .filter(|r| r.len() > 3)
+            .flat_map(|r| {
+                [r[r.len() - 2..].to_vec(), vec![5, 6, 7]].map(|c| Request {
+                    context: r[..r.len() - 2].to_vec(),
+                    continuation: c,
+                })
+            })
+            .collect();
+        let shared = score(&net, &requests, &opts(2, 1, true)).unwrap();
+        let full = score(&net, &requests, &opts(2, 1, false)).unwrap();
+        for (a, b) in shared.iter().zip(&full) {
+            assert!(
+                (a.loglik - b.loglik).abs() < 1e-4,
+                "{name}: {} vs {}",
+                a.loglik,
+                b.loglik
+            );
+        }
+    }
+}
+
 /// Greedy removal by calibration loss (SLEB / BlockPruner) against a naive reference that runs
 /// a full transformers pass per candidate (make_fixtures.py part "greedy"): the same removal
 /// order and the loss after each removal within 1e-4 relative, with any batching and workers.

@@ -19,6 +19,9 @@ pub const LOSS_CSV: &str = "loss.csv";
 pub struct HealRecord {
     pub base: LoadRecord,
     pub kept: Vec<usize>,
+    /// Layers (original numbers) whose attention sublayer the healed model drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_dropped: Vec<usize>,
     pub variant: Variant,
     pub train: TrainConfig,
     pub quant: Quant,

@@ -35,13 +35,27 @@ pub struct LinearBlock {
     pub mse_fitted: f64,
 }
 
+/// A dropped block left as pruned, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnhealedBlock {
+    pub start: usize,
+    pub end: usize,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinearHealRecord {
     pub base: LoadRecord,
     pub kept: Vec<usize>,
+    /// Layers whose attention sublayer the (pruned, hence healed) model drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_dropped: Vec<usize>,
     pub variant: Variant,
     /// One map per contiguous run of dropped layers, ascending.
     pub blocks: Vec<LinearBlock>,
+    /// Dropped blocks with no place for a map (starting at layer 0), left as pruned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealed: Vec<UnhealedBlock>,
     /// Hugging Face names of the replaced tensors.
     pub replaced: Vec<String>,
     pub windows: usize,

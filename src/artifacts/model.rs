@@ -126,6 +126,16 @@ impl ModelArtifact {
         }
     }
 
+    /// Layers (original numbers) whose attention sublayer the model drops.
+    pub fn attention_dropped(&self) -> Vec<usize> {
+        match self {
+            Self::Base(_) => Vec::new(),
+            Self::Pruned(r) => r.attention_dropped.clone(),
+            Self::Healed(r) => r.attention_dropped.clone(),
+            Self::LinearHealed(r) => r.attention_dropped.clone(),
+        }
+    }
+
     pub fn variant(&self) -> Variant {
         match self {
             Self::Base(_) => Variant::base(),
@@ -150,6 +160,8 @@ pub struct ModelRef {
     pub adapter: Option<PathBuf>,
     /// Original layers some of whose tensors the model replaces (heal-linear), in `files`.
     pub replaced_layers: Vec<usize>,
+    /// Original layers whose attention sublayer the model drops (strategy `attention`).
+    pub attention_dropped: Vec<usize>,
     /// The artifact key of the model (for naming).
     pub key: String,
     pub artifact: ModelArtifact,
@@ -171,6 +183,7 @@ impl ModelRef {
             variant: artifact.variant(),
             adapter,
             replaced_layers,
+            attention_dropped: artifact.attention_dropped(),
             key: input.key.clone(),
             artifact,
         })
@@ -184,6 +197,7 @@ impl ModelRef {
             variant: Variant::base(),
             adapter: None,
             replaced_layers: Vec::new(),
+            attention_dropped: Vec::new(),
             key: key.to_string(),
             artifact,
             files,
@@ -193,6 +207,7 @@ impl ModelRef {
     /// Build the Burn model (kept layers only).
     pub fn build<B: Backend>(&self, device: &B::Device, dtype: DType) -> Result<Transformer<B>> {
         let mut model = self.files.build_with_layers(device, dtype, &self.kept)?;
+        model.drop_attention(&self.attention_dropped)?;
         if let Some(dir) = &self.adapter {
             // evaluation in the compute dtype with the adapter merged: W + (alpha / r) B A
             AdapterSet::load_peft(dir)?.merge_into(&mut model)?;
@@ -210,7 +225,9 @@ impl ModelRef {
         let cut = kept
             .iter()
             .enumerate()
-            .take_while(|(i, k)| i == *k && !self.replaced_layers.contains(k))
+            .take_while(|(i, k)| {
+                i == *k && !self.replaced_layers.contains(k) && !self.attention_dropped.contains(k)
+            })
             .count();
         (cut < kept.len() || kept.len() < self.files.config.num_hidden_layers).then_some(cut)
     }

@@ -23,6 +23,10 @@ pub struct PrunedRecord {
     pub d: f64,
     pub kept: Vec<usize>,
     pub dropped: Vec<usize>,
+    /// Layers (original numbers) whose attention sublayer only is dropped (strategy
+    /// `attention`; `kept` then holds every layer and `dropped` none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_dropped: Vec<usize>,
 }
 
 impl Record for PrunedRecord {

@@ -10,9 +10,12 @@
 //! - `bi`: ShortGPT's Block Influence BI(l) = 1 - cos(x(l), x(l+1)) over all tokens: the n
 //!   layers of lowest influence, not necessarily contiguous (ties to the smaller l).
 //! - `loss_greedy`: SLEB / BlockPruner: the first n layers of a greedy removal by calibration
-//!   loss (not necessarily contiguous).
-//! `cosine_all` and `bi` need the similarity stage's all-token statistics (`all_tokens =
-//! true`), `loss_greedy` its greedy removal (`greedy_samples > 0`).
+//!   loss (not necessarily contiguous);
+//! - `attention`: LLM-Drop ("What Matters in Transformers"): the attention SUBLAYER only of the
+//!   n layers of lowest attention importance 1 - cos(x(l), x(l) + attention output) over all
+//!   tokens; those layers keep their MLPs.
+//! `cosine_all`, `bi` and `attention` need the similarity stage's all-token statistics
+//! (`all_tokens = true`), `loss_greedy` its greedy removal (`greedy_samples > 0`).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -30,17 +33,19 @@ pub enum Strategy {
     CosineAll,
     Bi,
     LossGreedy,
+    Attention,
 }
 
 impl Strategy {
     /// Every strategy, in the order tables and figures list them.
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::Similarity,
         Strategy::Simple,
         Strategy::Reverse,
         Strategy::CosineAll,
         Strategy::Bi,
         Strategy::LossGreedy,
+        Strategy::Attention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl Strategy {
             Strategy::CosineAll => "cosine_all",
             Strategy::Bi => "bi",
             Strategy::LossGreedy => "loss_greedy",
+            Strategy::Attention => "attention",
         }
     }
 
@@ -82,6 +88,9 @@ pub struct Block {
     /// The dropped layers when they are not contiguous (empty: [start, end)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<usize>,
+    /// Only the attention sublayers of these layers are dropped (`attention`); their MLPs stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attention_only: bool,
 }
 
 impl Block {
@@ -133,6 +142,7 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
         end: start + n,
         d: dist.get(n, start),
         layers: Vec::new(),
+        attention_only: false,
     };
     Ok(match strategy {
         Strategy::Similarity => contiguous(argmin(&dist.d[n - 1])),
@@ -152,10 +162,7 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
         }
         Strategy::Bi => {
             let bi = all_tokens()?.block_influence();
-            let mut order: Vec<usize> = (0..layers).collect();
-            // stable: equal influence keeps the smaller layer first
-            order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]));
-            let mut chosen: Vec<usize> = order[..n].to_vec();
+            let mut chosen = lowest(&bi, n);
             chosen.sort_unstable();
             let d = chosen.iter().map(|&l| bi[l]).sum::<f64>() / n as f64;
             layer_set(n, layers, strategy, chosen, d)
@@ -168,7 +175,31 @@ pub fn choose(dist: &Distances, n: usize, strategy: Strategy) -> Result<Block> {
             })?;
             layer_set(n, layers, strategy, greedy.first(n)?, greedy.loss[n - 1])
         }
+        Strategy::Attention => {
+            let stats = all_tokens()?;
+            if stats.attention_cos.len() != layers {
+                bail!(
+                    "strategy attention needs the attention-sublayer statistics, which this similarity artifact predates: rerun the similarity stage (run --refresh similarity)"
+                );
+            }
+            let imp = stats.attention_importance();
+            let mut chosen = lowest(&imp, n);
+            chosen.sort_unstable();
+            let d = chosen.iter().map(|&l| imp[l]).sum::<f64>() / n as f64;
+            Block {
+                attention_only: true,
+                ..layer_set(n, layers, strategy, chosen, d)
+            }
+        }
     })
+}
+
+/// The indices of the n smallest values (stable: equal values keep the smaller index first).
+fn lowest(values: &[f64], n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order.truncate(n);
+    order
 }
 
 /// A block of any n layers (ascending): [start, end) is their span, `layers` lists them when
@@ -183,6 +214,7 @@ fn layer_set(n: usize, layers: usize, strategy: Strategy, chosen: Vec<usize>, d:
         end,
         d,
         layers: if end - start == n { Vec::new() } else { chosen },
+        attention_only: false,
     }
 }
 
@@ -240,6 +272,7 @@ mod tests {
                 vec![0.4, 0.8, 0.8],
                 vec![0.3, 0.6],
             ],
+            attention_cos: vec![0.9, 0.99, 0.95, 0.97],
         });
         // cosine_all: the highest mean cosine, ties to the smallest l
         let b = choose(&d, 2, Strategy::CosineAll).unwrap();
@@ -261,9 +294,14 @@ mod tests {
                 "reverse",
                 "cosine_all",
                 "bi",
-                "loss_greedy"
+                "loss_greedy",
+                "attention"
             ]
         );
+        // attention: 1 - cos = [0.1, 0.01, 0.05, 0.03]: the sublayers of layers 1 and 3
+        let b = choose(&d, 2, Strategy::Attention).unwrap();
+        assert!(b.attention_only);
+        assert_eq!(b.dropped(), vec![1, 3]);
         let parsed: Strategy = serde_json::from_str("\"cosine_all\"").unwrap();
         assert_eq!(parsed, Strategy::CosineAll);
     }

@@ -5,7 +5,8 @@
 //! With `all_tokens`, the same pass also accumulates the mean cosine similarity
 //! cos(x_t(l), x_t(l+n)) over every real token t of every sample (`AllTokenStats`): what
 //! ShortGPT's Block Influence (BI(l) = 1 - cos(x(l), x(l+1))) and LLM-Streamline's contiguous
-//! block of highest cosine need. Statistics are summed per token as they come, never stored.
+//! block of highest cosine need; and cos(x_t(l), x_t(l) + attention output of layer l), what
+//! LLM-Drop's attention drop needs. Statistics are summed per token as they come, never stored.
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
@@ -43,12 +44,22 @@ pub struct AllTokenStats {
     /// cos[n - 1][l] = mean over tokens of cos(x_t(l), x_t(l+n)), n = 1..L-1, l = 0..L-n (the
     /// shape of `Distances::d`).
     pub cos: Vec<Vec<f64>>,
+    /// attention_cos[l] = mean over tokens of cos(x_t(l), y_t(l)), y(l) = x(l) + layer l's
+    /// attention output (LLM-Drop's attention importance is 1 - this), l = 0..L-1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_cos: Vec<f64>,
 }
 
 impl AllTokenStats {
     /// ShortGPT's Block Influence of layer l = 0..L-1: 1 - mean cos(x(l), x(l+1)).
     pub fn block_influence(&self) -> Vec<f64> {
         self.cos[0].iter().map(|c| 1.0 - c).collect()
+    }
+
+    /// LLM-Drop's importance of layer l's attention sublayer, l = 0..L-1:
+    /// 1 - mean cos(x(l), x(l) + attention output).
+    pub fn attention_importance(&self) -> Vec<f64> {
+        self.attention_cos.iter().map(|c| 1.0 - c).collect()
     }
 }
 
@@ -57,6 +68,7 @@ pub struct AllTokenAccumulator {
     layers: usize,
     tokens: usize,
     sum: Vec<Vec<f64>>,
+    attention_sum: Vec<f64>,
 }
 
 /// The cosine of two vectors (1 when either is zero, as angular_distance treats them).
@@ -75,19 +87,24 @@ impl AllTokenAccumulator {
             layers,
             tokens: 0,
             sum: (1..layers).map(|n| vec![0.0; layers - n + 1]).collect(),
+            attention_sum: vec![0.0; layers],
         }
     }
 
-    /// One token: its vector at each of the L + 1 boundaries, [L + 1, hidden] flat.
-    pub fn add(&mut self, boundaries: &[f32], hidden: usize) {
+    /// One token: its vector at each of the L + 1 boundaries, [L + 1, hidden] flat, and after
+    /// each layer's attention sublayer, [L, hidden] flat.
+    pub fn add(&mut self, boundaries: &[f32], mids: &[f32], hidden: usize) {
         let v = |l: usize| &boundaries[l * hidden..(l + 1) * hidden];
-        let norms: Vec<f64> = (0..=self.layers)
-            .map(|l| v(l).iter().map(|&x| x as f64 * x as f64).sum())
-            .collect();
+        let sq = |a: &[f32]| a.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+        let norms: Vec<f64> = (0..=self.layers).map(|l| sq(v(l))).collect();
         for n in 1..self.layers {
             for l in 0..=self.layers - n {
                 self.sum[n - 1][l] += cosine(v(l), v(l + n), norms[l], norms[l + n]);
             }
+        }
+        for l in 0..self.layers {
+            let y = &mids[l * hidden..(l + 1) * hidden];
+            self.attention_sum[l] += cosine(v(l), y, norms[l], sq(y));
         }
         self.tokens += 1;
     }
@@ -101,6 +118,7 @@ impl AllTokenAccumulator {
                 .into_iter()
                 .map(|r| r.into_iter().map(|x| x / t).collect())
                 .collect(),
+            attention_cos: self.attention_sum.into_iter().map(|x| x / t).collect(),
         }
     }
 }
@@ -223,10 +241,15 @@ pub fn measure<B: Backend>(
         let b = chunk.len();
         // [L + 1, b, hidden] at the final tokens; with all_tokens also [L + 1][b, seq, hidden]
         let (finals, every) = if all_tokens {
-            let out = model.forward_parallel(&tb, Capture::All, Logits::None, workers)?;
+            let out =
+                model.forward_parallel(&tb, Capture::AllWithAttention, Logits::None, workers)?;
             let mut per_layer = Vec::with_capacity(layers + 1);
             for t in out.boundaries.expect("requested") {
                 per_layer.push(to_f32_vec(t)?);
+            }
+            let mut mids = Vec::with_capacity(layers);
+            for t in out.attention_residuals.expect("requested") {
+                mids.push(to_f32_vec(t)?);
             }
             let seq = tb.seq;
             let mut finals = Vec::with_capacity((layers + 1) * b * hidden);
@@ -236,7 +259,7 @@ pub fn measure<B: Backend>(
                     finals.extend_from_slice(&layer[at..at + hidden]);
                 }
             }
-            (finals, Some((per_layer, seq)))
+            (finals, Some((per_layer, mids, seq)))
         } else {
             let out = model.forward_parallel(&tb, Capture::FinalToken, Logits::None, workers)?;
             (
@@ -259,22 +282,27 @@ pub fn measure<B: Backend>(
             }
             acc.add(&sample, hidden);
         }
-        if let (Some(all), Some((per_layer, seq))) = (all.as_mut(), every) {
+        if let (Some(all), Some((per_layer, mids, seq))) = (all.as_mut(), every) {
             let mut token = Vec::with_capacity((layers + 1) * hidden);
+            let mut token_mids = Vec::with_capacity(layers * hidden);
             for (i, r) in chunk.iter().enumerate() {
                 for t in 0..r.len() {
+                    let at = (i * seq + t) * hidden;
                     token.clear();
                     for layer in &per_layer {
-                        let at = (i * seq + t) * hidden;
                         token.extend_from_slice(&layer[at..at + hidden]);
                     }
-                    if token.iter().any(|x| !x.is_finite()) {
+                    token_mids.clear();
+                    for layer in &mids {
+                        token_mids.extend_from_slice(&layer[at..at + hidden]);
+                    }
+                    if token.iter().chain(&token_mids).any(|x| !x.is_finite()) {
                         anyhow::bail!(
                             "similarity: the residual stream of sample {} at token {t} is not finite",
                             done + i
                         );
                     }
-                    all.add(&token, hidden);
+                    all.add(&token, &token_mids, hidden);
                 }
             }
         }

@@ -13,6 +13,7 @@ use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
+use super::architecture::Projection;
 use super::config::RopeScaling;
 use super::load::ModelFiles;
 use super::surgery::LowRankUpdate;
@@ -47,15 +48,19 @@ pub fn export_hf(
     precision: Precision,
     meta: serde_json::Value,
 ) -> Result<()> {
-    export_hf_with_updates(files, kept, &[], dir, precision, meta)
+    export_hf_with_updates(files, kept, &[], &[], dir, precision, meta)
 }
 
 /// Export with low-rank updates (a LoRA adapter) merged into the weights (W + (alpha / r) B A);
-/// the updates' layer indices are those of the pruned model (0-based, renumbered).
+/// the updates' layer indices are those of the pruned model (0-based, renumbered). The layers
+/// of `attention_dropped` (original numbers) get an all-zero attention output projection
+/// (weight and bias): their attention sublayer then adds nothing to the residual stream, which
+/// is what dropping it means, in a layout plain transformers loads.
 pub fn export_hf_with_updates(
     files: &ModelFiles,
     kept: &[usize],
     updates: &[LowRankUpdate<'_>],
+    attention_dropped: &[usize],
     dir: &Path,
     precision: Precision,
     meta: serde_json::Value,
@@ -107,6 +112,11 @@ pub fn export_hf_with_updates(
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut push = |name: String, source_name: &str| -> Result<()> {
         let mut t = files.store.get(source_name, cfg)?;
+        if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {
+            if spec.projection == Projection::O && attention_dropped.contains(&kept[layer]) {
+                t.data.iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
         // merge the update of this (new layer, projection), if any
         if name.ends_with(".weight") {
             if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {

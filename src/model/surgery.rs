@@ -44,6 +44,22 @@ pub fn kept_without_layers(layers: usize, drop: &[usize]) -> Result<(Vec<usize>,
 }
 
 impl<B: Backend> Transformer<B> {
+    /// Drop the attention sublayer (keeping the MLP) of the layers whose ORIGINAL numbers are
+    /// in `layers` (LLM-Drop).
+    pub fn drop_attention(&mut self, layers: &[usize]) -> anyhow::Result<()> {
+        for &l in layers {
+            let layer = self
+                .layers
+                .iter_mut()
+                .find(|x| x.original_index == l)
+                .with_context(|| {
+                    format!("cannot drop the attention of layer {l}: the model does not hold it")
+                })?;
+            layer.attention_dropped = true;
+        }
+        Ok(())
+    }
+
     /// Drop the half-open block [start, start + n) of the CURRENT layer list.
     pub fn drop_block(&mut self, start: usize, n: usize) -> anyhow::Result<()> {
         if start + n > self.layers.len() {

@@ -65,6 +65,9 @@ pub struct DecoderLayer<B: Backend> {
     /// Attends within the sliding window only, with the local RoPE tables (kept from the
     /// original layer when pruning).
     pub sliding: bool,
+    /// The attention sublayer is dropped (LLM-Drop): the block is x + mlp(norm(x)) and
+    /// computes no attention (its keys and values in a prefix cache are zeros, never read).
+    pub attention_dropped: bool,
     /// None without a gated MLP (Phi).
     pub gate_proj: Option<Linear<B>>,
     pub up_proj: Linear<B>,
@@ -108,6 +111,9 @@ pub enum Capture {
     FinalToken,
     /// Every position at every boundary: L + 1 tensors of [batch, seq, hidden].
     All,
+    /// `All`, plus every position's residual stream after each layer's attention sublayer: L
+    /// tensors of [batch, seq, hidden] (`ForwardOutput::attention_residuals`).
+    AllWithAttention,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,8 +134,11 @@ pub struct ForwardOutput<B: Backend> {
     pub final_logits: Option<Tensor<B, 2>>,
     /// [L + 1, batch, hidden] (Capture::FinalToken)
     pub final_token_boundaries: Option<Tensor<B, 3>>,
-    /// L + 1 tensors [batch, seq, hidden] (Capture::All)
+    /// L + 1 tensors [batch, seq, hidden] (Capture::All, Capture::AllWithAttention)
     pub boundaries: Option<Vec<Tensor<B, 3>>>,
+    /// L tensors [batch, seq, hidden]: x(l) + layer l's attention output
+    /// (Capture::AllWithAttention)
+    pub attention_residuals: Option<Vec<Tensor<B, 3>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +264,27 @@ impl<B: Backend> DecoderLayer<B> {
             Some(n) => n.forward(y, cfg),
             None => y,
         };
+        if self.attention_dropped {
+            let [b, t, _] = x.dims();
+            let zeros = || {
+                Tensor::zeros(
+                    [b, cfg.num_key_value_heads, t, cfg.head_dim],
+                    (&x.device(), x.dtype()),
+                )
+            };
+            let kv = LayerKv {
+                k: zeros(),
+                v: zeros(),
+            };
+            let m = match &self.pre_mlp_norm {
+                None => self.mlp(h, cfg),
+                Some(pre) => out_norm(
+                    self.mlp(pre.forward(x.clone(), cfg), cfg),
+                    &self.mlp_out_norm,
+                ),
+            };
+            return (x + m, kv);
+        }
         match &self.pre_mlp_norm {
             // parallel (Phi): x + attn(ln(x)) + mlp(ln(x))
             None => {
@@ -288,6 +318,13 @@ impl<B: Backend> DecoderLayer<B> {
             return None;
         }
         let h = self.input_norm.forward(x.clone(), cfg);
+        if self.attention_dropped {
+            let m = match &self.pre_mlp_norm {
+                None => self.mlp(h, cfg),
+                Some(pre) => self.mlp(pre.forward(x.clone(), cfg), cfg),
+            };
+            return Some((x, m));
+        }
         Some(match &self.pre_mlp_norm {
             None => {
                 let (attn, _) = self.attention(h.clone(), cfg, rope, None);
@@ -304,6 +341,43 @@ impl<B: Backend> DecoderLayer<B> {
                 (y, m)
             }
         })
+    }
+
+    /// The block, also returning the residual stream after its attention sublayer: (y, out),
+    /// both [batch, seq, hidden]; y = x + the attention's contribution (x itself when the
+    /// attention is dropped), out = the block's output.
+    pub fn forward_mid(
+        &self,
+        x: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        rope: &RopeBatch<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        if self.attention_dropped {
+            let out = self.forward(x.clone(), cfg, rope);
+            return (x, out);
+        }
+        let h = self.input_norm.forward(x.clone(), cfg);
+        let (attn, _) = self.attention(h.clone(), cfg, rope, None);
+        let attn = self.o_proj.forward(attn);
+        match &self.pre_mlp_norm {
+            None => {
+                // as forward_kv adds them: x + (attention + mlp)
+                let out = x.clone() + (attn.clone() + self.mlp(h, cfg));
+                (x + attn, out)
+            }
+            Some(pre) => {
+                let y = x + match &self.attn_out_norm {
+                    Some(n) => n.forward(attn, cfg),
+                    None => attn,
+                };
+                let m = self.mlp(pre.forward(y.clone(), cfg), cfg);
+                let m = match &self.mlp_out_norm {
+                    Some(n) => n.forward(m, cfg),
+                    None => m,
+                };
+                (y.clone(), y + m)
+            }
+        }
     }
 
     /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), or
@@ -481,14 +555,21 @@ impl<B: Backend> Transformer<B> {
         let rope = self.rope_for(batch.batch, batch.seq);
         let mut finals = Vec::new();
         let mut all = Vec::new();
+        let mut mids = Vec::new();
         let mut keep = |x: &Tensor<B, 3>| match capture {
             Capture::None => {}
             Capture::FinalToken => finals.push(gather_rows(x.clone(), &last)),
-            Capture::All => all.push(x.clone()),
+            Capture::All | Capture::AllWithAttention => all.push(x.clone()),
         };
         keep(&x);
         for layer in &self.layers {
-            x = layer.forward(x, &self.config, &rope);
+            x = if capture == Capture::AllWithAttention {
+                let (y, out) = layer.forward_mid(x, &self.config, &rope);
+                mids.push(y);
+                out
+            } else {
+                layer.forward(x, &self.config, &rope)
+            };
             keep(&x);
         }
         let out_logits = match logits {
@@ -504,7 +585,8 @@ impl<B: Backend> Transformer<B> {
             final_logits,
             final_token_boundaries: (capture == Capture::FinalToken)
                 .then(|| Tensor::stack(finals, 0)),
-            boundaries: (capture == Capture::All).then_some(all),
+            boundaries: matches!(capture, Capture::All | Capture::AllWithAttention).then_some(all),
+            attention_residuals: (capture == Capture::AllWithAttention).then_some(mids),
         })
     }
 }
@@ -559,18 +641,26 @@ impl<B: Backend> Transformer<B> {
         let mut final_logits = Vec::new();
         let mut finals = Vec::new();
         let mut bounds: Vec<Vec<Tensor<B, 3>>> = Vec::new();
+        let mut mids: Vec<Vec<Tensor<B, 3>>> = Vec::new();
+        // per layer, the sub-batches' tensors in order
+        let gather = |acc: &mut Vec<Vec<Tensor<B, 3>>>, part: Vec<Tensor<B, 3>>| {
+            if acc.is_empty() {
+                *acc = part.into_iter().map(|x| vec![x]).collect();
+            } else {
+                for (a, x) in acc.iter_mut().zip(part) {
+                    a.push(x);
+                }
+            }
+        };
         for o in outs {
             logits_all.extend(o.logits);
             final_logits.extend(o.final_logits);
             finals.extend(o.final_token_boundaries);
             if let Some(b) = o.boundaries {
-                if bounds.is_empty() {
-                    bounds = b.into_iter().map(|x| vec![x]).collect();
-                } else {
-                    for (acc, x) in bounds.iter_mut().zip(b) {
-                        acc.push(x);
-                    }
-                }
+                gather(&mut bounds, b);
+            }
+            if let Some(m) = o.attention_residuals {
+                gather(&mut mids, m);
             }
         }
         Ok(ForwardOutput {
@@ -579,6 +669,8 @@ impl<B: Backend> Transformer<B> {
             final_token_boundaries: (!finals.is_empty()).then(|| cat3(finals, 1)),
             boundaries: (!bounds.is_empty())
                 .then(|| bounds.into_iter().map(|v| cat3(v, 0)).collect()),
+            attention_residuals: (!mids.is_empty())
+                .then(|| mids.into_iter().map(|v| cat3(v, 0)).collect()),
         })
     }
 }

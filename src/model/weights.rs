@@ -279,6 +279,7 @@ impl<B: Backend> Loader<'_, B> {
             attn_out_norm: norm(NormRole::AttnOut)?,
             mlp_out_norm: norm(NormRole::MlpOut)?,
             sliding: c.layer_is_sliding(i),
+            attention_dropped: false,
             gate_proj: proj(Projection::Gate)?,
             up_proj: required(Projection::Up)?,
             down_proj: required(Projection::Down)?,

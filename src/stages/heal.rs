@@ -289,6 +289,7 @@ impl Stage for HealStage {
         let record = HealRecord {
             base: model.artifact.base().clone(),
             kept: model.kept.clone(),
+            attention_dropped: model.attention_dropped.clone(),
             variant: model.variant.healed(),
             train: config,
             quant: p.quant,
@@ -305,6 +306,7 @@ impl Stage for HealStage {
                 &model.files,
                 &model.kept,
                 &state.adapters.updates(&model.files.config)?,
+                &model.attention_dropped,
                 &ctx.out(MERGED_DIR),
                 ctx.precision,
                 meta,

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::heal::MERGED_DIR;
-use crate::artifacts::heal_linear::{map_tensor, replaced_dir, LinearBlock, MAP_FILE};
+use crate::artifacts::heal_linear::{
+    map_tensor, replaced_dir, LinearBlock, UnhealedBlock, MAP_FILE,
+};
 use crate::artifacts::{LinearHealRecord, ModelArtifact, ModelRef, Record};
 use crate::backend::{dispatch, BackendTask};
 use crate::data::text::{load_windows, TextSpec};
@@ -120,11 +122,29 @@ impl Stage for LinearHealStage {
                 ctx.stage
             );
         };
-        let blocks = contiguous_runs(&pruned.dropped);
+        // blocks without a kept layer before them, and attention-only drops, have no place
+        // for a map: they stay as pruned (recorded, with a warning), so that a sweep over
+        // strategies runs through
+        let mut blocks = contiguous_runs(&pruned.dropped);
+        let mut unhealed = Vec::new();
         if let Some(&(0, end)) = blocks.first() {
-            bail!(
-                "stage {}: the dropped block [0, {end}) starts at layer 0, so no kept layer precedes it to hold a map",
+            let reason = "starts at layer 0: no kept layer precedes it to hold a map".to_string();
+            tracing::warn!(
+                "stage {}: the dropped block [0, {end}) {reason}; it stays unhealed",
                 ctx.stage
+            );
+            unhealed.push(UnhealedBlock {
+                start: 0,
+                end,
+                reason,
+            });
+            blocks.remove(0);
+        }
+        if !pruned.attention_dropped.is_empty() {
+            tracing::warn!(
+                "stage {}: the model drops only attention sublayers ({:?}): heal-linear has no dropped layer to replace, the model stays as pruned",
+                ctx.stage,
+                pruned.attention_dropped
             );
         }
         let model = ModelRef::open(input, &ctx.cache_root)?;
@@ -146,16 +166,20 @@ impl Stage for LinearHealStage {
             Some(p.windows),
         )?;
         let began = std::time::Instant::now();
-        let eqs = dispatch(
-            ctx.backend,
-            ctx.precision,
-            Fit {
-                model: &model,
-                windows: &windows,
-                batch: p.batch_size,
-                blocks: &blocks,
-            },
-        )?;
+        let eqs = if blocks.is_empty() {
+            Vec::new()
+        } else {
+            dispatch(
+                ctx.backend,
+                ctx.precision,
+                Fit {
+                    model: &model,
+                    windows: &windows,
+                    batch: p.batch_size,
+                    blocks: &blocks,
+                },
+            )?
+        };
         let mut replaced = Vec::new();
         let mut maps = Vec::new();
         let mut fitted = Vec::new();
@@ -191,8 +215,10 @@ impl Stage for LinearHealStage {
         let record = LinearHealRecord {
             base: pruned.base.clone(),
             kept: pruned.kept.clone(),
+            attention_dropped: pruned.attention_dropped.clone(),
             variant: model.variant.healed_linear(),
             blocks: fitted,
+            unhealed,
             replaced: replaced.iter().map(|(n, _)| n.clone()).collect(),
             windows: windows.len(),
             seq_len: p.seq_len,
@@ -207,9 +233,11 @@ impl Stage for LinearHealStage {
                 "healed": "one linear map per dropped block, folded into the MLP output projection of the layer before it (ReplaceMe)",
                 "folded_layers": record.blocks.iter().map(|b| b.folded_layer).collect::<Vec<_>>(),
             });
-            crate::model::export::export_hf(
+            crate::model::export::export_hf_with_updates(
                 &healed,
                 &pruned.kept,
+                &[],
+                &pruned.attention_dropped,
                 &ctx.out(MERGED_DIR),
                 ctx.precision,
                 meta,

@@ -83,7 +83,12 @@ impl Stage for PruneStage {
         let block = selection.find(n, p.strategy).ok_or_else(|| {
             anyhow::anyhow!("the selection has no {} block of n = {n} layers (fraction {}); add it to the select stage's n", p.strategy, p.fraction)
         })?;
-        let (kept, dropped) = kept_without_layers(layers, &block.dropped())?;
+        let (kept, dropped, attention_dropped) = if block.attention_only {
+            ((0..layers).collect(), Vec::new(), block.dropped())
+        } else {
+            let (kept, dropped) = kept_without_layers(layers, &block.dropped())?;
+            (kept, dropped, Vec::new())
+        };
         let record = PrunedRecord {
             base: base.clone(),
             layers,
@@ -95,15 +100,23 @@ impl Stage for PruneStage {
             d: block.d,
             kept: kept.clone(),
             dropped: dropped.clone(),
+            attention_dropped: attention_dropped.clone(),
         };
-        tracing::info!(
-            "prune: drop {n} of {layers} layers {dropped:?} ({})",
-            p.strategy
-        );
+        if attention_dropped.is_empty() {
+            tracing::info!(
+                "prune: drop {n} of {layers} layers {dropped:?} ({})",
+                p.strategy
+            );
+        } else {
+            tracing::info!(
+                "prune: drop the attention sublayers of {n} of {layers} layers {attention_dropped:?} ({})",
+                p.strategy
+            );
+        }
         record.write(&ctx.out_dir)?;
         if p.export {
             let files = base.open(&ctx.cache_root)?;
-            let meta = serde_json::json!({
+            let mut meta = serde_json::json!({
                 "numbering": "0-based original layer numbers",
                 "kept_layers": kept,
                 "dropped_layers": dropped,
@@ -112,9 +125,17 @@ impl Stage for PruneStage {
                 "base_source": base.source.spec.to_string(),
                 "base_sha256": base.source.sha256,
             });
-            crate::model::export::export_hf(
+            if !attention_dropped.is_empty() {
+                meta["attention_dropped_layers"] = serde_json::json!(attention_dropped);
+                meta["attention_dropped_means"] = serde_json::json!(
+                    "the attention output projection (o_proj weight and bias) of these layers is all zeros: their attention sublayer adds nothing to the residual stream"
+                );
+            }
+            crate::model::export::export_hf_with_updates(
                 &files,
                 &kept,
+                &[],
+                &attention_dropped,
                 &ctx.out(EXPORT_DIR),
                 ctx.precision,
                 meta,
