@@ -289,7 +289,10 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
     let section = summary
         .split("## Method comparison")
         .nth(1)
-        .expect("comparison section");
+        .expect("comparison section")
+        .split("## Findings")
+        .next()
+        .unwrap();
     let mut checked = 0;
     for line in section
         .lines()
@@ -311,6 +314,56 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         checked += 1;
     }
     assert_eq!(checked, 2 * 7 * 3);
+
+    // the findings: each robustness row recomputed from eval.csv
+    let findings = summary
+        .split("## Findings")
+        .nth(1)
+        .expect("findings section");
+    let table: Vec<&str> = findings
+        .lines()
+        .skip_while(|l| !l.starts_with("| strategy | heal | task"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| "))
+        .collect();
+    assert_eq!(
+        table.len(),
+        7 * 3 * 3,
+        "strategies x heals x (boolq, piqa, loss)"
+    );
+    for line in table {
+        let c: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (strategy, heal, task, metric) = (c[1], c[2], c[3], c[5]);
+        let shown: f64 = c[6].parse().unwrap();
+        let variant = match heal {
+            "none" => "pruned",
+            "lora" => "healed",
+            _ => "healed-linear",
+        };
+        let b = eval
+            .iter()
+            .find(|r| r["variant"] == "base" && r["task"] == task && r["metric"] == metric)
+            .unwrap();
+        let mut pts: Vec<&BTreeMap<String, String>> = eval
+            .iter()
+            .filter(|r| {
+                r["variant"] == variant
+                    && r["strategy"] == strategy
+                    && r["task"] == task
+                    && r["metric"] == metric
+            })
+            .collect();
+        pts.sort_by(|x, y| num(x, "fraction").total_cmp(&num(y, "fraction")));
+        let mut want = 0.0;
+        for p in pts {
+            let bound = 2.0 * (num(p, "stderr").powi(2) + num(b, "stderr").powi(2)).sqrt();
+            if (num(p, "value") - num(b, "value")).abs() > bound {
+                break;
+            }
+            want = num(p, "fraction");
+        }
+        assert!((shown - want).abs() < 1e-9, "{line}: want {want}");
+    }
 
     // attention-only prunes keep every layer; their export (o_proj zeroed) is the same model
     let mut attention_prunes = 0;

@@ -17,6 +17,7 @@
 pub mod comparison;
 pub mod eval;
 pub mod eval_table;
+pub mod findings;
 pub mod heal;
 pub mod heal_linear;
 pub mod load;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::comparison::{self, ComparisonRow};
 use crate::artifacts::eval_table::{self, EvalTableRow};
+use crate::artifacts::findings;
 use crate::artifacts::similarity::samples_path;
 use crate::artifacts::{
     EvalRecord, InputArtifact, LoadRecord, LossRecord, Record, SelectionRecord, SimilarityRecord,
@@ -131,6 +132,7 @@ impl Stage for ReportStage {
                 &model.get(..12).unwrap_or(&model)
             )?;
         }
+        let mut selection = None;
         if let Some(sel_in) = ctx.optional_input("selection") {
             let sel = SelectionRecord::of(sel_in)?;
             let mut w = csv::Writer::from_path(ctx.out("selection.csv"))?;
@@ -162,15 +164,18 @@ impl Stage for ReportStage {
                 )?;
             }
             writeln!(summary)?;
+            selection = Some(sel);
         }
+        let mut rows = Vec::new();
         if !ctx.inputs("evals").is_empty() {
             let title = if p.title.is_empty() {
                 String::from("layer pruning")
             } else {
                 p.title.clone()
             };
-            write_evals(ctx, &mut summary, &title)?;
+            rows = write_evals(ctx, &mut summary, &title)?;
         }
+        write_findings(&mut summary, &rows, selection.as_ref())?;
         std::fs::write(ctx.out("summary.md"), summary)?;
         Ok(())
     }
@@ -214,7 +219,7 @@ pub fn chance(task: &str, metric: &str) -> Option<f64> {
 }
 
 /// eval.csv, eval_items.csv, the metric-against-fraction figure and a summary table.
-fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()> {
+fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<Vec<EvalTableRow>> {
     let rows = collect_eval_rows(ctx, ctx.inputs("evals"))?;
     eval_table::write(&ctx.out(eval_table::FILE), &rows)?;
     let panels = fraction_panels(&rows);
@@ -237,6 +242,75 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<()
             &format!("{title}: score retained, % of the unpruned model"),
         )?;
         write_comparison_summary(summary, &compared)?;
+    }
+    Ok(rows)
+}
+
+/// The findings section of summary.md, in numbers (artifacts::findings).
+fn write_findings(
+    summary: &mut String,
+    rows: &[EvalTableRow],
+    selection: Option<&SelectionRecord>,
+) -> Result<()> {
+    let robust = findings::robustness(rows);
+    let healed = findings::healed_losses(rows);
+    let placed = selection.and_then(|s| findings::placement(s.layers, &s.blocks));
+    if robust.is_empty() && healed.is_empty() && placed.is_none() {
+        return Ok(());
+    }
+    writeln!(summary, "## Findings\n")?;
+    if !robust.is_empty() {
+        writeln!(
+            summary,
+            "Largest fraction of layers dropped up to which the score stays within two standard \
+             errors of the unpruned model (|score - base| <= 2 sqrt(se^2 + se_base^2) at every \
+             evaluated fraction up to it; 0: not even the smallest):\n\n\
+             | strategy | heal | task | shots | metric | largest fraction | fractions evaluated |\n\
+             |---|---|---|---|---|---|---|"
+        )?;
+        for r in &robust {
+            writeln!(
+                summary,
+                "| {} | {} | {} | {} | {} | {:.3} | {} |",
+                r.strategy, r.heal, r.task, r.shots, r.metric, r.max_fraction, r.fractions
+            )?;
+        }
+        writeln!(summary)?;
+    }
+    if !healed.is_empty() {
+        writeln!(
+            summary,
+            "Held-out loss (nats per token) of each healed model beside the same model unhealed:\n\n\
+             | strategy | fraction | unhealed | healed |\n|---|---|---|---|"
+        )?;
+        for h in &healed {
+            let parts: Vec<String> = h
+                .healed
+                .iter()
+                .map(|(m, v)| format!("{m} {v:.4} ({:+.4})", v - h.unhealed))
+                .collect();
+            writeln!(
+                summary,
+                "| {} | {:.3} | {:.4} | {} |",
+                h.strategy,
+                h.fraction,
+                h.unhealed,
+                parts.join(", ")
+            )?;
+        }
+        writeln!(summary)?;
+    }
+    if let Some(p) = placed {
+        let starts: Vec<String> = p.starts.iter().map(|(n, l)| format!("{n}:{l}")).collect();
+        writeln!(
+            summary,
+            "Where l*(n) sits (similarity strategy, L = {}): n:l*(n) = {}; {} of {} blocks are \
+             the deepest block that keeps the final layer, [L-n-1, L-1).\n",
+            p.layers,
+            starts.join(", "),
+            p.deepest,
+            p.starts.len()
+        )?;
     }
     Ok(())
 }

@@ -1,0 +1,262 @@
+//! The findings of a sweep in numbers, for summary.md: computed from eval.csv rows and the
+//! selection only (the report stage writes them; nothing here reads files).
+//!
+//! - Robustness: for each strategy, healing state and headline metric (each task's, and the
+//!   held-out loss), the largest fraction dropped up to which the score STAYS within two
+//!   standard errors of the unpruned model's: every evaluated fraction up to it satisfies
+//!   |score - base| <= 2 sqrt(se^2 + se_base^2) (both scores measured on the same items, each
+//!   with its own standard error; 0 when the smallest fraction already falls outside).
+//! - Healing: the held-out loss at each healed fraction beside the same model unhealed.
+//! - Where l*(n) sits: the similarity strategy's block start for each n, and how often it is
+//!   the deepest block that keeps the final layer (the simple strategy's [L-n-1, L-1)).
+
+use serde::Serialize;
+
+use super::comparison::{headline_metric, heal_of};
+use super::eval_table::EvalTableRow;
+use crate::method::selection::{Block, Strategy};
+
+/// One robustness finding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Robustness {
+    pub strategy: String,
+    /// "none", "lora" or "linear"
+    pub heal: String,
+    pub task: String,
+    pub shots: usize,
+    pub metric: String,
+    /// The largest fraction within two standard errors (0 if none).
+    pub max_fraction: f64,
+    /// Fractions evaluated.
+    pub fractions: usize,
+}
+
+/// Every strategy x healing x headline metric's robustness, in table order.
+pub fn robustness(rows: &[EvalTableRow]) -> Vec<Robustness> {
+    let headline = |r: &EvalTableRow| {
+        headline_metric(&r.task) == Some(r.metric.as_str())
+            || (r.task == "loss" && r.metric == "loss")
+    };
+    let mut keys: Vec<(String, String, String, usize, String)> = rows
+        .iter()
+        .filter(|r| headline(r))
+        .filter_map(|r| {
+            heal_of(&r.variant).map(|h| {
+                (
+                    r.strategy.clone(),
+                    h.to_string(),
+                    r.task.clone(),
+                    r.shots,
+                    r.metric.clone(),
+                )
+            })
+        })
+        .collect();
+    keys.sort_by(|a, b| {
+        (strategy_rank(&a.0), &a.2, a.3, &a.4, heal_rank(&a.1)).cmp(&(
+            strategy_rank(&b.0),
+            &b.2,
+            b.3,
+            &b.4,
+            heal_rank(&b.1),
+        ))
+    });
+    keys.dedup();
+    let mut out = Vec::new();
+    for (strategy, heal, task, shots, metric) in keys {
+        let Some(base) = rows.iter().find(|b| {
+            b.variant == "base" && b.task == task && b.shots == shots && b.metric == metric
+        }) else {
+            continue;
+        };
+        let mut points: Vec<&EvalTableRow> = rows
+            .iter()
+            .filter(|r| {
+                r.strategy == strategy
+                    && heal_of(&r.variant) == Some(heal.as_str())
+                    && r.task == task
+                    && r.shots == shots
+                    && r.metric == metric
+            })
+            .collect();
+        points.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+        let mut max_fraction = 0.0;
+        for p in &points {
+            let bound = 2.0 * (p.stderr.powi(2) + base.stderr.powi(2)).sqrt();
+            if (p.value - base.value).abs() <= bound {
+                max_fraction = p.fraction;
+            } else {
+                break;
+            }
+        }
+        out.push(Robustness {
+            strategy,
+            heal,
+            task,
+            shots,
+            metric,
+            max_fraction,
+            fractions: points.len(),
+        });
+    }
+    out
+}
+
+/// The held-out loss of one pruned model unhealed and healed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealedLoss {
+    pub strategy: String,
+    pub fraction: f64,
+    pub unhealed: f64,
+    /// By healing method ("lora", "linear"): the healed loss.
+    pub healed: Vec<(String, f64)>,
+}
+
+/// Each fraction and strategy with a healed model: its loss beside the unhealed one.
+pub fn healed_losses(rows: &[EvalTableRow]) -> Vec<HealedLoss> {
+    let loss = |r: &&EvalTableRow| r.task == "loss" && r.metric == "loss";
+    let mut out: Vec<HealedLoss> = Vec::new();
+    for r in rows.iter().filter(loss).filter(|r| r.variant == "pruned") {
+        let healed: Vec<(String, f64)> = rows
+            .iter()
+            .filter(loss)
+            .filter(|h| h.strategy == r.strategy && h.fraction == r.fraction && h.healed)
+            .filter_map(|h| heal_of(&h.variant).map(|m| (m.to_string(), h.value)))
+            .collect();
+        if !healed.is_empty() {
+            out.push(HealedLoss {
+                strategy: r.strategy.clone(),
+                fraction: r.fraction,
+                unhealed: r.value,
+                healed,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        a.fraction
+            .total_cmp(&b.fraction)
+            .then(strategy_rank(&a.strategy).cmp(&strategy_rank(&b.strategy)))
+    });
+    out
+}
+
+/// Where the similarity strategy's blocks sit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockPlacement {
+    pub layers: usize,
+    /// (n, l*(n)) for every n tabulated.
+    pub starts: Vec<(usize, usize)>,
+    /// How many of them are the deepest block that keeps the final layer, [L-n-1, L-1).
+    pub deepest: usize,
+}
+
+pub fn placement(layers: usize, blocks: &[Block]) -> Option<BlockPlacement> {
+    let mut starts: Vec<(usize, usize)> = blocks
+        .iter()
+        .filter(|b| b.strategy == Strategy::Similarity)
+        .map(|b| (b.n, b.start))
+        .collect();
+    if starts.is_empty() {
+        return None;
+    }
+    starts.sort_unstable();
+    let deepest = starts
+        .iter()
+        .filter(|&&(n, l)| n < layers && l + n + 1 == layers)
+        .count();
+    Some(BlockPlacement {
+        layers,
+        starts,
+        deepest,
+    })
+}
+
+fn strategy_rank(s: &str) -> usize {
+    Strategy::ALL
+        .iter()
+        .position(|x| x.as_str() == s)
+        .unwrap_or(Strategy::ALL.len())
+}
+
+fn heal_rank(h: &str) -> usize {
+    ["none", "lora", "linear"]
+        .iter()
+        .position(|x| *x == h)
+        .unwrap_or(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(variant: &str, fraction: f64, task: &str, metric: &str, value: f64) -> EvalTableRow {
+        EvalTableRow {
+            variant: variant.into(),
+            strategy: if variant == "base" { "" } else { "simple" }.into(),
+            fraction,
+            n_dropped: (fraction * 10.0) as usize,
+            start: String::new(),
+            end: String::new(),
+            healed: variant.starts_with("healed"),
+            task: task.into(),
+            shots: 0,
+            metric: metric.into(),
+            value,
+            stderr: 0.03,
+            n_items: 100,
+        }
+    }
+
+    #[test]
+    fn robustness_stops_at_the_first_fraction_outside_two_standard_errors() {
+        // 2 sqrt(0.03^2 + 0.03^2) = 0.0849
+        let rows = vec![
+            row("base", 0.0, "boolq", "acc", 0.80),
+            row("pruned", 0.1, "boolq", "acc", 0.75),
+            row("pruned", 0.2, "boolq", "acc", 0.70),
+            row("pruned", 0.3, "boolq", "acc", 0.78),
+            row("healed", 0.2, "boolq", "acc", 0.79),
+            row("pruned", 0.1, "boolq", "acc_norm", 0.1),
+        ];
+        let r = robustness(&rows);
+        assert_eq!(r.len(), 2, "{r:?}");
+        // 0.70 is outside; 0.78 at 0.3 does not count: the score must stay within
+        assert_eq!(
+            (r[0].heal.as_str(), r[0].max_fraction, r[0].fractions),
+            ("none", 0.1, 3)
+        );
+        assert_eq!((r[1].heal.as_str(), r[1].max_fraction), ("lora", 0.2));
+    }
+
+    #[test]
+    fn healed_losses_and_block_placement() {
+        let rows = vec![
+            row("base", 0.0, "loss", "loss", 2.0),
+            row("pruned", 0.2, "loss", "loss", 3.0),
+            row("healed", 0.2, "loss", "loss", 2.4),
+            row("healed-linear", 0.2, "loss", "loss", 2.7),
+            row("pruned", 0.3, "loss", "loss", 3.5),
+        ];
+        let h = healed_losses(&rows);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].unhealed, 3.0);
+        assert_eq!(
+            h[0].healed,
+            vec![("lora".to_string(), 2.4), ("linear".to_string(), 2.7)]
+        );
+        let block = |n: usize, start: usize| Block {
+            n,
+            fraction: n as f64 / 10.0,
+            strategy: Strategy::Similarity,
+            start,
+            end: start + n,
+            d: 0.1,
+            layers: vec![],
+            attention_only: false,
+        };
+        // L = 10: the deepest block keeping the last layer for n = 2 is [7, 9)
+        let p = placement(10, &[block(2, 7), block(3, 2)]).unwrap();
+        assert_eq!(p.starts, vec![(2, 7), (3, 2)]);
+        assert_eq!(p.deepest, 1);
+    }
+}
