@@ -417,7 +417,8 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         };
         let n = self.rows.len();
         let config = TrainConfig {
-            lora,
+            lora: Some(lora),
+            partial_layers: None,
             steps: 1,
             warmup_steps: 0,
             lr: 1e-4,

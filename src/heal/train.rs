@@ -1,6 +1,7 @@
-//! The healing loop: LoRA on a frozen (optionally NF4) base, AdamW, cosine schedule with
-//! warmup, gradient accumulation and clipping, checkpoints that make a killed run resume where it
-//! stopped and end bit-identical (on CPU) to an uninterrupted one.
+//! The healing loop: AdamW, cosine schedule with warmup, gradient accumulation and clipping,
+//! checkpoints that make a killed run resume where it stopped and end bit-identical (on CPU) to
+//! an uninterrupted one; over any `Trainable` set of host parameters: LoRA adapters on a frozen
+//! (optionally NF4) base, or the full-rank tensors of the last layers (heal::partial).
 //!
 //! Determinism: the data order is a seeded permutation per epoch; dropout masks come from the
 //! backend RNG re-seeded from (seed, step, micro-batch) before every micro-batch; all optimizer
@@ -34,7 +35,12 @@ pub enum Quant {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub lora: LoraConfig,
+    /// LoRA healing: the adapters' configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+    /// Partial fine-tuning: the number of last kept layers trained in full (with the LM head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_layers: Option<usize>,
     pub steps: u64,
     pub warmup_steps: u64,
     pub lr: f64,
@@ -62,27 +68,102 @@ pub struct LogRow {
     pub seconds: f64,
 }
 
+/// What a training run updates: host f32 parameter vectors, how they enter the model with
+/// gradients, and how a checkpoint names them.
+pub trait Trainable: Clone {
+    /// Lengths of the parameter vectors, in order (the optimizer's state follows it).
+    fn param_sizes(&self) -> Vec<usize>;
+    fn params_mut(&mut self) -> Vec<&mut Vec<f32>>;
+    /// The loss of one micro-batch and the gradients of loss * loss_scale, in parameter order.
+    fn micro_step<B: AutodiffBackend>(
+        &self,
+        model: &mut Transformer<B>,
+        rows: &[Vec<u32>],
+        loss_scale: f64,
+    ) -> Result<(f64, Vec<Vec<f32>>)>;
+    /// Named tensors (name, shape, values) for a checkpoint.
+    fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])>;
+    /// Restore the values of a checkpoint's named tensors.
+    fn restore(&mut self, tensors: &std::collections::HashMap<String, Vec<f32>>) -> Result<()>;
+}
+
+impl Trainable for AdapterSet {
+    fn param_sizes(&self) -> Vec<usize> {
+        AdapterSet::param_sizes(self)
+    }
+    fn params_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        AdapterSet::params_mut(self)
+    }
+    fn micro_step<B: AutodiffBackend>(
+        &self,
+        model: &mut Transformer<B>,
+        rows: &[Vec<u32>],
+        loss_scale: f64,
+    ) -> Result<(f64, Vec<Vec<f32>>)> {
+        micro_step(model, self, rows, loss_scale)
+    }
+    fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let r = self.config.r;
+        self.modules
+            .iter()
+            .flat_map(|m| {
+                [
+                    (m.peft_name("A"), vec![r, m.in_features], m.a.as_slice()),
+                    (m.peft_name("B"), vec![m.out_features, r], m.b.as_slice()),
+                ]
+            })
+            .collect()
+    }
+    fn restore(&mut self, tensors: &std::collections::HashMap<String, Vec<f32>>) -> Result<()> {
+        for m in &mut self.modules {
+            let get = |name: String| {
+                tensors
+                    .get(&name)
+                    .cloned()
+                    .with_context(|| format!("missing {name}"))
+            };
+            m.a = get(m.peft_name("A"))?;
+            m.b = get(m.peft_name("B"))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
-pub struct TrainState {
+pub struct TrainState<P = AdapterSet> {
     /// Optimizer steps completed.
     pub step: u64,
     /// Windows consumed (position in the concatenation of the per-epoch orders).
     pub cursor: u64,
-    pub adapters: AdapterSet,
+    /// What is trained (LoRA adapters, or the tensors of a partial fine-tune).
+    pub params: P,
     pub optim: AdamW,
     pub log: Vec<LogRow>,
 }
 
-impl TrainState {
-    /// The state before the first step: fresh adapters, zero optimizer moments.
-    pub fn fresh(config: &TrainConfig, adapters: AdapterSet) -> Self {
+impl<P: Trainable> TrainState<P> {
+    /// The state before the first step: the given parameters, zero optimizer moments.
+    pub fn fresh(config: &TrainConfig, params: P) -> Self {
         Self {
             step: 0,
             cursor: 0,
-            optim: AdamW::new(config.adamw, &adapters.param_sizes()),
-            adapters,
+            optim: AdamW::new(config.adamw, &params.param_sizes()),
+            params,
             log: vec![],
         }
+    }
+
+    /// Resume from the newest matching checkpoint, else start fresh.
+    pub fn resume_or_fresh(
+        config: &TrainConfig,
+        params: P,
+        checkpoints: Option<&Checkpoints>,
+    ) -> Result<Self> {
+        let resumed = match checkpoints {
+            Some(c) => c.load(config, &params)?,
+            None => None,
+        };
+        Ok(resumed.unwrap_or_else(|| Self::fresh(config, params)))
     }
 }
 
@@ -98,12 +179,12 @@ pub fn setup<B: AutodiffBackend>(
         let projections = all_projections(model);
         quantize_nf4(model, &projections)?;
     }
-    let adapters = AdapterSet::init(&config.lora, model, config.seed)?;
-    let resumed = match checkpoints {
-        Some(c) => c.load(config, &adapters)?,
-        None => None,
-    };
-    Ok(resumed.unwrap_or_else(|| TrainState::fresh(config, adapters)))
+    let lora = config
+        .lora
+        .as_ref()
+        .context("LoRA healing needs a LoRA configuration")?;
+    let adapters = AdapterSet::init(lora, model, config.seed)?;
+    TrainState::resume_or_fresh(config, adapters, checkpoints)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,14 +244,15 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
-    pub fn save(&self, state: &TrainState, config: &TrainConfig) -> Result<()> {
+    pub fn save<P: Trainable>(&self, state: &TrainState<P>, config: &TrainConfig) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        state
-            .adapters
-            .save_tensors(&tmp.join("adapters.safetensors"))?;
+        write_f32_tensors(
+            &tmp.join("adapters.safetensors"),
+            &state.params.named_tensors(),
+        )?;
         let mut moments: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         for (k, (m, v)) in state.optim.m.iter().zip(&state.optim.v).enumerate() {
             moments.push((format!("m.{k}"), vec![m.len()], m));
@@ -202,7 +284,11 @@ impl Checkpoints {
     }
 
     /// The newest checkpoint, if it was made with the same configuration.
-    pub fn load(&self, config: &TrainConfig, template: &AdapterSet) -> Result<Option<TrainState>> {
+    pub fn load<P: Trainable>(
+        &self,
+        config: &TrainConfig,
+        template: &P,
+    ) -> Result<Option<TrainState<P>>> {
         let Ok(latest) = std::fs::read_to_string(self.dir.join("latest")) else {
             return Ok(None);
         };
@@ -218,19 +304,12 @@ impl Checkpoints {
             return Ok(None);
         }
         let tensors = read_f32_tensors(&dir.join("adapters.safetensors"))?;
-        let mut adapters = template.clone();
-        for m in &mut adapters.modules {
-            m.a = tensors
-                .get(&m.peft_name("A"))
-                .cloned()
-                .with_context(|| format!("{}: missing {}", dir.display(), m.peft_name("A")))?;
-            m.b = tensors
-                .get(&m.peft_name("B"))
-                .cloned()
-                .with_context(|| format!("{}: missing {}", dir.display(), m.peft_name("B")))?;
-        }
+        let mut params = template.clone();
+        params
+            .restore(&tensors)
+            .with_context(|| format!("{}: incomplete checkpoint", dir.display()))?;
         let moments = read_f32_tensors(&dir.join("optimizer.safetensors"))?;
-        let sizes = adapters.param_sizes();
+        let sizes = params.param_sizes();
         let mut optim = AdamW::new(config.adamw, &sizes);
         optim.t = meta.t;
         for k in 0..sizes.len() {
@@ -251,7 +330,7 @@ impl Checkpoints {
         Ok(Some(TrainState {
             step: meta.step,
             cursor: meta.cursor,
-            adapters,
+            params,
             optim,
             log: meta.log,
         }))
@@ -317,14 +396,14 @@ pub fn micro_step<B: AutodiffBackend>(
 
 /// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured;
 /// `after_step` sees the state after every optimizer step (and its checkpoint).
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffBackend, P: Trainable>(
     model: &mut Transformer<B>,
     windows: &[Vec<u32>],
     config: &TrainConfig,
-    mut state: TrainState,
+    mut state: TrainState<P>,
     checkpoints: Option<&Checkpoints>,
-    after_step: &dyn Fn(&TrainState),
-) -> Result<TrainState> {
+    after_step: &dyn Fn(&TrainState<P>),
+) -> Result<TrainState<P>> {
     if windows.is_empty() {
         bail!("no training windows");
     }
@@ -355,7 +434,7 @@ pub fn train<B: AutodiffBackend>(
                 &model.device,
                 config.seed ^ (state.step << 16) ^ micro as u64 ^ 0xD0_D0,
             );
-            let (loss, g) = micro_step(model, &state.adapters, &rows, 1.0 / accum as f64)?;
+            let (loss, g) = state.params.micro_step(model, &rows, 1.0 / accum as f64)?;
             if !loss.is_finite() {
                 let last = checkpoints
                     .map(|_| {
@@ -387,7 +466,7 @@ pub fn train<B: AutodiffBackend>(
         if !grad_norm.is_finite() {
             bail!("step {}: the gradient norm is not finite", state.step + 1);
         }
-        let mut params = state.adapters.params_mut();
+        let mut params = state.params.params_mut();
         state.optim.step(&mut params, &grads, lr);
         state.step += 1;
         let row = LogRow {

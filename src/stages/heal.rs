@@ -106,7 +106,7 @@ impl Params for HealParams {
 impl HealParams {
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
-            lora: LoraConfig {
+            lora: Some(LoraConfig {
                 r: self.lora_rank,
                 alpha: if self.lora_alpha > 0.0 {
                     self.lora_alpha
@@ -115,7 +115,8 @@ impl HealParams {
                 },
                 dropout: self.lora_dropout,
                 target_modules: self.target_modules.clone(),
-            },
+            }),
+            partial_layers: None,
             steps: self.steps,
             warmup_steps: self.warmup_steps,
             lr: self.lr,
@@ -185,11 +186,12 @@ impl AutodiffTask for Heal<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<TrainState> {
         let mut model = self.model.build::<B>(&device, dtype)?;
         let state = setup(&mut model, &self.config, self.quant, Some(self.checkpoints))?;
+        let lora = &state.params.config;
         tracing::info!(
             "healing: {} LoRA parameters (r = {}, alpha = {}), {} windows, {} steps of {} sequences",
-            state.adapters.num_params(),
-            self.config.lora.r,
-            self.config.lora.alpha,
+            state.params.num_params(),
+            lora.r,
+            lora.alpha,
             self.windows.len(),
             self.config.steps,
             self.config.global_batch
@@ -274,7 +276,7 @@ impl Stage for HealStage {
         )?;
         let base_name = base_model_name(input, &model);
         state
-            .adapters
+            .params
             .save_peft(&adapter_dir(&ctx.out_dir), &base_name)?;
         write_loss_csv(&ctx.out_dir, &state.log)?;
         crate::report::figures::loss_curve(
@@ -305,7 +307,7 @@ impl Stage for HealStage {
             crate::model::export::export_hf_with_updates(
                 &model.files,
                 &model.kept,
-                &state.adapters.updates(&model.files.config)?,
+                &state.params.updates(&model.files.config)?,
                 &model.attention_dropped,
                 &ctx.out(MERGED_DIR),
                 ctx.precision,
