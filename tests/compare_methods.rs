@@ -118,6 +118,18 @@ quant = "none"
 checkpoint_every = 0
 text = {{ source = "text", part = "all" }}
 
+[stages.partial]
+kind = "heal-partial"
+last_layers = 1
+steps = 2
+warmup_steps = 1
+global_batch = 2
+micro_batch = 2
+seq_len = 16
+checkpoint_every = 0
+merge = true
+text = {{ source = "text", part = "all" }}
+
 [stages.linear]
 kind = "heal-linear"
 windows = 8
@@ -126,14 +138,14 @@ text = {{ source = "text", part = "all" }}
 
 [stages.eval]
 kind = "eval-qa"
-inputs = {{ model = ["load", "prune", "heal", "linear"] }}
+inputs = {{ model = ["load", "prune", "heal", "linear", "partial"] }}
 tasks = ["boolq", "piqa"]
 data = "data"
 batch_size = 8
 
 [stages.loss]
 kind = "eval-loss"
-inputs = {{ model = ["load", "prune", "heal", "linear"] }}
+inputs = {{ model = ["load", "prune", "heal", "linear", "partial"] }}
 seq_len = 32
 windows = 4
 text = {{ source = "text", part = "all" }}
@@ -197,7 +209,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
     }
 
-    // comparison.csv: 2 fractions x 7 strategies x 3 healing methods, each with boolq, piqa,
+    // comparison.csv: 2 fractions x 7 strategies x 4 healing methods, each with boolq, piqa,
     // their average and the loss
     let eval = csv_rows(&res.join("eval.csv"));
     let cmp = csv_rows(&res.join("comparison.csv"));
@@ -217,12 +229,13 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             r["fraction"].clone(),
         ));
     }
-    assert_eq!(models.len(), 2 * 7 * 3, "{models:?}");
+    assert_eq!(models.len(), 2 * 7 * 4, "{models:?}");
     for (strategy, heal, fraction) in &models {
         let variant = match heal.as_str() {
             "none" => "pruned",
             "lora" => "healed",
             "linear" => "healed-linear",
+            "partial" => "healed-partial",
             other => panic!("heal {other}"),
         };
         let of = |task: &str| {
@@ -313,7 +326,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 2 * 7 * 3);
+    assert_eq!(checked, 2 * 7 * 4);
 
     // the findings: each robustness row recomputed from eval.csv
     let findings = summary
@@ -328,7 +341,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         .collect();
     assert_eq!(
         table.len(),
-        7 * 3 * 3,
+        7 * 4 * 3,
         "strategies x heals x (boolq, piqa, loss)"
     );
     for line in table {
@@ -338,7 +351,8 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         let variant = match heal {
             "none" => "pruned",
             "lora" => "healed",
-            _ => "healed-linear",
+            "linear" => "healed-linear",
+            _ => "healed-partial",
         };
         let b = eval
             .iter()
@@ -426,4 +440,61 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         assert!(e < 1e-5, "exported vs light attention drop: {e:e}");
     }
     assert_eq!(attention_prunes, 2, "one attention prune per fraction");
+
+    // partial fine-tuning trained the last layer (3) and the tied embedding; its merged export
+    // equals the model read through the replaced tensors
+    let mut partials = 0;
+    for e in std::fs::read_dir(env.path("cache/heal-partial")).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("heal-partial.json")) else {
+            continue;
+        };
+        partials += 1;
+        let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(rec["embedding_trained"], true);
+        let kept: Vec<usize> = serde_json::from_value(rec["kept"].clone()).unwrap();
+        assert_eq!(
+            rec["trained_layers"],
+            serde_json::json!([kept[kept.len() - 1]])
+        );
+        assert_eq!(rec["steps"], 2);
+        let cache = common::temp_cache();
+        let open = |p: &std::path::Path| {
+            layerprune::model::ModelFiles::open(
+                layerprune::source::resolve_str(p.to_str().unwrap(), cache.path()).unwrap(),
+            )
+            .unwrap()
+        };
+        let f32 = burn::tensor::DType::F32;
+        let merged = open(&dir.join("merged"))
+            .build::<common::B>(&Default::default(), f32)
+            .unwrap();
+        let mut overlay = open(&fixtures().join("models/tiny-llama"))
+            .with_replaced(&dir.join("replaced"))
+            .unwrap()
+            .build_with_layers::<common::B>(&Default::default(), f32, &kept)
+            .unwrap();
+        let dropped: Vec<usize> =
+            serde_json::from_value(rec.get("attention_dropped").cloned().unwrap_or_default())
+                .unwrap_or_default();
+        overlay.drop_attention(&dropped).unwrap();
+        let rows = vec![vec![3u32, 17, 90, 4, 200, 11]];
+        let batch = layerprune::model::TokenBatch::right_padded(&rows, 0);
+        let logits = |m: &layerprune::model::Transformer<common::B>| {
+            layerprune::model::to_f32_vec(
+                m.forward(
+                    &batch,
+                    layerprune::model::Capture::None,
+                    layerprune::model::Logits::All,
+                )
+                .unwrap()
+                .logits
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let e = common::rel_err(&logits(&merged), &logits(&overlay));
+        assert!(e < 1e-5, "merged vs replaced tensors: {e:e}");
+    }
+    assert_eq!(partials, 2 * 7);
 }

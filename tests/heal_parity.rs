@@ -1,7 +1,8 @@
 //! Healing against references (tests/fixtures/make_heal_fixtures.py): NF4 with double
 //! quantisation equal to bitsandbytes 0.50 bit for bit; one and two LoRA steps on a pruned tiny
 //! model (gradients, clipped norm, AdamW update) equal to PyTorch + PEFT within 1e-4 relative,
-//! on a dense base and on the NF4-dequantised base; the PEFT adapter layout.
+//! on a dense base and on the NF4-dequantised base; the PEFT adapter layout; two steps of
+//! partial fine-tuning (the last layer and the tied LM head in full rank) equal to PyTorch.
 
 mod common;
 
@@ -298,4 +299,90 @@ fn peft_adapter_layout_matches_peft() {
         x
     };
     assert_eq!(sorted(&a["target_modules"]), sorted(&b["target_modules"]));
+}
+
+/// Partial fine-tuning (heal-partial): two AdamW steps with the last kept layer and the tied LM
+/// head trained in full, against PyTorch (make_heal_fixtures.py part "partial"): the loss, every
+/// gradient (the tied embedding's through both of its uses), the clipped norm and the updated
+/// tensors within 1e-4 relative; the trained tensors come out in Hugging Face names and layout.
+#[test]
+fn partial_finetune_steps_match_pytorch() {
+    use layerprune::heal::partial::{PartialSet, Site};
+    use layerprune::heal::train::Trainable;
+    let r = read_reference(&fixtures().join("reference/partial-step.safetensors"));
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut model = files
+        .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
+        .unwrap();
+    let mut set = PartialSet::from_model(&model, 1).unwrap();
+    let mut names: Vec<String> = set.params.iter().map(|p| p.name.clone()).collect();
+    names.sort();
+    let mut want_names: Vec<String> = r
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad0.").map(String::from))
+        .collect();
+    want_names.sort();
+    assert_eq!(names, want_names, "the trained tensors");
+    let sizes = set.param_sizes();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+        &sizes,
+    );
+    // model layout -> Hugging Face layout ([in, out] -> [out, in] for linear weights)
+    let to_hf = |site: Site, shape: &[usize], v: &[f32]| -> Vec<f32> {
+        match site {
+            Site::Weight(..) | Site::Head => {
+                layerprune::formats::host_tensor::transpose(v, shape[0], shape[1])
+            }
+            _ => v.to_vec(),
+        }
+    };
+    for step in 0..2 {
+        let ids = &r[&format!("batch{step}.input_ids")];
+        let rows: Vec<Vec<u32>> = ids
+            .i64
+            .chunks(ids.shape[1])
+            .map(|c| c.iter().map(|&x| x as u32).collect())
+            .collect();
+        let (loss, mut grads) = set.micro_step(&mut model, &rows, 1.0).unwrap();
+        let want_loss = r[&format!("loss{step}")].f32[0] as f64;
+        assert!(
+            ((loss - want_loss) / want_loss).abs() < 1e-5,
+            "step {step}: loss {loss} vs {want_loss}"
+        );
+        for (p, g) in set.params.iter().zip(&grads) {
+            let want = &r[&format!("grad{step}.{}", p.name)].f32;
+            check(
+                &format!("step {step} grad {}", p.name),
+                &to_hf(p.site, &p.shape, g),
+                want,
+            );
+        }
+        let norm = clip_grad_norm(&mut grads, 1.0);
+        let want_norm = r[&format!("norm{step}")].f32[0] as f64;
+        assert!(
+            ((norm - want_norm) / want_norm).abs() < 1e-4,
+            "step {step}: norm {norm} vs {want_norm}"
+        );
+        let mut params = set.params_mut();
+        opt.step(&mut params, &grads, 1e-3);
+        for (name, t) in set.hf_tensors().unwrap() {
+            let want = &r[&format!("after{step}.{name}")];
+            assert_eq!(t.shape, want.shape, "{name}: Hugging Face shape");
+            check(&format!("step {step} updated {name}"), &t.data, &want.f32);
+        }
+    }
 }

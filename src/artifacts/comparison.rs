@@ -26,7 +26,8 @@ pub const AVERAGE: &str = "average";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComparisonRow {
     pub strategy: String,
-    /// "none" (pruned only), "lora" (QLoRA / LoRA healing) or "linear" (ReplaceMe map).
+    /// "none" (pruned only), "lora" (QLoRA / LoRA healing), "linear" (ReplaceMe map) or
+    /// "partial" (the last layers and the head fine-tuned).
     pub heal: String,
     pub fraction: f64,
     pub n_dropped: usize,
@@ -48,6 +49,7 @@ pub fn heal_of(variant: &str) -> Option<&'static str> {
         "pruned" => Some("none"),
         "healed" => Some("lora"),
         "healed-linear" => Some("linear"),
+        "healed-partial" => Some("partial"),
         _ => None,
     }
 }
@@ -172,10 +174,10 @@ fn strategy_rank(s: &str) -> usize {
 }
 
 fn heal_rank(h: &str) -> usize {
-    ["none", "lora", "linear"]
+    ["none", "lora", "linear", "partial"]
         .iter()
         .position(|x| *x == h)
-        .unwrap_or(3)
+        .unwrap_or(4)
 }
 
 /// Tasks first, then the average, then the loss.

@@ -179,10 +179,10 @@ fn strategy_rank(s: &str) -> usize {
 }
 
 fn heal_rank(h: &str) -> usize {
-    ["none", "lora", "linear"]
+    ["none", "lora", "linear", "partial"]
         .iter()
         .position(|x| *x == h)
-        .unwrap_or(3)
+        .unwrap_or(4)
 }
 
 #[cfg(test)]

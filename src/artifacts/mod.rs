@@ -11,6 +11,7 @@
 //! | prune | `PrunedRecord` | pruned.json (+ model/ when exported) |
 //! | heal | `HealRecord` | heal.json (+ adapter/, loss.csv, merged/) |
 //! | heal-linear | `LinearHealRecord` | heal-linear.json (+ replaced/, map.safetensors, merged/) |
+//! | heal-partial | `PartialHealRecord` | heal-partial.json (+ replaced/, loss.csv, merged/) |
 //! | eval-qa | `EvalRecord` | scores.json (+ prompts.json) |
 //! | eval-loss | `LossRecord` | loss.json |
 
@@ -20,6 +21,7 @@ pub mod eval_table;
 pub mod findings;
 pub mod heal;
 pub mod heal_linear;
+pub mod heal_partial;
 pub mod load;
 pub mod loss;
 pub mod manifest;
@@ -37,6 +39,7 @@ use serde::Serialize;
 pub use eval::EvalRecord;
 pub use heal::HealRecord;
 pub use heal_linear::LinearHealRecord;
+pub use heal_partial::PartialHealRecord;
 pub use load::LoadRecord;
 pub use loss::LossRecord;
 pub use manifest::Manifest;

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::heal::adapter_dir;
 use super::heal_linear::replaced_dir;
-use super::{HealRecord, InputArtifact, LinearHealRecord, LoadRecord, PrunedRecord, Record};
+use super::{
+    HealRecord, InputArtifact, LinearHealRecord, LoadRecord, PartialHealRecord, PrunedRecord,
+    Record,
+};
 use crate::heal::adapter::AdapterSet;
 use crate::method::selection::Strategy;
 use crate::model::{ModelFiles, Transformer};
@@ -19,7 +22,8 @@ use crate::model::{ModelFiles, Transformer};
 /// How a model came about, for result tables.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Variant {
-    /// "base", "pruned", "healed" (LoRA) or "healed-linear" (a fitted linear map)
+    /// "base", "pruned", "healed" (LoRA), "healed-linear" (a fitted linear map) or
+    /// "healed-partial" (the last layers and the head fine-tuned)
     pub variant: String,
     pub strategy: Option<Strategy>,
     pub fraction: f64,
@@ -72,6 +76,15 @@ impl Variant {
         }
     }
 
+    /// The same model after partial fine-tuning.
+    pub fn healed_partial(&self) -> Self {
+        Self {
+            variant: "healed-partial".into(),
+            healed: true,
+            ..self.clone()
+        }
+    }
+
     /// A short unique name: "base", "pruned/similarity/0.25", "healed/simple/0.25".
     pub fn label(&self) -> String {
         match (&self.strategy, self.variant.as_str()) {
@@ -88,6 +101,7 @@ pub enum ModelArtifact {
     Pruned(PrunedRecord),
     Healed(HealRecord),
     LinearHealed(LinearHealRecord),
+    PartialHealed(PartialHealRecord),
 }
 
 impl ModelArtifact {
@@ -98,6 +112,7 @@ impl ModelArtifact {
             PrunedRecord::KIND => Self::Pruned(PrunedRecord::of(input)?),
             HealRecord::KIND => Self::Healed(HealRecord::of(input)?),
             LinearHealRecord::KIND => Self::LinearHealed(LinearHealRecord::of(input)?),
+            PartialHealRecord::KIND => Self::PartialHealed(PartialHealRecord::of(input)?),
             other => bail!(
                 "stage {}: an artifact of kind {other} is not a model ({})",
                 input.stage,
@@ -113,6 +128,7 @@ impl ModelArtifact {
             Self::Pruned(r) => &r.base,
             Self::Healed(r) => &r.base,
             Self::LinearHealed(r) => &r.base,
+            Self::PartialHealed(r) => &r.base,
         }
     }
 
@@ -123,6 +139,7 @@ impl ModelArtifact {
             Self::Pruned(r) => r.kept.clone(),
             Self::Healed(r) => r.kept.clone(),
             Self::LinearHealed(r) => r.kept.clone(),
+            Self::PartialHealed(r) => r.kept.clone(),
         }
     }
 
@@ -133,6 +150,7 @@ impl ModelArtifact {
             Self::Pruned(r) => r.attention_dropped.clone(),
             Self::Healed(r) => r.attention_dropped.clone(),
             Self::LinearHealed(r) => r.attention_dropped.clone(),
+            Self::PartialHealed(r) => r.attention_dropped.clone(),
         }
     }
 
@@ -142,6 +160,7 @@ impl ModelArtifact {
             Self::Pruned(r) => Variant::pruned(r),
             Self::Healed(r) => r.variant.clone(),
             Self::LinearHealed(r) => r.variant.clone(),
+            Self::PartialHealed(r) => r.variant.clone(),
         }
     }
 
@@ -158,8 +177,12 @@ pub struct ModelRef {
     pub variant: Variant,
     /// A PEFT adapter directory (healed models), merged into the weights when built.
     pub adapter: Option<PathBuf>,
-    /// Original layers some of whose tensors the model replaces (heal-linear), in `files`.
+    /// Original layers some of whose tensors the model replaces (heal-linear, heal-partial),
+    /// in `files`.
     pub replaced_layers: Vec<usize>,
+    /// Whether it replaces the embedding matrix (heal-partial of a tied model): no stream of
+    /// it equals the base model's then.
+    pub embedding_replaced: bool,
     /// Original layers whose attention sublayer the model drops (strategy `attention`).
     pub attention_dropped: Vec<usize>,
     /// The artifact key of the model (for naming).
@@ -173,9 +196,18 @@ impl ModelRef {
         let mut files = artifact.base().open(cache_root)?;
         let adapter = matches!(artifact, ModelArtifact::Healed(_)).then(|| adapter_dir(&input.dir));
         let mut replaced_layers = Vec::new();
-        if let ModelArtifact::LinearHealed(r) = &artifact {
-            files = files.with_replaced(&replaced_dir(&input.dir))?;
-            replaced_layers.extend(r.blocks.iter().map(|b| b.folded_layer));
+        let mut embedding_replaced = false;
+        match &artifact {
+            ModelArtifact::LinearHealed(r) => {
+                files = files.with_replaced(&replaced_dir(&input.dir))?;
+                replaced_layers.extend(r.blocks.iter().map(|b| b.folded_layer));
+            }
+            ModelArtifact::PartialHealed(r) => {
+                files = files.with_replaced(&replaced_dir(&input.dir))?;
+                replaced_layers.extend(&r.trained_layers);
+                embedding_replaced = r.embedding_trained;
+            }
+            _ => {}
         }
         Ok(Self {
             files,
@@ -183,6 +215,7 @@ impl ModelRef {
             variant: artifact.variant(),
             adapter,
             replaced_layers,
+            embedding_replaced,
             attention_dropped: artifact.attention_dropped(),
             key: input.key.clone(),
             artifact,
@@ -197,6 +230,7 @@ impl ModelRef {
             variant: Variant::base(),
             adapter: None,
             replaced_layers: Vec::new(),
+            embedding_replaced: false,
             attention_dropped: Vec::new(),
             key: key.to_string(),
             artifact,
@@ -218,7 +252,7 @@ impl ModelRef {
     /// The number of leading base layers the model keeps unchanged (no adapter), when it is a
     /// pruned model: its stream below that cut equals the base model's.
     pub fn unchanged_prefix(&self) -> Option<usize> {
-        if self.adapter.is_some() {
+        if self.adapter.is_some() || self.embedding_replaced {
             return None;
         }
         let kept = &self.kept;

@@ -193,6 +193,42 @@ pub fn windows(
     Ok(out)
 }
 
+/// Packed training windows: the training documents tokenized, joined with EOS, cut into
+/// consecutive windows of seq_len tokens.
+pub fn packed_windows(
+    path: &Path,
+    spec: &TextSpec,
+    tokenizer: &TextTokenizer,
+    eos: Option<u32>,
+    seq_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let docs = select_part(
+        read_documents(path, &spec.field)?,
+        spec.part,
+        spec.holdout_every,
+    );
+    let mut stream = Vec::new();
+    for d in &docs {
+        stream.extend(
+            tokenizer
+                .encode(&d.text)
+                .with_context(|| format!("tokenizing {}", d.name))?,
+        );
+        if let Some(e) = eos {
+            stream.push(e);
+        }
+    }
+    let windows: Vec<Vec<u32>> = stream.chunks_exact(seq_len).map(|c| c.to_vec()).collect();
+    if windows.is_empty() {
+        bail!(
+            "{}: the {:?} part has fewer than {seq_len} tokens",
+            path.display(),
+            spec.part
+        );
+    }
+    Ok(windows)
+}
+
 /// `count` items evenly spread over `items`: indices floor(k * N / count).
 pub fn pick_evenly<T: Clone>(items: &[T], count: usize) -> Vec<T> {
     let n = items.len();

@@ -5,4 +5,5 @@
 pub mod adapter;
 pub mod linear_map;
 pub mod optim;
+pub mod partial;
 pub mod train;

@@ -262,13 +262,14 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Point markers: small circles (unhealed), squares (healed), triangles (healed otherwise,
-/// e.g. by a linear map).
+/// Point markers: small circles (unhealed), squares (healed), triangles and diamonds (healed
+/// otherwise, e.g. by a linear map or a partial fine-tune).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marker {
     Circle,
     Square,
     Triangle,
+    Diamond,
 }
 
 impl Marker {
@@ -297,6 +298,10 @@ fn marker_element<DB: DrawingBackend>(
         )),
         Marker::Triangle => area.draw(&Polygon::new(
             vec![(x, y - 5), (x - 5, y + 4), (x + 5, y + 4)],
+            color.filled(),
+        )),
+        Marker::Diamond => area.draw(&Polygon::new(
+            vec![(x, y - 5), (x - 5, y), (x, y + 5), (x + 5, y)],
             color.filled(),
         )),
     }
@@ -408,6 +413,10 @@ fn draw_panel<DB: DrawingBackend>(
                 )),
                 Marker::Triangle => chart.draw_series(std::iter::once(
                     EmptyElement::at(q) + Polygon::new(vec![(0, -5), (-5, 4), (5, 4)], fill),
+                )),
+                Marker::Diamond => chart.draw_series(std::iter::once(
+                    EmptyElement::at(q)
+                        + Polygon::new(vec![(0, -5), (-5, 0), (0, 5), (5, 0)], fill),
                 )),
             }
             .map_err(err)?;

@@ -1,8 +1,6 @@
 //! `heal`: QLoRA finetuning of a pruned model.
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +9,7 @@ use crate::artifacts::heal::{adapter_dir, write_loss_csv, MERGED_DIR};
 use crate::artifacts::pruned::EXPORT_DIR;
 use crate::artifacts::{HealRecord, InputArtifact, ModelRef, Record};
 use crate::backend::{dispatch_autodiff, AutodiffTask};
-use crate::data::text::{read_documents, select_part, TextSpec};
+use crate::data::text::{packed_windows, TextSpec};
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
@@ -53,21 +51,13 @@ fn perr(path: &str, message: String) -> ParamError {
 
 impl Params for HealParams {
     fn validate(&self) -> Result<(), ParamError> {
-        if self.steps == 0 {
-            return Err(perr("steps", "must be at least 1".into()));
-        }
-        if self.micro_batch == 0
-            || self.global_batch == 0
-            || self.global_batch % self.micro_batch != 0
-        {
-            return Err(perr(
-                "global_batch",
-                format!(
-                    "must be a positive multiple of micro_batch ({}), got {}",
-                    self.micro_batch, self.global_batch
-                ),
-            ));
-        }
+        super::check_training(
+            self.steps,
+            self.global_batch,
+            self.micro_batch,
+            self.lr,
+            self.seq_len,
+        )?;
         if self.lora_rank == 0 {
             return Err(perr("lora_rank", "must be at least 1".into()));
         }
@@ -75,15 +65,6 @@ impl Params for HealParams {
             return Err(perr(
                 "lora_dropout",
                 format!("must be in [0, 1), got {}", self.lora_dropout),
-            ));
-        }
-        if !(self.lr > 0.0) {
-            return Err(perr("lr", format!("must be positive, got {}", self.lr)));
-        }
-        if self.seq_len < 2 {
-            return Err(perr(
-                "seq_len",
-                format!("must be at least 2, got {}", self.seq_len),
             ));
         }
         if self.target_modules.is_empty() {
@@ -133,42 +114,6 @@ impl HealParams {
             checkpoint_every: self.checkpoint_every,
         }
     }
-}
-
-/// Packed training windows: the training documents tokenized, joined with EOS, cut into
-/// consecutive windows of seq_len tokens.
-pub fn packed_windows(
-    path: &Path,
-    spec: &TextSpec,
-    tokenizer: &crate::formats::tokenizer::TextTokenizer,
-    eos: Option<u32>,
-    seq_len: usize,
-) -> Result<Vec<Vec<u32>>> {
-    let docs = select_part(
-        read_documents(path, &spec.field)?,
-        spec.part,
-        spec.holdout_every,
-    );
-    let mut stream = Vec::new();
-    for d in &docs {
-        stream.extend(
-            tokenizer
-                .encode(&d.text)
-                .with_context(|| format!("tokenizing {}", d.name))?,
-        );
-        if let Some(e) = eos {
-            stream.push(e);
-        }
-    }
-    let windows: Vec<Vec<u32>> = stream.chunks_exact(seq_len).map(|c| c.to_vec()).collect();
-    if windows.is_empty() {
-        bail!(
-            "{}: the {:?} part has fewer than {seq_len} tokens",
-            path.display(),
-            spec.part
-        );
-    }
-    Ok(windows)
 }
 
 struct Heal<'a> {

@@ -7,6 +7,7 @@ pub mod eval_loss;
 pub mod eval_qa;
 pub mod heal;
 pub mod heal_linear;
+pub mod heal_partial;
 pub mod load;
 pub mod prune;
 pub mod report;
@@ -65,7 +66,10 @@ impl InputSlot {
 }
 
 /// The slot of stages that take any model: base (`load`), pruned or healed.
-pub const ANY_MODEL: InputSlot = InputSlot::one("model", &["load", "prune", "heal", "heal-linear"]);
+pub const ANY_MODEL: InputSlot = InputSlot::one(
+    "model",
+    &["load", "prune", "heal", "heal-linear", "heal-partial"],
+);
 
 /// A parameter error: dotted path inside the stage table and message.
 #[derive(Debug, Clone)]
@@ -165,6 +169,40 @@ pub fn warn_beyond_context(stage: &str, what: &str, len: usize, cfg: &crate::mod
     }
 }
 
+/// The parameter checks every training stage shares (heal, heal-partial).
+pub fn check_training(
+    steps: u64,
+    global_batch: usize,
+    micro_batch: usize,
+    lr: f64,
+    seq_len: usize,
+) -> Result<(), ParamError> {
+    let err = |path: &str, message: String| {
+        Err(ParamError {
+            path: path.into(),
+            message,
+        })
+    };
+    if steps == 0 {
+        return err("steps", "must be at least 1".into());
+    }
+    if micro_batch == 0 || global_batch == 0 || global_batch % micro_batch != 0 {
+        return err(
+            "global_batch",
+            format!(
+                "must be a positive multiple of micro_batch ({micro_batch}), got {global_batch}"
+            ),
+        );
+    }
+    if !(lr > 0.0) {
+        return err("lr", format!("must be positive, got {lr}"));
+    }
+    if seq_len < 2 {
+        return err("seq_len", format!("must be at least 2, got {seq_len}"));
+    }
+    Ok(())
+}
+
 /// Canonical JSON of typed parameters.
 pub fn canonical<P: Params>(value: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let p: P = parse_params(value)?;
@@ -183,6 +221,7 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &eval_loss::EvalLossStage,
         &heal::HealStage,
         &heal_linear::LinearHealStage,
+        &heal_partial::PartialHealStage,
         &report::ReportStage,
     ];
     if cfg!(test) || crate::runtime::current().test_stages {

@@ -329,6 +329,7 @@ pub fn comparison_panels(rows: &[ComparisonRow]) -> Vec<Panel> {
                 ("none", Marker::Circle),
                 ("lora", Marker::Square),
                 ("linear", Marker::Triangle),
+                ("partial", Marker::Diamond),
             ] {
                 let mut pts: Vec<(f64, f64)> = rows
                     .iter()
@@ -531,6 +532,7 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                 ("pruned", ", not healed", Marker::Circle),
                 ("healed", ", healed", Marker::Square),
                 ("healed-linear", ", healed (linear map)", Marker::Triangle),
+                ("healed-partial", ", healed (partial FT)", Marker::Diamond),
             ] {
                 let mut pts: Vec<(f64, f64)> = sel
                     .iter()
