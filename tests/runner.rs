@@ -458,7 +458,7 @@ fn bad_configurations_give_exact_errors() {
             "unknown stage kind",
             "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n".into(),
             vec![],
-            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, report, test-value; set `kind` when the table name is not a kind)".into(),
+            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, heal-partial, report, test-value; set `kind` when the table name is not a kind)".into(),
         ),
         (
             "unknown sweep axis",

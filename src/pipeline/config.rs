@@ -700,7 +700,7 @@ mod tests {
         test_kinds();
         assert_eq!(
             err(stage_kinds(file(), "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n", &[])).to_string(),
-            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, report, test-value; set `kind` when the table name is not a kind)"
+            "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, heal-partial, report, test-value; set `kind` when the table name is not a kind)"
         );
         // without `kind`, the error is at the table
         let e = err(stage_kinds(file(), "name = \"x\"\n[stages.prnue]\n", &[]));
@@ -966,7 +966,7 @@ mod tests {
             ),
             (
                 "name = \"x\"\n[stages.a]\nkind = \"test-valeu\"\n",
-                "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, report, test-value; set `kind` when the table name is not a kind)",
+                "p.toml:3: stages.a.kind: unknown stage kind \"test-valeu\" (did you mean \"test-value\"?) (known kinds: load, similarity, select, prune, eval-qa, eval-loss, heal, heal-linear, heal-partial, report, test-value; set `kind` when the table name is not a kind)",
             ),
             (
                 "name = \"x\"\nbackedn = \"flex\"\n[stages.a]\nkind = \"test-value\"\n",
