@@ -159,6 +159,27 @@ inputs = {{ similarity = "similarity", selection = "select", evals = ["eval", "l
     )
 }
 
+fn open_model(path: &std::path::Path, cache: &std::path::Path) -> layerprune::model::ModelFiles {
+    layerprune::model::ModelFiles::open(
+        layerprune::source::resolve_str(path.to_str().unwrap(), cache).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Logits of two fixed rows (one padded).
+fn logits(m: &layerprune::model::Transformer<common::B>) -> Vec<f32> {
+    use layerprune::model::{Capture, Logits, TokenBatch};
+    let rows = vec![vec![3u32, 17, 90, 4, 200, 11], vec![8, 9, 10]];
+    let out = m
+        .forward(
+            &TokenBatch::right_padded(&rows, 0),
+            Capture::None,
+            Logits::All,
+        )
+        .unwrap();
+    layerprune::model::to_f32_vec(out.logits.unwrap()).unwrap()
+}
+
 fn csv_rows(path: &std::path::Path) -> Vec<BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
     let headers: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
@@ -396,12 +417,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         assert_eq!(dropped.len(), rec["n"].as_u64().unwrap() as usize);
         assert_eq!(rec["kept"].as_array().unwrap().len(), 4);
         let cache = common::temp_cache();
-        let open = |p: &std::path::Path| {
-            layerprune::model::ModelFiles::open(
-                layerprune::source::resolve_str(p.to_str().unwrap(), cache.path()).unwrap(),
-            )
-            .unwrap()
-        };
+        let open = |p: &std::path::Path| open_model(p, cache.path());
         let exported = open(&dir.join("model"));
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap())
@@ -410,24 +426,9 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             config["layerprune"]["attention_dropped_layers"],
             rec["attention_dropped"]
         );
-        let rows = vec![vec![3u32, 17, 90, 4, 200, 11], vec![8, 9, 10]];
-        let batch = layerprune::model::TokenBatch::right_padded(&rows, 0);
-        let logits = |m: layerprune::model::Transformer<common::B>| {
-            layerprune::model::to_f32_vec(
-                m.forward(
-                    &batch,
-                    layerprune::model::Capture::None,
-                    layerprune::model::Logits::All,
-                )
-                .unwrap()
-                .logits
-                .unwrap(),
-            )
-            .unwrap()
-        };
         let f32 = burn::tensor::DType::F32;
         let a = logits(
-            exported
+            &exported
                 .build::<common::B>(&Default::default(), f32)
                 .unwrap(),
         );
@@ -435,7 +436,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             .build::<common::B>(&Default::default(), f32)
             .unwrap();
         light.drop_attention(&dropped).unwrap();
-        let b = logits(light);
+        let b = logits(&light);
         let e = common::rel_err(&a, &b);
         assert!(e < 1e-5, "exported vs light attention drop: {e:e}");
     }
@@ -459,12 +460,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
         assert_eq!(rec["steps"], 2);
         let cache = common::temp_cache();
-        let open = |p: &std::path::Path| {
-            layerprune::model::ModelFiles::open(
-                layerprune::source::resolve_str(p.to_str().unwrap(), cache.path()).unwrap(),
-            )
-            .unwrap()
-        };
+        let open = |p: &std::path::Path| open_model(p, cache.path());
         let f32 = burn::tensor::DType::F32;
         let merged = open(&dir.join("merged"))
             .build::<common::B>(&Default::default(), f32)
@@ -478,21 +474,6 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             serde_json::from_value(rec.get("attention_dropped").cloned().unwrap_or_default())
                 .unwrap_or_default();
         overlay.drop_attention(&dropped).unwrap();
-        let rows = vec![vec![3u32, 17, 90, 4, 200, 11]];
-        let batch = layerprune::model::TokenBatch::right_padded(&rows, 0);
-        let logits = |m: &layerprune::model::Transformer<common::B>| {
-            layerprune::model::to_f32_vec(
-                m.forward(
-                    &batch,
-                    layerprune::model::Capture::None,
-                    layerprune::model::Logits::All,
-                )
-                .unwrap()
-                .logits
-                .unwrap(),
-            )
-            .unwrap()
-        };
         let e = common::rel_err(&logits(&merged), &logits(&overlay));
         assert!(e < 1e-5, "merged vs replaced tensors: {e:e}");
     }

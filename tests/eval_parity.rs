@@ -467,17 +467,7 @@ fn attention_sublayer_drop_matches_the_reference() {
                 .join("reference")
                 .join(entry["file"].as_str().unwrap()),
         );
-        let ids_t = &reference["input_ids"];
-        let mask = &reference["attention_mask"].i64;
-        let (b, t) = (ids_t.shape[0], ids_t.shape[1]);
-        let rows: Vec<Vec<u32>> = (0..b)
-            .map(|i| {
-                (0..t)
-                    .filter(|&j| mask[i * t + j] == 1)
-                    .map(|j| ids_t.i64[i * t + j] as u32)
-                    .collect()
-            })
-            .collect();
+        let (rows, mask) = common::reference_rows(&reference);
         let out = net
             .forward(
                 &TokenBatch::right_padded(&rows, 0),
@@ -487,12 +477,7 @@ fn attention_sublayer_drop_matches_the_reference() {
             .unwrap();
         let logits = to_f32_vec(out.logits.unwrap()).unwrap();
         let vocab = files.config.vocab_size;
-        let pick = |flat: &[f32]| -> Vec<f32> {
-            (0..b * t)
-                .filter(|&p| mask[p] == 1)
-                .flat_map(|p| flat[p * vocab..(p + 1) * vocab].to_vec())
-                .collect()
-        };
+        let pick = |flat: &[f32]| common::real_positions(flat, &mask, vocab);
         let e = rel_err(&pick(&logits), &pick(&reference["logits"].f32));
         assert!(
             e < 1e-4,

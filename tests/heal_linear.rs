@@ -153,17 +153,7 @@ fn fold_case(name: &str) {
     let net = healed
         .build_with_layers::<B>(&Default::default(), DType::F32, &kept)
         .unwrap();
-    let ids = &reference["input_ids"];
-    let mask = &reference["attention_mask"].i64;
-    let (b, t) = (ids.shape[0], ids.shape[1]);
-    let rows: Vec<Vec<u32>> = (0..b)
-        .map(|i| {
-            (0..t)
-                .filter(|&j| mask[i * t + j] == 1)
-                .map(|j| ids.i64[i * t + j] as u32)
-                .collect()
-        })
-        .collect();
+    let (rows, mask) = common::reference_rows(&reference);
     let out = net
         .forward(
             &TokenBatch::right_padded(&rows, 0),
@@ -173,12 +163,7 @@ fn fold_case(name: &str) {
         .unwrap();
     let logits = to_f32_vec(out.logits.unwrap()).unwrap();
     let vocab = healed.config.vocab_size;
-    let pick = |flat: &[f32]| -> Vec<f32> {
-        (0..b * t)
-            .filter(|&p| mask[p] == 1)
-            .flat_map(|p| flat[p * vocab..(p + 1) * vocab].to_vec())
-            .collect()
-    };
+    let pick = |flat: &[f32]| common::real_positions(flat, &mask, vocab);
     let e = rel_err(&pick(&logits), &pick(&reference["logits"].f32));
     eprintln!("{name}: healed logits relative error {e:e}");
     assert!(

@@ -166,14 +166,15 @@ pub fn compare(rows: &[EvalTableRow]) -> Vec<ComparisonRow> {
 }
 
 /// Strategies in the order of `Strategy::ALL`.
-fn strategy_rank(s: &str) -> usize {
+pub fn strategy_rank(s: &str) -> usize {
     Strategy::ALL
         .iter()
         .position(|x| x.as_str() == s)
         .unwrap_or(Strategy::ALL.len())
 }
 
-fn heal_rank(h: &str) -> usize {
+/// Healing methods in table order: none, lora, linear, partial.
+pub fn heal_rank(h: &str) -> usize {
     ["none", "lora", "linear", "partial"]
         .iter()
         .position(|x| *x == h)

@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use super::comparison::{headline_metric, heal_of};
+use super::comparison::{headline_metric, heal_of, heal_rank, strategy_rank};
 use super::eval_table::EvalTableRow;
 use crate::method::selection::{Block, Strategy};
 
@@ -169,20 +169,6 @@ pub fn placement(layers: usize, blocks: &[Block]) -> Option<BlockPlacement> {
         starts,
         deepest,
     })
-}
-
-fn strategy_rank(s: &str) -> usize {
-    Strategy::ALL
-        .iter()
-        .position(|x| x.as_str() == s)
-        .unwrap_or(Strategy::ALL.len())
-}
-
-fn heal_rank(h: &str) -> usize {
-    ["none", "lora", "linear", "partial"]
-        .iter()
-        .position(|x| *x == h)
-        .unwrap_or(4)
 }
 
 #[cfg(test)]

@@ -339,16 +339,11 @@ impl Trainable for PartialSet {
         let loss = batch_loss(model, rows);
         let value = to_f32_vec(loss.clone())?[0] as f64;
         let grads = (loss * loss_scale).backward();
-        let host = |d: burn::tensor::TensorData| {
-            d.convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))
-        };
         let mut out = Vec::with_capacity(handles.len());
         for (h, p) in handles.iter().zip(&self.params) {
             let g = match h {
-                Handle::One(t) => t.grad(&grads).map(|g| host(g.into_data())),
-                Handle::Two(t) => t.grad(&grads).map(|g| host(g.into_data())),
+                Handle::One(t) => t.grad(&grads).map(to_f32_vec),
+                Handle::Two(t) => t.grad(&grads).map(to_f32_vec),
             }
             .with_context(|| format!("no gradient for {}", p.name))??;
             out.push(g);

@@ -378,16 +378,7 @@ pub fn micro_step<B: AutodiffBackend>(
     for (m, (a, b)) in adapters.modules.iter().zip(&handles) {
         let ga = a.grad(&grads).context("no gradient for a LoRA A matrix")?; // [in, r]
         let gb = b.grad(&grads).context("no gradient for a LoRA B matrix")?; // [r, out]
-        let ga = ga
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let gb = gb
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (ga, gb) = (to_f32_vec(ga)?, to_f32_vec(gb)?);
         out.push(transpose(&ga, m.in_features, r));
         out.push(transpose(&gb, r, m.out_features));
     }

@@ -5,11 +5,11 @@ use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::artifacts::heal::{adapter_dir, write_loss_csv, MERGED_DIR};
+use crate::artifacts::heal::{adapter_dir, MERGED_DIR};
 use crate::artifacts::pruned::EXPORT_DIR;
 use crate::artifacts::{HealRecord, InputArtifact, ModelRef, Record};
 use crate::backend::{dispatch_autodiff, AutodiffTask};
-use crate::data::text::{packed_windows, TextSpec};
+use crate::data::text::TextSpec;
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
@@ -189,23 +189,9 @@ impl Stage for HealStage {
         let p: HealParams = ctx.params()?;
         let input = ctx.input("model")?;
         let model = ModelRef::open(input, &ctx.cache_root)?;
-        let text = ctx.source("text.source")?;
-        super::warn_beyond_context(&ctx.stage, "seq_len", p.seq_len, &model.files.config);
-        let windows = packed_windows(
-            &text.path,
-            &p.text,
-            &model.files.tokenizer,
-            model.files.config.eos_token_id,
-            p.seq_len,
-        )?;
+        let (windows, checkpoints) =
+            super::training_setup(ctx, &p.text, &model, p.seq_len, HealRecord::KIND)?;
         let config = p.train_config();
-        let checkpoints = Checkpoints {
-            dir: ctx
-                .cache_root
-                .join("checkpoints")
-                .join(HealRecord::KIND)
-                .join(&ctx.key),
-        };
         let start = std::time::Instant::now();
         let state = dispatch_autodiff(
             ctx.backend,
@@ -223,14 +209,9 @@ impl Stage for HealStage {
         state
             .params
             .save_peft(&adapter_dir(&ctx.out_dir), &base_name)?;
-        write_loss_csv(&ctx.out_dir, &state.log)?;
-        crate::report::figures::loss_curve(
-            &ctx.out_dir,
-            &state
-                .log
-                .iter()
-                .map(|r| (r.step as f64, r.loss))
-                .collect::<Vec<_>>(),
+        super::write_training_log(
+            ctx,
+            &state.log,
             &format!("healing {}", model.variant.label()),
         )?;
         let record = HealRecord {

@@ -6,11 +6,11 @@ use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
-use crate::artifacts::heal::{write_loss_csv, MERGED_DIR};
+use crate::artifacts::heal::MERGED_DIR;
 use crate::artifacts::heal_linear::replaced_dir;
 use crate::artifacts::{ModelRef, PartialHealRecord, Record};
 use crate::backend::{dispatch_autodiff, AutodiffTask};
-use crate::data::text::{packed_windows, TextSpec};
+use crate::data::text::TextSpec;
 use crate::formats::safetensors_dir::write_f32;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::partial::PartialSet;
@@ -156,23 +156,9 @@ impl Stage for PartialHealStage {
                 model.kept.len()
             );
         }
-        let text = ctx.source("text.source")?;
-        super::warn_beyond_context(&ctx.stage, "seq_len", p.seq_len, &model.files.config);
-        let windows = packed_windows(
-            &text.path,
-            &p.text,
-            &model.files.tokenizer,
-            model.files.config.eos_token_id,
-            p.seq_len,
-        )?;
+        let (windows, checkpoints) =
+            super::training_setup(ctx, &p.text, &model, p.seq_len, PartialHealRecord::KIND)?;
         let config = p.train_config();
-        let checkpoints = Checkpoints {
-            dir: ctx
-                .cache_root
-                .join("checkpoints")
-                .join(PartialHealRecord::KIND)
-                .join(&ctx.key),
-        };
         let began = std::time::Instant::now();
         let state = dispatch_autodiff(
             ctx.backend,
@@ -189,14 +175,9 @@ impl Stage for PartialHealStage {
         let dir = replaced_dir(&ctx.out_dir);
         std::fs::create_dir_all(&dir)?;
         write_f32(&dir.join("model.safetensors"), &tensors)?;
-        write_loss_csv(&ctx.out_dir, &state.log)?;
-        crate::report::figures::loss_curve(
-            &ctx.out_dir,
-            &state
-                .log
-                .iter()
-                .map(|r| (r.step as f64, r.loss))
-                .collect::<Vec<_>>(),
+        super::write_training_log(
+            ctx,
+            &state.log,
             &format!("partial fine-tuning {}", model.variant.label()),
         )?;
         let n = model.kept.len();

@@ -203,6 +203,41 @@ pub fn check_training(
     Ok(())
 }
 
+/// What a training stage (heal, heal-partial) trains on: the packed windows of `seq_len` tokens
+/// of its text source's part, and the job's checkpoint directory.
+pub fn training_setup(
+    ctx: &JobContext,
+    spec: &crate::data::text::TextSpec,
+    model: &crate::artifacts::ModelRef,
+    seq_len: usize,
+    kind: &str,
+) -> anyhow::Result<(Vec<Vec<u32>>, crate::heal::train::Checkpoints)> {
+    let text = ctx.source("text.source")?;
+    warn_beyond_context(&ctx.stage, "seq_len", seq_len, &model.files.config);
+    let windows = crate::data::text::packed_windows(
+        &text.path,
+        spec,
+        &model.files.tokenizer,
+        model.files.config.eos_token_id,
+        seq_len,
+    )?;
+    let checkpoints = crate::heal::train::Checkpoints {
+        dir: ctx.cache_root.join("checkpoints").join(kind).join(&ctx.key),
+    };
+    Ok((windows, checkpoints))
+}
+
+/// A training stage's loss.csv and loss curve (loss_curve.svg/png).
+pub fn write_training_log(
+    ctx: &JobContext,
+    log: &[crate::heal::train::LogRow],
+    title: &str,
+) -> anyhow::Result<()> {
+    crate::artifacts::heal::write_loss_csv(&ctx.out_dir, log)?;
+    let points: Vec<(f64, f64)> = log.iter().map(|r| (r.step as f64, r.loss)).collect();
+    crate::report::figures::loss_curve(&ctx.out_dir, &points, title)
+}
+
 /// Canonical JSON of typed parameters.
 pub fn canonical<P: Params>(value: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let p: P = parse_params(value)?;

@@ -91,3 +91,30 @@ pub fn test_cache() -> PathBuf {
                 .join("test-cache")
         })
 }
+
+/// The rows (real tokens only) of a reference's right-padded `input_ids` under its
+/// `attention_mask`, and the mask, flat [batch * seq].
+pub fn reference_rows(
+    r: &std::collections::BTreeMap<String, RefTensor>,
+) -> (Vec<Vec<u32>>, Vec<i64>) {
+    let ids = &r["input_ids"];
+    let mask = r["attention_mask"].i64.clone();
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let rows = (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    (rows, mask)
+}
+
+/// The `width`-wide vectors at the real (mask 1) positions of a flat [batch, seq, width] tensor.
+pub fn real_positions(flat: &[f32], mask: &[i64], width: usize) -> Vec<f32> {
+    (0..mask.len())
+        .filter(|&p| mask[p] == 1)
+        .flat_map(|p| flat[p * width..(p + 1) * width].to_vec())
+        .collect()
+}
