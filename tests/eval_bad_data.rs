@@ -42,7 +42,7 @@ fn wrong_answer_index_is_named() {
     );
     let e = format!(
         "{:#}",
-        mmlu_items(dir.path(), "anatomy", 0, &all).unwrap_err()
+        mmlu_items(dir.path(), TaskName::Mmlu, "anatomy", 0, &all).unwrap_err()
     );
     assert!(
         e.contains("anatomy/test: row 0: answer 7 is not an index into 4 choices"),

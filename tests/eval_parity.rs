@@ -9,7 +9,9 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, B};
-use layerprune::data::tasks::{item_from_row, mmlu_item, mmlu_prefix, McItem, TaskName};
+use layerprune::data::tasks::{
+    item_from_row, mmlu_cloze_item, mmlu_cloze_prefix, mmlu_item, mmlu_prefix, McItem, TaskName,
+};
 use layerprune::eval::harness::encode_pair;
 use layerprune::eval::loglik::{next_token_logprobs, score, score_sets, Request, ScoreOptions};
 use layerprune::model::to_f32_vec;
@@ -52,7 +54,7 @@ fn task_of(name: &str) -> TaskName {
 fn build_item(entry: &Value) -> McItem {
     let task = task_of(entry["task"].as_str().unwrap());
     let index = entry["index"].as_u64().unwrap() as usize;
-    if task == TaskName::Mmlu {
+    if task.is_mmlu() {
         let subject = entry["subject"].as_str().unwrap();
         let shots = entry["shots"].as_u64().unwrap() as usize;
         let dev: Vec<Value> = entry
@@ -60,8 +62,13 @@ fn build_item(entry: &Value) -> McItem {
             .and_then(|v| v.as_array())
             .cloned()
             .unwrap_or_default();
-        let prefix = mmlu_prefix(subject, &dev, shots, "fixture").unwrap();
-        mmlu_item(subject, &prefix, &entry["row"], index, "fixture").unwrap()
+        if task == TaskName::MmluCloze {
+            let prefix = mmlu_cloze_prefix(subject, &dev, shots, "fixture").unwrap();
+            mmlu_cloze_item(subject, &prefix, &entry["row"], index, "fixture").unwrap()
+        } else {
+            let prefix = mmlu_prefix(subject, &dev, shots, "fixture").unwrap();
+            mmlu_item(subject, &prefix, &entry["row"], index, "fixture").unwrap()
+        }
     } else {
         item_from_row(task, &entry["row"], index, "fixture").unwrap()
     }
@@ -86,7 +93,11 @@ fn prompts_token_splits_and_logliks_match_the_harness() {
         .iter()
         .map(|e| e["task"].as_str().unwrap())
         .collect();
-    assert_eq!(tasks.len(), 7, "every task is covered: {tasks:?}");
+    assert_eq!(
+        tasks.len(),
+        layerprune::data::tasks::TASKS.len(),
+        "every task is covered: {tasks:?}"
+    );
     let mut requests = Vec::new();
     let mut expected = Vec::new();
     for e in entries {

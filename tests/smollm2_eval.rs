@@ -119,7 +119,7 @@ fn check_predictions(per_subject: usize, boolq_items: usize) {
     for shots in [0usize, 5] {
         let mut ours = Vec::new();
         for subject in mmlu_subjects(&root).unwrap() {
-            let items = mmlu_items(&root, &subject, shots, &first5).unwrap();
+            let items = mmlu_items(&root, TaskName::Mmlu, &subject, shots, &first5).unwrap();
             let preds = predict(&files, &model, &items, shots > 0);
             ours.extend(items.iter().map(|i| i.id.clone()).zip(preds));
         }

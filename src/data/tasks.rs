@@ -18,6 +18,9 @@ use super::records::{list_of_str, read_split, str_field};
 #[serde(rename_all = "snake_case")]
 pub enum TaskName {
     Mmlu,
+    /// MMLU in the cloze form: the question without lettered options, each answer text scored
+    /// as a continuation (lighteval's mmlu_cloze, OLMES's RC form).
+    MmluCloze,
     Boolq,
     ArcEasy,
     ArcChallenge,
@@ -44,7 +47,7 @@ pub struct TaskSpec {
     pub paper_answers: Option<&'static [&'static str]>,
 }
 
-pub const TASKS: [TaskSpec; 7] = [
+pub const TASKS: [TaskSpec; 8] = [
     TaskSpec {
         task: TaskName::Mmlu,
         name: "mmlu",
@@ -52,6 +55,14 @@ pub const TASKS: [TaskSpec; 7] = [
         acc_norm: false,
         chance: 0.25,
         paper_answers: Some(&["A", "B", "C", "D"]),
+    },
+    TaskSpec {
+        task: TaskName::MmluCloze,
+        name: "mmlu_cloze",
+        split_dir: "hails/mmlu_no_train",
+        acc_norm: true,
+        chance: 0.25,
+        paper_answers: None,
     },
     TaskSpec {
         task: TaskName::Boolq,
@@ -127,6 +138,12 @@ impl TaskName {
     /// Whether the harness reports acc_norm for the task.
     pub fn has_acc_norm(self) -> bool {
         self.spec().acc_norm
+    }
+
+    /// MMLU in either form: items per subject, few-shot exemplars from each subject's dev split,
+    /// a macro average over subjects.
+    pub fn is_mmlu(self) -> bool {
+        matches!(self, TaskName::Mmlu | TaskName::MmluCloze)
     }
 }
 
@@ -204,7 +221,8 @@ pub fn hellaswag_preprocess(text: &str) -> String {
 
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
-fn mmlu_question(row: &Value, origin: &str, i: usize) -> Result<(String, usize)> {
+/// An MMLU row's question, its four choices and the gold index.
+fn mmlu_fields(row: &Value, origin: &str, i: usize) -> Result<(String, Vec<String>, usize)> {
     let q = str_field(row, "question", origin, i)?;
     let choices = list_of_str(row, "choices", origin, i)?;
     if choices.len() != 4 {
@@ -221,6 +239,12 @@ fn mmlu_question(row: &Value, origin: &str, i: usize) -> Result<(String, usize)>
     if answer > 3 {
         bail!("{origin}: row {i}: answer {answer} is not an index into 4 choices");
     }
+    Ok((q.to_string(), choices, answer))
+}
+
+/// The lettered form's question text (lm-evaluation-harness's mmlu doc_to_text) and the gold.
+fn mmlu_question(row: &Value, origin: &str, i: usize) -> Result<(String, usize)> {
+    let (q, choices, answer) = mmlu_fields(row, origin, i)?;
     let text = format!(
         "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
         q.trim(),
@@ -294,31 +318,92 @@ pub fn mmlu_item(
     })
 }
 
-/// MMLU items of one subject with k exemplars from its dev split (first k, in order).
+/// The cloze form's description and first `shots` dev exemplars: "The following are questions
+/// about {subject}.\n", then "Question: {q}\nAnswer: {answer text}\n\n" per exemplar.
+pub fn mmlu_cloze_prefix(
+    subject: &str,
+    dev_rows: &[Value],
+    shots: usize,
+    origin: &str,
+) -> Result<String> {
+    if dev_rows.len() < shots {
+        bail!(
+            "{origin}: {shots} shots requested but the dev split has {} rows",
+            dev_rows.len()
+        );
+    }
+    let mut prefix = format!(
+        "The following are questions about {}.\n",
+        subject.replace('_', " ")
+    );
+    for (i, row) in dev_rows.iter().take(shots).enumerate() {
+        let (q, choices, answer) = mmlu_fields(row, origin, i)?;
+        prefix.push_str(&format!(
+            "Question: {}\nAnswer: {}\n\n",
+            q.trim(),
+            choices[answer]
+        ));
+    }
+    Ok(prefix)
+}
+
+/// One MMLU test item in the cloze form: "Question: {q}\nAnswer:" after the prefix, the four
+/// answer texts as continuations (with the target delimiter " ").
+pub fn mmlu_cloze_item(
+    subject: &str,
+    prefix: &str,
+    row: &Value,
+    index: usize,
+    origin: &str,
+) -> Result<McItem> {
+    let (q, choices, gold) = mmlu_fields(row, origin, index)?;
+    Ok(McItem {
+        id: format!("{subject}/{index}"),
+        contexts: vec![format!("{prefix}Question: {}\nAnswer:", q.trim())],
+        continuations: choices.iter().map(|c| format!(" {c}")).collect(),
+        choices,
+        gold,
+        subject: Some(subject.to_string()),
+    })
+}
+
+/// MMLU items (`task`: the lettered or the cloze form) of one subject with k exemplars from its
+/// dev split (first k, in order).
 pub fn mmlu_items(
     root: &Path,
+    task: TaskName,
     subject: &str,
     shots: usize,
     select: &dyn Fn(usize) -> Vec<usize>,
 ) -> Result<Vec<McItem>> {
+    if !task.is_mmlu() {
+        bail!("{} is not an MMLU task", task.as_str());
+    }
+    let cloze = task == TaskName::MmluCloze;
     let base: PathBuf = root.join(TaskName::Mmlu.split_dir()).join(subject);
     let test_dir = base.join("test");
     let origin = test_dir.display().to_string();
     let rows = read_split(&test_dir)?;
-    let prefix = if shots > 0 {
+    let (dev, dev_origin) = if shots > 0 {
         let dev_dir = base.join("dev");
-        mmlu_prefix(
-            subject,
-            &read_split(&dev_dir)?,
-            shots,
-            &dev_dir.display().to_string(),
-        )?
+        (read_split(&dev_dir)?, dev_dir.display().to_string())
     } else {
-        mmlu_prefix(subject, &[], 0, &origin)?
+        (Vec::new(), origin.clone())
+    };
+    let prefix = if cloze {
+        mmlu_cloze_prefix(subject, &dev, shots, &dev_origin)?
+    } else {
+        mmlu_prefix(subject, &dev, shots, &dev_origin)?
     };
     select(rows.len())
         .into_iter()
-        .map(|i| mmlu_item(subject, &prefix, &rows[i], i, &origin))
+        .map(|i| {
+            if cloze {
+                mmlu_cloze_item(subject, &prefix, &rows[i], i, &origin)
+            } else {
+                mmlu_item(subject, &prefix, &rows[i], i, &origin)
+            }
+        })
         .collect()
 }
 
@@ -370,7 +455,9 @@ pub fn item_from_row(task: TaskName, row: &Value, i: usize, origin: &str) -> Res
         subject: None,
     };
     let item = match task {
-        TaskName::Mmlu => bail!("MMLU items are built per subject (mmlu_items)"),
+        TaskName::Mmlu | TaskName::MmluCloze => {
+            bail!("MMLU items are built per subject (mmlu_items)")
+        }
         TaskName::Boolq => {
             let ctx = format!(
                 "{}\nQuestion: {}?\nAnswer:",

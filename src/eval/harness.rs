@@ -177,7 +177,7 @@ pub fn aggregate(task: TaskName, items: &[McItem], results: &[ItemResult]) -> Ve
             n_items: accn.len(),
         });
     }
-    if task == TaskName::Mmlu {
+    if task.is_mmlu() {
         let mut by_subject: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for (it, a) in items.iter().zip(&acc) {
             by_subject

@@ -151,11 +151,11 @@ impl Evaluate<'_> {
     pub fn build(&self, task: TaskName) -> Result<TaskRequests> {
         let select = subset_fn(self.params, task);
         let tok = &self.model.files.tokenizer;
-        let (items, shots) = if task == TaskName::Mmlu {
+        let (items, shots) = if task.is_mmlu() {
             let shots = self.params.mmlu_shots;
             let mut per_subject = Vec::new();
             for subject in &mmlu_subjects(self.data_root)? {
-                per_subject.push(mmlu_items(self.data_root, subject, shots, &select)?);
+                per_subject.push(mmlu_items(self.data_root, task, subject, shots, &select)?);
             }
             (per_subject, shots)
         } else {
@@ -176,7 +176,7 @@ impl Evaluate<'_> {
             items,
             sets,
             scoring,
-            shared_prefix: task == TaskName::Mmlu && shots > 0,
+            shared_prefix: task.is_mmlu() && shots > 0,
         })
     }
 
