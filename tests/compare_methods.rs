@@ -309,14 +309,35 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
         );
     }
 
-    // the figure, as SVG and PNG
+    // the figures, as SVG and PNG of the stated size (420 px a panel column + 20, 360 px a
+    // panel row + 40 + the legend's rows)
     let svg = std::fs::read_to_string(res.join("fig_comparison_retained.svg")).unwrap();
-    assert!(
-        svg.starts_with("<svg") && svg.contains("loss_greedy, heal: linear"),
-        "svg"
-    );
-    let png = std::fs::read(res.join("fig_comparison_retained.png")).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(svg.contains("loss_greedy, heal: linear"), "svg legend");
+    for (stem, cols, rows) in [
+        ("fig_comparison_retained", 2, 1),
+        // boolq and loss (no MMLU here), one column
+        ("fig1d_mmlu_boolq_loss", 1, 2),
+        // rows boolq / loss, columns not healed / healed
+        ("fig5_similarity_vs_simple", 2, 2),
+        // similarity and simple, not healed and healed
+        ("fig_knowledge_vs_reasoning", 2, 2),
+    ] {
+        let svg = std::fs::read_to_string(res.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{stem}.svg");
+        let width = format!("width=\"{}\"", 420 * cols + 20);
+        assert!(svg[..200].contains(&width), "{stem}.svg: {}", &svg[..200]);
+        let png = std::fs::read(res.join(format!("{stem}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png");
+        let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!(w, 420 * cols + 20, "{stem}.png width");
+        assert!(
+            h >= 360 * rows + 40 + 36 && h < 360 * rows + 40 + 400,
+            "{stem}.png height {h}"
+        );
+    }
+    let summary_text = std::fs::read_to_string(res.join("summary.md")).unwrap();
+    assert!(summary_text.contains("fig5_similarity_vs_simple"));
 
     // summary.md: the average column of each table row equals comparison.csv
     let summary = std::fs::read_to_string(res.join("summary.md")).unwrap();

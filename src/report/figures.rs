@@ -531,6 +531,7 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
 fn draw_panels<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     panels: &[Panel],
+    cols: usize,
     title: &str,
     x_label: &str,
 ) -> Result<()> {
@@ -539,7 +540,6 @@ fn draw_panels<DB: DrawingBackend>(
     let (width, height) = root.dim_in_pixel();
     let (root, legend) = root.split_vertically(height.saturating_sub(legend_height(panels, width)));
     draw_legend(&legend, panels)?;
-    let cols = panels.len().min(3).max(1);
     let rows = panels.len().div_ceil(cols);
     let x_max = panels
         .iter()
@@ -556,7 +556,27 @@ fn draw_panels<DB: DrawingBackend>(
 
 /// Metric-against-fraction panels (paper Figs. 1d, 2, 3, 5, 6) as `<stem>.svg` and `<stem>.png`.
 pub fn fraction_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Result<()> {
-    panel_figure(dir, stem, panels, title, "fraction of layers dropped")
+    let cols = panels.len().clamp(1, 3);
+    panel_figure(dir, stem, panels, cols, title, "fraction of layers dropped")
+}
+
+/// The same, with the panels in a grid of `cols` columns filled row by row (paper Fig. 5: rows
+/// of metrics, columns unhealed / healed; Fig. 1(d): one column).
+pub fn fraction_grid_figure(
+    dir: &Path,
+    stem: &str,
+    panels: &[Panel],
+    cols: usize,
+    title: &str,
+) -> Result<()> {
+    panel_figure(
+        dir,
+        stem,
+        panels,
+        cols.max(1),
+        title,
+        "fraction of layers dropped",
+    )
 }
 
 /// Metrics over result snapshots (`report --history`): x is the snapshot's number (1 = the
@@ -566,6 +586,7 @@ pub fn trend_figure(dir: &Path, stem: &str, panels: &[Panel], title: &str) -> Re
         dir,
         stem,
         panels,
+        panels.len().clamp(1, 3),
         title,
         "snapshot (1 = oldest; times in trend.csv)",
     )
@@ -575,23 +596,25 @@ fn panel_figure(
     dir: &Path,
     stem: &str,
     panels: &[Panel],
+    cols: usize,
     title: &str,
     x_label: &str,
 ) -> Result<()> {
     register_font();
-    let cols = panels.len().min(3).max(1) as u32;
-    let rows = panels.len().div_ceil(3).max(1) as u32;
-    let width = 420 * cols + 20;
+    let rows = panels.len().div_ceil(cols).max(1) as u32;
+    let width = 420 * cols as u32 + 20;
     let size = (width, 360 * rows + 40 + legend_height(panels, width));
     draw_panels(
         SVGBackend::new(&dir.join(format!("{stem}.svg")), size).into_drawing_area(),
         panels,
+        cols,
         title,
         x_label,
     )?;
     draw_panels(
         BitMapBackend::new(&dir.join(format!("{stem}.png")), size).into_drawing_area(),
         panels,
+        cols,
         title,
         x_label,
     )?;

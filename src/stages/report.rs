@@ -53,7 +53,8 @@ impl Stage for ReportStage {
     fn version(&self) -> u32 {
         // 2: one shared legend strip, healed points marked by squares
         // 3: comparison.csv and fig_comparison_retained (retained % per strategy and healing)
-        3
+        // 4: findings in summary.md; fig1d, fig5 and the knowledge-versus-reasoning figure
+        4
     }
     fn description(&self) -> &'static str {
         "CSV tables and the paper's figures of a sweep, published to results/<pipeline>/"
@@ -232,6 +233,10 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<Ve
         )?;
     }
     write_eval_summary(summary, &rows)?;
+    let drawn = paper_figures(ctx, &rows, title)?;
+    if !drawn.is_empty() {
+        writeln!(summary, "Paper figures: {}.\n", drawn.join(", "))?;
+    }
     let compared = comparison::compare(&rows);
     if !compared.is_empty() {
         comparison::write(&ctx.out(comparison::FILE), &compared)?;
@@ -313,6 +318,225 @@ fn write_findings(
         )?;
     }
     Ok(())
+}
+
+/// The rows of one panel: a task's headline metric at its smallest shot count evaluated, or the
+/// loss (`loss_normalized`: the paper's loss / ln V).
+fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow> {
+    let metric = if task == "loss" {
+        "loss_normalized"
+    } else {
+        match comparison::headline_metric(task) {
+            Some(m) => m,
+            None => return Vec::new(),
+        }
+    };
+    let shots = rows
+        .iter()
+        .filter(|r| r.task == task && r.metric == metric)
+        .map(|r| r.shots)
+        .min();
+    rows.iter()
+        .filter(|r| r.task == task && r.metric == metric && Some(r.shots) == shots)
+        .collect()
+}
+
+/// One curve against the fraction dropped, starting at the unpruned model (or None when the
+/// rows have no such model). `normalise`: values divided by the unpruned model's.
+fn fraction_curve(
+    sel: &[&EvalTableRow],
+    strategy: Strategy,
+    variant: &str,
+    label: String,
+    series: usize,
+    normalise: bool,
+) -> Option<Curve> {
+    let base = sel.iter().find(|r| r.variant == "base").map(|r| r.value);
+    let scale = match (normalise, base) {
+        (true, Some(b)) if b != 0.0 => 1.0 / b,
+        (true, _) => return None,
+        _ => 1.0,
+    };
+    let mut points: Vec<(f64, f64)> = sel
+        .iter()
+        .filter(|r| r.strategy == strategy.as_str() && r.variant == variant)
+        .map(|r| (r.fraction, r.value * scale))
+        .collect();
+    if points.is_empty() {
+        return None;
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some(b) = base {
+        points.insert(0, (0.0, b * scale));
+    }
+    let dashed = variant == "pruned";
+    Some(Curve {
+        label,
+        series,
+        dashed,
+        marker: Marker::of(dashed),
+        points,
+    })
+}
+
+fn panel_of(task: &str, sel: &[&EvalTableRow], title: String, curves: Vec<Curve>) -> Panel {
+    let metric = sel.first().map(|r| r.metric.clone()).unwrap_or_default();
+    Panel {
+        title,
+        y_label: if task == "loss" {
+            "loss / ln V".into()
+        } else {
+            metric.clone()
+        },
+        curves,
+        baseline: sel.iter().find(|r| r.variant == "base").map(|r| r.value),
+        reference: chance(task, &metric),
+    }
+}
+
+fn task_title(task: &str, sel: &[&EvalTableRow]) -> String {
+    match (task, sel.first()) {
+        ("loss", _) => "held-out loss / ln V".into(),
+        (t, Some(r)) if t.starts_with("mmlu") => format!("{t} {}-shot", r.shots),
+        (t, _) => t.to_string(),
+    }
+}
+
+const KNOWLEDGE: [&str; 3] = ["mmlu", "mmlu_cloze", "boolq"];
+const REASONING: [&str; 5] = [
+    "arc_easy",
+    "arc_challenge",
+    "hellaswag",
+    "piqa",
+    "winogrande",
+];
+
+/// The paper's figures from the evaluation rows, each skipped with one log line when the
+/// pipeline does not produce its inputs: Fig. 1(d) (MMLU, BoolQ and loss stacked, every
+/// strategy healed and unhealed), Fig. 5 (similarity against simple: rows MMLU / BoolQ / loss,
+/// columns unhealed / healed) and the knowledge-versus-reasoning contrast of the ICLR version
+/// (each task's score divided by the unpruned model's, a panel per paper strategy and healing
+/// state).
+/// Returns the names drawn.
+fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<Vec<String>> {
+    let mut drawn = Vec::new();
+    let fig1d_tasks = ["mmlu", "boolq", "loss"];
+    // Fig. 1(d)
+    let mut panels = Vec::new();
+    for task in fig1d_tasks {
+        let sel = panel_rows(rows, task);
+        let mut curves = Vec::new();
+        for s in Strategy::ALL {
+            for (variant, suffix) in [("pruned", ", not healed"), ("healed", ", healed")] {
+                curves.extend(fraction_curve(
+                    &sel,
+                    s,
+                    variant,
+                    format!("{s}{suffix}"),
+                    s.index(),
+                    false,
+                ));
+            }
+        }
+        if !curves.is_empty() {
+            panels.push(panel_of(task, &sel, task_title(task, &sel), curves));
+        }
+    }
+    if panels.is_empty() {
+        tracing::info!(
+            "report: no fig1d_mmlu_boolq_loss (no MMLU, BoolQ or loss of pruned models)"
+        );
+    } else {
+        crate::report::figures::fraction_grid_figure(
+            &ctx.out_dir,
+            "fig1d_mmlu_boolq_loss",
+            &panels,
+            1,
+            &format!("{title}: MMLU, BoolQ and loss against the fraction dropped"),
+        )?;
+        drawn.push("fig1d_mmlu_boolq_loss".to_string());
+    }
+    // Fig. 5
+    let mut panels = Vec::new();
+    let mut both = false;
+    for task in fig1d_tasks {
+        let sel = panel_rows(rows, task);
+        for (variant, state) in [("pruned", "not healed"), ("healed", "healed")] {
+            let curves: Vec<Curve> = [Strategy::Similarity, Strategy::Simple]
+                .into_iter()
+                .filter_map(|s| fraction_curve(&sel, s, variant, s.to_string(), s.index(), false))
+                .collect();
+            both |= curves.len() == 2;
+            if !curves.is_empty() {
+                let t = format!("{}, {state}", task_title(task, &sel));
+                panels.push(panel_of(task, &sel, t, curves));
+            }
+        }
+    }
+    if !both {
+        tracing::info!(
+            "report: no fig5_similarity_vs_simple (the evaluations do not have both strategies)"
+        );
+    } else {
+        crate::report::figures::fraction_grid_figure(
+            &ctx.out_dir,
+            "fig5_similarity_vs_simple",
+            &panels,
+            2,
+            &format!("{title}: similarity-informed against simple pruning"),
+        )?;
+        drawn.push("fig5_similarity_vs_simple".to_string());
+    }
+    // knowledge against reasoning
+    let has = |tasks: &[&str]| tasks.iter().any(|t| !panel_rows(rows, t).is_empty());
+    if !(has(&KNOWLEDGE) && has(&REASONING)) {
+        tracing::info!("report: no fig_knowledge_vs_reasoning (needs a knowledge task: mmlu, mmlu_cloze, boolq; and a reasoning task: arc, hellaswag, piqa, winogrande)");
+    } else {
+        let mut panels = Vec::new();
+        for s in [Strategy::Similarity, Strategy::Simple] {
+            for (variant, state) in [("pruned", "not healed"), ("healed", "healed")] {
+                let mut curves = Vec::new();
+                for (k, task) in KNOWLEDGE.iter().chain(&REASONING).enumerate() {
+                    let sel = panel_rows(rows, task);
+                    let label = format!(
+                        "{task} ({})",
+                        if k < KNOWLEDGE.len() {
+                            "knowledge"
+                        } else {
+                            "reasoning"
+                        }
+                    );
+                    if let Some(mut c) = fraction_curve(&sel, s, variant, label, k, true) {
+                        c.dashed = k >= KNOWLEDGE.len();
+                        c.marker = Marker::of(c.dashed);
+                        curves.push(c);
+                    }
+                }
+                if !curves.is_empty() {
+                    panels.push(Panel {
+                        title: format!("{s}, {state}"),
+                        y_label: "score / unpruned score".into(),
+                        curves,
+                        baseline: Some(1.0),
+                        reference: None,
+                    });
+                }
+            }
+        }
+        if panels.is_empty() {
+            tracing::info!("report: no fig_knowledge_vs_reasoning (neither the similarity nor the simple strategy was evaluated)");
+            return Ok(drawn);
+        }
+        crate::report::figures::fraction_grid_figure(
+            &ctx.out_dir,
+            "fig_knowledge_vs_reasoning",
+            &panels,
+            2,
+            &format!("{title}: knowledge (solid) against reasoning (dashed), relative to the unpruned model"),
+        )?;
+        drawn.push("fig_knowledge_vs_reasoning".to_string());
+    }
+    Ok(drawn)
 }
 
 /// Retained % against the fraction dropped: the mean over tasks, then the loss (base / loss);
