@@ -386,3 +386,41 @@ fn partial_finetune_steps_match_pytorch() {
         }
     }
 }
+
+/// LoRA on a model that drops attention sublayers: the dropped layers' attention projections get
+/// no adapter (they compute nothing), and one step trains every adapter there is.
+#[test]
+fn lora_skips_the_projections_of_dropped_attention() {
+    let cache = common::temp_cache();
+    let files = ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut model = files.build::<AD>(&Default::default(), DType::F32).unwrap();
+    model.drop_attention(&[1]).unwrap();
+    let config = LoraConfig {
+        r: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "o_proj".into(), "down_proj".into()],
+    };
+    let adapters = AdapterSet::init(&config, &model, 0).unwrap();
+    let in_layer = |l: usize| -> Vec<&str> {
+        adapters
+            .modules
+            .iter()
+            .filter(|m| m.layer == l)
+            .map(|m| m.module.as_str())
+            .collect()
+    };
+    assert_eq!(in_layer(0), ["q_proj", "o_proj", "down_proj"]);
+    assert_eq!(in_layer(1), ["down_proj"]);
+    let rows = vec![vec![5u32, 9, 13, 200, 7, 8]];
+    let (loss, grads) = micro_step(&mut model, &adapters, &rows, 1.0).unwrap();
+    assert!(loss.is_finite());
+    assert_eq!(grads.len(), 2 * adapters.modules.len());
+}

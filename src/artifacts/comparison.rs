@@ -77,6 +77,9 @@ pub fn compare(rows: &[EvalTableRow]) -> Vec<ComparisonRow> {
         let (Some(heal), Some(base)) = (heal_of(&r.variant), base_of(r)) else {
             continue;
         };
+        if base.value == 0.0 || (r.task == "loss" && r.value == 0.0) {
+            continue; // no percentage of zero
+        }
         let loss = r.task == "loss";
         let (retained, se) = if loss {
             (

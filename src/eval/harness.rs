@@ -151,7 +151,7 @@ pub fn item_results(items: &[McItem], scored: &[Scored], scoring: Scoring) -> Ve
 }
 
 /// The task's metrics: acc, acc_norm where the harness reports it, MMLU's acc_macro (the mean of
-/// per-subject accuracies); each with its standard error.
+/// per-subject accuracies; mmlu_cloze also acc_norm_macro); each with its standard error.
 pub fn aggregate(task: TaskName, items: &[McItem], results: &[ItemResult]) -> Vec<MetricValue> {
     let acc: Vec<f64> = results
         .iter()
@@ -178,24 +178,42 @@ pub fn aggregate(task: TaskName, items: &[McItem], results: &[ItemResult]) -> Ve
         });
     }
     if task.is_mmlu() {
-        let mut by_subject: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for (it, a) in items.iter().zip(&acc) {
-            by_subject
-                .entry(it.subject.as_deref().unwrap_or(""))
-                .or_default()
-                .push(*a);
-        }
-        let subject_acc: Vec<f64> = by_subject
-            .values()
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
-            .collect();
-        let (v, s) = mean_stderr(&subject_acc);
+        // the mean of per-subject accuracies (and, where the task has it, of per-subject
+        // acc_norm: mmlu_cloze's headline)
+        let macro_of = |per_item: &[f64]| {
+            let mut by_subject: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            for (it, a) in items.iter().zip(per_item) {
+                by_subject
+                    .entry(it.subject.as_deref().unwrap_or(""))
+                    .or_default()
+                    .push(*a);
+            }
+            let subject_means: Vec<f64> = by_subject
+                .values()
+                .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+                .collect();
+            mean_stderr(&subject_means)
+        };
+        let (v, s) = macro_of(&acc);
         out.push(MetricValue {
             metric: "acc_macro".into(),
             value: v,
             stderr: s,
             n_items: acc.len(),
         });
+        if task.has_acc_norm() {
+            let accn: Vec<f64> = results
+                .iter()
+                .map(|r| (r.pred_norm == r.gold) as u8 as f64)
+                .collect();
+            let (v, s) = macro_of(&accn);
+            out.push(MetricValue {
+                metric: "acc_norm_macro".into(),
+                value: v,
+                stderr: s,
+                n_items: accn.len(),
+            });
+        }
     }
     out
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::architecture::{known_modules, parse_module_path};
 use crate::model::surgery::{attach_lora, merge_lora, LowRankUpdate};
-use crate::model::{ModelConfig, Transformer};
+use crate::model::{ModelConfig, Projection, Transformer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
@@ -99,6 +99,15 @@ impl AdapterSet {
         let names = layout.projection_names();
         for (i, layer) in model.layers.iter().enumerate() {
             for spec in &specs {
+                // a dropped attention sublayer computes nothing: no adapter on its projections
+                // (PEFT would give the missing modules B = 0, the same function)
+                let attention = matches!(
+                    spec.projection,
+                    Projection::Q | Projection::K | Projection::V | Projection::O
+                );
+                if layer.attention_dropped && attention {
+                    continue;
+                }
                 let lin = layer
                     .projection(spec.projection)
                     .with_context(|| format!("layer {i} has no {}", spec.name))?;

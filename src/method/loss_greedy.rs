@@ -44,19 +44,18 @@ impl GreedyRemoval {
     }
 }
 
-/// Summed loss of every candidate removal (position p of `kept` skipped), and of the model with
-/// all of `kept`, over `rows`.
+/// For each batch of `batches`: the summed loss of every candidate removal (position p of
+/// `kept` skipped), and of the model with all of `kept`.
 fn candidate_losses<B: Backend>(
     model: &Transformer<B>,
     kept: &[usize],
-    rows: &[Vec<u32>],
-    batch: usize,
+    batches: &[&[Vec<u32>]],
     progress: &std::sync::Mutex<Progress>,
-) -> Result<(Vec<f64>, f64)> {
-    let mut sums = vec![0.0; kept.len()];
-    let mut full = 0.0;
+) -> Result<Vec<(Vec<f64>, f64)>> {
     let total = |v: Vec<(f64, usize)>| v.iter().map(|(s, _)| s).sum::<f64>();
-    for chunk in rows.chunks(batch.max(1)) {
+    let mut out = Vec::with_capacity(batches.len());
+    for chunk in batches {
+        let mut sums = vec![0.0; kept.len()];
         let tb = TokenBatch::right_padded(chunk, 0);
         let mut x = model.embed(tb.to_tensor::<B>(&model.device)); // [b, t, hidden]
         let rope = model.rope_for(tb.batch, tb.seq);
@@ -66,16 +65,19 @@ fn candidate_losses<B: Backend>(
             for &after in &kept[p + 1..] {
                 y = model.layers[after].forward(y, &model.config, &rope);
             }
-            sums[p] += total(next_token_nll(model, y, chunk)?);
+            sums[p] = total(next_token_nll(model, y, chunk)?);
             x = model.layers[layer].forward(x, &model.config, &rope);
         }
-        full += total(next_token_nll(model, x, chunk)?);
+        let full = total(next_token_nll(model, x, chunk)?);
         progress.lock().unwrap().inc(chunk.len() as u64);
+        out.push((sums, full));
     }
-    Ok((sums, full))
+    Ok(out)
 }
 
-/// Remove `steps` layers greedily (at most L - 1), with `workers` threads over the rows.
+/// Remove `steps` layers greedily (at most L - 1), with `workers` threads over batches of
+/// `batch` rows; the batches and the order of the sums do not depend on `workers`, so neither
+/// does the result.
 pub fn greedy_removal<B: Backend>(
     model: &Transformer<B>,
     rows: &[Vec<u32>],
@@ -92,8 +94,9 @@ pub fn greedy_removal<B: Backend>(
         bail!("greedy removal: the calibration rows predict no tokens");
     }
     let progress = std::sync::Mutex::new(Progress::new((steps * rows.len()) as u64, "loss-greedy"));
-    let workers = workers.clamp(1, rows.len().max(1));
-    let per = rows.len().div_ceil(workers).max(1);
+    let batches: Vec<&[Vec<u32>]> = rows.chunks(batch.max(1)).collect();
+    let workers = workers.clamp(1, batches.len().max(1));
+    let per = batches.len().div_ceil(workers).max(1);
     let mut kept: Vec<usize> = (0..layers).collect();
     let mut out = GreedyRemoval {
         samples: rows.len(),
@@ -103,12 +106,12 @@ pub fn greedy_removal<B: Backend>(
         loss: Vec::new(),
     };
     for step in 0..steps {
-        let parts: Vec<Result<(Vec<f64>, f64)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = rows
+        let parts: Vec<Result<Vec<(Vec<f64>, f64)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batches
                 .chunks(per)
                 .map(|c| {
                     let (kept, progress) = (&kept, &progress);
-                    scope.spawn(move || candidate_losses(model, kept, c, batch, progress))
+                    scope.spawn(move || candidate_losses(model, kept, c, progress))
                 })
                 .collect();
             handles
@@ -122,9 +125,10 @@ pub fn greedy_removal<B: Backend>(
         let mut sums = vec![0.0; kept.len()];
         let mut full = 0.0;
         for part in parts {
-            let (s, f) = part?;
-            sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-            full += f;
+            for (s, f) in part? {
+                sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+                full += f;
+            }
         }
         if step == 0 {
             out.base_loss = full / tokens as f64;

@@ -112,11 +112,6 @@ pub fn export_hf_with_updates(
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut push = |name: String, source_name: &str| -> Result<()> {
         let mut t = files.store.get(source_name, cfg)?;
-        if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {
-            if spec.projection == Projection::O && attention_dropped.contains(&kept[layer]) {
-                t.data.iter_mut().for_each(|x| *x = 0.0);
-            }
-        }
         // merge the update of this (new layer, projection), if any
         if name.ends_with(".weight") {
             if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {
@@ -126,6 +121,13 @@ pub fn export_hf_with_updates(
                 {
                     u.merge_into_host(&mut t.data);
                 }
+            }
+        }
+        // a dropped attention sublayer adds nothing: its output projection is zero (after any
+        // update, so that nothing undoes the drop)
+        if let Some((layer, spec)) = layout.parse_projection_tensor(&name) {
+            if spec.projection == Projection::O && attention_dropped.contains(&kept[layer]) {
+                t.data.iter_mut().for_each(|x| *x = 0.0);
             }
         }
         let (dt, bytes) = encode(&t.data, precision);

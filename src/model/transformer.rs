@@ -330,6 +330,7 @@ impl<B: Backend> DecoderLayer<B> {
                 let (attn, _) = self.attention(h.clone(), cfg, rope, None);
                 (x + self.o_proj.forward(attn), self.mlp(h, cfg))
             }
+            // (y + m differs from forward_kv's x + (attention + mlp) only by rounding)
             Some(pre) => {
                 let (attn, _) = self.attention(h, cfg, rope, None);
                 let attn = self.o_proj.forward(attn);

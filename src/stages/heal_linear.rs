@@ -260,14 +260,17 @@ fn folded_tensors(
         .projection(Projection::Down)
         .expect("every layout has an MLP output projection");
     let weight = layout.projection_tensor(layer, spec, "weight");
-    let mut out = vec![(
-        weight.clone(),
-        fit.fold_weight(&model.files.store.get(&weight, cfg)?)?,
-    )];
+    let folded = fit
+        .fold_weight(&model.files.store.get(&weight, cfg)?)
+        .with_context(|| format!("folding the map into {weight}"))?;
+    let mut out = vec![(weight.clone(), folded)];
     if Projection::Down.has_bias(cfg) {
         let bias = layout.projection_tensor(layer, spec, "bias");
         let b = model.files.store.get(&bias, cfg)?;
-        out.push((bias, fit.fold_bias(&b)?));
+        let folded = fit
+            .fold_bias(&b)
+            .with_context(|| format!("folding the map into {bias}"))?;
+        out.push((bias, folded));
     }
     Ok(out)
 }

@@ -482,7 +482,11 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
             &ctx.out_dir,
             "fig5_similarity_vs_simple",
             &panels,
-            2,
+            if panels.iter().any(|p| p.title.ends_with(", healed")) {
+                2
+            } else {
+                1
+            },
             &format!("{title}: similarity-informed against simple pruning"),
         )?;
         drawn.push("fig5_similarity_vs_simple".to_string());

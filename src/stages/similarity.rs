@@ -1,6 +1,6 @@
 //! `similarity`: angular distances between layer boundaries over a text set.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
@@ -111,13 +111,16 @@ impl Measure<'_> {
                 0 => layers.saturating_sub(2).max(1),
                 s => s,
             };
-            d.loss_greedy = Some(greedy_removal(
-                model,
-                &self.rows[..self.greedy_samples],
-                self.batch,
-                self.workers,
-                steps,
-            )?);
+            d.loss_greedy = Some(
+                greedy_removal(
+                    model,
+                    &self.rows[..self.greedy_samples],
+                    self.batch,
+                    self.workers,
+                    steps,
+                )
+                .context("similarity stage, greedy_samples / greedy_steps")?,
+            );
         }
         Ok(d)
     }
