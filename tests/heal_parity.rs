@@ -128,6 +128,30 @@ fn adapters_from(r: &std::collections::BTreeMap<String, RefTensor>, prefix: &str
     }
 }
 
+fn tiny_llama(cache: &std::path::Path) -> ModelFiles {
+    ModelFiles::open(
+        source::resolve_str(
+            fixtures().join("models/tiny-llama").to_str().unwrap(),
+            cache,
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The fixtures' AdamW (make_heal_fixtures.py: betas 0.9 / 0.999, eps 1e-8, weight decay 0.01).
+fn reference_adamw(sizes: &[usize]) -> AdamW {
+    AdamW::new(
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+        sizes,
+    )
+}
+
 fn check(what: &str, ours: &[f32], want: &[f32]) {
     let e = rel_err(ours, want);
     assert!(e < 1e-4, "{what}: relative error {e:e}");
@@ -136,14 +160,7 @@ fn check(what: &str, ours: &[f32], want: &[f32]) {
 fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
     let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
     let cache = common::temp_cache();
-    let files = ModelFiles::open(
-        source::resolve_str(
-            fixtures().join("models/tiny-llama").to_str().unwrap(),
-            cache.path(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let files = tiny_llama(cache.path());
     let mut model = files
         .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
         .unwrap();
@@ -162,15 +179,7 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
         .iter()
         .flat_map(|m| [m.a.len(), m.b.len()])
         .collect();
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-        &sizes,
-    );
+    let mut opt = reference_adamw(&sizes);
     for step in 0..2 {
         let ids = &r[&format!("batch{step}.input_ids")];
         let rows: Vec<Vec<u32>> = ids
@@ -311,14 +320,7 @@ fn partial_finetune_steps_match_pytorch() {
     use layerprune::heal::train::Trainable;
     let r = read_reference(&fixtures().join("reference/partial-step.safetensors"));
     let cache = common::temp_cache();
-    let files = ModelFiles::open(
-        source::resolve_str(
-            fixtures().join("models/tiny-llama").to_str().unwrap(),
-            cache.path(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let files = tiny_llama(cache.path());
     let mut model = files
         .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
         .unwrap();
@@ -332,15 +334,7 @@ fn partial_finetune_steps_match_pytorch() {
     want_names.sort();
     assert_eq!(names, want_names, "the trained tensors");
     let sizes = set.param_sizes();
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-        &sizes,
-    );
+    let mut opt = reference_adamw(&sizes);
     // model layout -> Hugging Face layout ([in, out] -> [out, in] for linear weights)
     let to_hf = |site: Site, shape: &[usize], v: &[f32]| -> Vec<f32> {
         match site {
@@ -392,14 +386,7 @@ fn partial_finetune_steps_match_pytorch() {
 #[test]
 fn lora_skips_the_projections_of_dropped_attention() {
     let cache = common::temp_cache();
-    let files = ModelFiles::open(
-        source::resolve_str(
-            fixtures().join("models/tiny-llama").to_str().unwrap(),
-            cache.path(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let files = tiny_llama(cache.path());
     let mut model = files.build::<AD>(&Default::default(), DType::F32).unwrap();
     model.drop_attention(&[1]).unwrap();
     let config = LoraConfig {

@@ -275,12 +275,13 @@ pub fn mmlu_subjects(root: &Path) -> Result<Vec<String>> {
     Ok(subjects)
 }
 
-/// The description and the first `shots` dev exemplars, as the harness joins them.
-pub fn mmlu_prefix(
-    subject: &str,
+/// `description` followed by the first `shots` dev exemplars, each as `exemplar` writes it.
+fn with_exemplars(
+    description: String,
     dev_rows: &[Value],
     shots: usize,
     origin: &str,
+    exemplar: impl Fn(&Value, usize) -> Result<String>,
 ) -> Result<String> {
     if dev_rows.len() < shots {
         bail!(
@@ -288,15 +289,28 @@ pub fn mmlu_prefix(
             dev_rows.len()
         );
     }
-    let mut prefix = format!(
+    let mut prefix = description;
+    for (i, row) in dev_rows.iter().take(shots).enumerate() {
+        prefix.push_str(&exemplar(row, i)?);
+    }
+    Ok(prefix)
+}
+
+/// The description and the first `shots` dev exemplars, as the harness joins them.
+pub fn mmlu_prefix(
+    subject: &str,
+    dev_rows: &[Value],
+    shots: usize,
+    origin: &str,
+) -> Result<String> {
+    let description = format!(
         "The following are multiple choice questions (with answers) about {}.\n\n",
         subject.replace('_', " ")
     );
-    for (i, row) in dev_rows.iter().take(shots).enumerate() {
+    with_exemplars(description, dev_rows, shots, origin, |row, i| {
         let (text, answer) = mmlu_question(row, origin, i)?;
-        prefix.push_str(&format!("{text} {}\n\n", LETTERS[answer]));
-    }
-    Ok(prefix)
+        Ok(format!("{text} {}\n\n", LETTERS[answer]))
+    })
 }
 
 /// One MMLU test item after its subject's prefix.
@@ -326,25 +340,18 @@ pub fn mmlu_cloze_prefix(
     shots: usize,
     origin: &str,
 ) -> Result<String> {
-    if dev_rows.len() < shots {
-        bail!(
-            "{origin}: {shots} shots requested but the dev split has {} rows",
-            dev_rows.len()
-        );
-    }
-    let mut prefix = format!(
+    let description = format!(
         "The following are questions about {}.\n",
         subject.replace('_', " ")
     );
-    for (i, row) in dev_rows.iter().take(shots).enumerate() {
+    with_exemplars(description, dev_rows, shots, origin, |row, i| {
         let (q, choices, answer) = mmlu_fields(row, origin, i)?;
-        prefix.push_str(&format!(
+        Ok(format!(
             "Question: {}\nAnswer: {}\n\n",
             q.trim(),
             choices[answer]
-        ));
-    }
-    Ok(prefix)
+        ))
+    })
 }
 
 /// One MMLU test item in the cloze form: "Question: {q}\nAnswer:" after the prefix, the four
