@@ -220,6 +220,40 @@ fn run_cuda<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> 
     }
 }
 
+/// The memory a job on `kind` may use, and where that number comes from: flex, this machine's
+/// memory (MemTotal); cuda, the first GPU's total memory as `nvidia-smi` reports it; wgpu,
+/// unknown (set `memory_limit` in the pipeline).
+pub fn device_memory(kind: BackendKind) -> Option<(u64, String)> {
+    match kind {
+        BackendKind::Flex => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let kib: u64 = info
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .trim_start_matches("MemTotal:")
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some((kib * 1024, "this machine's memory (MemTotal)".into()))
+        }
+        BackendKind::Cuda => {
+            let out = std::process::Command::new("nvidia-smi")
+                .args([
+                    "--query-gpu=memory.total",
+                    "--format=csv,noheader,nounits",
+                    "--id=0",
+                ])
+                .output()
+                .ok()?;
+            let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            Some((mib << 20, "GPU 0's memory (nvidia-smi)".into()))
+        }
+        BackendKind::Wgpu => None,
+    }
+}
+
 /// Whether `kind` can run here: Ok, or an error naming what is missing (the cargo feature, the
 /// driver, the device). `run` asks before any job starts, so a pipeline for a GPU machine fails
 /// at once (exit 2) on a machine without one instead of failing job after job.

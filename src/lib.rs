@@ -16,6 +16,7 @@ pub mod heal;
 pub mod method;
 pub mod model;
 pub mod paths;
+pub mod peak_rss;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -159,6 +159,9 @@ enum Command {
         /// Re-hash every cached artifact before calling it cached.
         #[arg(long)]
         verify: bool,
+        /// Also print each job's memory estimate part by part.
+        #[arg(long)]
+        memory: bool,
     },
     /// The artifact cache.
     Cache {
@@ -239,6 +242,27 @@ enum BenchCommand {
         batch: usize,
         #[command(flatten)]
         device: DeviceArgs,
+    },
+    /// The device check for a GPU machine (a few minutes): the tiny fixtures on the device
+    /// against flex in f32 and bf16, three LoRA steps (dense, NF4), forward and LoRA-step
+    /// tokens/s (PyTorch on the same GPU with LAYERPRUNE_REF_PYTHON); one JSON report.
+    /// Exit 0 passed, 1 a check failed, 2 the backend is unavailable.
+    Gpu {
+        /// The GPU backend.
+        #[arg(long, value_enum, default_value_t = BackendKind::Cuda)]
+        backend: BackendKind,
+        /// Where the JSON report goes.
+        #[arg(long, default_value = "gpu-check.json")]
+        out: PathBuf,
+        /// The fixture models (Hugging Face directories).
+        #[arg(long, default_value = "tests/fixtures/models")]
+        fixtures: PathBuf,
+        /// A model source for the speed part (default: SmolLM2-135M's shape, random weights).
+        #[arg(long)]
+        model: Option<String>,
+        /// Small speed shapes (a smoke test, e.g. on lavapipe).
+        #[arg(long)]
+        quick: bool,
     },
     /// The boundary-keeping forward pass (final token at every layer boundary).
     Forward {
@@ -388,9 +412,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sets,
             force,
             verify,
+            memory,
         } => {
             return Ok(ExitCode::from(pc::plan(
-                &file, &sets, &force, verify, cache_cli,
+                &file, &sets, &force, verify, memory, cache_cli,
             )?))
         }
         Command::Cache {
@@ -533,6 +558,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 device.backend,
                 device.precision(),
             )?;
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Gpu {
+                    backend,
+                    out,
+                    fixtures,
+                    model,
+                    quick,
+                },
+        } => {
+            if let Err(e) = layerprune::backend::check_available(backend) {
+                pc::report_error(&format!("{e:#}"));
+                return Ok(ExitCode::from(2));
+            }
+            let passed = commands::gpu_check::run(&commands::gpu_check::GpuCheckArgs {
+                backend,
+                fixtures: &fixtures,
+                out: &out,
+                model: model.as_deref(),
+                quick,
+                cache_root: &cache_root,
+            })?;
+            return Ok(ExitCode::from(if passed { 0 } else { 1 }));
         }
     }
     Ok(ExitCode::SUCCESS)

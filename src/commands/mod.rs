@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod forward;
+pub mod gpu_check;
 pub mod inspect;
 pub mod pipeline_cmds;
 pub mod report;

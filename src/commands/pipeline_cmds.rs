@@ -63,6 +63,7 @@ pub fn plan(
     sets: &[String],
     force: &[String],
     verify: bool,
+    memory: bool,
     cache_cli: Option<&Path>,
 ) -> Result<u8> {
     let (cfg, graph, cache_root) = match load_graph_with(file, sets, cache_cli, true) {
@@ -81,25 +82,68 @@ pub fn plan(
         }
     };
     let planned = runner::plan(&cfg, &graph, &cache_root, &force, verify);
+    let estimates = runner::memory::estimate(&cfg, &graph, &cache_root);
+    let limit = runner::memory::limit(&cfg);
     let width = planned.iter().map(|p| p.label.len()).max().unwrap_or(0);
     println!(
-        "pipeline {} ({} jobs; cache {})",
+        "pipeline {} ({} jobs; cache {}; backend {}, {})",
         cfg.name,
         graph.jobs.len(),
-        cache_root.display()
+        cache_root.display(),
+        cfg.backend,
+        cfg.precision
     );
     let mut waiting = 0;
+    let mut too_big = Vec::new();
     for (i, (p, j)) in planned.iter().zip(&graph.jobs).enumerate() {
+        let mem = estimates[i]
+            .as_ref()
+            .map(|m| crate::model::memory::human_bytes(m.total()))
+            .unwrap_or_default();
         if graph.waits_for_source(i) {
             waiting += 1;
             let key = "?".repeat(j.short_key().len());
             println!(
-                "  {:width$}  {key}  needs a source not on this machine",
+                "  {:width$}  {key}  {mem:>9}  needs a source not on this machine",
                 p.label
             );
         } else {
-            println!("  {:width$}  {}  {}", p.label, j.short_key(), p.reason);
+            println!(
+                "  {:width$}  {}  {mem:>9}  {}",
+                p.label,
+                j.short_key(),
+                p.reason
+            );
         }
+        if let Some(m) = &estimates[i] {
+            if memory {
+                println!("  {:width$}  {}", "", m.plan.estimate.breakdown());
+            }
+            if let Some(l) = &limit {
+                if m.total() > l.bytes {
+                    too_big.push(runner::memory::does_not_fit(&j.stage, &p.label, m, l));
+                }
+            }
+        }
+    }
+    let where_ = if cfg.backend == crate::backend::BackendKind::Flex {
+        "host"
+    } else {
+        "device"
+    };
+    match &limit {
+        Some(l) => println!(
+            "peak {where_} memory per job estimated (column 3); limit {} ({})",
+            crate::model::memory::human_bytes(l.bytes),
+            l.origin
+        ),
+        None => println!(
+            "peak {where_} memory per job estimated (column 3); the device's memory is unknown \
+             (set memory_limit to check it)"
+        ),
+    }
+    for m in &too_big {
+        eprintln!("warning: {m}");
     }
     let to_run = planned
         .iter()
@@ -134,6 +178,47 @@ fn preflight(
     crate::backend::check_available(cfg.backend)
         .map_err(|e| format!("{}: {e:#}", args.file.display()))?;
     Ok(force)
+}
+
+/// Refuse, before any job starts, a job that will run (not cached) whose estimated peak memory
+/// exceeds the device's (`only`: just that job, for `run --job`).
+fn check_memory(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    cache_root: &Path,
+    force: &BTreeSet<String>,
+    only: Option<usize>,
+) -> std::result::Result<(), String> {
+    let Some(limit) = runner::memory::limit(cfg) else {
+        return Ok(());
+    };
+    let estimates = runner::memory::estimate(cfg, graph, cache_root);
+    let planned = runner::plan(cfg, graph, cache_root, force, false);
+    let mut refused = Vec::new();
+    for (i, m) in estimates.iter().enumerate() {
+        let (Some(m), true) = (m, only.is_none_or(|o| o == i)) else {
+            continue;
+        };
+        if planned[i].reason != runner::Reason::Cached && m.total() > limit.bytes {
+            let job = &graph.jobs[i];
+            refused.push(runner::memory::does_not_fit(
+                &job.stage,
+                &job.label(),
+                m,
+                &limit,
+            ));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {} job(s) would not fit in memory:\n  {}",
+            cfg.file.display(),
+            refused.len(),
+            refused.join("\n  ")
+        ))
+    }
 }
 
 fn check_force(cfg: &PipelineConfig, force: &[String]) -> Result<BTreeSet<String>> {
@@ -193,6 +278,10 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
+    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, Some(i)) {
+        report_error(&m);
+        return Ok(exit::CONFIG);
+    }
     let opts = RunOptions {
         force,
         verify: args.verify,
@@ -216,8 +305,16 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             } else {
                 "cached"
             };
+            let mib = |b: Option<u64>| {
+                b.map(|b| format!("{} MiB", b >> 20))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let memory = match (record.peak_rss, record.estimated) {
+                (None, None) => String::new(),
+                (peak, est) => format!("; peak memory {} (estimated {})", mib(peak), mib(est)),
+            };
             println!(
-                "{} ({}): {what} in {:.1} s",
+                "{} ({}): {what} in {:.1} s{memory}",
                 record.label,
                 &record.key[..12],
                 record.seconds
@@ -327,6 +424,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     };
     warn_unused_axes(&cfg, &graph);
+    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, None) {
+        report_error(&m);
+        return Ok(exit::CONFIG);
+    }
     let results_dir = cfg.results_dir.join(&cfg.name);
     tracing::info!(
         "pipeline {}: {} jobs, cache {}",

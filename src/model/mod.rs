@@ -8,6 +8,7 @@ pub mod export;
 pub mod linear;
 pub mod load;
 pub mod lora;
+pub mod memory;
 pub mod nf4_linear;
 pub mod nll;
 pub mod readback;

@@ -1,21 +1,21 @@
-//! An NF4-quantised frozen base weight on a Burn device (QLoRA): u8 codes and the
+//! An NF4-quantised frozen base weight on a Burn device (QLoRA): 4-bit codes packed eight per
+//! 32-bit word (half a byte per value, on every backend: WGSL has no 8-bit integers) and the
 //! double-dequantised absmax per block, dequantised blockwise at every use. Burn has no NF4
-//! type: the code book is a 16-entry lookup and the codes a u8 tensor. The codec itself
-//! (bitsandbytes-exact) is formats::nf4.
+//! type: the code book is a 16-entry lookup. The codec itself (bitsandbytes-exact) is
+//! formats::nf4.
 
 use anyhow::{bail, Result};
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, ElementConversion, Int, Tensor, TensorData};
 
 use crate::formats::nf4::{Nf4Host, BLOCK, NF4};
 
-/// An NF4 weight on a Burn device: u8 codes and the double-dequantised absmax per block.
+/// An NF4 weight on a Burn device: packed codes and the double-dequantised absmax per block.
 #[derive(Debug, Clone)]
 pub struct Nf4Weight<B: Backend> {
     /// [out, in] (Hugging Face layout of the quantised matrix)
     pub shape: [usize; 2],
-    /// [out * in], one code per element: u8 where the backend supports 8-bit integers, else
-    /// i32 (wgpu: WGSL has no 8-bit integers)
-    codes: Tensor<B, 1, Int>,
+    /// [out * in / 8] i32 words; element 8w + k is bits 4k..4k+3 of word w
+    words: Tensor<B, 1, Int>,
     /// [out * in / 64, 1]
     absmax: Tensor<B, 2>,
     /// [16]
@@ -31,17 +31,15 @@ impl<B: Backend> Nf4Weight<B> {
         if n % BLOCK != 0 {
             bail!("NF4 on a device needs whole blocks of {BLOCK}; the matrix has {n} values");
         }
-        let codes = if B::supports_dtype(device, DType::U8) {
-            Tensor::from_data(TensorData::new(q.codes(), [n]), (device, DType::U8))
-        } else {
-            let wide: Vec<i32> = q.codes().into_iter().map(i32::from).collect();
-            Tensor::from_data(TensorData::new(wide, [n]), (device, DType::I32))
-        };
+        let words = Tensor::from_data(
+            TensorData::new(pack_words(&q.codes()), [n / 8]),
+            (device, DType::I32),
+        );
         let absmax = q.absmax();
         let blocks = absmax.len();
         Ok(Self {
             shape: [q.shape[0], q.shape[1]],
-            codes,
+            words,
             absmax: Tensor::from_data(TensorData::new(absmax, [blocks, 1]), (device, dtype)),
             book: Tensor::from_data(TensorData::new(NF4.to_vec(), [16]), (device, dtype)),
         })
@@ -50,13 +48,57 @@ impl<B: Backend> Nf4Weight<B> {
     /// The dequantised matrix [out, in].
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let [o, i] = self.shape;
-        // i32 indices: WGSL (wgpu) has no 64-bit integers, and every backend accepts i32
-        let codes = self.codes.clone().cast(DType::I32);
+        // i32 indices: WGSL (wgpu) has no 64-bit integers, and every backend accepts i32;
+        // the arithmetic shift's sign bits are masked away
+        let nibbles: Vec<Tensor<B, 2, Int>> = (0..8)
+            .map(|k| {
+                self.words
+                    .clone()
+                    .bitwise_right_shift_scalar((4 * k).elem())
+                    .bitwise_and_scalar(15.elem())
+                    .unsqueeze_dim(1)
+            })
+            .collect();
+        let codes = Tensor::cat(nibbles, 1).reshape([o * i]); // [out * in]
         let values = self
             .book
             .clone()
             .select(0, codes)
             .reshape([o * i / BLOCK, BLOCK]);
         (values * self.absmax.clone()).reshape([o, i])
+    }
+}
+
+/// Eight 4-bit codes per i32 word, element 8w + k in bits 4k..4k+3 (`codes.len()` a multiple of 8).
+fn pack_words(codes: &[u8]) -> Vec<i32> {
+    codes
+        .chunks_exact(8)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u32, |w, (k, &code)| w | (u32::from(code & 15) << (4 * k)))
+                as i32
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eight_codes_per_word_low_nibble_first() {
+        let codes: Vec<u8> = (0..16).map(|i| (i * 7 % 16) as u8).collect();
+        let words = pack_words(&codes);
+        assert_eq!(words.len(), 2);
+        for (j, &c) in codes.iter().enumerate() {
+            assert_eq!(
+                (words[j / 8] >> (4 * (j % 8))) & 15,
+                i32::from(c),
+                "element {j}"
+            );
+        }
+        // the top nibble set makes the word negative; the shift and mask still recover it
+        assert!(pack_words(&[0, 0, 0, 0, 0, 0, 0, 15])[0] < 0);
     }
 }

@@ -21,6 +21,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "description",
     "backend",
     "precision",
+    "memory_limit",
     "cache_dir",
     "results_dir",
     "sources",
@@ -36,6 +37,9 @@ pub struct PipelineConfig {
     pub description: String,
     pub backend: BackendKind,
     pub precision: Precision,
+    /// `memory_limit`: the device memory `run` plans against, in bytes (instead of what the
+    /// device reports; on flex, the machine's memory).
+    pub memory_limit: Option<u64>,
     pub cache_dir: Option<PathBuf>,
     pub results_dir: PathBuf,
     pub sources: BTreeMap<String, String>,
@@ -69,6 +73,7 @@ struct RawPipeline {
     #[serde(default)]
     backend: BackendKind,
     precision: Option<Precision>,
+    memory_limit: Option<Value>,
     cache_dir: Option<PathBuf>,
     results_dir: Option<PathBuf>,
     #[serde(default)]
@@ -237,6 +242,7 @@ fn user_layers(
                 "description",
                 "backend",
                 "precision",
+                "memory_limit",
                 "cache_dir",
                 "results_dir",
             ]
@@ -297,7 +303,13 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
     check_name(&origins, &raw.name)?;
     let sweep = check_sweep(&origins, &raw.sweep)?;
     let stage_configs = check_stages(&origins, &kinds, &raw.stages)?;
-    Ok(assemble(file, raw, sweep, stage_configs, resolved, origins))
+    let memory_limit = match &raw.memory_limit {
+        None => None,
+        Some(v) => Some(parse_memory_size(v).map_err(|m| origins.error("memory_limit", m))?),
+    };
+    let mut cfg = assemble(file, raw, sweep, stage_configs, resolved, origins);
+    cfg.memory_limit = memory_limit;
+    Ok(cfg)
 }
 
 /// The text must parse as TOML; otherwise an error at the line where parsing failed.
@@ -600,6 +612,7 @@ fn assemble(
         description: raw.description,
         backend: raw.backend,
         precision: raw.precision.unwrap_or(Precision::default_for(raw.backend)),
+        memory_limit: None,
         cache_dir: raw.cache_dir,
         results_dir: raw.results_dir.unwrap_or_else(|| PathBuf::from("results")),
         sources: raw.sources,
@@ -608,6 +621,43 @@ fn assemble(
         resolved,
         refresh: BTreeMap::new(),
         origins,
+    }
+}
+
+/// A memory size: a number of bytes, or a string with a unit ("40GiB", "80 GB", "512MiB").
+fn parse_memory_size(v: &Value) -> Result<u64, String> {
+    let expected =
+        "expected a size such as \"40GiB\", \"80GB\" or \"512MiB\" (or a number of bytes)";
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    let Some(text) = v.as_str() else {
+        return Err(format!("{expected}, found {v}"));
+    };
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        _ => {
+            return Err(format!(
+                "{expected}, found \"{text}\" (unknown unit \"{unit}\")"
+            ))
+        }
+    };
+    match num.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok((x * scale) as u64),
+        _ => Err(format!("{expected}, found \"{text}\"")),
     }
 }
 
@@ -878,6 +928,18 @@ mod tests {
             err(check_slot(&o, "k", load_kind, "model")).message,
             "stage kind load has no input \"model\" (inputs: none)"
         );
+    }
+
+    #[test]
+    fn memory_sizes_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_memory_size(&json!("40GiB")).unwrap(), 40 << 30);
+        assert_eq!(parse_memory_size(&json!("80 GB")).unwrap(), 80_000_000_000);
+        assert_eq!(parse_memory_size(&json!("1.5MiB")).unwrap(), 3 << 19);
+        assert_eq!(parse_memory_size(&json!(4096)).unwrap(), 4096);
+        let e = parse_memory_size(&json!("40 gigs")).unwrap_err();
+        assert!(e.contains("unknown unit \"gigs\""), "{e}");
+        assert!(parse_memory_size(&json!("GiB")).is_err());
+        assert!(parse_memory_size(&json!(true)).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod failures;
 pub mod history;
+pub mod memory;
 pub mod refresh;
 pub mod results;
 pub mod slurm;
@@ -202,6 +203,10 @@ pub struct JobRecord {
     pub reason: String,
     pub started_at: String,
     pub seconds: f64,
+    /// The process's peak resident memory while the job ran (Linux), for jobs that ran.
+    pub peak_rss: Option<u64>,
+    /// The job's estimated peak memory (`memory::estimate`).
+    pub estimated: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -308,6 +313,7 @@ pub fn run(
     let store = Store::new(cache_root);
     let prev = state::load(cache_root, &cfg.name);
     let results_dir = cfg.results_dir.join(&cfg.name);
+    let estimates = memory::estimate(cfg, graph, cache_root);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; graph.jobs.len()];
     let mut summary = RunSummary::default();
     let total = graph.jobs.len();
@@ -328,6 +334,7 @@ pub fn run(
             .map(|&u| graph.jobs[u].label())
             .collect();
         let start = Instant::now();
+        let measured = crate::peak_rss::reset();
         let outcome = if !blocked.is_empty() {
             Outcome::Skipped(format!("input failed: {}", blocked.join(", ")))
         } else {
@@ -383,6 +390,8 @@ pub fn run(
             reason: reason.to_string(),
             started_at,
             seconds: start.elapsed().as_secs_f64(),
+            peak_rss: peak_if_ran(measured, &outcome),
+            estimated: estimates[i].as_ref().map(|m| m.total()),
         });
         outcomes[i] = Some(outcome);
     }
@@ -491,6 +500,7 @@ pub fn run_one(
     let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
     let started_at = now_rfc3339();
     let start = Instant::now();
+    let measured = crate::peak_rss::reset();
     let outcome = if reason == Reason::Cached {
         Outcome::Cached
     } else {
@@ -513,6 +523,7 @@ pub fn run_one(
         other => other,
     };
     note_outcome(cache_root, &cfg.name, job, &outcome);
+    let peak_rss = peak_if_ran(measured, &outcome);
     Ok(JobRecord {
         label: job.label(),
         stage: job.stage.clone(),
@@ -522,7 +533,20 @@ pub fn run_one(
         reason: reason.to_string(),
         started_at,
         seconds: start.elapsed().as_secs_f64(),
+        peak_rss,
+        estimated: memory::estimate(cfg, graph, cache_root)[i]
+            .as_ref()
+            .map(|m| m.total()),
     })
+}
+
+/// The peak resident memory since the reset before the job, when the job ran.
+fn peak_if_ran(measured: bool, outcome: &Outcome) -> Option<u64> {
+    if measured && matches!(outcome, Outcome::Ran | Outcome::Failed(_)) {
+        crate::peak_rss::peak_bytes()
+    } else {
+        None
+    }
 }
 
 /// Compute one job into the store. Ok(false) when another process finished it meanwhile.

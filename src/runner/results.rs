@@ -32,7 +32,16 @@ struct JobRow<'a> {
     reason: &'a str,
     started_at: &'a str,
     seconds: String,
+    /// Peak resident memory while the job ran, MiB (empty when it did not run here).
+    peak_rss_mib: String,
+    /// The plan's estimate of the job's peak, MiB.
+    estimated_mib: String,
     error: &'a str,
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.0}", b as f64 / (1u64 << 20) as f64))
+        .unwrap_or_default()
 }
 
 pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
@@ -53,6 +62,8 @@ pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
             reason: &j.reason,
             started_at: &j.started_at,
             seconds: format!("{:.3}", j.seconds),
+            peak_rss_mib: mib(j.peak_rss),
+            estimated_mib: mib(j.estimated),
             error,
         })?;
     }

@@ -84,6 +84,19 @@ impl Stage for EvalLossStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<EvalLossParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        let p: EvalLossParams = super::parse_params(params).ok()?;
+        let plan =
+            super::MemoryPlan::inference(on, p.batch_size, p.seq_len, p.batch_size * p.seq_len);
+        Some(
+            plan.knob("batch_size", p.batch_size)
+                .knob("seq_len", p.seq_len),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: EvalLossParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;

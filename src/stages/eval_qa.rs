@@ -340,6 +340,24 @@ impl Stage for EvalQaStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<EvalQaParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        let p: EvalQaParams = super::parse_params(params).ok()?;
+        // logits at the continuation tokens only: a few per row
+        let mut plan =
+            super::MemoryPlan::inference(on, p.batch_size, p.max_length, p.batch_size * 16);
+        if on.host {
+            plan.estimate
+                .add("stream memo (at most)", on.stream_memo_bytes);
+        }
+        Some(
+            plan.knob("batch_size", p.batch_size)
+                .knob("max_length", p.max_length),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: EvalQaParams = ctx.params()?;
         let model = ModelRef::open(ctx.input("model")?, &ctx.cache_root)?;

@@ -185,6 +185,62 @@ impl Stage for HealStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<HealParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        use crate::model::memory::BaseWeights;
+        let p: HealParams = super::parse_params(params).ok()?;
+        let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
+        let base = match p.quant {
+            Quant::Nf4 => BaseWeights::Nf4,
+            Quant::None => BaseWeights::Dense,
+        };
+        let layout = sh.cfg.architecture.layout();
+        let lora: u64 = layout
+            .projections
+            .iter()
+            .filter(|s| {
+                !s.fused
+                    && p.target_modules
+                        .iter()
+                        .any(|t| *t == s.name || *t == s.qualified())
+            })
+            .map(|s| {
+                let (i, o) = s.projection.dims(&sh.cfg);
+                (p.lora_rank * (i + o)) as u64
+            })
+            .sum::<u64>()
+            * sh.layers as u64;
+        let mut estimate = crate::model::memory::MemoryEstimate::default();
+        estimate
+            .add("weights", sh.weight_bytes(e, base))
+            .add(
+                "NF4 dequantised, kept for backward",
+                if base == BaseWeights::Nf4 {
+                    sh.nf4_kept_for_backward(e) + sh.nf4_transient(e)
+                } else {
+                    0
+                },
+            )
+            .add("LoRA + AdamW", lora * crate::model::memory::TRAINABLE_BYTES)
+            .add(
+                "saved activations",
+                sh.saved_per_layer(r, s, e) * sh.layers as u64,
+            )
+            .add("activations", sh.layer_temporaries(r, s, e))
+            .add("logits + gradients", sh.logits(r * s, e))
+            .add("autodiff", crate::model::memory::AUTODIFF_OVERHEAD);
+        Some(
+            super::MemoryPlan {
+                estimate,
+                knobs: Vec::new(),
+            }
+            .knob("micro_batch", p.micro_batch)
+            .knob("seq_len", p.seq_len),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: HealParams = ctx.params()?;
         let input = ctx.input("model")?;

@@ -113,6 +113,21 @@ impl Stage for LinearHealStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<LinearHealParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        let p: LinearHealParams = super::parse_params(params).ok()?;
+        let d = on.shape.cfg.hidden_size as u64;
+        let mut plan = super::MemoryPlan::inference(on, p.batch_size, p.seq_len, 0);
+        // the normal equations (d x d and d x d in f64) and the map
+        plan.estimate.add("normal equations", 3 * d * d * 8);
+        Some(
+            plan.knob("batch_size", p.batch_size)
+                .knob("seq_len", p.seq_len),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: LinearHealParams = ctx.params()?;
         let input = ctx.input("model")?;

@@ -144,6 +144,48 @@ impl Stage for PartialHealStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<PartialHealParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        use crate::model::memory::{BaseWeights, ModelShape};
+        let p: PartialHealParams = super::parse_params(params).ok()?;
+        let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
+        let k = p.last_layers.min(sh.layers);
+        // trained: the last k layers and the LM head (the embedding too when tied)
+        let layers_only = ModelShape {
+            cfg: sh.cfg.clone(),
+            layers: k,
+        }
+        .parameters()
+            - ModelShape {
+                cfg: sh.cfg.clone(),
+                layers: 0,
+            }
+            .parameters();
+        let head = (sh.cfg.vocab_size * sh.cfg.hidden_size) as u64;
+        let mut estimate = crate::model::memory::MemoryEstimate::default();
+        estimate
+            .add("weights", sh.weight_bytes(e, BaseWeights::Dense))
+            .add(
+                "trained + AdamW",
+                (layers_only + head) * crate::model::memory::TRAINABLE_BYTES,
+            )
+            .add("saved activations", sh.saved_per_layer(r, s, e) * k as u64)
+            .add("activations", sh.layer_temporaries(r, s, e))
+            .add("logits + gradients", sh.logits(r * s, e))
+            .add("autodiff", crate::model::memory::AUTODIFF_OVERHEAD);
+        Some(
+            super::MemoryPlan {
+                estimate,
+                knobs: Vec::new(),
+            }
+            .knob("micro_batch", p.micro_batch)
+            .knob("seq_len", p.seq_len)
+            .knob("last_layers", p.last_layers),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: PartialHealParams = ctx.params()?;
         let input = ctx.input("model")?;

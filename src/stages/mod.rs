@@ -102,6 +102,52 @@ pub trait Stage: Send + Sync {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError>;
     /// Compute the artifact into `ctx.out_dir`.
     fn run(&self, ctx: &JobContext) -> Result<()>;
+    /// The job's estimated peak memory on the compute device (on flex: the host) for the model
+    /// it runs, with the parameters that lower it; None for stages that load no model.
+    fn memory(&self, _params: &serde_json::Value, _on: &MemoryTarget) -> Option<MemoryPlan> {
+        None
+    }
+}
+
+/// What a memory estimate is for: the model a job runs and how the device holds it.
+#[derive(Debug, Clone)]
+pub struct MemoryTarget {
+    pub shape: crate::model::memory::ModelShape,
+    /// Bytes per value in the compute precision.
+    pub elem: u64,
+    /// Whether the device is the host (flex): host-only memory (the stream memo) counts too.
+    pub host: bool,
+    /// The below-the-cut stream memo's budget (host memory).
+    pub stream_memo_bytes: u64,
+}
+
+/// A job's estimated peak and the parameters that would lower it (e.g. "micro_batch = 4").
+#[derive(Debug, Clone)]
+pub struct MemoryPlan {
+    pub estimate: crate::model::memory::MemoryEstimate,
+    pub knobs: Vec<String>,
+}
+
+impl MemoryPlan {
+    /// Weights of `on`'s model plus one forward pass over `rows` x `seq` tokens, with logits at
+    /// `logit_rows` positions: the shape of every inference stage.
+    pub fn inference(on: &MemoryTarget, rows: usize, seq: usize, logit_rows: usize) -> Self {
+        use crate::model::memory::BaseWeights;
+        let (r, s, e) = (rows as u64, seq as u64, on.elem);
+        let mut estimate = crate::model::memory::MemoryEstimate::default();
+        estimate
+            .add("weights", on.shape.weight_bytes(e, BaseWeights::Dense))
+            .add("activations", on.shape.layer_temporaries(r, s, e))
+            .add("logits", on.shape.logits(logit_rows as u64, e));
+        Self {
+            estimate,
+            knobs: Vec::new(),
+        }
+    }
+    pub fn knob(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        self.knobs.push(format!("{name} (now {value})"));
+        self
+    }
 }
 
 /// Parameters that can check their own ranges.

@@ -62,6 +62,28 @@ impl Stage for PruneStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<PruneParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        let p: PruneParams = super::parse_params(params).ok()?;
+        if !p.export {
+            return None;
+        }
+        // the export reads every kept tensor and writes it in the pipeline's precision
+        let mut estimate = crate::model::memory::MemoryEstimate::default();
+        estimate.add(
+            "export buffers",
+            2 * on
+                .shape
+                .weight_bytes(on.elem, crate::model::memory::BaseWeights::Dense),
+        );
+        Some(super::MemoryPlan {
+            estimate,
+            knobs: vec!["export (now true)".into()],
+        })
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: PruneParams = ctx.params()?;
         let base = LoadRecord::of(ctx.input("model")?)?;

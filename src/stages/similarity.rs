@@ -160,6 +160,29 @@ impl Stage for SimilarityStage {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<SimilarityParams>(params)
     }
+    fn memory(
+        &self,
+        params: &serde_json::Value,
+        on: &super::MemoryTarget,
+    ) -> Option<super::MemoryPlan> {
+        let p: SimilarityParams = super::parse_params(params).ok()?;
+        let mut plan = super::MemoryPlan::inference(on, p.batch_size, p.seq_len, 0);
+        if p.greedy_steps > 0 {
+            // loss_greedy: the stream below each candidate, and next-token logits per row
+            let rows = p.batch_size.min(p.greedy_samples.max(1)) as u64;
+            let t = rows * p.seq_len as u64;
+            plan.estimate
+                .add(
+                    "greedy streams",
+                    t * on.shape.cfg.hidden_size as u64 * on.elem * on.shape.layers as u64,
+                )
+                .add("greedy logits", on.shape.logits(t, on.elem));
+        }
+        Some(
+            plan.knob("batch_size", p.batch_size)
+                .knob("seq_len", p.seq_len),
+        )
+    }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: SimilarityParams = ctx.params()?;
         let files = LoadRecord::of(ctx.input("model")?)?.open(&ctx.cache_root)?;

@@ -1,0 +1,563 @@
+//! `layerprune bench gpu`: the device check for a GPU machine, one command that runs in a few
+//! minutes and writes one JSON file.
+//!
+//! Correctness: the committed tiny fixtures (tests/fixtures/models) on the device against the
+//! same binary's flex backend, which the test suite holds to transformers / PEFT: final-token
+//! logits and every boundary's residual stream of a right-padded batch of unequal rows, for
+//! every fixture family and a pruned model, in f32 and bf16; three LoRA steps (dense and NF4
+//! base) whose losses depend on each update. Speed: forward tokens/s (f32, bf16) and seconds
+//! per LoRA step (dense and NF4) on a model of SmolLM2-135M's shape with random weights,
+//! written here (the GPU machine has no hub), or on `--model`; with LAYERPRUNE_REF_PYTHON
+//! naming a Python with torch (+ transformers, peft, bitsandbytes), the same work in PyTorch on
+//! the same GPU.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::{backend::Backend, DType};
+use serde::Serialize;
+
+use super::bench::{random_rows, reference_python, run_reference, ForwardBench, Throughput};
+use crate::backend::{
+    dispatch, dispatch_autodiff, AutodiffTask, BackendKind, BackendTask, Precision,
+};
+use crate::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch};
+use crate::source;
+
+/// Relative error tolerances against flex f32 (||device - flex|| / ||flex||).
+const TOL_F32: f64 = 1e-3;
+const TOL_BF16: f64 = 5e-2;
+/// LoRA step losses (a scalar each).
+const TOL_LOSS_F32: f64 = 1e-4;
+const TOL_LOSS_BF16: f64 = 2e-2;
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub precision: String,
+    /// Relative error against flex f32; None when skipped.
+    pub rel_err: Option<f64>,
+    pub tolerance: f64,
+    pub pass: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Speed {
+    pub what: String,
+    pub precision: String,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pytorch_tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpuReport {
+    pub backend: String,
+    pub device: String,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+    pub speed: Vec<Speed>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Final-token logits and boundaries of `rows` (right-padded), on `kept` layers or all.
+struct Outputs<'a> {
+    files: &'a ModelFiles,
+    rows: &'a [Vec<u32>],
+    kept: Option<Vec<usize>>,
+}
+
+impl BackendTask for Outputs<'_> {
+    type Output = Vec<f32>;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Vec<f32>> {
+        if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
+            anyhow::bail!("unsupported: the device has no {dtype:?}");
+        }
+        let model = match &self.kept {
+            Some(k) => self.files.build_with_layers::<B>(&device, dtype, k)?,
+            None => self.files.build::<B>(&device, dtype)?,
+        };
+        let batch = TokenBatch::right_padded(self.rows, 0);
+        let out = model.forward(&batch, Capture::FinalToken, Logits::FinalToken)?;
+        let mut v = to_f32_vec(out.final_logits.unwrap())?;
+        v.extend(to_f32_vec(out.final_token_boundaries.unwrap())?);
+        Ok(v)
+    }
+}
+
+/// `steps` LoRA steps (rank 4, the MLP projections) on one batch: the loss of each, and the
+/// seconds per step after the first.
+struct LoraSteps<'a> {
+    files: &'a ModelFiles,
+    rows: &'a [Vec<u32>],
+    nf4: bool,
+    steps: u64,
+}
+
+impl AutodiffTask for LoraSteps<'_> {
+    type Output = (Vec<f64>, f64);
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<(Vec<f64>, f64)> {
+        use crate::heal::adapter::LoraConfig;
+        use crate::heal::optim::AdamWConfig;
+        use crate::heal::train::{setup, train, Quant, TrainConfig};
+        if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
+            anyhow::bail!("unsupported: the device has no {dtype:?}");
+        }
+        let mut model = self.files.build::<B>(&device, dtype)?;
+        let n = self.rows.len();
+        let config = TrainConfig {
+            lora: Some(LoraConfig {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                target_modules: self
+                    .files
+                    .config
+                    .architecture
+                    .layout()
+                    .projections
+                    .iter()
+                    .filter(|p| p.mlp)
+                    .map(|p| p.name.to_string())
+                    .collect(),
+            }),
+            partial_layers: None,
+            steps: 1,
+            warmup_steps: 0,
+            lr: 1e-3,
+            adamw: AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            max_grad_norm: 1.0,
+            micro_batch: n,
+            global_batch: n,
+            seed: 0,
+            checkpoint_every: 0,
+        };
+        let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
+        let state = setup(&mut model, &config, quant, None)?;
+        let state = train(&mut model, self.rows, &config, state, None, &|_| {})?;
+        let start = Instant::now();
+        let rest = TrainConfig {
+            steps: self.steps,
+            ..config
+        };
+        let state = train(&mut model, self.rows, &rest, state, None, &|_| {})?;
+        let per_step = start.elapsed().as_secs_f64() / (self.steps - 1).max(1) as f64;
+        Ok((state.log.iter().map(|r| r.loss).collect(), per_step))
+    }
+}
+
+fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in ours.iter().zip(reference) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    if ours.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(name: &str, precision: Precision, r: Result<f64>, tolerance: f64) -> Check {
+    match r {
+        Ok(e) => Check {
+            name: name.into(),
+            precision: precision.to_string(),
+            rel_err: Some(e),
+            tolerance,
+            pass: e <= tolerance,
+            skipped: None,
+        },
+        Err(e) => {
+            let msg = format!("{e:#}");
+            // a precision the device lacks is a finding, not a failure
+            let unsupported = msg.starts_with("unsupported:");
+            Check {
+                name: name.into(),
+                precision: precision.to_string(),
+                rel_err: None,
+                tolerance,
+                pass: unsupported,
+                skipped: Some(msg),
+            }
+        }
+    }
+}
+
+/// Unequal rows of ids below `vocab` (right padding exercised).
+fn parity_rows(vocab: usize) -> Vec<Vec<u32>> {
+    let mut rows = random_rows(3, 19, 1, vocab as u32, 0xC0FFEE);
+    rows[1].truncate(11);
+    rows[2].truncate(4);
+    rows
+}
+
+/// The fixture models under `fixtures` (Hugging Face directories tiny-*).
+fn fixture_models(fixtures: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures)
+        .with_context(|| {
+            format!(
+                "cannot list the fixtures {} (run from the repository root, or pass --fixtures)",
+                fixtures.display()
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        anyhow::bail!("{}: no fixture model directories", fixtures.display());
+    }
+    Ok(dirs)
+}
+
+fn open(path: &Path, cache_root: &Path) -> Result<ModelFiles> {
+    ModelFiles::open(source::resolve_model_str(
+        &path.display().to_string(),
+        cache_root,
+    )?)
+}
+
+/// Write a Llama model of SmolLM2-135M's shape with random weights (std 0.02, norms 1) and the
+/// tiny fixture's tokenizer into `dir` (throughput only: the ids are random).
+pub fn write_random_smollm2_shape(dir: &Path, fixtures: &Path, layers: usize) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let (d, i, v, heads, kv, hd) = (576usize, 1536usize, 49152usize, 9usize, 3usize, 64usize);
+    std::fs::create_dir_all(dir)?;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": d, "intermediate_size": i, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+        "vocab_size": v, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0, "tie_word_embeddings": true, "hidden_act": "silu",
+        "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "float32",
+        "attention_bias": false, "mlp_bias": false
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    let tok = fixtures.join("tiny-llama/tokenizer.json");
+    std::fs::copy(&tok, dir.join("tokenizer.json"))
+        .with_context(|| format!("cannot copy {}", tok.display()))?;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, d]),
+        ("model.norm.weight".into(), vec![d]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (n, s) in [
+            ("self_attn.q_proj.weight", vec![heads * hd, d]),
+            ("self_attn.k_proj.weight", vec![kv * hd, d]),
+            ("self_attn.v_proj.weight", vec![kv * hd, d]),
+            ("self_attn.o_proj.weight", vec![d, heads * hd]),
+            ("mlp.gate_proj.weight", vec![i, d]),
+            ("mlp.up_proj.weight", vec![i, d]),
+            ("mlp.down_proj.weight", vec![d, i]),
+            ("input_layernorm.weight", vec![d]),
+            ("post_attention_layernorm.weight", vec![d]),
+        ] {
+            shapes.push((format!("{p}.{n}"), s));
+        }
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let norm = shape.len() == 1;
+            let bytes = (0..n)
+                .flat_map(|_| {
+                    let x = if norm {
+                        1.0f32
+                    } else {
+                        state ^= state >> 12;
+                        state ^= state << 25;
+                        state ^= state >> 27;
+                        let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32
+                            / (1u64 << 24) as f32;
+                        (u - 0.5) * 0.069 // uniform with std 0.02
+                    };
+                    x.to_le_bytes()
+                })
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+pub struct GpuCheckArgs<'a> {
+    pub backend: BackendKind,
+    pub fixtures: &'a Path,
+    pub out: &'a Path,
+    /// A model for the speed part instead of the generated one.
+    pub model: Option<&'a str>,
+    /// Small speed shapes and 2 layers in the generated model (CI on lavapipe).
+    pub quick: bool,
+    pub cache_root: &'a Path,
+}
+
+/// Run the check; Ok(true) when every check passed. The report is written in any case.
+pub fn run(args: &GpuCheckArgs) -> Result<bool> {
+    let start = Instant::now();
+    crate::backend::check_available(args.backend)?;
+    let mut checks = Vec::new();
+    let mut notes = Vec::new();
+    // correctness: every fixture family, f32 and bf16, against flex f32
+    for dir in fixture_models(args.fixtures)? {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let files = open(&dir, args.cache_root)?;
+        let rows = parity_rows(files.config.vocab_size);
+        let layers = files.config.num_hidden_layers;
+        let mut variants = vec![(name.clone(), None)];
+        if name == "tiny-llama" && layers > 2 {
+            let kept: Vec<usize> = (0..layers).filter(|&l| l != 1 && l != 2).collect();
+            variants.push((format!("{name} pruned [1, 3)"), Some(kept)));
+        }
+        for (label, kept) in variants {
+            let task = |kept: Option<Vec<usize>>| Outputs {
+                files: &files,
+                rows: &rows,
+                kept,
+            };
+            let reference = dispatch(BackendKind::Flex, Precision::F32, task(kept.clone()))?;
+            for (p, tol) in [(Precision::F32, TOL_F32), (Precision::Bf16, TOL_BF16)] {
+                let r =
+                    dispatch(args.backend, p, task(kept.clone())).map(|v| rel_err(&v, &reference));
+                checks.push(check(&format!("{label}: logits + boundaries"), p, r, tol));
+            }
+        }
+    }
+    // three LoRA steps on tiny-llama, dense and NF4 base
+    let tiny = open(&args.fixtures.join("tiny-llama"), args.cache_root)?;
+    let rows: Vec<Vec<u32>> = random_rows(2, 24, 1, tiny.config.vocab_size as u32, 7);
+    for nf4 in [false, true] {
+        let steps = |files| LoraSteps {
+            files,
+            rows: &rows,
+            nf4,
+            steps: 3,
+        };
+        let (reference, _) = dispatch_autodiff(BackendKind::Flex, Precision::F32, steps(&tiny))?;
+        for (p, tol) in [
+            (Precision::F32, TOL_LOSS_F32),
+            (Precision::Bf16, TOL_LOSS_BF16),
+        ] {
+            let r = dispatch_autodiff(args.backend, p, steps(&tiny)).map(|(losses, _)| {
+                losses
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| ((a - b) / b).abs())
+                    .fold(0f64, f64::max)
+            });
+            let base = if nf4 { "NF4" } else { "dense" };
+            checks.push(check(
+                &format!("tiny-llama: 3 LoRA steps, {base} base, losses"),
+                p,
+                r,
+                tol,
+            ));
+        }
+    }
+    // speed
+    let tmp = tempfile::tempdir()?;
+    let speed_model = match args.model {
+        Some(m) => PathBuf::from(m),
+        None => {
+            let dir = tmp.path().join("smollm2-shape");
+            write_random_smollm2_shape(&dir, args.fixtures, if args.quick { 2 } else { 30 })?;
+            notes.push(format!(
+                "speed: a Llama of SmolLM2-135M's shape ({} layers) with random weights",
+                if args.quick { 2 } else { 30 }
+            ));
+            dir
+        }
+    };
+    let files = open(&speed_model, args.cache_root)?;
+    let (n, len, batch) = if args.quick { (4, 32, 2) } else { (64, 256, 8) };
+    let fwd_rows = random_rows(n, len, 1, files.config.vocab_size as u32, 0x5EED);
+    let heal_rows = random_rows(
+        if args.quick { 1 } else { 4 },
+        len,
+        1,
+        files.config.vocab_size as u32,
+        0x5EED,
+    );
+    let mut speed = Vec::new();
+    for p in [Precision::F32, Precision::Bf16] {
+        let r: Result<Throughput> = dispatch(
+            args.backend,
+            p,
+            ForwardBench {
+                files: &files,
+                rows: &fwd_rows,
+                batch,
+                workers: 1,
+            },
+        );
+        match r {
+            Ok(t) => speed.push(Speed {
+                what: format!("forward, boundaries kept, {n} x {len} tokens, batch {batch}"),
+                precision: p.to_string(),
+                tokens_per_s: t.tokens_per_s,
+                pytorch_tokens_per_s: None,
+                ratio: None,
+            }),
+            Err(e) => notes.push(format!("forward {p}: {e:#}")),
+        }
+        for nf4 in [false, true] {
+            let r = dispatch_autodiff(
+                args.backend,
+                p,
+                LoraSteps {
+                    files: &files,
+                    rows: &heal_rows,
+                    nf4,
+                    steps: 3,
+                },
+            );
+            let base = if nf4 { "NF4" } else { "dense" };
+            match r {
+                Ok((_, s)) => speed.push(Speed {
+                    what: format!("LoRA step, {base} base, {} x {len} tokens", heal_rows.len()),
+                    precision: p.to_string(),
+                    tokens_per_s: (heal_rows.len() * len) as f64 / s,
+                    pytorch_tokens_per_s: None,
+                    ratio: None,
+                }),
+                Err(e) => notes.push(format!("LoRA step {base} {p}: {e:#}")),
+            }
+        }
+    }
+    match reference_python() {
+        None => notes.push("PyTorch reference skipped: LAYERPRUNE_REF_PYTHON is not set".into()),
+        Some(py) => {
+            let tokens = tmp.path().join("tokens.json");
+            std::fs::write(
+                &tokens,
+                serde_json::to_string(
+                    &serde_json::json!({ "forward": fwd_rows, "heal": heal_rows, "batch": batch }),
+                )?,
+            )?;
+            match run_reference(
+                &py,
+                GPU_REFERENCE_SCRIPT,
+                &[
+                    speed_model.display().to_string(),
+                    tokens.display().to_string(),
+                ],
+            ) {
+                Ok(v) => {
+                    for s in &mut speed {
+                        let key =
+                            format!("{} {}", s.what.split(',').next().unwrap_or(""), s.precision);
+                        let key = if s.what.contains("NF4") {
+                            format!("{key} nf4")
+                        } else {
+                            key
+                        };
+                        if let Some(t) = v.get(&key).and_then(|x| x.as_f64()) {
+                            s.pytorch_tokens_per_s = Some(t);
+                            s.ratio = Some(s.tokens_per_s / t);
+                        }
+                    }
+                    if let Some(n) = v.get("notes").and_then(|x| x.as_array()) {
+                        notes.extend(
+                            n.iter()
+                                .filter_map(|x| x.as_str())
+                                .map(|s| format!("reference: {s}")),
+                        );
+                    }
+                }
+                Err(e) => notes.push(format!("PyTorch reference failed: {e:#}")),
+            }
+        }
+    }
+    let passed = checks.iter().all(|c| c.pass);
+    let report = GpuReport {
+        backend: args.backend.to_string(),
+        device: device_name(args.backend),
+        passed,
+        checks,
+        speed,
+        notes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    print_report(&report);
+    crate::fsutil::atomic_write(args.out, &serde_json::to_vec_pretty(&report)?)?;
+    println!("report: {}", args.out.display());
+    Ok(passed)
+}
+
+pub const GPU_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_gpu_bench.py");
+
+fn device_name(backend: BackendKind) -> String {
+    match backend {
+        BackendKind::Cuda => std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=name,memory.total,driver_version",
+                "--format=csv,noheader",
+                "--id=0",
+            ])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "cuda device 0".into()),
+        BackendKind::Wgpu => "the default wgpu adapter".into(),
+        BackendKind::Flex => "CPU".into(),
+    }
+}
+
+fn print_report(r: &GpuReport) {
+    println!("device check on {} ({})", r.backend, r.device);
+    for c in &r.checks {
+        let value = match (c.rel_err, &c.skipped) {
+            (Some(e), _) => format!("{e:.2e} (tolerance {:.0e})", c.tolerance),
+            (None, Some(s)) => format!("skipped: {s}"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:4} {:5} {:55} {value}",
+            if c.pass { "ok" } else { "FAIL" },
+            c.precision,
+            c.name
+        );
+    }
+    for s in &r.speed {
+        let reference = match (s.pytorch_tokens_per_s, s.ratio) {
+            (Some(t), Some(x)) => format!("  PyTorch {t:.0} tokens/s, ratio {x:.2}x"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:5} {:50} {:>10.0} tokens/s{reference}",
+            s.precision, s.what, s.tokens_per_s
+        );
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    println!(
+        "{} in {:.0} s",
+        if r.passed { "passed" } else { "FAILED" },
+        r.seconds
+    );
+}

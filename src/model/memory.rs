@@ -1,0 +1,193 @@
+//! Peak memory of the work a job does with a model, estimated from the model's shape and the
+//! job's batch: what `plan` prints per job and what `run` checks against the device (or, on the
+//! CPU, the machine's) memory before any job starts.
+//!
+//! The estimate counts what this implementation holds, not what an ideal one would: weights in
+//! the compute precision (or NF4 as `model::nf4_linear` stores it: 4-bit codes packed eight per
+//! 32-bit word, one f32 absmax per block of 64), one layer's temporaries at a time in inference,
+//! every layer's saved activations in training (there is no gradient checkpointing), logits
+//! where the job computes them, LoRA / trainable parameters with their gradient and AdamW's two
+//! moments in f32. The coefficients below were measured on flex with SmolLM2-135M (peak RSS per
+//! job; tests/memory_plan.rs holds the estimate within 25% of the measured peak).
+
+use super::config::ModelConfig;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// One estimated peak: named parts that add up to the total.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryEstimate {
+    pub parts: Vec<(&'static str, u64)>,
+}
+
+impl MemoryEstimate {
+    pub fn add(&mut self, name: &'static str, bytes: u64) -> &mut Self {
+        if bytes > 0 {
+            self.parts.push((name, bytes));
+        }
+        self
+    }
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|(_, b)| b).sum()
+    }
+    /// "weights 538 MiB + activations 95 MiB + ..."
+    pub fn breakdown(&self) -> String {
+        self.parts
+            .iter()
+            .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+}
+
+/// "538 MiB", "36.6 GiB"
+pub fn human_bytes(b: u64) -> String {
+    let mib = b as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+/// How the layers' projection weights are held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BaseWeights {
+    /// In the compute precision.
+    Dense,
+    /// NF4 codes (half a byte per value) and an f32 absmax per block of 64.
+    Nf4,
+}
+
+/// The model a job runs: its configuration with `layers` of its layers kept.
+#[derive(Debug, Clone)]
+pub struct ModelShape {
+    pub cfg: ModelConfig,
+    pub layers: usize,
+}
+
+impl ModelShape {
+    fn pruned(&self) -> ModelConfig {
+        let mut c = self.cfg.clone();
+        c.num_hidden_layers = self.layers;
+        c
+    }
+    /// Parameters of the kept model.
+    pub fn parameters(&self) -> u64 {
+        self.cfg
+            .architecture
+            .layout()
+            .parameter_count(&self.pruned())
+    }
+    /// Parameters of the layers' projections (what NF4 quantises).
+    pub fn projection_parameters(&self) -> u64 {
+        let layout = self.cfg.architecture.layout();
+        let per_layer: u64 = layout
+            .projections
+            .iter()
+            .map(|p| {
+                let (i, o) = p.projection.dims(&self.cfg);
+                (i * o) as u64
+            })
+            .sum();
+        per_layer * self.layers as u64
+    }
+    /// The weights on the device.
+    pub fn weight_bytes(&self, elem: u64, base: BaseWeights) -> u64 {
+        match base {
+            BaseWeights::Dense => self.parameters() * elem,
+            BaseWeights::Nf4 => {
+                let q = self.projection_parameters();
+                // codes: 4 bits; absmax: 4 bytes per 64 values
+                q / 2 + q / 16 + (self.parameters() - q) * elem
+            }
+        }
+    }
+    fn d(&self) -> u64 {
+        self.cfg.hidden_size as u64
+    }
+    fn i(&self) -> u64 {
+        self.cfg.intermediate_size as u64
+    }
+    fn attn_width(&self) -> u64 {
+        (self.cfg.num_attention_heads * self.cfg.head_dim) as u64
+    }
+    fn heads(&self) -> u64 {
+        self.cfg.num_attention_heads as u64
+    }
+    /// The largest projection's values (one dequantised NF4 weight lives at a time).
+    fn largest_projection(&self) -> u64 {
+        let layout = self.cfg.architecture.layout();
+        layout
+            .projections
+            .iter()
+            .map(|p| {
+                let (i, o) = p.projection.dims(&self.cfg);
+                (i * o) as u64
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Temporaries of one layer's forward pass over `rows` x `seq` tokens (no gradients): the
+    /// residual, the normed input, q/k/v (k/v repeated to every head), the attention scores and
+    /// their softmax, the MLP's gate, up and product; the peak of the attention and MLP halves.
+    pub fn layer_temporaries(&self, rows: u64, seq: u64, elem: u64) -> u64 {
+        let t = rows * seq;
+        let attention =
+            t * (2 * self.d() + 5 * self.attn_width()) + 2 * rows * self.heads() * seq * seq;
+        let mlp = t * (2 * self.d() + 3 * self.i());
+        attention.max(mlp) * elem
+    }
+
+    /// Values the autodiff graph keeps per layer for the backward pass over `rows` x `seq`
+    /// tokens: the inputs of every op of the block (norms, projections, RoPE, attention
+    /// probabilities, activation) as Burn's autodiff saves them.
+    pub fn saved_per_layer(&self, rows: u64, seq: u64, elem: u64) -> u64 {
+        let t = rows * seq;
+        (t * (SAVED_D * self.d() + SAVED_ATTN * self.attn_width() + SAVED_I * self.i())
+            + SAVED_SCORES * rows * self.heads() * seq * seq)
+            * elem
+    }
+
+    /// Logits at `positions` rows of the LM head and what the log-softmax makes of them: the
+    /// logits, the shifted logits, their exponentials and the result (with gradients in
+    /// training, as many again are alive at the peak: LOGIT_COPIES covers both, measured).
+    pub fn logits(&self, positions: u64, elem: u64) -> u64 {
+        LOGIT_COPIES * positions * self.cfg.vocab_size as u64 * elem
+    }
+
+    /// Every frozen projection dequantised once per step and kept by the autodiff graph for
+    /// the backward pass (the input's gradient needs the weight): as large as the dense
+    /// projections in the compute precision. bitsandbytes dequantises again in the backward
+    /// pass instead; Burn's autodiff keeps the matmul's operand.
+    pub fn nf4_kept_for_backward(&self, elem: u64) -> u64 {
+        self.projection_parameters() * elem
+    }
+
+    /// One NF4 weight dequantised for its matmul (values, and the i32 codes unpacked).
+    pub fn nf4_transient(&self, elem: u64) -> u64 {
+        self.largest_projection() * (elem + 4)
+    }
+}
+
+/// Saved values per token per layer in training, in units of the hidden size, the attention
+/// width and the MLP width, and per (head, query, key) for the attention probabilities.
+const SAVED_D: u64 = 6;
+const SAVED_ATTN: u64 = 4;
+const SAVED_I: u64 = 3;
+const SAVED_SCORES: u64 = 4;
+
+/// Copies of the logits alive at the peak of a log-softmax (see `logits`).
+const LOGIT_COPIES: u64 = 4;
+
+/// What Burn's autodiff graph and the allocator's slack add to a training step (measured:
+/// SmolLM2-135M, 1-4 sequences of 64-512 tokens, dense and NF4).
+pub const AUTODIFF_OVERHEAD: u64 = 160 << 20;
+
+/// Bytes of a trainable parameter with its gradient and AdamW's two moments (all f32).
+pub const TRAINABLE_BYTES: u64 = 16;
+
+/// What a process needs besides the model and the work (the binary, tokenizer, text and
+/// benchmark data in memory, the allocator's slack): measured on flex.
+pub const PROCESS_OVERHEAD: u64 = 96 << 20;

