@@ -123,7 +123,7 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
         ("similarity", "similarity"),
         ("heal", "heal"),
         ("heal_dense", "heal_dense"),
-        ("loss[model=load]", "loss"),
+        ("loss", "loss"),
     ] {
         let out = layerprune(
             dir.path(),
@@ -156,8 +156,15 @@ text = "{}"
 [stages.load]
 model = "model"
 
+[stages.similarity]
+samples = 4
+seq_len = 16
+batch_size = 4
+text = {{ source = "text", part = "all" }}
+
+[stages.select]
+
 [stages.prune]
-inputs = {{ model = "load" }}
 fraction = 0.25
 strategy = "simple"
 

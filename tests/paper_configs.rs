@@ -220,3 +220,42 @@ fn paper_pipelines_lora_targets_exist_in_their_models() {
         }
     }
 }
+
+/// `plan --memory` estimates the paper's jobs from the committed configs (the models are not
+/// here): Llama-2-7B's weights in bf16 are 6.74 B x 2 bytes = 12.6 GiB; healing holds the NF4
+/// base, the dequantised projections the autodiff graph keeps, and every layer's activations.
+#[test]
+fn plan_estimates_the_paper_jobs_from_their_configs() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("hub")).unwrap();
+    let f = repo().join("pipelines/paper/llama-2-7b.toml");
+    let out = env
+        .cmd(&["plan", f.to_str().unwrap(), "--memory"])
+        .env("HF_HUB_CACHE", env.path("hub"))
+        .output()
+        .unwrap();
+    let o = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{o}\n{}", stderr(&out));
+    let after = |label: &str| {
+        let i = o
+            .lines()
+            .position(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label}: {o}"));
+        (
+            o.lines().nth(i).unwrap().to_string(),
+            o.lines().nth(i + 1).unwrap().to_string(),
+        )
+    };
+    let (_, similarity) = after("similarity ");
+    assert!(similarity.contains("weights 12.6 GiB"), "{similarity}");
+    let (row, heal) = after("heal[fraction=0.125,strategy=simple]");
+    assert!(row.contains("GiB"), "{row}");
+    for part in [
+        "NF4 dequantised, kept for backward",
+        "saved activations",
+        "LoRA + AdamW",
+    ] {
+        assert!(heal.contains(part), "{part}: {heal}");
+    }
+    assert!(o.contains("peak device memory per job estimated"), "{o}");
+}

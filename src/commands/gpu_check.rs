@@ -28,9 +28,11 @@ use crate::source;
 /// Relative error tolerances against flex f32 (||device - flex|| / ||flex||).
 const TOL_F32: f64 = 1e-3;
 const TOL_BF16: f64 = 5e-2;
+const TOL_F16: f64 = 1e-2;
 /// LoRA step losses (a scalar each).
 const TOL_LOSS_F32: f64 = 1e-4;
 const TOL_LOSS_BF16: f64 = 2e-2;
+const TOL_LOSS_F16: f64 = 5e-3;
 
 #[derive(Debug, Serialize)]
 pub struct Check {
@@ -88,6 +90,16 @@ impl BackendTask for Outputs<'_> {
         let mut v = to_f32_vec(out.final_logits.unwrap())?;
         v.extend(to_f32_vec(out.final_token_boundaries.unwrap())?);
         Ok(v)
+    }
+}
+
+/// Whether the device computes in the task's precision (Burn's `supports_dtype`).
+struct Supports;
+
+impl BackendTask for Supports {
+    type Output = bool;
+    fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<bool> {
+        Ok(dtype == DType::F32 || B::supports_dtype(&device, dtype))
     }
 }
 
@@ -158,6 +170,30 @@ impl AutodiffTask for LoraSteps<'_> {
         let state = train(&mut model, self.rows, &rest, state, None, &|_| {})?;
         let per_step = start.elapsed().as_secs_f64() / (self.steps - 1).max(1) as f64;
         Ok((state.log.iter().map(|r| r.loss).collect(), per_step))
+    }
+}
+
+/// Run `f`, turning a panic inside the backend (cubecl panics on what a device cannot compile)
+/// into an error, so that the check goes on and the report is written.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            // the device compiler refusing a type: the precision is unsupported there
+            if msg.contains("is not a valid") {
+                anyhow::bail!("unsupported: the backend panicked: {msg}")
+            }
+            anyhow::bail!("the backend panicked: {msg}")
+        }
     }
 }
 
@@ -340,9 +376,13 @@ pub fn run(args: &GpuCheckArgs) -> Result<bool> {
                 kept,
             };
             let reference = dispatch(BackendKind::Flex, Precision::F32, task(kept.clone()))?;
-            for (p, tol) in [(Precision::F32, TOL_F32), (Precision::Bf16, TOL_BF16)] {
-                let r =
-                    dispatch(args.backend, p, task(kept.clone())).map(|v| rel_err(&v, &reference));
+            for (p, tol) in [
+                (Precision::F32, TOL_F32),
+                (Precision::Bf16, TOL_BF16),
+                (Precision::F16, TOL_F16),
+            ] {
+                let r = guarded(|| dispatch(args.backend, p, task(kept.clone())))
+                    .map(|v| rel_err(&v, &reference));
                 checks.push(check(&format!("{label}: logits + boundaries"), p, r, tol));
             }
         }
@@ -361,14 +401,16 @@ pub fn run(args: &GpuCheckArgs) -> Result<bool> {
         for (p, tol) in [
             (Precision::F32, TOL_LOSS_F32),
             (Precision::Bf16, TOL_LOSS_BF16),
+            (Precision::F16, TOL_LOSS_F16),
         ] {
-            let r = dispatch_autodiff(args.backend, p, steps(&tiny)).map(|(losses, _)| {
-                losses
-                    .iter()
-                    .zip(&reference)
-                    .map(|(a, b)| ((a - b) / b).abs())
-                    .fold(0f64, f64::max)
-            });
+            let r =
+                guarded(|| dispatch_autodiff(args.backend, p, steps(&tiny))).map(|(losses, _)| {
+                    losses
+                        .iter()
+                        .zip(&reference)
+                        .map(|(a, b)| ((a - b) / b).abs())
+                        .fold(0f64, f64::max)
+                });
             let base = if nf4 { "NF4" } else { "dense" };
             checks.push(check(
                 &format!("tiny-llama: 3 LoRA steps, {base} base, losses"),
@@ -404,16 +446,22 @@ pub fn run(args: &GpuCheckArgs) -> Result<bool> {
     );
     let mut speed = Vec::new();
     for p in [Precision::F32, Precision::Bf16] {
-        let r: Result<Throughput> = dispatch(
-            args.backend,
-            p,
-            ForwardBench {
-                files: &files,
-                rows: &fwd_rows,
-                batch,
-                workers: 1,
-            },
-        );
+        if !dispatch(args.backend, p, Supports)? {
+            notes.push(format!("speed {p}: skipped, the device has no {p}"));
+            continue;
+        }
+        let r: Result<Throughput> = guarded(|| {
+            dispatch(
+                args.backend,
+                p,
+                ForwardBench {
+                    files: &files,
+                    rows: &fwd_rows,
+                    batch,
+                    workers: 1,
+                },
+            )
+        });
         match r {
             Ok(t) => speed.push(Speed {
                 what: format!("forward, boundaries kept, {n} x {len} tokens, batch {batch}"),
@@ -425,16 +473,18 @@ pub fn run(args: &GpuCheckArgs) -> Result<bool> {
             Err(e) => notes.push(format!("forward {p}: {e:#}")),
         }
         for nf4 in [false, true] {
-            let r = dispatch_autodiff(
-                args.backend,
-                p,
-                LoraSteps {
-                    files: &files,
-                    rows: &heal_rows,
-                    nf4,
-                    steps: 3,
-                },
-            );
+            let r = guarded(|| {
+                dispatch_autodiff(
+                    args.backend,
+                    p,
+                    LoraSteps {
+                        files: &files,
+                        rows: &heal_rows,
+                        nf4,
+                        steps: 3,
+                    },
+                )
+            });
             let base = if nf4 { "NF4" } else { "dense" };
             match r {
                 Ok((_, s)) => speed.push(Speed {
