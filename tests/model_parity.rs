@@ -332,3 +332,77 @@ fn qwen_tiktoken_matches_python_tiktoken() {
 fn tiny_gemma3_sliding_and_global_layers_match_transformers() {
     check_model("tiny-gemma3", "tiny-gemma3");
 }
+
+/// The bf16 path against transformers computing in bf16 (make_fixtures.py part "bf16"): weights
+/// rounded to bf16, matmuls in bf16, norms and the log-softmax of the loss in f32. Two bf16
+/// implementations round differently, so the tolerance is bf16's: logits within 3e-2 relative
+/// of transformers' bf16 logits, and the mean next-token loss within 2e-3 relative (the loss
+/// path: LM head, f32 log-softmax, gather). Skipped where the backend has no bf16 (lavapipe).
+#[test]
+fn bf16_compute_matches_transformers_bf16() {
+    use burn::tensor::backend::Backend;
+    let device = Default::default();
+    if !B::supports_dtype(&device, DType::BF16) {
+        eprintln!("skipped: this backend has no bf16");
+        return;
+    }
+    for name in ["tiny-llama", "tiny-qwen3"] {
+        let cache = common::temp_cache();
+        let src = source::resolve_str(
+            fixtures().join("models").join(name).to_str().unwrap(),
+            cache.path(),
+        )
+        .unwrap();
+        let files = ModelFiles::open(src).unwrap();
+        let reference = read_reference(
+            &fixtures()
+                .join("reference")
+                .join(format!("{name}-bf16.safetensors")),
+        );
+        let ids = &reference["input_ids"];
+        let mask = &reference["attention_mask"].i64;
+        let (b, t) = (ids.shape[0], ids.shape[1]);
+        let rows: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                (0..t)
+                    .filter(|&j| mask[i * t + j] == 1)
+                    .map(|j| ids.i64[i * t + j] as u32)
+                    .collect()
+            })
+            .collect();
+        let model = files.build::<B>(&device, DType::BF16).unwrap();
+        let batch = TokenBatch::right_padded(&rows, 0);
+        let out = model.forward(&batch, Capture::None, Logits::All).unwrap();
+        let logits = to_f32_vec(out.logits.unwrap()).unwrap();
+        let vocab = files.config.vocab_size;
+        let real = |flat: &[f32]| -> Vec<f32> {
+            let mut v = Vec::new();
+            for i in 0..b {
+                for j in 0..t {
+                    if mask[i * t + j] == 1 {
+                        v.extend_from_slice(&flat[(i * t + j) * vocab..(i * t + j + 1) * vocab]);
+                    }
+                }
+            }
+            v
+        };
+        let e = rel_err(&real(&logits), &real(&reference["logits"].f32));
+        eprintln!("{name} bf16: logits relative error {e:e} against transformers bf16");
+        assert!(e < 3e-2, "{name} bf16 logits: {e:e}");
+        // the loss path in bf16
+        let x = model.run_layers(
+            model.embed(batch.to_tensor::<B>(&device)),
+            0,
+            model.num_layers(),
+        );
+        let nll = layerprune::model::nll::next_token_nll(&model, x, &rows).unwrap();
+        let (sum, n) = nll.iter().fold((0.0, 0), |(s, c), (a, m)| (s + a, c + m));
+        let ours = sum / n as f64;
+        let theirs = reference["mean_nll"].f32[0] as f64;
+        eprintln!("{name} bf16: mean nll {ours:.5} vs transformers {theirs:.5}");
+        assert!(
+            ((ours - theirs) / theirs).abs() < 2e-3,
+            "{name}: {ours} vs {theirs}"
+        );
+    }
+}

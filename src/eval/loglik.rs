@@ -76,7 +76,7 @@ pub(crate) fn target_logprobs<B: Backend>(
     let device = &model.device;
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), device);
     let logits = model.head(gather_rows(x, &idx)); // [n, vocab]
-    let logp = log_softmax(logits, 1);
+    let logp = log_softmax(crate::model::transformer::to_f32(logits), 1); // f32
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.clone(), [n, 1]), device);
     let values = to_f32_vec(logp.clone().gather(1, tgt))?;
     let argmax = logp

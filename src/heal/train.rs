@@ -352,7 +352,11 @@ pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>])
     );
     let logits = model.head(x.narrow(1, 0, t - 1)); // [b, t-1, vocab]
     let vocab = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
+    // the loss in f32 in every precision
+    let logp = log_softmax(
+        crate::model::transformer::to_f32(logits.reshape([b * (t - 1), vocab])),
+        1,
+    );
     let targets: Vec<i64> = rows
         .iter()
         .flat_map(|r| r[1..].iter().map(|&x| x as i64))

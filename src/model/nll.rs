@@ -6,7 +6,7 @@ use anyhow::Result;
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor, TensorData};
 
 use super::readback::to_f32_vec;
-use super::transformer::{gather_rows, Transformer};
+use super::transformer::{gather_rows, to_f32, Transformer};
 
 /// Summed cross-entropy (nats) and prediction count of each row; x [batch, seq, hidden] is the
 /// stream after the last layer for the right-padded `rows` (seq = the longest row).
@@ -29,7 +29,7 @@ pub fn next_token_nll<B: Backend>(
         return Ok(rows.iter().map(|_| (0.0, 0)).collect());
     }
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), &model.device);
-    let logp = log_softmax(model.head(gather_rows(x, &idx)), 1); // [n, vocab]
+    let logp = log_softmax(to_f32(model.head(gather_rows(x, &idx))), 1); // [n, vocab], f32
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device);
     let lp = to_f32_vec(logp.gather(1, tgt))?; // [n]
     let mut out = Vec::with_capacity(rows.len());

@@ -196,10 +196,22 @@ pub fn rms_norm<B: Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
-    // transformers: x * rsqrt(mean(x^2, -1) + eps) * weight
-    let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
-    let x = x * (variance + eps).sqrt().recip();
+    // transformers: weight * (x * rsqrt(mean(x^2, -1) + eps)), the normalisation in f32 and
+    // cast back to the compute dtype before the weight
+    let dtype = x.dtype();
+    let xf = to_f32(x);
+    let variance = xf.clone().powi_scalar(2).mean_dim(D - 1);
+    let x = (xf * (variance + eps).sqrt().recip()).cast(dtype);
     x * weight.clone().unsqueeze::<D>()
+}
+
+/// `x` in f32 (a no-op in f32): reductions (norms, log-softmax) run in f32 in every precision.
+pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
 }
 
 /// torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias, biased variance, last dim.
@@ -209,10 +221,14 @@ pub fn layer_norm<B: Backend, const D: usize>(
     bias: Option<&Tensor<B, 1>>,
     eps: f64,
 ) -> Tensor<B, D> {
+    // in f32 (as torch computes LayerNorm in half precision), back to the compute dtype
+    let dtype = x.dtype();
+    let x = to_f32(x);
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
     let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
-    let y = centered * (variance + eps).sqrt().recip() * weight.clone().unsqueeze::<D>();
+    let y =
+        (centered * (variance + eps).sqrt().recip()).cast(dtype) * weight.clone().unsqueeze::<D>();
     match bias {
         Some(b) => y + b.clone().unsqueeze::<D>(),
         None => y,
