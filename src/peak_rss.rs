@@ -34,20 +34,18 @@ mod tests {
 
     #[test]
     fn the_peak_follows_an_allocation_and_resets() {
+        // other tests of this binary run concurrently: only assertions a 256 MiB block decides
         let Some(before) = peak_bytes() else {
             return; // not Linux
         };
-        assert!(before > 0 && current_bytes().unwrap() <= before);
-        let big = vec![1u8; 64 << 20];
+        assert!(before > 0 && current_bytes().is_some());
+        let big = vec![1u8; 256 << 20];
         std::hint::black_box(&big);
         let with = peak_bytes().unwrap();
-        assert!(
-            with >= current_bytes().unwrap() && with >= (64 << 20),
-            "{with}"
-        );
-        drop(big);
+        assert!(with >= (256 << 20), "{with}");
+        drop(big); // a block this large is unmapped when freed
         assert!(reset());
         let after = peak_bytes().unwrap();
-        assert!(after + (32 << 20) < with, "reset: {after} vs {with}");
+        assert!(after + (128 << 20) < with, "reset: {after} vs {with}");
     }
 }

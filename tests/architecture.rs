@@ -11,7 +11,7 @@
 //!  2  formats, source, backend, report   bytes to values; where bytes come from; concrete
 //!                   Burn backends; figures from plain series
 //!  1  digest        sha256 of files, cached by size and mtime
-//!  0  fsutil, paths, progress, runtime   leaf utilities
+//!  0  fsutil, paths, peak_rss, progress, runtime   leaf utilities
 //! ```
 //!
 //! Rules:
@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("fsutil", 0),
     ("paths", 0),
+    ("peak_rss", 0),
     ("progress", 0),
     ("runtime", 0),
     ("digest", 1),

@@ -13,6 +13,24 @@ use layerprune::source;
 
 const TOL: f32 = 1e-4;
 
+/// The token rows of a reference batch (its real positions), the mask, batch and width.
+fn fixture_rows(
+    reference: &std::collections::BTreeMap<String, common::RefTensor>,
+) -> (Vec<Vec<u32>>, Vec<i64>, usize, usize) {
+    let ids = &reference["input_ids"];
+    let mask = reference["attention_mask"].i64.clone();
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let rows = (0..b)
+        .map(|i| {
+            (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| ids.i64[i * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    (rows, mask, b, t)
+}
+
 fn check_model(model_dir: &str, reference: &str) {
     let cache = common::temp_cache();
     let src = source::resolve_str(
@@ -26,17 +44,7 @@ fn check_model(model_dir: &str, reference: &str) {
             .join("reference")
             .join(format!("{reference}.safetensors")),
     );
-    let ids = &reference["input_ids"];
-    let mask = &reference["attention_mask"].i64;
-    let (b, t) = (ids.shape[0], ids.shape[1]);
-    let rows: Vec<Vec<u32>> = (0..b)
-        .map(|i| {
-            (0..t)
-                .filter(|&j| mask[i * t + j] == 1)
-                .map(|j| ids.i64[i * t + j] as u32)
-                .collect()
-        })
-        .collect();
+    let (rows, mask, b, t) = fixture_rows(&reference);
     assert!(
         rows.iter()
             .map(|r| r.len())
@@ -359,17 +367,7 @@ fn bf16_compute_matches_transformers_bf16() {
                 .join("reference")
                 .join(format!("{name}-bf16.safetensors")),
         );
-        let ids = &reference["input_ids"];
-        let mask = &reference["attention_mask"].i64;
-        let (b, t) = (ids.shape[0], ids.shape[1]);
-        let rows: Vec<Vec<u32>> = (0..b)
-            .map(|i| {
-                (0..t)
-                    .filter(|&j| mask[i * t + j] == 1)
-                    .map(|j| ids.i64[i * t + j] as u32)
-                    .collect()
-            })
-            .collect();
+        let (rows, mask, b, t) = fixture_rows(&reference);
         let model = files.build::<B>(&device, DType::BF16).unwrap();
         let batch = TokenBatch::right_padded(&rows, 0);
         let out = model.forward(&batch, Capture::None, Logits::All).unwrap();

@@ -400,7 +400,6 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         dtype: DType,
     ) -> Result<(f64, f64)> {
         use crate::heal::adapter::LoraConfig;
-        use crate::heal::optim::AdamWConfig;
         use crate::heal::train::{setup, train, Quant, TrainConfig};
         let mut model = self.files.build::<B>(&device, dtype)?;
         let lora = LoraConfig {
@@ -409,26 +408,7 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             dropout: 0.05,
             target_modules: vec!["gate_proj".into(), "up_proj".into(), "down_proj".into()],
         };
-        let adamw = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
-        let n = self.rows.len();
-        let config = TrainConfig {
-            lora: Some(lora),
-            partial_layers: None,
-            steps: 1,
-            warmup_steps: 0,
-            lr: 1e-4,
-            adamw,
-            max_grad_norm: 1.0,
-            micro_batch: n,
-            global_batch: n,
-            seed: 0,
-            checkpoint_every: 0,
-        };
+        let config = one_batch_config(lora, self.rows.len(), 1e-4);
         let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
         // the heal stage's setup: NF4 base when asked, PEFT-initialised adapters
         let state = setup(&mut model, &config, quant, None)?;
@@ -445,6 +425,33 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             seconds,
             state.log.last().map(|r| r.loss).unwrap_or(f64::NAN),
         ))
+    }
+}
+
+/// One optimizer step per batch of `n` rows (no accumulation, no warmup), AdamW with
+/// transformers' defaults, clipping at 1.0: the training setup of the benchmarks.
+pub fn one_batch_config(
+    lora: crate::heal::adapter::LoraConfig,
+    n: usize,
+    lr: f64,
+) -> crate::heal::train::TrainConfig {
+    crate::heal::train::TrainConfig {
+        lora: Some(lora),
+        partial_layers: None,
+        steps: 1,
+        warmup_steps: 0,
+        lr,
+        adamw: crate::heal::optim::AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        max_grad_norm: 1.0,
+        micro_batch: n,
+        global_batch: n,
+        seed: 0,
+        checkpoint_every: 0,
     }
 }
 

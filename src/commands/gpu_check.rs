@@ -120,45 +120,27 @@ impl AutodiffTask for LoraSteps<'_> {
         dtype: DType,
     ) -> Result<(Vec<f64>, f64)> {
         use crate::heal::adapter::LoraConfig;
-        use crate::heal::optim::AdamWConfig;
         use crate::heal::train::{setup, train, Quant, TrainConfig};
         if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
             anyhow::bail!("unsupported: the device has no {dtype:?}");
         }
         let mut model = self.files.build::<B>(&device, dtype)?;
-        let n = self.rows.len();
-        let config = TrainConfig {
-            lora: Some(LoraConfig {
-                r: 4,
-                alpha: 8.0,
-                dropout: 0.0,
-                target_modules: self
-                    .files
-                    .config
-                    .architecture
-                    .layout()
-                    .projections
-                    .iter()
-                    .filter(|p| p.mlp)
-                    .map(|p| p.name.to_string())
-                    .collect(),
-            }),
-            partial_layers: None,
-            steps: 1,
-            warmup_steps: 0,
-            lr: 1e-3,
-            adamw: AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-            max_grad_norm: 1.0,
-            micro_batch: n,
-            global_batch: n,
-            seed: 0,
-            checkpoint_every: 0,
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: self
+                .files
+                .config
+                .architecture
+                .layout()
+                .projections
+                .iter()
+                .filter(|p| p.mlp)
+                .map(|p| p.name.to_string())
+                .collect(),
         };
+        let config = super::bench::one_batch_config(lora, self.rows.len(), 1e-3);
         let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
         let state = setup(&mut model, &config, quant, None)?;
         let state = train(&mut model, self.rows, &config, state, None, &|_| {})?;

@@ -165,6 +165,45 @@ impl ModelShape {
         self.projection_parameters() * elem
     }
 
+    /// What a training step over `rows` x `seq` tokens holds besides the weights and what is
+    /// trained: the saved activations of the `graph_layers` layers the autodiff graph spans,
+    /// one layer's temporaries, the logits with their gradients, the graph's own overhead.
+    pub fn add_training_step(
+        &self,
+        estimate: &mut MemoryEstimate,
+        rows: u64,
+        seq: u64,
+        elem: u64,
+        graph_layers: usize,
+    ) {
+        estimate
+            .add(
+                "saved activations",
+                self.saved_per_layer(rows, seq, elem) * graph_layers as u64,
+            )
+            .add("activations", self.layer_temporaries(rows, seq, elem))
+            .add("logits + gradients", self.logits(rows * seq, elem))
+            .add("autodiff", AUTODIFF_OVERHEAD);
+    }
+
+    /// Keys and values of every kept layer for `rows` x `seq` cached positions.
+    pub fn kv_bytes(&self, rows: u64, seq: u64, elem: u64) -> u64 {
+        let kv = (self.cfg.num_key_value_heads * self.cfg.head_dim) as u64;
+        2 * self.layers as u64 * rows * seq * kv * elem
+    }
+
+    /// Parameters of `k` layers.
+    pub fn layer_parameters(&self, k: usize) -> u64 {
+        let with = |layers| {
+            ModelShape {
+                cfg: self.cfg.clone(),
+                layers,
+            }
+            .parameters()
+        };
+        with(k) - with(0)
+    }
+
     /// One NF4 weight dequantised for its matmul (values, and the i32 codes unpacked).
     pub fn nf4_transient(&self, elem: u64) -> u64 {
         self.largest_projection() * (elem + 4)

@@ -349,6 +349,11 @@ impl Stage for EvalQaStage {
         // logits at the continuation tokens only: a few per row
         let mut plan =
             super::MemoryPlan::inference(on, p.batch_size, p.max_length, p.batch_size * 16);
+        // the shared context's keys and values (few-shot prefix), kept while its requests score
+        plan.estimate.add(
+            "prefix KV",
+            on.shape.kv_bytes(1, p.max_length as u64, on.elem),
+        );
         if on.host {
             plan.estimate
                 .add("stream memo (at most)", on.stream_memo_bytes);

@@ -224,21 +224,12 @@ impl Stage for HealStage {
                     0
                 },
             )
-            .add("LoRA + AdamW", lora * crate::model::memory::TRAINABLE_BYTES)
-            .add(
-                "saved activations",
-                sh.saved_per_layer(r, s, e) * sh.layers as u64,
-            )
-            .add("activations", sh.layer_temporaries(r, s, e))
-            .add("logits + gradients", sh.logits(r * s, e))
-            .add("autodiff", crate::model::memory::AUTODIFF_OVERHEAD);
+            .add("LoRA + AdamW", lora * crate::model::memory::TRAINABLE_BYTES);
+        sh.add_training_step(&mut estimate, r, s, e, sh.layers);
         Some(
-            super::MemoryPlan {
-                estimate,
-                knobs: Vec::new(),
-            }
-            .knob("micro_batch", p.micro_batch)
-            .knob("seq_len", p.seq_len),
+            super::MemoryPlan::of(estimate)
+                .knob("micro_batch", p.micro_batch)
+                .knob("seq_len", p.seq_len),
         )
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {

@@ -149,21 +149,12 @@ impl Stage for PartialHealStage {
         params: &serde_json::Value,
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
-        use crate::model::memory::{BaseWeights, ModelShape};
+        use crate::model::memory::BaseWeights;
         let p: PartialHealParams = super::parse_params(params).ok()?;
         let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
         let k = p.last_layers.min(sh.layers);
         // trained: the last k layers and the LM head (the embedding too when tied)
-        let layers_only = ModelShape {
-            cfg: sh.cfg.clone(),
-            layers: k,
-        }
-        .parameters()
-            - ModelShape {
-                cfg: sh.cfg.clone(),
-                layers: 0,
-            }
-            .parameters();
+        let layers_only = sh.layer_parameters(k);
         let head = (sh.cfg.vocab_size * sh.cfg.hidden_size) as u64;
         let mut estimate = crate::model::memory::MemoryEstimate::default();
         estimate
@@ -171,19 +162,13 @@ impl Stage for PartialHealStage {
             .add(
                 "trained + AdamW",
                 (layers_only + head) * crate::model::memory::TRAINABLE_BYTES,
-            )
-            .add("saved activations", sh.saved_per_layer(r, s, e) * k as u64)
-            .add("activations", sh.layer_temporaries(r, s, e))
-            .add("logits + gradients", sh.logits(r * s, e))
-            .add("autodiff", crate::model::memory::AUTODIFF_OVERHEAD);
+            );
+        sh.add_training_step(&mut estimate, r, s, e, k);
         Some(
-            super::MemoryPlan {
-                estimate,
-                knobs: Vec::new(),
-            }
-            .knob("micro_batch", p.micro_batch)
-            .knob("seq_len", p.seq_len)
-            .knob("last_layers", p.last_layers),
+            super::MemoryPlan::of(estimate)
+                .knob("micro_batch", p.micro_batch)
+                .knob("seq_len", p.seq_len)
+                .knob("last_layers", p.last_layers),
         )
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {

@@ -144,6 +144,13 @@ impl MemoryPlan {
             knobs: Vec::new(),
         }
     }
+    /// An estimate, no knobs yet.
+    pub fn of(estimate: crate::model::memory::MemoryEstimate) -> Self {
+        Self {
+            estimate,
+            knobs: Vec::new(),
+        }
+    }
     pub fn knob(mut self, name: &str, value: impl std::fmt::Display) -> Self {
         self.knobs.push(format!("{name} (now {value})"));
         self
