@@ -221,8 +221,9 @@ fn run_cuda<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> 
 }
 
 /// The memory a job on `kind` may use, and where that number comes from: flex, this machine's
-/// memory (MemTotal); cuda, the first GPU's total memory as `nvidia-smi` reports it; wgpu,
-/// unknown (set `memory_limit` in the pipeline).
+/// memory (MemTotal, or the cgroup's memory.max where lower, as under Slurm's --mem); cuda, the
+/// total memory of the first GPU this process sees (CUDA_VISIBLE_DEVICES) as `nvidia-smi`
+/// reports it; wgpu, unknown (set `memory_limit` in the pipeline).
 pub fn device_memory(kind: BackendKind) -> Option<(u64, String)> {
     match kind {
         BackendKind::Flex => {
@@ -236,19 +237,32 @@ pub fn device_memory(kind: BackendKind) -> Option<(u64, String)> {
                 .trim()
                 .parse()
                 .ok()?;
-            Some((kib * 1024, "this machine's memory (MemTotal)".into()))
+            let total = kib * 1024;
+            let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            Some(match cgroup {
+                Some(c) if c < total => (c, "this process's cgroup limit (memory.max)".into()),
+                _ => (total, "this machine's memory (MemTotal)".into()),
+            })
         }
         BackendKind::Cuda => {
+            // device 0 of this process is the first of CUDA_VISIBLE_DEVICES (index or UUID)
+            let id = std::env::var("CUDA_VISIBLE_DEVICES")
+                .ok()
+                .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "0".into());
             let out = std::process::Command::new("nvidia-smi")
                 .args([
                     "--query-gpu=memory.total",
                     "--format=csv,noheader,nounits",
-                    "--id=0",
+                    &format!("--id={id}"),
                 ])
                 .output()
                 .ok()?;
             let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-            Some((mib << 20, "GPU 0's memory (nvidia-smi)".into()))
+            Some((mib << 20, format!("GPU {id}'s memory (nvidia-smi)")))
         }
         BackendKind::Wgpu => None,
     }

@@ -190,7 +190,7 @@ fn run_refuses_a_job_that_cannot_fit_and_names_the_knob() {
     let plan = env.run(&["plan", "fit.toml"]);
     assert!(plan.status.success(), "{}", stderr(&plan));
     assert!(
-        stdout(&plan).contains("limit 20 MiB (memory_limit in fit.toml)"),
+        stdout(&plan).contains("limit 20 MiB (memory_limit (configuration of fit.toml))"),
         "{}",
         stdout(&plan)
     );
@@ -217,6 +217,12 @@ fn run_refuses_a_job_that_cannot_fit_and_names_the_knob() {
     env.write("fit.toml", &tiny_pipeline("memory_limit = \"8GiB\""));
     let out = env.run(&["run", "fit.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // cached jobs are not refused: the tiny limit again, nothing to run, nothing refused
+    env.write("fit.toml", &tiny_pipeline("memory_limit = \"20MiB\""));
+    let out = env.run(&["run", "fit.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = env.run(&["plan", "fit.toml"]);
+    assert!(!stderr(&plan).contains("needs about"), "{}", stderr(&plan));
     // and a malformed limit is a configuration error naming the key
     env.write("fit.toml", &tiny_pipeline("memory_limit = \"lots\""));
     let out = env.run(&["plan", "fit.toml"]);

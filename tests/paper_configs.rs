@@ -248,8 +248,36 @@ fn plan_estimates_the_paper_jobs_from_their_configs() {
     };
     let (_, similarity) = after("similarity ");
     assert!(similarity.contains("weights 12.6 GiB"), "{similarity}");
+    // 12.5% of 32 layers pruned: 28 kept; their projections in NF4 (half a byte per value and a
+    // bf16 absmax per 64), embedding and LM head in bf16: 3.29 GiB
     let (row, heal) = after("heal[fraction=0.125,strategy=simple]");
     assert!(row.contains("GiB"), "{row}");
+    assert!(heal.trim_start().starts_with("weights 3.3 GiB"), "{heal}");
+    // the attention strategy keeps every layer (LLM-Drop drops sublayers): 32 layers in NF4
+    let out = env
+        .cmd(&[
+            "plan",
+            f.to_str().unwrap(),
+            "--memory",
+            "--set",
+            "sweep.strategy=[\"attention\"]",
+        ])
+        .env("HF_HUB_CACHE", env.path("hub"))
+        .output()
+        .unwrap();
+    let o2 = stdout(&out);
+    let i = o2
+        .lines()
+        .position(|l| {
+            l.trim_start()
+                .starts_with("heal[fraction=0.125,strategy=attention]")
+        })
+        .unwrap_or_else(|| panic!("{o2}\n{}", stderr(&out)));
+    let attention_heal = o2.lines().nth(i + 1).unwrap();
+    assert!(
+        attention_heal.trim_start().starts_with("weights 3.7 GiB"),
+        "{attention_heal}"
+    );
     for part in [
         "NF4 dequantised, kept for backward",
         "saved activations",

@@ -120,7 +120,8 @@ pub fn plan(
                 println!("  {:width$}  {}", "", m.plan.estimate.breakdown());
             }
             if let Some(l) = &limit {
-                if m.total() > l.bytes {
+                // as `run` checks: only jobs that will run
+                if m.total() > l.bytes && p.reason != runner::Reason::Cached {
                     too_big.push(runner::memory::does_not_fit(&j.stage, &p.label, m, l));
                 }
             }

@@ -4,7 +4,7 @@
 //!
 //! The estimate counts what this implementation holds, not what an ideal one would: weights in
 //! the compute precision (or NF4 as `model::nf4_linear` stores it: 4-bit codes packed eight per
-//! 32-bit word, one f32 absmax per block of 64), one layer's temporaries at a time in inference,
+//! 32-bit word, one absmax per block of 64 in the compute precision), one layer's temporaries at a time in inference,
 //! every layer's saved activations in training (there is no gradient checkpointing), logits
 //! where the job computes them, LoRA / trainable parameters with their gradient and AdamW's two
 //! moments in f32. The coefficients below were measured on flex with SmolLM2-135M (peak RSS per
@@ -55,7 +55,7 @@ pub fn human_bytes(b: u64) -> String {
 pub enum BaseWeights {
     /// In the compute precision.
     Dense,
-    /// NF4 codes (half a byte per value) and an f32 absmax per block of 64.
+    /// NF4 codes (half a byte per value) and an absmax per block of 64 in the compute precision.
     Nf4,
 }
 
@@ -98,8 +98,8 @@ impl ModelShape {
             BaseWeights::Dense => self.parameters() * elem,
             BaseWeights::Nf4 => {
                 let q = self.projection_parameters();
-                // codes: 4 bits; absmax: 4 bytes per 64 values
-                q / 2 + q / 16 + (self.parameters() - q) * elem
+                // codes: 4 bits; absmax: one value per 64
+                q / 2 + q / 64 * elem + (self.parameters() - q) * elem
             }
         }
     }
@@ -151,10 +151,11 @@ impl ModelShape {
     }
 
     /// Logits at `positions` rows of the LM head and what the log-softmax makes of them: the
-    /// logits, the shifted logits, their exponentials and the result (with gradients in
-    /// training, as many again are alive at the peak: LOGIT_COPIES covers both, measured).
+    /// logits in the compute precision, then (always in f32) the shifted logits, their
+    /// exponentials and the result; with gradients in training as many again are alive at the
+    /// peak (LOGIT_COPIES covers both, measured in f32).
     pub fn logits(&self, positions: u64, elem: u64) -> u64 {
-        LOGIT_COPIES * positions * self.cfg.vocab_size as u64 * elem
+        positions * self.cfg.vocab_size as u64 * (elem + (LOGIT_COPIES - 1) * 4)
     }
 
     /// Every frozen projection dequantised once per step and kept by the autodiff graph for
@@ -204,9 +205,64 @@ impl ModelShape {
         with(k) - with(0)
     }
 
-    /// One NF4 weight dequantised for its matmul (values, and the i32 codes unpacked).
+    /// One NF4 weight dequantised for its matmul: the eight unpacked nibble tensors and their
+    /// concatenation (i32) alive together, and the values.
     pub fn nf4_transient(&self, elem: u64) -> u64 {
-        self.largest_projection() * (elem + 4)
+        self.largest_projection() * (elem + 8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::ModelConfig;
+
+    fn tiny() -> ModelShape {
+        let text = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "vocab_size": 384, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        let cfg = ModelConfig::from_hf_config_file(&dir.path().join("config.json")).unwrap();
+        ModelShape { cfg, layers: 3 }
+    }
+
+    #[test]
+    fn weights_count_the_kept_layers_in_each_storage() {
+        let s = tiny();
+        // per layer: q 64x64, k, v 64x32, o 64x64, gate/up/down 64x128: 36864 projection values
+        // and two norms of 64; embedding 384 x 64 (tied), final norm 64
+        assert_eq!(s.projection_parameters(), 3 * 36864);
+        assert_eq!(s.parameters(), 3 * (36864 + 128) + 384 * 64 + 64);
+        assert_eq!(s.weight_bytes(4, BaseWeights::Dense), 4 * s.parameters());
+        let q = 3 * 36864;
+        let rest = s.parameters() - q;
+        assert_eq!(
+            s.weight_bytes(2, BaseWeights::Nf4),
+            q / 2 + q / 64 * 2 + rest * 2
+        );
+        assert_eq!(s.layer_parameters(1), 36864 + 128);
+    }
+
+    #[test]
+    fn the_log_softmax_copies_are_f32_in_every_precision() {
+        let s = tiny();
+        assert_eq!(s.logits(10, 4), 10 * 384 * 16);
+        // bf16: the logits in bf16, three f32 copies
+        assert_eq!(s.logits(10, 2), 10 * 384 * (2 + 12));
+        assert_eq!(s.kv_bytes(1, 8, 2), 2 * 3 * 8 * 32 * 2);
+    }
+
+    #[test]
+    fn an_estimate_adds_its_parts_and_skips_empty_ones() {
+        let mut e = MemoryEstimate::default();
+        e.add("weights", 3 << 20)
+            .add("nothing", 0)
+            .add("activations", 1 << 30);
+        assert_eq!(e.total(), (3 << 20) + (1 << 30));
+        assert_eq!(e.breakdown(), "weights 3 MiB + activations 1.0 GiB");
     }
 }
 

@@ -221,17 +221,22 @@ pub fn layer_norm<B: Backend, const D: usize>(
     bias: Option<&Tensor<B, 1>>,
     eps: f64,
 ) -> Tensor<B, D> {
-    // in f32 (as torch computes LayerNorm in half precision), back to the compute dtype
+    // in f32, weight and bias included (as torch computes LayerNorm in half precision), then
+    // back to the compute dtype
     let dtype = x.dtype();
     let x = to_f32(x);
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
     let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
-    let y =
-        (centered * (variance + eps).sqrt().recip()).cast(dtype) * weight.clone().unsqueeze::<D>();
-    match bias {
-        Some(b) => y + b.clone().unsqueeze::<D>(),
+    let y = centered * (variance + eps).sqrt().recip() * to_f32(weight.clone()).unsqueeze::<D>();
+    let y = match bias {
+        Some(b) => y + to_f32(b.clone()).unsqueeze::<D>(),
         None => y,
+    };
+    if dtype == DType::F32 {
+        y
+    } else {
+        y.cast(dtype)
     }
 }
 

@@ -629,7 +629,11 @@ fn parse_memory_size(v: &Value) -> Result<u64, String> {
     let expected =
         "expected a size such as \"40GiB\", \"80GB\" or \"512MiB\" (or a number of bytes)";
     if let Some(n) = v.as_u64() {
-        return Ok(n);
+        return if n > 0 {
+            Ok(n)
+        } else {
+            Err(format!("{expected}, found 0"))
+        };
     }
     let Some(text) = v.as_str() else {
         return Err(format!("{expected}, found {v}"));
@@ -940,6 +944,7 @@ mod tests {
         assert!(e.contains("unknown unit \"gigs\""), "{e}");
         assert!(parse_memory_size(&json!("GiB")).is_err());
         assert!(parse_memory_size(&json!(true)).is_err());
+        assert!(parse_memory_size(&json!(0)).is_err());
     }
 
     #[test]

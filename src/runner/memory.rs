@@ -43,7 +43,7 @@ pub fn limit(cfg: &PipelineConfig) -> Option<MemoryLimit> {
     if let Some(b) = cfg.memory_limit {
         return Some(MemoryLimit {
             bytes: b,
-            origin: format!("memory_limit in {}", cfg.file.display()),
+            origin: format!("memory_limit (configuration of {})", cfg.file.display()),
         });
     }
     backend::device_memory(cfg.backend).map(|(bytes, origin)| MemoryLimit { bytes, origin })
@@ -64,7 +64,10 @@ fn chain(graph: &JobGraph, i: usize) -> Option<ChainModel> {
         if job.kind.kind() == "load" {
             return Some(ChainModel { load: j, fractions });
         }
-        if job.kind.kind() == "prune" {
+        // a prune drops whole layers, except LLM-Drop's attention sublayers (all layers kept)
+        if job.kind.kind() == "prune"
+            && job.params.get("strategy").and_then(|s| s.as_str()) != Some("attention")
+        {
             fractions.push(job.params.get("fraction")?.as_f64()?);
         }
         j = *job.inputs.get("model")?.first()?;
@@ -95,7 +98,8 @@ fn model_config(
         let c = ModelConfig::from_hf_config_file(&dir.join("config.json")).ok()?;
         return Some((c, 0, dir.join("config.json").display().to_string()));
     }
-    let path = source::resolve(&sref.spec, cache_root).ok()?.path;
+    // planning fetches and hashes nothing: a source not yet here has no estimate
+    let path = source::locate_present(&sref.spec, cache_root)?;
     read_config(&path).map(|(c, bytes)| (c, bytes, sref.spec.to_string()))
 }
 
@@ -182,17 +186,32 @@ pub fn does_not_fit(stage: &str, label: &str, m: &JobMemory, limit: &MemoryLimit
         .iter()
         .map(|k| format!("stages.{stage}.{k}"))
         .collect();
+    let weights: u64 = m
+        .plan
+        .estimate
+        .parts
+        .iter()
+        .filter(|(n, _)| n.starts_with("weights"))
+        .map(|(_, b)| b)
+        .sum();
+    let remedy = if weights >= limit.bytes {
+        "the weights alone do not fit: use a device with more memory (4-bit inference is not \
+         implemented)"
+            .to_string()
+    } else if knobs.is_empty() {
+        "lower the job's size".to_string()
+    } else {
+        format!(
+            "lower {} (gradient checkpointing is not implemented)",
+            knobs.join(" or ")
+        )
+    };
     format!(
-        "{label} needs about {} ({}) but {} is {}; lower {} (gradient checkpointing is not \
-         implemented), or set memory_limit if the device has more",
+        "{label} needs about {} ({}) but {} is {}; {remedy}, or set memory_limit if the device \
+         has more",
         human_bytes(m.total()),
         m.plan.estimate.breakdown(),
         limit.origin,
         human_bytes(limit.bytes),
-        if knobs.is_empty() {
-            "the job's size".to_string()
-        } else {
-            knobs.join(" or ")
-        }
     )
 }

@@ -32,11 +32,12 @@ struct JobRow<'a> {
     reason: &'a str,
     started_at: &'a str,
     seconds: String,
-    /// Peak resident memory while the job ran, MiB (empty when it did not run here).
-    peak_rss_mib: String,
-    /// The plan's estimate of the job's peak, MiB.
-    estimated_mib: String,
     error: &'a str,
+    /// Peak resident (host) memory of the process while the job ran, MiB (empty when it did
+    /// not run here); on flex the estimate's counterpart, on a GPU backend host memory only.
+    peak_rss_mib: String,
+    /// The plan's estimate of the job's peak (device memory on a GPU backend), MiB.
+    estimated_mib: String,
 }
 
 fn mib(b: Option<u64>) -> String {
@@ -62,9 +63,9 @@ pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
             reason: &j.reason,
             started_at: &j.started_at,
             seconds: format!("{:.3}", j.seconds),
+            error,
             peak_rss_mib: mib(j.peak_rss),
             estimated_mib: mib(j.estimated),
-            error,
         })?;
     }
     crate::fsutil::atomic_write(&dir.join("jobs.csv"), &w.into_inner()?)

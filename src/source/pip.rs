@@ -92,6 +92,22 @@ fn ensure_wheel(pkg_dir: &Path, package: &str, version: &str) -> Result<PathBuf>
 }
 
 /// Path of `member` (a file or folder inside the wheel) on disk, extracting it once.
+/// The member's path if it is already in the cache (nothing fetched).
+pub fn cached_member(
+    cache_root: &Path,
+    package: &str,
+    version: &str,
+    member: &str,
+) -> Option<PathBuf> {
+    let target = cache_root
+        .join("sources")
+        .join("pip")
+        .join(format!("{package}-{version}"))
+        .join("files")
+        .join(member);
+    target.exists().then_some(target)
+}
+
 pub fn fetch_member(
     cache_root: &Path,
     package: &str,
