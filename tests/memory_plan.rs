@@ -108,6 +108,10 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.toml"), PIPELINE).unwrap();
+    // inputs first (the measured processes run one job each); this also fetches the sources,
+    // which `plan` reads but never fetches
+    let out = layerprune(dir.path(), &["run", "p.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let plan = layerprune(dir.path(), &["plan", "p.toml", "--memory"]);
     assert!(plan.status.success(), "{}", stderr(&plan));
     let text = stdout(&plan);
@@ -116,9 +120,6 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
         text.contains("NF4 dequantised, kept for backward"),
         "{text}"
     );
-    // inputs first (the measured processes run one job each)
-    let out = layerprune(dir.path(), &["run", "p.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     for (job, stage) in [
         ("similarity", "similarity"),
         ("heal", "heal"),
