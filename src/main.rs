@@ -226,6 +226,37 @@ enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// The QA evaluation of a pruning sweep (the base model and the pruned models of a selection
+    /// table), as the eval-qa stage scores it (the stream below each cut reused, contexts
+    /// shared by their choices) against every request as one full sequence with no reuse:
+    /// time, layer positions computed, the ratio, and whether the predictions agree.
+    Sweep {
+        #[arg(default_value = DEFAULT_MODEL)]
+        model: String,
+        /// The blocks each strategy drops (a report's selection.csv).
+        #[arg(long, default_value = "results/smollm2-135m/selection.csv")]
+        selection: PathBuf,
+        /// Fractions of layers dropped (default: the default pipeline's pruned models).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.1,0.2,0.25,0.3,0.4,0.5"
+        )]
+        fractions: Vec<f64>,
+        #[arg(long, value_delimiter = ',', default_value = "similarity,simple")]
+        strategies: Vec<String>,
+        /// Tasks (default: the default pipeline's).
+        #[arg(long, value_delimiter = ',', default_value = "mmlu,boolq,arc_easy")]
+        tasks: Vec<String>,
+        /// Items per task other than MMLU.
+        #[arg(long, default_value_t = 48)]
+        limit: usize,
+        /// MMLU questions per subject (0-shot).
+        #[arg(long, default_value_t = 2)]
+        mmlu_per_subject: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// The similarity stage's work: final-token boundaries and angular distances over held-out
     /// text windows (every 10th document), in tokens/s.
     Similarity {
@@ -512,6 +543,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seq_len,
                 rank,
                 steps,
+                device.backend,
+                device.precision(),
+            )?;
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Sweep {
+                    model,
+                    selection,
+                    fractions,
+                    strategies,
+                    tasks,
+                    limit,
+                    mmlu_per_subject,
+                    device,
+                },
+        } => {
+            let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
+            let data = source::resolve_str(DEFAULT_EVAL_DATA, &cache_root)?;
+            let tasks = tasks
+                .iter()
+                .map(|t| {
+                    layerprune::data::tasks::TaskName::from_name(t)
+                        .ok_or_else(|| anyhow::anyhow!("--tasks: unknown task {t:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            commands::bench_sweep::sweep(
+                files,
+                &data.path,
+                &selection,
+                &fractions,
+                &strategies,
+                &tasks,
+                limit,
+                mmlu_per_subject,
                 device.backend,
                 device.precision(),
             )?;

@@ -119,6 +119,16 @@ pub fn run_reference(python: &str, script: &str, args: &[String]) -> Result<serd
 
 pub const FORWARD_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_forward_bench.py");
 
+/// What the reference forward pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceWork {
+    /// The whole causal LM with every hidden state, as PruneMe runs it (LM head at every
+    /// position).
+    Full,
+    /// The decoder stack only (no LM head): the work layerprune's pass does.
+    Stack,
+}
+
 /// Time transformers on the same rows; `model_path` is the resolved model file or directory.
 pub fn reference_forward(
     python: &str,
@@ -126,6 +136,7 @@ pub fn reference_forward(
     rows: &[Vec<u32>],
     batch: usize,
     threads: usize,
+    work: ReferenceWork,
 ) -> Result<Throughput> {
     let dir = tempfile::tempdir()?;
     let tokens_path = dir.path().join("tokens.json");
@@ -141,6 +152,11 @@ pub fn reference_forward(
             tokens_path.display().to_string(),
             batch.to_string(),
             threads.to_string(),
+            match work {
+                ReferenceWork::Full => "full",
+                ReferenceWork::Stack => "stack",
+            }
+            .to_string(),
         ],
     )?;
     Ok(Throughput {
@@ -155,6 +171,28 @@ pub fn cpu_threads() -> usize {
     default_workers(BackendKind::Flex)
 }
 
+/// Floating-point operations per token of the decoder stack over rows of `seq` tokens (no LM
+/// head): two per weight of every projection, and the causal attention's two products over
+/// (seq + 1) / 2 keys on average.
+pub fn stack_flops_per_token(cfg: &crate::model::config::ModelConfig, seq: usize) -> f64 {
+    let shape = crate::model::memory::ModelShape {
+        cfg: cfg.clone(),
+        layers: cfg.num_hidden_layers,
+    };
+    let attention = 4.0 * (cfg.num_attention_heads * cfg.head_dim) as f64 * (seq as f64 + 1.0)
+        / 2.0
+        * cfg.num_hidden_layers as f64;
+    2.0 * shape.projection_parameters() as f64 + attention
+}
+
+/// The process's peak resident set size so far, for the benchmark lines.
+pub fn peak_rss_line() -> String {
+    match crate::peak_rss::peak_bytes() {
+        Some(b) => format!("peak RSS {:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        None => "peak RSS unknown".into(),
+    }
+}
+
 fn print_reference(
     ours: &Throughput,
     files: &ModelFiles,
@@ -162,12 +200,32 @@ fn print_reference(
     batch: usize,
 ) -> Result<()> {
     let threads = cpu_threads();
+    let seq = rows.first().map(|r| r.len()).unwrap_or(0);
+    let flops = stack_flops_per_token(&files.config, seq);
+    let weights_f32 = crate::model::memory::ModelShape {
+        cfg: files.config.clone(),
+        layers: files.config.num_hidden_layers,
+    }
+    .parameters()
+        * 4;
+    println!(
+        "layerprune    {:>10.1} GFLOP/s of the decoder stack ({:.3} GFLOP per token); {} (f32 weights {:.0} MiB)",
+        ours.tokens_per_s * flops / 1e9,
+        flops / 1e9,
+        peak_rss_line(),
+        weights_f32 as f64 / (1u64 << 20) as f64
+    );
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
         Some(py) => {
-            let reference = reference_forward(&py, &files.source.path, rows, batch, threads)?;
-            println!("transformers  {:>10.1} tokens/s  ({:.2} s, torch threads {threads}, output_hidden_states)", reference.tokens_per_s, reference.seconds);
-            println!("ratio         {:>10.2}x (layerprune / transformers)", ours.tokens_per_s / reference.tokens_per_s);
+            for (work, what) in [
+                (ReferenceWork::Full, "full model, output_hidden_states (PruneMe)"),
+                (ReferenceWork::Stack, "decoder stack only, the same work"),
+            ] {
+                let r = reference_forward(&py, &files.source.path, rows, batch, threads, work)?;
+                println!("transformers  {:>10.1} tokens/s  ({:.2} s, torch threads {threads}, {what}; stack {:.1} GFLOP/s)", r.tokens_per_s, r.seconds, r.tokens_per_s * flops / 1e9);
+                println!("ratio         {:>10.2}x (layerprune / transformers, {what})", ours.tokens_per_s / r.tokens_per_s);
+            }
         }
     }
     Ok(())
@@ -364,7 +422,7 @@ pub fn mmlu(
         },
     )?;
     let (seconds, tokens, n) = (run.seconds, run.prompt_tokens, run.questions);
-    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once)", tokens as f64 / seconds);
+    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once; {})", tokens as f64 / seconds, peak_rss_line());
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
         Some(py) => {
@@ -470,6 +528,7 @@ pub fn heal(
     println!("LoRA healing step: batch {batch} x {seq_len} tokens, rank {rank}, gate/up/down, {steps} timed steps, {backend} {precision}, {} CPU threads", cpu_threads());
     let mut dense = f64::NAN;
     for nf4 in [false, true] {
+        crate::peak_rss::reset();
         let (sps, loss) = crate::backend::dispatch_autodiff(
             backend,
             precision,
@@ -485,9 +544,10 @@ pub fn heal(
             dense = sps;
         }
         println!(
-            "layerprune {:5} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {loss:.3})",
+            "layerprune {:5} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {loss:.3}; {})",
             if nf4 { "nf4" } else { "dense" },
-            tokens / sps
+            tokens / sps,
+            peak_rss_line()
         );
     }
     match reference_python() {

@@ -1,6 +1,7 @@
 //! The library side of each CLI command; `main.rs` only parses arguments and calls these.
 
 pub mod bench;
+pub mod bench_sweep;
 pub mod forward;
 pub mod gpu_check;
 pub mod inspect;

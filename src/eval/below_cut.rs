@@ -16,7 +16,9 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
-use super::loglik::{in_parts, prepared, target_logprobs, Request, ScoreOptions, Scored};
+use super::loglik::{
+    in_batches, length_batches, prepared, target_logprobs, Request, ScoreOptions, Scored,
+};
 use crate::model::to_f32_vec;
 use crate::model::{TokenBatch, Transformer};
 
@@ -193,14 +195,14 @@ pub fn score_reusing<B: Backend>(
     let from = known.as_ref().map(|k| k.0).unwrap_or(0);
     let hidden = model.config.hidden_size;
 
-    // batches of sequence indices, in order
-    let order: Vec<usize> = (0..seqs.len()).collect();
-    let batches: Vec<&[usize]> = order.chunks(opts.batch_size.max(1)).collect();
+    // batches of sequence indices, longest first
+    let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+    let batches = length_batches(&lengths, opts.batch_size);
     let known_rows = known.as_ref().map(|k| &k.1);
-    let run = |part: &[&[usize]]| -> Result<(Vec<(usize, Vec<f32>)>, Vec<(usize, Scored)>)> {
+    let run = |batch_idx: &Vec<usize>| -> Result<(Vec<(usize, Vec<f32>)>, Vec<(usize, Scored)>)> {
         let mut cut_rows = Vec::new();
         let mut scores = Vec::new();
-        for batch_idx in part {
+        {
             let rows: Vec<Vec<u32>> = batch_idx.iter().map(|&i| seqs[i].clone()).collect();
             let tb = TokenBatch::right_padded(&rows, opts.pad_id);
             let (b, t) = (tb.batch, tb.seq);
@@ -256,11 +258,10 @@ pub fn score_reusing<B: Backend>(
         }
         Ok((cut_rows, scores))
     };
-    let parts = in_parts(&batches, opts.workers, run);
+    let parts = in_batches(&batches, opts.workers, run)?;
     let mut cut_rows: Vec<Option<Vec<f32>>> = vec![None; seqs.len()];
     let mut scores: Vec<Option<Scored>> = vec![None; requests.len()];
-    for part in parts {
-        let (rows, sc) = part?;
+    for (rows, sc) in parts {
         for (i, row) in rows {
             cut_rows[i] = Some(row);
         }

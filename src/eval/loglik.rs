@@ -89,16 +89,16 @@ pub(crate) fn target_logprobs<B: Backend>(
     Ok((values, greedy))
 }
 
-/// Score a chunk of groups (optionally continuing a shared prefix); returns (request index, score).
+/// Score one batch of groups (optionally continuing a shared prefix); returns (request index,
+/// score).
 fn score_groups<B: Backend>(
     model: &Transformer<B>,
     requests: &[Request],
-    groups: &[&Group],
+    chunk: &[&Group],
     shared: Option<(&PrefixCache<B>, usize)>,
     opts: &ScoreOptions,
 ) -> Result<Vec<(usize, Scored)>> {
-    let mut out = Vec::new();
-    for chunk in groups.chunks(opts.batch_size.max(1)) {
+    {
         let skip = shared.map(|(_, p)| p).unwrap_or(0);
         let rows: Vec<Vec<u32>> = chunk.iter().map(|g| g.context[skip..].to_vec()).collect();
         let batch = TokenBatch::right_padded(&rows, opts.pad_id);
@@ -178,9 +178,8 @@ fn score_groups<B: Backend>(
             .flat_map(|g| g.members.iter().copied())
             .collect();
         members.sort_unstable();
-        out.extend(members.into_iter().map(|m| (m, scores[&m])));
+        Ok(members.into_iter().map(|m| (m, scores[&m])).collect())
     }
-    Ok(out)
 }
 
 fn common_prefix_len(groups: &[Group]) -> usize {
@@ -250,15 +249,17 @@ pub fn score<B: Backend>(
         None
     };
     let shared_ref = shared.as_ref().map(|c| (c, shared_len));
-    let refs: Vec<&Group> = groups.iter().collect();
-    let parts = in_parts(&refs, opts.workers, |chunk| {
+    let lengths: Vec<usize> = groups.iter().map(|g| g.context.len()).collect();
+    let batches: Vec<Vec<&Group>> = length_batches(&lengths, opts.batch_size)
+        .into_iter()
+        .map(|b| b.into_iter().map(|i| &groups[i]).collect())
+        .collect();
+    let parts = in_batches(&batches, opts.workers, |chunk| {
         score_groups(model, &requests, chunk, shared_ref, opts)
-    });
+    })?;
     let mut scores = vec![None; requests.len()];
-    for part in parts {
-        for (i, s) in part? {
-            scores[i] = Some(s);
-        }
+    for (i, s) in parts.into_iter().flatten() {
+        scores[i] = Some(s);
     }
     Ok(scores
         .into_iter()
@@ -266,24 +267,32 @@ pub fn score<B: Backend>(
         .collect())
 }
 
-/// Split `items` into at most `workers` contiguous parts and run `f` on each, on its own thread
-/// when there is more than one; results in part order, a panicking worker as an error.
-pub(crate) fn in_parts<T: Sync, R: Send>(
+/// Run `f` on every item, `workers` threads taking the next item from a shared counter (so a
+/// slow item does not hold up the others); results in item order, a panicking worker as an error.
+pub(crate) fn in_batches<T: Sync, R: Send>(
     items: &[T],
     workers: usize,
-    f: impl Fn(&[T]) -> Result<R> + Sync,
-) -> Vec<Result<R>> {
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
     let workers = workers.clamp(1, items.len().max(1));
     if workers == 1 {
-        return vec![f(items)];
+        return items.iter().map(f).collect();
     }
-    let per = items.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|part| {
-                let f = &f;
-                scope.spawn(move || f(part))
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (next, f) = (&next, &f);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= items.len() {
+                            return Ok(done);
+                        }
+                        done.push((i, f(&items[i])?));
+                    }
+                })
             })
             .collect();
         handles
@@ -293,7 +302,29 @@ pub(crate) fn in_parts<T: Sync, R: Send>(
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
             })
             .collect()
-    })
+    });
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for part in done {
+        for (i, r) in part? {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect())
+}
+
+/// Indices 0..lengths.len() longest first (ties in order), cut into batches of `batch_size`:
+/// rows of similar length share a batch, so little of a batch is padding (the harness sorts
+/// its requests the same way).
+pub(crate) fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// Score several request sets (an MMLU task's subjects), results per set in request order.
@@ -329,46 +360,7 @@ pub fn score_sets<B: Backend>(
         on_set_done();
         r
     };
-    if workers == 1 {
-        return sets.iter().map(run_set).collect();
-    }
-    // sets are handed out in order from a shared counter, so a slow subject does not hold up
-    // the others
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<Vec<(usize, Vec<Scored>)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let (next, run_set) = (&next, &run_set);
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= sets.len() {
-                            return Ok(done);
-                        }
-                        done.push((i, run_set(&sets[i])?));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
-            })
-            .collect()
-    });
-    let mut out: Vec<Option<Vec<Scored>>> = vec![None; sets.len()];
-    for part in results {
-        for (i, scored) in part? {
-            out[i] = Some(scored);
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|s| s.expect("every set scored"))
-        .collect())
+    in_batches(sets, workers, run_set)
 }
 
 /// One single-token request per (context, candidate), contexts outermost.

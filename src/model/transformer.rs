@@ -257,12 +257,22 @@ pub struct Past<'a, B: Backend> {
 }
 
 /// Causal attention within a window: query i sees keys j with i - w < j <= i (transformers'
-/// sliding-window causal mask). [1, 1, t, t], true = masked out.
+/// sliding-window causal mask; w = t: plain causal). [1, 1, t, t], true = masked out.
 fn sliding_mask<B: Backend>(t: usize, w: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let masked: Vec<bool> = (0..t)
         .flat_map(|i| (0..t).map(move |j| j > i || i - j >= w))
         .collect();
     Tensor::from_data(TensorData::new(masked, [1, 1, t, t]), device)
+}
+
+/// Positions the decoder layers have computed in this process through `forward_kv` (every
+/// inference path): rows x sequence length per layer call, padding included. Benchmarks report
+/// it as the work actually done.
+static LAYER_POSITIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The count of `LAYER_POSITIONS` so far.
+pub fn layer_positions() -> u64 {
+    LAYER_POSITIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -280,6 +290,11 @@ impl<B: Backend> DecoderLayer<B> {
         rope: &RopeBatch<B>,
         past: Option<Past<B>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
+        let [rows, positions, _] = x.dims();
+        LAYER_POSITIONS.fetch_add(
+            (rows * positions) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let h = self.input_norm.forward(x.clone(), cfg);
         let out_norm = |y: Tensor<B, 3>, n: &Option<Norm<B>>| match n {
             Some(n) => n.forward(y, cfg),
@@ -461,14 +476,15 @@ impl<B: Backend> DecoderLayer<B> {
             v: v.clone(),
         };
         let window = cfg.sliding_window.filter(|_| self.sliding);
+        // grouped-query attention without copying keys and values per query head: the rep query
+        // heads that share a kv head are stacked along the query axis, q [b, nkv, rep * t, hd]
+        // (row r * t + i is head kv * rep + r at position i), so every key is read by all of them
+        // in one product; the causal mask then is explicit, repeated per stacked head
+        let rep = nh / nkv;
         let (k, v, mask) = match past {
-            // a sliding layer on a sequence longer than its window: causal and windowed
             None => match window {
-                Some(w) if t > w => (
-                    k,
-                    v,
-                    Some(sliding_mask::<B>(t, w, &q.device()).expand([b, nh, t, t])),
-                ),
+                Some(w) if t > w => (k, v, Some(sliding_mask::<B>(t, w, &q.device()))),
+                _ if rep > 1 => (k, v, Some(sliding_mask::<B>(t, t, &q.device()))),
                 _ => (k, v, None),
             },
             Some(p) => {
@@ -476,36 +492,31 @@ impl<B: Backend> DecoderLayer<B> {
                     (Some(_), Some(m)) => m,
                     _ => p.mask,
                 };
-                let [_, _, q_len, k_len] = past_mask.dims();
-                let mask = past_mask.expand([b, nh, q_len, k_len]);
                 (
                     Tensor::cat(vec![p.kv.k.clone(), k], 2),
                     Tensor::cat(vec![p.kv.v.clone(), v], 2),
-                    Some(mask),
+                    Some(past_mask),
                 )
             }
         };
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let q = if rep > 1 {
+            // [b, nh, t, hd] -> [b, nkv, rep * t, hd]
+            q.reshape([b, nkv, rep * t, hd])
+        } else {
+            q
+        };
+        // [b | 1, 1, t, k_len] -> [b | 1, 1, rep * t, k_len], broadcast over rows and kv heads
+        let mask = mask.map(|m| if rep > 1 { m.repeat_dim(2, rep) } else { m });
         let options = AttentionModuleOptions {
             // Gemma: query_pre_attn_scalar^-0.5; otherwise head_dim^-0.5
             scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
             softcap: None,
             is_causal: mask.is_none(),
         };
-        let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
+        let out = attention(q, k, v, mask, None, options); // [b, nkv, rep * t, hd]
+        let out = out.reshape([b, nh, t, hd]);
         (out.swap_dims(1, 2).reshape([b, t, nh * hd]), new)
     }
-}
-
-/// Grouped-query attention: [b, nkv, t, hd] -> [b, nkv * rep, t, hd], each kv head repeated rep times.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
-    if rep == 1 {
-        return x;
-    }
-    let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, nkv, rep, t, hd])
-        .reshape([b, nkv * rep, t, hd])
 }
 
 impl<B: Backend> Transformer<B> {
@@ -783,10 +794,21 @@ impl<B: Backend> Transformer<B> {
         let idx: Vec<i64> = prefix_of.iter().map(|&i| i as i64).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &self.device);
         let mut x = self.embed(suffix.to_tensor::<B>(&self.device));
+        // one prefix for every row (a shared few-shot prefix): a broadcast view, not b copies
+        let same = prefix_of.windows(2).all(|w| w[0] == w[1]);
+        let rows_of = |t: &Tensor<B, 4>| -> Tensor<B, 4> {
+            match (same, prefix_of.first()) {
+                (true, Some(&i)) => {
+                    let [_, nkv, len, hd] = t.dims();
+                    t.clone().narrow(0, i, 1).expand([b, nkv, len, hd])
+                }
+                _ => t.clone().select(0, idx.clone()),
+            }
+        };
         for (layer, kv) in self.layers.iter().zip(&cache.layers) {
             let rows = LayerKv {
-                k: kv.k.clone().select(0, idx.clone()),
-                v: kv.v.clone().select(0, idx.clone()),
+                k: rows_of(&kv.k),
+                v: rows_of(&kv.v),
             };
             x = layer
                 .forward_kv(
