@@ -315,16 +315,39 @@ pub(crate) fn in_batches<T: Sync, R: Send>(
         .collect())
 }
 
-/// Indices 0..lengths.len() longest first (ties in order), cut into batches of `batch_size`:
-/// rows of similar length share a batch, so little of a batch is padding (the harness sorts
-/// its requests the same way).
+/// The least share of a batch's positions that are real tokens (the rest is padding).
+const MIN_BATCH_FILL: f64 = 0.75;
+
+/// Indices 0..lengths.len() longest first (ties in order), cut into batches of at most
+/// `batch_size` rows of similar length: a row joins the batch only while the batch's real tokens
+/// stay at least `MIN_BATCH_FILL` of its padded positions (the harness sorts its requests by
+/// length the same way; a few-shot subject's questions of 60 and 300 tokens would otherwise
+/// compute mostly padding).
 pub(crate) fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect()
+    let mut batches = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let (mut real, mut longest) = (0usize, 0usize);
+    for i in order {
+        let len = lengths[i];
+        let full = current.len() >= batch_size.max(1);
+        let sparse =
+            ((real + len) as f64) < MIN_BATCH_FILL * ((current.len() + 1) * longest) as f64;
+        if !current.is_empty() && (full || sparse) {
+            batches.push(std::mem::take(&mut current));
+            real = 0;
+        }
+        if current.is_empty() {
+            longest = len;
+        }
+        current.push(i);
+        real += len;
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// Score several request sets (an MMLU task's subjects), results per set in request order.
@@ -389,4 +412,32 @@ pub fn next_token_logprobs<B: Backend>(
         .chunks(candidates.len())
         .map(|c| c.iter().map(|s| s.loglik).collect())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_batches;
+
+    #[test]
+    fn batches_are_longest_first_full_and_mostly_real_tokens() {
+        // equal lengths: plain chunks of batch_size, in order
+        assert_eq!(
+            length_batches(&[5, 5, 5, 5, 5], 2),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
+        // sorted longest first; 300 and 120 would be 70% real tokens: separate batches; 30
+        // after 120, 110, 100, 60 would make 70% too
+        let lengths = [60, 300, 120, 100, 110, 30];
+        let batches = length_batches(&lengths, 8);
+        assert_eq!(batches, vec![vec![1], vec![2, 4, 3, 0], vec![5]]);
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            let real: usize = b.iter().map(|&i| lengths[i]).sum();
+            assert!(real as f64 >= 0.75 * (b.len() * longest) as f64);
+        }
+        // every index exactly once
+        let mut all: Vec<usize> = batches.concat();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
+    }
 }
