@@ -4,7 +4,7 @@ of the continuation tokens at the last prompt position.
 
 Usage: python reference_mmlu_bench.py MODEL PROMPTS_JSON THREADS
 PROMPTS_JSON holds {"questions": [{"context": [ids], "choices": [id, id, id, id]}, ...]}.
-Prints one JSON line: {"seconds": ..., "tokens": ..., "preds": [...]}.
+Prints one JSON line: {"seconds": ..., "tokens": ..., "preds": [...], "logps": [[4 floats], ...]}.
 """
 import json
 import os
@@ -27,6 +27,7 @@ def main():
     model.eval()
     questions = json.load(open(prompts_path))["questions"]
     preds = []
+    logps = []
     tokens = 0
     with torch.inference_mode():
         model(torch.tensor([questions[0]["context"][:8]]))  # warm-up
@@ -35,9 +36,11 @@ def main():
             ids = torch.tensor([q["context"]])
             tokens += ids.numel()
             logp = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
-            preds.append(int(torch.argmax(logp[q["choices"]])))
+            choice_logp = logp[q["choices"]]
+            preds.append(int(torch.argmax(choice_logp)))
+            logps.append([float(x) for x in choice_logp])
         seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "tokens": tokens, "preds": preds}))
+    print(json.dumps({"seconds": seconds, "tokens": tokens, "preds": preds, "logps": logps}))
 
 
 if __name__ == "__main__":

@@ -346,6 +346,8 @@ struct MmluRun {
     prompt_tokens: usize,
     questions: usize,
     preds: Vec<usize>,
+    /// Per question: the log-likelihood of each choice.
+    logliks: Vec<Vec<f64>>,
     /// Per question: the context ids and the first token of each choice (the reference's input).
     reference_input: Vec<serde_json::Value>,
 }
@@ -385,6 +387,7 @@ impl BackendTask for MmluBench<'_> {
             prompt_tokens,
             questions: req.num_items(),
             preds: result.items.iter().map(|r| r.pred).collect(),
+            logliks: result.items.iter().map(|r| r.loglik.clone()).collect(),
             reference_input,
         })
     }
@@ -435,6 +438,16 @@ pub fn mmlu(
             let same = run.preds.iter().zip(&ref_preds).filter(|(a, b)| a == b).count();
             println!("transformers  {ref_seconds:>8.2} s  {:>9.1} prompt tokens/s  (one forward per question)", tokens as f64 / ref_seconds);
             println!("ratio         {:>8.2}x (transformers time / layerprune time); same predictions on {same}/{n}", ref_seconds / seconds);
+            // how far the log-likelihoods are apart, and how close the questions that differ were
+            let ref_logps: Vec<Vec<f64>> = v["logps"].as_array().map(|a| a.iter().map(|q| q.as_array().map(|c| c.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()).collect()).unwrap_or_default();
+            let max_diff = run.logliks.iter().zip(&ref_logps).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0.0f64, f64::max);
+            println!("log-likelihoods: largest |layerprune - transformers| {max_diff:.2e}");
+            for (i, ((p, rp), ll)) in run.preds.iter().zip(&ref_preds).zip(&run.logliks).enumerate() {
+                if p != rp {
+                    let gap = (ll[*p] - ll.get(*rp).copied().unwrap_or(f64::NAN)).abs();
+                    println!("question {i}: layerprune picks {p}, transformers {rp}; their log-likelihoods differ by {gap:.2e} here");
+                }
+            }
         }
     }
     Ok(())

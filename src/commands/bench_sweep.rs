@@ -295,3 +295,56 @@ pub fn sweep(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_models_come_from_the_selection_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("selection.csv");
+        std::fs::write(
+            &path,
+            "n,fraction,strategy,start,end,d\n3,0.1,similarity,13,16,0.1\n3,0.1,simple,26,29,0.3\n8,0.26,similarity,9,17,0.2\n8,0.26,simple,21,29,0.4\n",
+        )
+        .unwrap();
+        let strategies = vec!["similarity".to_string(), "simple".to_string()];
+        // 0.1 and 0.25 of 30 layers: blocks of 3 and 8 (rounded as the prune stage does)
+        let models = sweep_models(&path, 30, &[0.1, 0.25], &strategies).unwrap();
+        let blocks: Vec<(&str, usize, usize)> = models
+            .iter()
+            .map(|m| (m.strategy.as_str(), m.start, m.end))
+            .collect();
+        assert_eq!(
+            blocks,
+            vec![
+                ("similarity", 13, 16),
+                ("similarity", 9, 17),
+                ("simple", 26, 29),
+                ("simple", 21, 29)
+            ]
+        );
+        // a fraction the table has no block for names the file, n and the strategy
+        let err = sweep_models(&path, 30, &[0.5], &strategies).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("selection.csv") && msg.contains("n = 15"),
+            "{msg}"
+        );
+        // a malformed row names the file and the column
+        std::fs::write(
+            &path,
+            "n,fraction,strategy,start,end,d\nx,0.1,simple,1,2,0\n",
+        )
+        .unwrap();
+        let msg = format!(
+            "{:#}",
+            sweep_models(&path, 30, &[0.1], &strategies).unwrap_err()
+        );
+        assert!(
+            msg.contains("row 1") && msg.contains("n is not a whole number"),
+            "{msg}"
+        );
+    }
+}
