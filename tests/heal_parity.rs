@@ -351,7 +351,7 @@ fn partial_finetune_steps_match_pytorch() {
             .chunks(ids.shape[1])
             .map(|c| c.iter().map(|&x| x as u32).collect())
             .collect();
-        let (loss, mut grads) = set.micro_step(&mut model, &rows, 1.0).unwrap();
+        let (loss, mut grads) = set.micro_step(&mut model, &rows, 1.0, 0, 0).unwrap();
         let want_loss = r[&format!("loss{step}")].f32[0] as f64;
         assert!(
             ((loss - want_loss) / want_loss).abs() < 1e-5,
@@ -410,4 +410,92 @@ fn lora_skips_the_projections_of_dropped_attention() {
     let (loss, grads) = micro_step(&mut model, &adapters, &rows, 1.0).unwrap();
     assert!(loss.is_finite());
     assert_eq!(grads.len(), 2 * adapters.modules.len());
+}
+
+/// The heal stage runs each micro-batch as sub-batches on their own threads (one autodiff graph
+/// each): two optimizer steps with 1, 2 and 3 of them give the update of one pass over the
+/// micro-batch (which `lora_steps_match_peft_*` check against PEFT), with and without dropout
+/// (its masks depend on the row, not on the split).
+#[test]
+fn sub_batches_on_threads_give_the_one_pass_update() {
+    use layerprune::heal::train::{train, TrainState};
+    let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
+    let cache = common::temp_cache();
+    let files = tiny_llama(cache.path());
+    let ids = &r["batch0.input_ids"];
+    let rows: Vec<Vec<u32>> = ids
+        .i64
+        .chunks(ids.shape[1])
+        .map(|c| c.iter().map(|&x| x as u32).collect())
+        .collect();
+    // six rows, so that 2 and 3 sub-batches both split them evenly and unevenly over steps
+    let rows: Vec<Vec<u32>> = rows.iter().cycle().take(6).cloned().collect();
+    for dropout in [0.0, 0.1] {
+        let run = |workers: usize| {
+            let mut model = files
+                .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
+                .unwrap();
+            let mut adapters = adapters_from(&r, "init.");
+            adapters.config.dropout = dropout;
+            let config = layerprune::commands::bench::one_batch_config(
+                adapters.config.clone(),
+                rows.len(),
+                1e-2,
+            );
+            let config = layerprune::heal::train::TrainConfig { steps: 2, ..config };
+            let state = TrainState::fresh(&config, adapters);
+            train(&mut model, &rows, &config, state, None, &|_| {}, workers).unwrap()
+        };
+        let one = run(1);
+        for workers in [2, 3] {
+            let split = run(workers);
+            for (a, b) in one.log.iter().zip(&split.log) {
+                let rel = ((a.loss - b.loss) / a.loss).abs();
+                assert!(
+                    rel < 1e-5,
+                    "dropout {dropout}, {workers} sub-batches: loss {} vs {}",
+                    b.loss,
+                    a.loss
+                );
+                let rel = ((a.grad_norm - b.grad_norm) / a.grad_norm).abs();
+                assert!(
+                    rel < 1e-4,
+                    "dropout {dropout}, {workers} sub-batches: grad norm {} vs {}",
+                    b.grad_norm,
+                    a.grad_norm
+                );
+            }
+            for (m, n) in one.params.modules.iter().zip(&split.params.modules) {
+                check(
+                    &format!(
+                        "dropout {dropout}, {workers} sub-batches: {} A",
+                        m.peft_name("A")
+                    ),
+                    &n.a,
+                    &m.a,
+                );
+                check(
+                    &format!(
+                        "dropout {dropout}, {workers} sub-batches: {} B",
+                        m.peft_name("B")
+                    ),
+                    &n.b,
+                    &m.b,
+                );
+            }
+        }
+        if dropout > 0.0 {
+            // dropout is on: the loss differs from the run without it
+            let mut model = files
+                .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
+                .unwrap();
+            let plain = micro_step(&mut model, &adapters_from(&r, "init."), &rows, 1.0)
+                .unwrap()
+                .0;
+            assert!(
+                (one.log[0].loss - plain).abs() > 1e-6,
+                "dropout had no effect: {plain}"
+            );
+        }
+    }
 }

@@ -461,6 +461,8 @@ struct HealBench<'a> {
     rank: usize,
     steps: u64,
     nf4: bool,
+    /// Sub-batches per micro-batch, side by side (the heal stage's default).
+    workers: usize,
 }
 
 impl crate::backend::AutodiffTask for HealBench<'_> {
@@ -484,13 +486,29 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         // the heal stage's setup: NF4 base when asked, PEFT-initialised adapters
         let state = setup(&mut model, &config, quant, None)?;
         // one warm-up step, then the timed ones (the same batch every step: `rows` is one batch)
-        let state = train(&mut model, self.rows, &config, state, None, &|_| {})?;
+        let state = train(
+            &mut model,
+            self.rows,
+            &config,
+            state,
+            None,
+            &|_| {},
+            self.workers,
+        )?;
         let timed = TrainConfig {
             steps: 1 + self.steps,
             ..config
         };
         let start = Instant::now();
-        let state = train(&mut model, self.rows, &timed, state, None, &|_| {})?;
+        let state = train(
+            &mut model,
+            self.rows,
+            &timed,
+            state,
+            None,
+            &|_| {},
+            self.workers,
+        )?;
         let seconds = start.elapsed().as_secs_f64() / self.steps as f64;
         Ok((
             seconds,
@@ -551,6 +569,7 @@ pub fn heal(
                 rank,
                 steps,
                 nf4,
+                workers: default_workers(backend),
             },
         )?;
         if !nf4 {

@@ -143,13 +143,14 @@ impl AutodiffTask for LoraSteps<'_> {
         let config = super::bench::one_batch_config(lora, self.rows.len(), 1e-3);
         let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
         let state = setup(&mut model, &config, quant, None)?;
-        let state = train(&mut model, self.rows, &config, state, None, &|_| {})?;
+        // one graph per micro-batch on both backends: the comparison is of the kernels
+        let state = train(&mut model, self.rows, &config, state, None, &|_| {}, 1)?;
         let start = Instant::now();
         let rest = TrainConfig {
             steps: self.steps,
             ..config
         };
-        let state = train(&mut model, self.rows, &rest, state, None, &|_| {})?;
+        let state = train(&mut model, self.rows, &rest, state, None, &|_| {}, 1)?;
         let per_step = start.elapsed().as_secs_f64() / (self.steps - 1).max(1) as f64;
         Ok((state.log.iter().map(|r| r.loss).collect(), per_step))
     }

@@ -334,7 +334,10 @@ impl Trainable for PartialSet {
         model: &mut Transformer<B>,
         rows: &[Vec<u32>],
         loss_scale: f64,
+        _dropout_seed: u64,
+        _first_row: usize,
     ) -> Result<(f64, Vec<Vec<f32>>)> {
+        // (no dropout in partial fine-tuning)
         let handles = self.attach(model, true)?;
         let loss = batch_loss(model, rows);
         let value = to_f32_vec(loss.clone())?[0] as f64;

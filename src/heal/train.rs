@@ -3,9 +3,9 @@
 //! an uninterrupted one; over any `Trainable` set of host parameters: LoRA adapters on a frozen
 //! (optionally NF4) base, or the full-rank tensors of the last layers (heal::partial).
 //!
-//! Determinism: the data order is a seeded permutation per epoch; dropout masks come from the
-//! backend RNG re-seeded from (seed, step, micro-batch) before every micro-batch; all optimizer
-//! state is host f32 and saved exactly.
+//! Determinism: the data order is a seeded permutation per epoch; dropout masks are drawn on the
+//! host from (seed, step, micro-batch, adapter, row); all optimizer state is host f32 and saved
+//! exactly.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -74,12 +74,15 @@ pub trait Trainable: Clone {
     /// Lengths of the parameter vectors, in order (the optimizer's state follows it).
     fn param_sizes(&self) -> Vec<usize>;
     fn params_mut(&mut self) -> Vec<&mut Vec<f32>>;
-    /// The loss of one micro-batch and the gradients of loss * loss_scale, in parameter order.
+    /// The loss of one micro-batch and the gradients of loss * loss_scale, in parameter order;
+    /// `rows` are the micro-batch's rows first_row.., dropout seeded by `dropout_seed`.
     fn micro_step<B: AutodiffBackend>(
         &self,
         model: &mut Transformer<B>,
         rows: &[Vec<u32>],
         loss_scale: f64,
+        dropout_seed: u64,
+        first_row: usize,
     ) -> Result<(f64, Vec<Vec<f32>>)>;
     /// Named tensors (name, shape, values) for a checkpoint.
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])>;
@@ -99,8 +102,12 @@ impl Trainable for AdapterSet {
         model: &mut Transformer<B>,
         rows: &[Vec<u32>],
         loss_scale: f64,
+        dropout_seed: u64,
+        first_row: usize,
     ) -> Result<(f64, Vec<Vec<f32>>)> {
-        micro_step(model, self, rows, loss_scale)
+        let handles = self.attach(model, true)?;
+        crate::model::surgery::seed_dropout(model, dropout_seed, first_row);
+        adapter_gradients(model, self, handles, rows, loss_scale)
     }
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         let r = self.config.r;
@@ -366,14 +373,25 @@ pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>])
     logp.gather(1, targets).mean().neg()
 }
 
-/// Gradients of the adapters (PEFT layout, module order, A then B) for one micro-batch, and its loss.
+/// Gradients of the adapters (PEFT layout, module order, A then B) for one micro-batch, and its
+/// loss (dropout masks of seed 0).
 pub fn micro_step<B: AutodiffBackend>(
     model: &mut Transformer<B>,
     adapters: &AdapterSet,
     rows: &[Vec<u32>],
     loss_scale: f64,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    let handles = adapters.attach(model, true)?;
+    Trainable::micro_step(adapters, model, rows, loss_scale, 0, 0)
+}
+
+/// The loss of `rows` and the gradients of the attached adapters `handles`.
+fn adapter_gradients<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    adapters: &AdapterSet,
+    handles: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
+    rows: &[Vec<u32>],
+    loss_scale: f64,
+) -> Result<(f64, Vec<Vec<f32>>)> {
     let loss = batch_loss(model, rows);
     let value = to_f32_vec(loss.clone())?[0] as f64;
     let grads = (loss * loss_scale).backward();
@@ -389,15 +407,86 @@ pub fn micro_step<B: AutodiffBackend>(
     Ok((value, out))
 }
 
+/// One micro-batch's loss and the gradients of loss * loss_scale, its rows split into `workers`
+/// sub-batches, each on its own thread with its own copy of the model (its own autodiff graph;
+/// the frozen weights are shared): Burn's flex backend runs element-wise work on the calling
+/// thread, so one graph keeps one core busy between matrix products. Each sub-batch's loss
+/// counts by its share of the rows (the windows have equal lengths); the gradients are summed.
+/// Dropout masks depend on (seed, row) only, not on the split.
+fn micro_step_parts<B: AutodiffBackend, P: Trainable + Sync>(
+    model: &Transformer<B>,
+    params: &P,
+    rows: &[Vec<u32>],
+    loss_scale: f64,
+    dropout_seed: u64,
+    workers: usize,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let workers = workers.clamp(1, rows.len().max(1));
+    let per = rows.len().div_ceil(workers).max(1);
+    let run = |first: usize, part: &[Vec<u32>]| -> Result<(f64, Vec<Vec<f32>>)> {
+        let mut m = model.clone();
+        let share = part.len() as f64 / rows.len() as f64;
+        let (loss, g) = params.micro_step(&mut m, part, loss_scale * share, dropout_seed, first)?;
+        Ok((loss * share, g))
+    };
+    let results: Vec<Result<(f64, Vec<Vec<f32>>)>> = if workers == 1 {
+        vec![run(0, rows)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = rows
+                .chunks(per)
+                .enumerate()
+                .map(|(i, part)| {
+                    let run = &run;
+                    scope.spawn(move || run(i * per, part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut loss = 0.0;
+    let mut grads: Option<Vec<Vec<f32>>> = None;
+    for r in results {
+        let (l, g) = r?;
+        loss += l;
+        add_into(&mut grads, g);
+    }
+    Ok((loss, grads.context("no rows in the micro-batch")?))
+}
+
+/// acc += g, element by element (acc empty: g).
+fn add_into(acc: &mut Option<Vec<Vec<f32>>>, g: Vec<Vec<f32>>) {
+    match acc {
+        None => *acc = Some(g),
+        Some(acc) => {
+            for (a, b) in acc.iter_mut().zip(g) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            }
+        }
+    }
+}
+
 /// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured;
-/// `after_step` sees the state after every optimizer step (and its checkpoint).
-pub fn train<B: AutodiffBackend, P: Trainable>(
+/// `after_step` sees the state after every optimizer step (and its checkpoint). Each
+/// micro-batch runs as `workers` sub-batches side by side (CPU; 1 on GPUs); a resumed run
+/// ends bit-identical to an uninterrupted one with the same `workers`.
+#[allow(clippy::too_many_arguments)]
+pub fn train<B: AutodiffBackend, P: Trainable + Sync>(
     model: &mut Transformer<B>,
     windows: &[Vec<u32>],
     config: &TrainConfig,
     mut state: TrainState<P>,
     checkpoints: Option<&Checkpoints>,
     after_step: &dyn Fn(&TrainState<P>),
+    workers: usize,
 ) -> Result<TrainState<P>> {
     if windows.is_empty() {
         bail!("no training windows");
@@ -425,11 +514,15 @@ pub fn train<B: AutodiffBackend, P: Trainable>(
                 state.cursor += 1;
             }
             tokens += rows.iter().map(|r| r.len() as u64).sum::<u64>();
-            B::seed(
-                &model.device,
-                config.seed ^ (state.step << 16) ^ micro as u64 ^ 0xD0_D0,
-            );
-            let (loss, g) = state.params.micro_step(model, &rows, 1.0 / accum as f64)?;
+            let dropout_seed = config.seed ^ (state.step << 16) ^ micro as u64 ^ 0xD0_D0;
+            let (loss, g) = micro_step_parts(
+                model,
+                &state.params,
+                &rows,
+                1.0 / accum as f64,
+                dropout_seed,
+                workers,
+            )?;
             if !loss.is_finite() {
                 let last = checkpoints
                     .map(|_| {
@@ -445,16 +538,7 @@ pub fn train<B: AutodiffBackend, P: Trainable>(
                 );
             }
             loss_sum += loss;
-            match &mut grads {
-                None => grads = Some(g),
-                Some(acc) => {
-                    for (a, b) in acc.iter_mut().zip(g) {
-                        for (x, y) in a.iter_mut().zip(b) {
-                            *x += y;
-                        }
-                    }
-                }
-            }
+            add_into(&mut grads, g);
         }
         let mut grads = grads.expect("at least one micro-batch");
         let grad_norm = clip_grad_norm(&mut grads, config.max_grad_norm);

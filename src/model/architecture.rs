@@ -20,6 +20,19 @@ pub enum Projection {
     Down,
 }
 
+impl Projection {
+    /// Every projection, in layer order.
+    pub const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
+}
+
 /// A projection's names and role.
 #[derive(Debug, Clone, Copy)]
 pub struct ProjectionSpec {

@@ -168,10 +168,28 @@ pub fn attach_lora<B: Backend>(
             scale: u.scale,
             dropout: u.dropout,
             training: trainable,
+            dropout_seed: 0,
+            first_row: 0,
         });
         handles.push((a, b));
     }
     Ok(handles)
+}
+
+/// Seed every adapter's dropout for one micro-batch: adapter (layer, projection) draws from
+/// mix(seed, layer, projection), and the model's input rows are the micro-batch's rows
+/// first_row.. (a sub-batch of it).
+pub fn seed_dropout<B: Backend>(model: &mut Transformer<B>, seed: u64, first_row: usize) {
+    use super::lora::mix;
+    for layer in &mut model.layers {
+        let index = layer.original_index as u64;
+        for (k, p) in Projection::ALL.iter().enumerate() {
+            if let Some(lora) = layer.projection_mut(*p).and_then(|l| l.lora.as_mut()) {
+                lora.dropout_seed = mix(seed ^ mix((index << 8) | k as u64));
+                lora.first_row = first_row;
+            }
+        }
+    }
 }
 
 /// Merge the updates into dense base weights (for evaluation): W [in, out] += scale * A^T B^T.

@@ -161,6 +161,7 @@ pub fn estimate(
                 elem,
                 host,
                 stream_memo_bytes: (runtime.stream_memo_mb as u64) << 20,
+                workers: crate::backend::workers_for(cfg.backend, runtime.cpu_threads),
             };
             let mut plan = job.kind.memory(&job.params, &target)?;
             if host {

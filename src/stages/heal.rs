@@ -124,6 +124,8 @@ struct Heal<'a> {
     checkpoints: &'a Checkpoints,
     /// Sleep after every step (a test hook, from the runtime options).
     step_delay_ms: Option<u64>,
+    /// Sub-batches per micro-batch, side by side.
+    workers: usize,
 }
 
 impl AutodiffTask for Heal<'_> {
@@ -153,6 +155,7 @@ impl AutodiffTask for Heal<'_> {
                     std::thread::sleep(std::time::Duration::from_millis(ms));
                 }
             },
+            self.workers,
         )
     }
 }
@@ -213,13 +216,15 @@ impl Stage for HealStage {
             })
             .sum::<u64>()
             * sh.layers as u64;
+        // each sub-batch's graph (train::micro_step_parts) dequantises and keeps its own copy
+        let graphs = on.workers.clamp(1, p.micro_batch.max(1)) as u64;
         let mut estimate = crate::model::memory::MemoryEstimate::default();
         estimate
             .add("weights", sh.weight_bytes(e, base))
             .add(
                 "NF4 dequantised, kept for backward",
                 if base == BaseWeights::Nf4 {
-                    sh.nf4_kept_for_backward(e) + sh.nf4_transient(e)
+                    (sh.nf4_kept_for_backward(e) + sh.nf4_transient(e)) * graphs
                 } else {
                     0
                 },
@@ -250,6 +255,7 @@ impl Stage for HealStage {
                 quant: p.quant,
                 checkpoints: &checkpoints,
                 step_delay_ms: ctx.runtime.heal_step_delay_ms,
+                workers: ctx.workers(),
             },
         )?;
         let base_name = base_model_name(input, &model);

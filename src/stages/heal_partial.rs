@@ -88,6 +88,8 @@ struct Finetune<'a> {
     config: TrainConfig,
     last_layers: usize,
     checkpoints: &'a Checkpoints,
+    /// Sub-batches per micro-batch, side by side.
+    workers: usize,
 }
 
 impl AutodiffTask for Finetune<'_> {
@@ -112,6 +114,7 @@ impl AutodiffTask for Finetune<'_> {
             state,
             Some(self.checkpoints),
             &|_| {},
+            self.workers,
         )
     }
 }
@@ -196,6 +199,7 @@ impl Stage for PartialHealStage {
                 config: config.clone(),
                 last_layers: p.last_layers,
                 checkpoints: &checkpoints,
+                workers: ctx.workers(),
             },
         )?;
         let tensors = state.params.hf_tensors()?;

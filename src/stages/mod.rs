@@ -119,6 +119,9 @@ pub struct MemoryTarget {
     pub host: bool,
     /// The below-the-cut stream memo's budget (host memory).
     pub stream_memo_bytes: u64,
+    /// Sub-batches the job runs side by side (CPU threads on flex, 1 on GPUs): training holds
+    /// one autodiff graph per sub-batch.
+    pub workers: usize,
 }
 
 /// A job's estimated peak and the parameters that would lower it (e.g. "micro_batch = 4").
