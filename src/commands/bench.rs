@@ -375,9 +375,12 @@ impl BackendTask for MmluBench<'_> {
             for it in items {
                 let reqs = &set[k..k + it.choices.len()];
                 k += it.choices.len();
-                prompt_tokens += reqs[0].context.len();
+                // the ids layerprune scores: cut from the left to max_length, as the harness does
+                let context =
+                    crate::eval::loglik::truncate(&reqs[0], self.params.max_length).context;
+                prompt_tokens += context.len();
                 reference_input.push(serde_json::json!({
-                    "context": reqs[0].context,
+                    "context": context,
                     "choices": reqs.iter().map(|r| r.continuation[0]).collect::<Vec<_>>(),
                 }));
             }

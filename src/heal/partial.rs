@@ -55,15 +55,6 @@ enum Handle<B: Backend> {
     Two(Tensor<B, 2>),
 }
 
-const ALL_PROJECTIONS: [Projection; 7] = [
-    Projection::Q,
-    Projection::K,
-    Projection::V,
-    Projection::O,
-    Projection::Gate,
-    Projection::Up,
-    Projection::Down,
-];
 const ALL_NORMS: [NormRole; 6] = [
     NormRole::Input,
     NormRole::AttnOut,
@@ -127,7 +118,7 @@ impl PartialSet {
                         _ => false,
                     }
             };
-            for p in ALL_PROJECTIONS {
+            for p in Projection::ALL {
                 if layer.attention_dropped && attention_part(p) {
                     continue;
                 }
