@@ -428,8 +428,8 @@ fn sub_batches_on_threads_give_the_one_pass_update() {
         .chunks(ids.shape[1])
         .map(|c| c.iter().map(|&x| x as u32).collect())
         .collect();
-    // six rows, so that 2 and 3 sub-batches both split them evenly and unevenly over steps
-    let rows: Vec<Vec<u32>> = rows.iter().cycle().take(6).cloned().collect();
+    // seven rows: 2 sub-batches take 4 + 3 rows, 3 take 3 + 3 + 1 (unequal shares)
+    let rows: Vec<Vec<u32>> = rows.iter().cycle().take(7).cloned().collect();
     for dropout in [0.0, 0.1] {
         let run = |workers: usize| {
             let mut model = files

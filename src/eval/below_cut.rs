@@ -193,6 +193,8 @@ pub fn score_reusing<B: Backend>(
         None
     };
     let from = known.as_ref().map(|k| k.0).unwrap_or(0);
+    // x(cut) goes to the host only when the memo can keep it
+    let keep = from < cut.cut && budget_bytes() > 0;
     let hidden = model.config.hidden_size;
 
     // batches of sequence indices, longest first
@@ -221,7 +223,7 @@ pub fn score_reusing<B: Backend>(
                 None => model.embed(tb.to_tensor::<B>(&model.device)),
             };
             let x = model.run_layers(x, from, cut.cut); // x(cut) [b, t, hidden]
-            if from < cut.cut {
+            if keep {
                 let flat = to_f32_vec(x.clone())?;
                 for (r, &i) in batch_idx.iter().enumerate() {
                     let len = seqs[i].len();
@@ -269,8 +271,7 @@ pub fn score_reusing<B: Backend>(
             scores[q] = Some(s);
         }
     }
-    let stored = from < cut.cut
-        && budget_bytes() > 0
+    let stored = keep
         && store(
             &cut.base,
             fp,

@@ -256,6 +256,15 @@ pub struct Past<'a, B: Backend> {
     pub sliding_mask: Option<Tensor<B, 4, Bool>>,
 }
 
+/// Whether the backend's attention reads a mask through broadcast views: flex, and Burn's
+/// autodiff (its attention is composed of tensor ops). cubecl's fused attention (burn-cuda,
+/// burn-wgpu) reads the mask of (row, head) at (row * heads + head) * stride(1), which a
+/// broadcast view does not satisfy, so other backends get a contiguous mask.
+fn broadcasts_attention_masks<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name == "flex" || name.starts_with("autodiff")
+}
+
 /// Causal attention within a window: query i sees keys j with i - w < j <= i (transformers'
 /// sliding-window causal mask; w = t: plain causal). [1, 1, t, t], true = masked out.
 fn sliding_mask<B: Backend>(t: usize, w: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
@@ -507,6 +516,19 @@ impl<B: Backend> DecoderLayer<B> {
         };
         // [b | 1, 1, t, k_len] -> [b | 1, 1, rep * t, k_len], broadcast over rows and kv heads
         let mask = mask.map(|m| if rep > 1 { m.repeat_dim(2, rep) } else { m });
+        let mask = mask.map(|m| {
+            if broadcasts_attention_masks::<B>(&m.device()) {
+                m
+            } else {
+                // -> [b, kv heads (rep > 1) or heads, rows, k_len], contiguous
+                let m = if m.dims()[0] < b {
+                    m.repeat_dim(0, b)
+                } else {
+                    m
+                };
+                m.repeat_dim(1, if rep > 1 { nkv } else { nh })
+            }
+        });
         let options = AttentionModuleOptions {
             // Gemma: query_pre_attn_scalar^-0.5; otherwise head_dim^-0.5
             scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),

@@ -165,6 +165,14 @@ impl Stage for PartialHealStage {
             .add(
                 "trained + AdamW",
                 (layers_only + head) * crate::model::memory::TRAINABLE_BYTES,
+            )
+            .add(
+                // every further sub-batch graph (train::micro_step_parts) uploads its own copy
+                // of the trained tensors and returns full-size f32 gradients to the host
+                "trained copies and gradients of the other sub-batches",
+                (on.workers.clamp(1, p.micro_batch.max(1)) as u64 - 1)
+                    * (layers_only + head)
+                    * (e + 4),
             );
         sh.add_training_step(&mut estimate, r, s, e, k);
         Some(
