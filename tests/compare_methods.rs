@@ -212,6 +212,33 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
     assert!(o.status.success(), "{stdout}\n{stderr}");
     let res = env.path("results/compare");
 
+    // the evaluations ran shallow cuts first and the base (cut 4 = all its layers) after them,
+    // each continuing from the deepest boundary an earlier model stored for the same task (not
+    // x(4)); every job logs its two tasks in order, boolq then piqa
+    let chain: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("layers below the cut (").nth(1)?;
+            let (cut, rest) = rest.split_once(") continued from boundary ")?;
+            let from: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((cut.parse().unwrap(), from.parse().unwrap()))
+        })
+        .collect();
+    assert!(chain.len() >= 8, "{stderr}");
+    assert!(chain.windows(2).all(|w| w[0].0 <= w[1].0), "{chain:?}");
+    assert_eq!(chain.last().unwrap().0, 4, "the base model last: {chain:?}");
+    for (i, &(cut, from)) in chain.iter().enumerate() {
+        let deepest = chain[..i]
+            .iter()
+            .skip(i % 2)
+            .step_by(2)
+            .map(|&(c, _)| c)
+            .filter(|&c| c <= cut && c < 4)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(from, deepest, "evaluation {i} of {chain:?}");
+    }
+
     // every strategy drops the layers its criterion names
     let sel = csv_rows(&res.join("selection.csv"));
     let strategies = [

@@ -659,6 +659,7 @@ fn pruned_models_reuse_the_stream_below_the_cut() {
         &Cut {
             base: format!("{base_id} unpruned"),
             cut: 4,
+            base_layers: 4,
         },
     )
     .unwrap();
@@ -686,6 +687,7 @@ fn pruned_models_reuse_the_stream_below_the_cut() {
             &Cut {
                 base: base_id.into(),
                 cut: start,
+                base_layers: 4,
             },
         )
         .unwrap();
@@ -700,6 +702,27 @@ fn pruned_models_reuse_the_stream_below_the_cut() {
             assert_eq!(a.greedy, b.greedy);
         }
     }
+    // the base model last, as a run orders it: it continues from the deepest boundary (2) and
+    // still equals transformers; its own last boundary is not kept
+    let (got, stats) = score_reusing(
+        &base,
+        &requests,
+        &opts(3, 2, false),
+        &Cut {
+            base: base_id.into(),
+            cut: 4,
+            base_layers: 4,
+        },
+    )
+    .unwrap();
+    assert_eq!((stats.from_boundary, stats.stored), (2, false));
+    for (a, ll) in got.iter().zip(&expected) {
+        assert!(
+            (a.loglik - ll).abs() <= 1e-4 * ll.abs().max(1.0),
+            "base from boundary 2: {} vs transformers {ll}",
+            a.loglik
+        );
+    }
     // other requests share nothing with the stored streams
     let (_, stats) = score_reusing(
         &pruned(2),
@@ -708,6 +731,7 @@ fn pruned_models_reuse_the_stream_below_the_cut() {
         &Cut {
             base: base_id.into(),
             cut: 2,
+            base_layers: 4,
         },
     )
     .unwrap();

@@ -386,6 +386,7 @@ fn gemma3_cached_prefix_scoring_equals_full_sequences_beyond_the_window() {
             &Cut {
                 base: format!("gemma3 window test {shared}"),
                 cut: model.num_layers(),
+                base_layers: model.num_layers(),
             },
         )
         .unwrap();

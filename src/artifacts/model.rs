@@ -154,6 +154,42 @@ impl ModelArtifact {
         }
     }
 
+    /// Original layers some of whose tensors the model replaces (heal-linear, heal-partial).
+    pub fn replaced_layers(&self) -> Vec<usize> {
+        match self {
+            Self::LinearHealed(r) => r.blocks.iter().map(|b| b.folded_layer).collect(),
+            Self::PartialHealed(r) => r.trained_layers.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether every stream of the model differs from its base's from the start: a LoRA
+    /// adapter on its layers, or a replaced embedding matrix (heal-partial of a tied model).
+    fn changes_every_stream(&self) -> bool {
+        match self {
+            Self::Healed(_) => true,
+            Self::PartialHealed(r) => r.embedding_trained,
+            _ => false,
+        }
+    }
+
+    /// The number of leading base layers the model keeps unchanged: its residual stream below
+    /// that boundary equals the base model's (the base itself: all of its layers). None when no
+    /// stream of it does (an adapter, a replaced embedding).
+    pub fn unchanged_prefix(&self) -> Option<usize> {
+        if self.changes_every_stream() {
+            return None;
+        }
+        let (replaced, dropped) = (self.replaced_layers(), self.attention_dropped());
+        Some(
+            self.kept()
+                .iter()
+                .enumerate()
+                .take_while(|(i, k)| i == *k && !replaced.contains(k) && !dropped.contains(k))
+                .count(),
+        )
+    }
+
     pub fn variant(&self) -> Variant {
         match self {
             Self::Base(_) => Variant::base(),
@@ -195,20 +231,18 @@ impl ModelRef {
         let artifact = ModelArtifact::of(input)?;
         let mut files = artifact.base().open(cache_root)?;
         let adapter = matches!(artifact, ModelArtifact::Healed(_)).then(|| adapter_dir(&input.dir));
-        let mut replaced_layers = Vec::new();
         let mut embedding_replaced = false;
         match &artifact {
-            ModelArtifact::LinearHealed(r) => {
+            ModelArtifact::LinearHealed(_) => {
                 files = files.with_replaced(&replaced_dir(&input.dir))?;
-                replaced_layers.extend(r.blocks.iter().map(|b| b.folded_layer));
             }
             ModelArtifact::PartialHealed(r) => {
                 files = files.with_replaced(&replaced_dir(&input.dir))?;
-                replaced_layers.extend(&r.trained_layers);
                 embedding_replaced = r.embedding_trained;
             }
             _ => {}
         }
+        let replaced_layers = artifact.replaced_layers();
         Ok(Self {
             files,
             kept: artifact.kept(),
@@ -249,21 +283,10 @@ impl ModelRef {
         Ok(model)
     }
 
-    /// The number of leading base layers the model keeps unchanged (no adapter), when it is a
-    /// pruned model: its stream below that cut equals the base model's.
+    /// The number of leading base layers the model keeps unchanged (see
+    /// `ModelArtifact::unchanged_prefix`).
     pub fn unchanged_prefix(&self) -> Option<usize> {
-        if self.adapter.is_some() || self.embedding_replaced {
-            return None;
-        }
-        let kept = &self.kept;
-        let cut = kept
-            .iter()
-            .enumerate()
-            .take_while(|(i, k)| {
-                i == *k && !self.replaced_layers.contains(k) && !self.attention_dropped.contains(k)
-            })
-            .count();
-        (cut < kept.len() || kept.len() < self.files.config.num_hidden_layers).then_some(cut)
+        self.artifact.unchanged_prefix()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::artifacts::ModelRef;
 use crate::backend::{default_workers, dispatch, BackendKind, BackendTask, Precision};
 use crate::data::tasks::TaskName;
 use crate::eval::below_cut::{self, Cut};
-use crate::eval::loglik::{Request, ScoreOptions, Scored};
+use crate::eval::loglik::{score_streams, Grouped, Request, ScoreOptions, Scored, Streams};
 use crate::method::selection::n_for_fraction;
 use crate::model::transformer::layer_positions;
 use crate::model::ModelFiles;
@@ -153,25 +153,28 @@ impl SweepBench<'_> {
         let positions = layer_positions();
         let start = Instant::now();
         let mut preds = Vec::new();
-        for m in std::iter::once(None).chain(self.models.iter().map(Some)) {
+        // in the order a pipeline run takes (the eval-qa stage's run_rank): shallow cuts first,
+        // each model continuing the stream the previous one left, the base (all layers) last
+        let mut order: Vec<Option<&SweepModel>> = self.models.iter().map(Some).collect();
+        order.sort_by_key(|m| m.map(|m| m.start));
+        order.push(None);
+        for m in order {
             let mut model = base.clone();
             if let Some(m) = m {
                 model.drop_block(m.start, m.end - m.start)?;
             }
             for req in tasks {
                 let scored = if reuse {
-                    let cut = m.map(|m| Cut {
+                    let cut = Cut {
                         base: "bench sweep".into(),
-                        cut: m.start,
-                    });
-                    ev.score(&model, req, cut.as_ref())?
+                        cut: m.map_or(base.num_layers(), |m| m.start),
+                        base_layers: base.num_layers(),
+                    };
+                    ev.score(&model, req, Some(&cut))?
                 } else {
                     let all: Vec<Request> = req.sets.iter().flatten().cloned().collect();
-                    let cut = Cut {
-                        base: "bench sweep, no reuse".into(),
-                        cut: model.num_layers(),
-                    };
-                    let (flat, _) = below_cut::score_reusing(&model, &all, &opts, &cut)?;
+                    let grouped = Grouped::full_sequences(&all, opts.max_length)?;
+                    let (flat, _) = score_streams(&model, &grouped, Streams::PLAIN, &opts)?;
                     split_by_sets(flat, &req.sets)
                 };
                 preds.extend(ev.aggregate(req, scored).items.iter().map(|r| r.pred));

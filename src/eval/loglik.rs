@@ -42,10 +42,109 @@ pub struct ScoreOptions {
 }
 
 /// Requests with one context.
-struct Group {
-    context: Vec<u32>,
-    members: Vec<usize>,
+pub(crate) struct Group {
+    pub context: Vec<u32>,
+    pub members: Vec<usize>,
 }
+
+/// Requests cut to the maximum length, grouped by identical context (groups in order of first
+/// appearance, members in request order).
+pub(crate) struct Grouped {
+    pub requests: Vec<Request>,
+    pub groups: Vec<Group>,
+}
+
+impl Grouped {
+    /// Requests with the same context share it (its keys/values serve every continuation).
+    pub fn new(requests: &[Request], max_length: usize) -> Result<Self> {
+        Self::by(requests, max_length, |r| r.context.clone())
+    }
+
+    /// Each distinct full sequence, context + continuation[..-1], on its own (as the harness
+    /// feeds the model, identical sequences once): no context shared between choices.
+    pub fn full_sequences(requests: &[Request], max_length: usize) -> Result<Self> {
+        Self::by(requests, max_length, |r| {
+            let mut k = r.context.clone();
+            k.push(u32::MAX); // the context's end: keys of different splits never collide
+            k.extend_from_slice(&r.continuation[..r.continuation.len() - 1]);
+            k
+        })
+    }
+
+    fn by(
+        requests: &[Request],
+        max_length: usize,
+        key: impl Fn(&Request) -> Vec<u32>,
+    ) -> Result<Self> {
+        let requests = prepared(requests, max_length)?;
+        let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match index.get(&key(r)) {
+                Some(&g) => groups[g].members.push(i),
+                None => {
+                    index.insert(key(r), groups.len());
+                    groups.push(Group {
+                        context: r.context.clone(),
+                        members: vec![i],
+                    });
+                }
+            }
+        }
+        Ok(Self { requests, groups })
+    }
+
+    /// The tokens a continuation runs as after its context (all but its last token); empty for
+    /// a single-token continuation, which the context's last position scores.
+    pub fn suffix(&self, request: usize) -> &[u32] {
+        let c = &self.requests[request].continuation;
+        &c[..c.len() - 1]
+    }
+}
+
+/// Residual-stream rows at one boundary: per group its context's positions, per request with a
+/// multi-token continuation its suffix's positions ([len * hidden] each, row-major; None for
+/// requests without a suffix).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamRows {
+    pub contexts: Vec<Vec<f32>>,
+    pub suffixes: Vec<Option<Vec<f32>>>,
+}
+
+impl StreamRows {
+    pub fn bytes(&self) -> usize {
+        let n: usize = self.contexts.iter().map(Vec::len).sum::<usize>()
+            + self.suffixes.iter().flatten().map(Vec::len).sum::<usize>();
+        n * 4
+    }
+}
+
+/// Where a scoring pass starts and what it keeps: the decoder layers run from boundary `from`
+/// (rows of x(from) given in `known`, or the embedding when `from` is 0), and x(capture) is
+/// returned for every context and suffix when `capture` is set (from <= capture <= layers).
+#[derive(Clone, Copy)]
+pub(crate) struct Streams<'a> {
+    pub from: usize,
+    pub known: Option<&'a StreamRows>,
+    pub capture: Option<usize>,
+}
+
+impl Streams<'_> {
+    /// From the embedding, nothing kept.
+    pub const PLAIN: Streams<'static> = Streams {
+        from: 0,
+        known: None,
+        capture: None,
+    };
+}
+
+/// What one batch of groups produced: (request index, score), and the captured rows
+/// (group index, rows) and (request index, suffix rows).
+type ChunkOut = (
+    Vec<(usize, Scored)>,
+    Vec<(usize, Vec<f32>)>,
+    Vec<(usize, Vec<f32>)>,
+);
 
 /// Minimum shared prefix worth caching (shorter prefixes are recomputed).
 const MIN_SHARED_PREFIX: usize = 16;
@@ -89,76 +188,159 @@ pub(crate) fn target_logprobs<B: Backend>(
     Ok((values, greedy))
 }
 
-/// Score one batch of groups (optionally continuing a shared prefix); returns (request index,
-/// score).
+/// x(from) [rows, t, hidden] of right-padded rows: the given stream rows (zero-padded: padding
+/// sits after every real token, so causal attention never reads it), or the embedding.
+fn start_rows<B: Backend>(
+    model: &Transformer<B>,
+    batch: &TokenBatch,
+    known: Option<Vec<&Vec<f32>>>,
+) -> Tensor<B, 3> {
+    let Some(rows) = known else {
+        return model.embed(batch.to_tensor::<B>(&model.device));
+    };
+    let (b, t, hidden) = (batch.batch, batch.seq, model.config.hidden_size);
+    let mut data = vec![0f32; b * t * hidden];
+    for (r, row) in rows.iter().enumerate() {
+        data[r * t * hidden..r * t * hidden + row.len()].copy_from_slice(row);
+    }
+    Tensor::<B, 3>::from_data(TensorData::new(data, [b, t, hidden]), &model.device)
+        .cast(model.dtype)
+}
+
+/// Each row's real positions of x [rows, t, hidden], as host values.
+fn real_rows<B: Backend>(x: Tensor<B, 3>, lengths: &[usize]) -> Result<Vec<Vec<f32>>> {
+    let [_, t, hidden] = x.dims();
+    let flat = to_f32_vec(x)?;
+    Ok(lengths
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| flat[r * t * hidden..(r * t + len) * hidden].to_vec())
+        .collect())
+}
+
+/// Score one batch of groups (their contexts, then the multi-token continuations as suffixes on
+/// the contexts' keys/values), optionally continuing a shared prefix (then from the embedding,
+/// nothing captured).
 fn score_groups<B: Backend>(
     model: &Transformer<B>,
-    requests: &[Request],
-    chunk: &[&Group],
+    grouped: &Grouped,
+    chunk: &[usize],
     shared: Option<(&PrefixCache<B>, usize)>,
+    streams: Streams,
     opts: &ScoreOptions,
-) -> Result<Vec<(usize, Scored)>> {
-    {
-        let skip = shared.map(|(_, p)| p).unwrap_or(0);
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|g| g.context[skip..].to_vec()).collect();
-        let batch = TokenBatch::right_padded(&rows, opts.pad_id);
-        let (x, cache) = match shared {
-            Some((prefix, _)) => (
+) -> Result<ChunkOut> {
+    let requests = &grouped.requests;
+    let groups: Vec<&Group> = chunk.iter().map(|&g| &grouped.groups[g]).collect();
+    let layers = model.num_layers();
+    let capture = streams.capture.unwrap_or(streams.from);
+    let skip = shared.map(|(_, p)| p).unwrap_or(0);
+    let rows: Vec<Vec<u32>> = groups.iter().map(|g| g.context[skip..].to_vec()).collect();
+    let batch = TokenBatch::right_padded(&rows, opts.pad_id);
+    // contexts: x(L), their keys/values (when a continuation runs after them), x(capture)
+    let multi = groups.iter().any(|g| {
+        g.members
+            .iter()
+            .any(|&m| requests[m].continuation.len() > 1)
+    });
+    let mut captured_contexts = Vec::new();
+    let (x, cache) = match shared {
+        Some((prefix, _)) => {
+            assert!(
+                streams.from == 0 && streams.capture.is_none(),
+                "a shared prefix starts at the embedding"
+            );
+            (
                 model.suffix_pass(prefix, &vec![0; rows.len()], &batch),
                 None,
-            ),
-            None => {
-                let (x, cache) = model.prefix_pass(&batch);
-                (x, Some(cache))
-            }
-        };
-        // first continuation token of every request: at the last context position
-        let mut flat = Vec::new();
-        let mut targets = Vec::new();
-        let mut owners = Vec::new();
-        for (gi, g) in chunk.iter().enumerate() {
-            let last = (gi * batch.seq + rows[gi].len() - 1) as i64;
-            for &m in &g.members {
-                flat.push(last);
-                targets.push(requests[m].continuation[0] as i64);
-                owners.push(m);
-            }
+            )
         }
-        let (values, greedy) = target_logprobs(model, x, flat, targets)?;
-        let mut scores: HashMap<usize, Scored> = HashMap::new();
-        for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
-            scores.insert(
-                m,
-                Scored {
-                    loglik: v as f64,
-                    greedy: g,
-                },
-            );
+        None => {
+            let known = streams
+                .known
+                .map(|k| chunk.iter().map(|&g| &k.contexts[g]).collect());
+            let x = start_rows(model, &batch, known);
+            let mut cache = PrefixCache::empty(streams.from, &batch.lengths, batch.seq);
+            let x = model.prefix_layers(x, &mut cache, capture, multi);
+            if streams.capture.is_some() {
+                captured_contexts = chunk
+                    .iter()
+                    .copied()
+                    .zip(real_rows(x.clone(), &batch.lengths)?)
+                    .collect();
+            }
+            let x = model.prefix_layers(x, &mut cache, layers, multi);
+            (x, Some(cache))
         }
-        // longer continuations: the rest runs as suffixes on the contexts' cache
-        let mut suffix_rows = Vec::new();
-        let mut prefix_of = Vec::new();
-        let mut suffix_owner = Vec::new();
-        for (gi, g) in chunk.iter().enumerate() {
-            for &m in &g.members {
-                let cont = &requests[m].continuation;
-                if cont.len() > 1 {
-                    suffix_rows.push(cont[..cont.len() - 1].to_vec());
-                    prefix_of.push(gi);
-                    suffix_owner.push(m);
+    };
+    // first continuation token of every request: at the last context position
+    let mut flat = Vec::new();
+    let mut targets = Vec::new();
+    let mut owners = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let last = (gi * batch.seq + rows[gi].len() - 1) as i64;
+        for &m in &g.members {
+            flat.push(last);
+            targets.push(requests[m].continuation[0] as i64);
+            owners.push(m);
+        }
+    }
+    let (values, greedy) = target_logprobs(model, x, flat, targets)?;
+    let mut scores: HashMap<usize, Scored> = HashMap::new();
+    for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
+        scores.insert(
+            m,
+            Scored {
+                loglik: v as f64,
+                greedy: g,
+            },
+        );
+    }
+    // longer continuations: the rest runs as suffixes on the contexts' cache, one row per
+    // distinct suffix of a context (`suffix_owner`: the requests it serves)
+    let mut suffix_rows: Vec<Vec<u32>> = Vec::new();
+    let mut prefix_of = Vec::new();
+    let mut suffix_owner: Vec<Vec<usize>> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let first_row = suffix_rows.len();
+        for &m in &g.members {
+            if requests[m].continuation.len() > 1 {
+                let suffix = grouped.suffix(m);
+                match suffix_rows[first_row..].iter().position(|r| r == suffix) {
+                    Some(r) => suffix_owner[first_row + r].push(m),
+                    None => {
+                        suffix_rows.push(suffix.to_vec());
+                        prefix_of.push(gi);
+                        suffix_owner.push(vec![m]);
+                    }
                 }
             }
         }
-        if !suffix_rows.is_empty() {
-            let cache = cache.ok_or_else(|| {
-                anyhow::anyhow!("multi-token continuations cannot continue a shared prefix")
-            })?;
-            let sb = TokenBatch::right_padded(&suffix_rows, opts.pad_id);
-            let x = model.suffix_pass(&cache, &prefix_of, &sb);
-            let mut flat = Vec::new();
-            let mut targets = Vec::new();
-            let mut owners = Vec::new();
-            for (r, &m) in suffix_owner.iter().enumerate() {
+    }
+    let mut captured_suffixes = Vec::new();
+    if !suffix_rows.is_empty() {
+        let cache = cache.ok_or_else(|| {
+            anyhow::anyhow!("multi-token continuations cannot continue a shared prefix")
+        })?;
+        let sb = TokenBatch::right_padded(&suffix_rows, opts.pad_id);
+        let known = streams.known.map(|k| {
+            suffix_owner
+                .iter()
+                .map(|ms| k.suffixes[ms[0]].as_ref().expect("stored suffix rows"))
+                .collect()
+        });
+        let x = start_rows(model, &sb, known);
+        let x = model.suffix_layers(x, &cache, &prefix_of, streams.from, capture);
+        if streams.capture.is_some() {
+            for (ms, row) in suffix_owner.iter().zip(real_rows(x.clone(), &sb.lengths)?) {
+                captured_suffixes.extend(ms.iter().map(|&m| (m, row.clone())));
+            }
+        }
+        let x = model.suffix_layers(x, &cache, &prefix_of, capture, layers);
+        let mut flat = Vec::new();
+        let mut targets = Vec::new();
+        let mut owners = Vec::new();
+        for (r, ms) in suffix_owner.iter().enumerate() {
+            for &m in ms {
                 let cont = &requests[m].continuation;
                 for j in 0..cont.len() - 1 {
                     flat.push((r * sb.seq + j) as i64);
@@ -166,20 +348,24 @@ fn score_groups<B: Backend>(
                     owners.push(m);
                 }
             }
-            let (values, greedy) = target_logprobs(model, x, flat, targets)?;
-            for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
-                let s = scores.get_mut(&m).expect("first token scored");
-                s.loglik += v as f64;
-                s.greedy &= g;
-            }
         }
-        let mut members: Vec<usize> = chunk
-            .iter()
-            .flat_map(|g| g.members.iter().copied())
-            .collect();
-        members.sort_unstable();
-        Ok(members.into_iter().map(|m| (m, scores[&m])).collect())
+        let (values, greedy) = target_logprobs(model, x, flat, targets)?;
+        for ((m, v), g) in owners.into_iter().zip(values).zip(greedy) {
+            let s = scores.get_mut(&m).expect("first token scored");
+            s.loglik += v as f64;
+            s.greedy &= g;
+        }
     }
+    let mut members: Vec<usize> = groups
+        .iter()
+        .flat_map(|g| g.members.iter().copied())
+        .collect();
+    members.sort_unstable();
+    Ok((
+        members.into_iter().map(|m| (m, scores[&m])).collect(),
+        captured_contexts,
+        captured_suffixes,
+    ))
 }
 
 fn common_prefix_len(groups: &[Group]) -> usize {
@@ -218,53 +404,83 @@ pub fn score<B: Backend>(
     requests: &[Request],
     opts: &ScoreOptions,
 ) -> Result<Vec<Scored>> {
-    let requests = prepared(requests, opts.max_length)?;
-    // group by identical context, in order of first appearance
-    let mut index: HashMap<&[u32], usize> = HashMap::new();
-    let mut groups: Vec<Group> = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
-        match index.get(r.context.as_slice()) {
-            Some(&g) => groups[g].members.push(i),
-            None => {
-                index.insert(&r.context, groups.len());
-                groups.push(Group {
-                    context: r.context.clone(),
-                    members: vec![i],
-                });
-            }
-        }
-    }
-    let single_token = requests.iter().all(|r| r.continuation.len() == 1);
+    let grouped = Grouped::new(requests, opts.max_length)?;
+    let groups = &grouped.groups;
+    let single_token = grouped.requests.iter().all(|r| r.continuation.len() == 1);
     let min_ctx = groups.iter().map(|g| g.context.len()).min().unwrap_or(0);
     let shared_len = if opts.shared_prefix && single_token && groups.len() > 1 {
-        common_prefix_len(&groups).min(min_ctx.saturating_sub(1))
+        common_prefix_len(groups).min(min_ctx.saturating_sub(1))
     } else {
         0
     };
-    let shared = if shared_len >= MIN_SHARED_PREFIX {
-        let batch =
-            TokenBatch::right_padded(&[groups[0].context[..shared_len].to_vec()], opts.pad_id);
-        Some(model.prefix_pass(&batch).1)
-    } else {
-        None
-    };
-    let shared_ref = shared.as_ref().map(|c| (c, shared_len));
+    if shared_len < MIN_SHARED_PREFIX {
+        return Ok(score_streams(model, &grouped, Streams::PLAIN, opts)?.0);
+    }
+    let batch = TokenBatch::right_padded(&[groups[0].context[..shared_len].to_vec()], opts.pad_id);
+    let shared = model.prefix_pass(&batch).1;
     let lengths: Vec<usize> = groups.iter().map(|g| g.context.len()).collect();
-    let batches: Vec<Vec<&Group>> = length_batches(&lengths, opts.batch_size)
-        .into_iter()
-        .map(|b| b.into_iter().map(|i| &groups[i]).collect())
-        .collect();
+    let batches = length_batches(&lengths, opts.batch_size);
     let parts = in_batches(&batches, opts.workers, |chunk| {
-        score_groups(model, &requests, chunk, shared_ref, opts)
+        score_groups(
+            model,
+            &grouped,
+            chunk,
+            Some((&shared, shared_len)),
+            Streams::PLAIN,
+            opts,
+        )
     })?;
-    let mut scores = vec![None; requests.len()];
-    for (i, s) in parts.into_iter().flatten() {
+    Ok(in_request_order(
+        grouped.requests.len(),
+        parts.into_iter().map(|p| p.0),
+    ))
+}
+
+/// Score every request of `grouped` from `streams.from` on, returning the scores in request
+/// order and, when `streams.capture` is set, x(capture) of every context and suffix.
+pub(crate) fn score_streams<B: Backend>(
+    model: &Transformer<B>,
+    grouped: &Grouped,
+    streams: Streams,
+    opts: &ScoreOptions,
+) -> Result<(Vec<Scored>, Option<StreamRows>)> {
+    let lengths: Vec<usize> = grouped.groups.iter().map(|g| g.context.len()).collect();
+    let batches = length_batches(&lengths, opts.batch_size);
+    let parts = in_batches(&batches, opts.workers, |chunk| {
+        score_groups(model, grouped, chunk, None, streams, opts)
+    })?;
+    let mut rows = streams.capture.map(|_| StreamRows {
+        contexts: vec![Vec::new(); grouped.groups.len()],
+        suffixes: vec![None; grouped.requests.len()],
+    });
+    let mut scores = Vec::with_capacity(parts.len());
+    for (sc, contexts, suffixes) in parts {
+        if let Some(rows) = rows.as_mut() {
+            for (g, r) in contexts {
+                rows.contexts[g] = r;
+            }
+            for (m, r) in suffixes {
+                rows.suffixes[m] = Some(r);
+            }
+        }
+        scores.push(sc);
+    }
+    Ok((
+        in_request_order(grouped.requests.len(), scores.into_iter()),
+        rows,
+    ))
+}
+
+/// Per-batch (request index, score) lists as one list in request order.
+fn in_request_order(n: usize, parts: impl Iterator<Item = Vec<(usize, Scored)>>) -> Vec<Scored> {
+    let mut scores = vec![None; n];
+    for (i, s) in parts.flatten() {
         scores[i] = Some(s);
     }
-    Ok(scores
+    scores
         .into_iter()
         .map(|s| s.expect("every request scored"))
-        .collect())
+        .collect()
 }
 
 /// Run `f` on every item, `workers` threads taking the next item from a shared counter (so a

@@ -5,6 +5,7 @@
 pub mod architecture;
 pub mod config;
 pub mod export;
+pub mod host_attention;
 pub mod linear;
 pub mod load;
 pub mod lora;

@@ -22,6 +22,7 @@ use burn::tensor::{
 
 use super::architecture::Projection;
 use super::config::{MlpKind, ModelConfig, NormKind};
+use super::host_attention;
 use super::linear::Linear;
 use super::rope::{Rope, RopeBatch};
 
@@ -240,20 +241,65 @@ pub fn layer_norm<B: Backend, const D: usize>(
     }
 }
 
-/// Keys and values of one layer for a cached prefix, after RoPE: [batch, kv_heads, len, head_dim].
+/// Keys and values of one layer for a cached prefix, after RoPE, in the projections' layout:
+/// [batch, len, kv_heads, head_dim].
 #[derive(Debug, Clone)]
 pub struct LayerKv<B: Backend> {
     pub k: Tensor<B, 4>,
     pub v: Tensor<B, 4>,
 }
 
-/// Attention over cached keys/values plus the new tokens.
+/// Attention over cached keys/values plus the new tokens: batch row r continues cache row
+/// `row_of[r]`, whose first `real[r]` keys are real tokens (its new tokens sit at positions
+/// real[r] ..); new key j is visible to new query i if j <= i.
 pub struct Past<'a, B: Backend> {
-    pub kv: &'a LayerKv<B>,
-    /// [batch, 1, new, cached + new], true = masked out
+    /// The cache's layer: [cache rows, len, kv_heads, head_dim]
+    pub kv: &'a CachedKv<B>,
+    /// The cached (padded) length.
+    pub len: usize,
+    pub row_of: &'a [usize],
+    pub real: &'a [usize],
+    /// The rule as boolean masks, for backends without the host attention path.
+    pub masks: Option<&'a PastMasks<B>>,
+}
+
+/// One layer of a prefix cache: tensors, or host values where attention runs on the host.
+#[derive(Debug, Clone)]
+pub enum CachedKv<B: Backend> {
+    Device(LayerKv<B>),
+    /// k and v, [rows, len, kv_heads, head_dim] each.
+    Host {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+}
+
+impl<B: Backend> CachedKv<B> {
+    /// The layer's keys and values for a cache of `rows` x `len` on `device`, as tensors.
+    fn tensors(
+        &self,
+        rows: usize,
+        len: usize,
+        cfg: &ModelConfig,
+        device: &B::Device,
+    ) -> LayerKv<B> {
+        match self {
+            CachedKv::Device(kv) => kv.clone(),
+            CachedKv::Host { k, v } => {
+                let shape = [rows, len, cfg.num_key_value_heads, cfg.head_dim];
+                let up =
+                    |x: &Vec<f32>| Tensor::from_data(TensorData::new(x.clone(), shape), device);
+                LayerKv { k: up(k), v: up(v) }
+            }
+        }
+    }
+}
+
+/// `Past`'s visibility as masks: [batch, 1, new, cached + new], true = masked out.
+pub struct PastMasks<B: Backend> {
     pub mask: Tensor<B, 4, Bool>,
     /// The same with the sliding window applied, for sliding layers (when the model has them).
-    pub sliding_mask: Option<Tensor<B, 4, Bool>>,
+    pub sliding: Option<Tensor<B, 4, Bool>>,
 }
 
 /// Whether the backend's attention reads a mask through broadcast views: flex, and Burn's
@@ -313,7 +359,7 @@ impl<B: Backend> DecoderLayer<B> {
             let [b, t, _] = x.dims();
             let zeros = || {
                 Tensor::zeros(
-                    [b, cfg.num_key_value_heads, t, cfg.head_dim],
+                    [b, t, cfg.num_key_value_heads, cfg.head_dim],
                     (&x.device(), x.dtype()),
                 )
             };
@@ -445,8 +491,8 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
-    /// Self-attention, causal (or under the past's mask); h [batch, seq, hidden] ->
-    /// [batch, seq, heads * head_dim], plus the new keys/values [batch, kv_heads, seq, head_dim].
+    /// Self-attention, causal (or after the past's prefix); h [batch, seq, hidden] ->
+    /// [batch, seq, heads * head_dim], plus the new keys/values [batch, seq, kv_heads, head_dim].
     fn attention(
         &self,
         h: Tensor<B, 3>,
@@ -467,24 +513,42 @@ impl<B: Backend> DecoderLayer<B> {
             None => y,
         };
         let rope = rope.for_layer(self.sliding);
-        let q = rope
-            .apply(head_norm(
-                heads(self.q_proj.forward(h.clone()), nh),
-                &self.q_norm,
-            ))
-            .swap_dims(1, 2); // [b, nh, t, hd]
-        let k = rope
-            .apply(head_norm(
-                heads(self.k_proj.forward(h.clone()), nkv),
-                &self.k_norm,
-            ))
-            .swap_dims(1, 2); // [b, nkv, t, hd]
-        let v = heads(self.v_proj.forward(h), nkv).swap_dims(1, 2);
+        let q = rope.apply(head_norm(
+            heads(self.q_proj.forward(h.clone()), nh),
+            &self.q_norm,
+        )); // [b, t, nh, hd]
+        let k = rope.apply(head_norm(
+            heads(self.k_proj.forward(h.clone()), nkv),
+            &self.k_norm,
+        )); // [b, t, nkv, hd]
+        let v = heads(self.v_proj.forward(h), nkv); // [b, t, nkv, hd]
         let new = LayerKv {
             k: k.clone(),
             v: v.clone(),
         };
         let window = cfg.sliding_window.filter(|_| self.sliding);
+        // Gemma: query_pre_attn_scalar^-0.5; otherwise head_dim^-0.5
+        let scale = cfg
+            .query_pre_attn_scalar
+            .map_or(1.0 / (hd as f64).sqrt(), |s| s.powf(-0.5));
+        let host_past = past.as_ref().map(|p| matches!(p.kv, CachedKv::Host { .. }));
+        if host_attention::usable(&q) && host_past != Some(false) {
+            let prefix = past.as_ref().and_then(|p| match p.kv {
+                CachedKv::Host { k, v } => Some(host_attention::Prefix {
+                    k,
+                    v,
+                    len: p.len,
+                    row_of: p.row_of,
+                    real: p.real,
+                }),
+                CachedKv::Device(_) => None,
+            });
+            let out = host_attention::attention_tensors(q, k, v, prefix, window, scale as f32);
+            return (out, new);
+        }
+        let q = q.swap_dims(1, 2); // [b, nh, t, hd]
+        let k = k.swap_dims(1, 2); // [b, nkv, t, hd]
+        let v = v.swap_dims(1, 2);
         // grouped-query attention without copying keys and values per query head: the rep query
         // heads that share a kv head are stacked along the query axis, q [b, nkv, rep * t, hd]
         // (row r * t + i is head kv * rep + r at position i), so every key is read by all of them
@@ -497,13 +561,22 @@ impl<B: Backend> DecoderLayer<B> {
                 _ => (k, v, None),
             },
             Some(p) => {
-                let past_mask = match (window, p.sliding_mask) {
-                    (Some(_), Some(m)) => m,
-                    _ => p.mask,
+                let masks = p
+                    .masks
+                    .expect("masks for a backend without the host attention path");
+                let past_mask = match (window, &masks.sliding) {
+                    (Some(_), Some(m)) => m.clone(),
+                    _ => masks.mask.clone(),
                 };
+                let cached_rows = match p.kv {
+                    CachedKv::Device(kv) => kv.k.dims()[0],
+                    CachedKv::Host { k, .. } => k.len() / (p.len * nkv * hd).max(1),
+                };
+                let kv = p.kv.tensors(cached_rows, p.len, cfg, &q.device());
+                let rows = |t: &Tensor<B, 4>| past_rows(t, p.row_of).swap_dims(1, 2);
                 (
-                    Tensor::cat(vec![p.kv.k.clone(), k], 2),
-                    Tensor::cat(vec![p.kv.v.clone(), v], 2),
+                    Tensor::cat(vec![rows(&kv.k), k], 2),
+                    Tensor::cat(vec![rows(&kv.v), v], 2),
                     Some(past_mask),
                 )
             }
@@ -530,14 +603,30 @@ impl<B: Backend> DecoderLayer<B> {
             }
         });
         let options = AttentionModuleOptions {
-            // Gemma: query_pre_attn_scalar^-0.5; otherwise head_dim^-0.5
-            scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
+            scale: cfg.query_pre_attn_scalar.map(|_| scale),
             softcap: None,
             is_causal: mask.is_none(),
         };
         let out = attention(q, k, v, mask, None, options); // [b, nkv, rep * t, hd]
         let out = out.reshape([b, nh, t, hd]);
         (out.swap_dims(1, 2).reshape([b, t, nh * hd]), new)
+    }
+}
+
+/// The cache rows that batch rows continue: t [cache rows, len, kv_heads, hd] -> [batch, len,
+/// kv_heads, hd]; one row for all (a shared few-shot prefix) is a broadcast view, not copies.
+fn past_rows<B: Backend>(t: &Tensor<B, 4>, row_of: &[usize]) -> Tensor<B, 4> {
+    let [_, len, nkv, hd] = t.dims();
+    let b = row_of.len();
+    match row_of.first() {
+        Some(&i) if row_of.iter().all(|&r| r == i) => {
+            t.clone().narrow(0, i, 1).expand([b, len, nkv, hd])
+        }
+        _ => {
+            let idx: Vec<i64> = row_of.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &t.device());
+            t.clone().select(0, idx)
+        }
     }
 }
 
@@ -730,36 +819,82 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
-/// Keys and values of every layer for a batch of prefixes (right-padded to the longest).
+/// Keys and values of consecutive layers for a batch of prefixes (right-padded to the longest).
 #[derive(Debug, Clone)]
 pub struct PrefixCache<B: Backend> {
-    /// Per layer: [prefixes, kv_heads, max_len, head_dim]
-    pub layers: Vec<LayerKv<B>>,
+    /// Per layer from `first_layer` on: [prefixes, max_len, kv_heads, head_dim]
+    pub layers: Vec<CachedKv<B>>,
+    /// The layer (index into the model's current list) of `layers[0]`.
+    pub first_layer: usize,
     /// Real length of each prefix.
     pub lengths: Vec<usize>,
     pub max_len: usize,
 }
 
+impl<B: Backend> PrefixCache<B> {
+    /// An empty cache for prefixes of these lengths, whose layers will start at `first_layer`.
+    pub fn empty(first_layer: usize, lengths: &[usize], max_len: usize) -> Self {
+        Self {
+            layers: Vec::new(),
+            first_layer,
+            lengths: lengths.to_vec(),
+            max_len,
+        }
+    }
+}
+
 impl<B: Backend> Transformer<B> {
+    /// Whether attention runs on the host (flex in f32: `host_attention`).
+    fn host_attention(&self) -> bool {
+        self.dtype == DType::F32 && B::name(&self.device) == "flex"
+    }
+
     /// Run a batch of prefixes, keeping every layer's keys/values: returns x(L) [batch, seq, hidden]
     /// (before the final norm) and the cache.
     pub fn prefix_pass(&self, batch: &TokenBatch) -> (Tensor<B, 3>, PrefixCache<B>) {
-        let mut x = self.embed(batch.to_tensor::<B>(&self.device));
-        let rope = self.rope_for(batch.batch, batch.seq);
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        let x = self.embed(batch.to_tensor::<B>(&self.device));
+        let mut cache = PrefixCache::empty(0, &batch.lengths, batch.seq);
+        let x = self.prefix_layers(x, &mut cache, self.layers.len(), true);
+        (x, cache)
+    }
+
+    /// Layers [cache.first_layer + cache.layers.len(), to) on x [batch, seq, hidden] of right-
+    /// padded prefixes (positions 0..seq), appending their keys/values to the cache when
+    /// `keep_kv`: returns x(to).
+    pub fn prefix_layers(
+        &self,
+        mut x: Tensor<B, 3>,
+        cache: &mut PrefixCache<B>,
+        to: usize,
+        keep_kv: bool,
+    ) -> Tensor<B, 3> {
+        let from = cache.first_layer + cache.layers.len();
+        if from >= to {
+            return x;
+        }
+        let [b, t, _] = x.dims();
+        let rope = self.rope_for(b, t);
+        let host = self.host_attention();
+        for layer in &self.layers[from..to] {
             let (y, kv) = layer.forward_kv(x, &self.config, &rope, None);
             x = y;
-            layers.push(kv);
+            if keep_kv {
+                cache.layers.push(if host {
+                    CachedKv::Host {
+                        k: host_attention::host_values(kv.k),
+                        v: host_attention::host_values(kv.v),
+                    }
+                } else {
+                    CachedKv::Device(kv)
+                });
+            }
         }
-        (
-            x,
-            PrefixCache {
-                layers,
-                lengths: batch.lengths.clone(),
-                max_len: batch.seq,
-            },
-        )
+        if !keep_kv {
+            // the cache no longer continues at `to`
+            cache.layers.clear();
+            cache.first_layer = to;
+        }
+        x
     }
 
     /// Run suffix rows after cached prefixes: row r continues prefix `prefix_of[r]` (its tokens
@@ -770,41 +905,34 @@ impl<B: Backend> Transformer<B> {
         prefix_of: &[usize],
         suffix: &TokenBatch,
     ) -> Tensor<B, 3> {
-        let (b, s, p) = (suffix.batch, suffix.seq, cache.max_len);
-        assert_eq!(prefix_of.len(), b, "one prefix index per suffix row");
-        let starts: Vec<usize> = prefix_of.iter().map(|&i| cache.lengths[i]).collect();
-        // mask [b, 1, s, p + s]: cached key j is visible if it is a real prefix token; new key j
-        // is visible to query i if j <= i (causal)
-        let mut masked = Vec::with_capacity(b * s * (p + s));
-        for &start in &starts {
-            for i in 0..s {
-                masked.extend((0..p).map(|j| j >= start));
-                masked.extend((0..s).map(|j| j > i));
-            }
+        let x = self.embed(suffix.to_tensor::<B>(&self.device));
+        self.suffix_layers(x, cache, prefix_of, 0, self.layers.len())
+    }
+
+    /// Layers [from, to) on suffix rows x [rows, suffix_len, hidden] (right-padded) after cached
+    /// prefixes: row r continues prefix `prefix_of[r]`; the cache holds layers from..to at least.
+    /// Returns x(to).
+    pub fn suffix_layers(
+        &self,
+        mut x: Tensor<B, 3>,
+        cache: &PrefixCache<B>,
+        prefix_of: &[usize],
+        from: usize,
+        to: usize,
+    ) -> Tensor<B, 3> {
+        if from >= to {
+            return x;
         }
-        let mask = Tensor::<B, 4, Bool>::from_data(
-            TensorData::new(masked, [b, 1, s, p + s]),
-            &self.device,
+        let [b, s, _] = x.dims();
+        assert_eq!(prefix_of.len(), b, "one prefix index per suffix row");
+        assert!(
+            cache.first_layer <= from && to <= cache.first_layer + cache.layers.len(),
+            "the cache holds layers {}..{}, not {from}..{to}",
+            cache.first_layer,
+            cache.first_layer + cache.layers.len()
         );
-        // sliding layers: query i (position start + i) also needs key position > it - w
-        let sliding_mask = self
-            .config
-            .sliding_window
-            .filter(|_| self.layers.iter().any(|l| l.sliding))
-            .map(|w| {
-                let mut masked = Vec::with_capacity(b * s * (p + s));
-                for &start in &starts {
-                    for i in 0..s {
-                        let q = start + i;
-                        masked.extend((0..p).map(|j| j >= start || q - j >= w));
-                        masked.extend((0..s).map(|j| j > i || i - j >= w));
-                    }
-                }
-                Tensor::<B, 4, Bool>::from_data(
-                    TensorData::new(masked, [b, 1, s, p + s]),
-                    &self.device,
-                )
-            });
+        let starts: Vec<usize> = prefix_of.iter().map(|&i| cache.lengths[i]).collect();
+        let masks = (!self.host_attention()).then(|| self.past_masks(&starts, s, cache.max_len));
         let c = &self.config;
         let rope = self.rope.for_rows(
             &starts,
@@ -813,39 +941,52 @@ impl<B: Backend> Transformer<B> {
             &self.device,
             self.dtype,
         );
-        let idx: Vec<i64> = prefix_of.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b]), &self.device);
-        let mut x = self.embed(suffix.to_tensor::<B>(&self.device));
-        // one prefix for every row (a shared few-shot prefix): a broadcast view, not b copies
-        let same = prefix_of.windows(2).all(|w| w[0] == w[1]);
-        let rows_of = |t: &Tensor<B, 4>| -> Tensor<B, 4> {
-            match (same, prefix_of.first()) {
-                (true, Some(&i)) => {
-                    let [_, nkv, len, hd] = t.dims();
-                    t.clone().narrow(0, i, 1).expand([b, nkv, len, hd])
-                }
-                _ => t.clone().select(0, idx.clone()),
-            }
-        };
-        for (layer, kv) in self.layers.iter().zip(&cache.layers) {
-            let rows = LayerKv {
-                k: rows_of(&kv.k),
-                v: rows_of(&kv.v),
-            };
+        let cached = &cache.layers[from - cache.first_layer..to - cache.first_layer];
+        for (layer, kv) in self.layers[from..to].iter().zip(cached) {
             x = layer
                 .forward_kv(
                     x,
                     c,
                     &rope,
                     Some(Past {
-                        kv: &rows,
-                        mask: mask.clone(),
-                        sliding_mask: sliding_mask.clone(),
+                        kv,
+                        len: cache.max_len,
+                        row_of: prefix_of,
+                        real: &starts,
+                        masks: masks.as_ref(),
                     }),
                 )
                 .0;
         }
         x
+    }
+
+    /// The masks of suffix rows of `s` tokens after cached prefixes of real lengths `starts`
+    /// (padded to `p`): [b, 1, s, p + s], cached key j visible if it is a real prefix token, new
+    /// key j visible to query i if j <= i; for sliding layers also only keys at positions above
+    /// the query's - window.
+    fn past_masks(&self, starts: &[usize], s: usize, p: usize) -> PastMasks<B> {
+        let b = starts.len();
+        let build = |window: Option<usize>| {
+            let w = window.unwrap_or(usize::MAX);
+            let mut masked = Vec::with_capacity(b * s * (p + s));
+            for &start in starts {
+                for i in 0..s {
+                    let q = start + i;
+                    masked.extend((0..p).map(|j| j >= start || q - j >= w));
+                    masked.extend((0..s).map(|j| j > i || i - j >= w));
+                }
+            }
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(masked, [b, 1, s, p + s]), &self.device)
+        };
+        let sliding = self
+            .config
+            .sliding_window
+            .filter(|_| self.layers.iter().any(|l| l.sliding));
+        PastMasks {
+            mask: build(None),
+            sliding: sliding.map(|w| build(Some(w))),
+        }
     }
 }
 

@@ -317,7 +317,15 @@ pub fn run(
     let mut outcomes: Vec<Option<Outcome>> = vec![None; graph.jobs.len()];
     let mut summary = RunSummary::default();
     let total = graph.jobs.len();
-    for i in 0..total {
+    let mut order: Vec<usize> = (0..total).collect();
+    let mut records = Vec::with_capacity(total);
+    for position in 0..total {
+        if position == 0
+            || graph.jobs[order[position - 1]].stage != graph.jobs[order[position]].stage
+        {
+            rank_stage_run(graph, &store, &mut order[position..]);
+        }
+        let i = order[position];
         let job = &graph.jobs[i];
         let started_at = now_rfc3339();
         let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
@@ -343,7 +351,7 @@ pub fn run(
             } else {
                 tracing::info!(
                     "[{}/{}] {} ({}) {}",
-                    i + 1,
+                    position + 1,
                     total,
                     job.label(),
                     job.short_key(),
@@ -381,20 +389,26 @@ pub fn run(
             other => other,
         };
         note_outcome(cache_root, &cfg.name, job, &outcome);
-        summary.jobs.push(JobRecord {
-            label: job.label(),
-            stage: job.stage.clone(),
-            kind: job.kind.kind().to_string(),
-            key: job.key.clone(),
-            outcome: outcome.clone(),
-            reason: reason.to_string(),
-            started_at,
-            seconds: start.elapsed().as_secs_f64(),
-            peak_rss: peak_if_ran(measured, &outcome),
-            estimated: estimates[i].as_ref().map(|m| m.total()),
-        });
+        records.push((
+            i,
+            JobRecord {
+                label: job.label(),
+                stage: job.stage.clone(),
+                kind: job.kind.kind().to_string(),
+                key: job.key.clone(),
+                outcome: outcome.clone(),
+                reason: reason.to_string(),
+                started_at,
+                seconds: start.elapsed().as_secs_f64(),
+                peak_rss: peak_if_ran(measured, &outcome),
+                estimated: estimates[i].as_ref().map(|m| m.total()),
+            },
+        ));
         outcomes[i] = Some(outcome);
     }
+    // the records in graph order, however the jobs ran
+    records.sort_by_key(|(i, _)| *i);
+    summary.jobs = records.into_iter().map(|(_, r)| r).collect();
     let mut new_state = PipelineState::default();
     for i in 0..graph.jobs.len() {
         new_state
@@ -405,6 +419,64 @@ pub fn run(
         summary.error = Some(format!("saving the pipeline's state: {e:#}"));
     }
     summary
+}
+
+/// Reorder the run of jobs of one stage at the head of `order` by the stage's `run_rank` (they
+/// never read each other, so any order is valid); a job whose inputs are not all there keeps no
+/// rank.
+fn rank_stage_run(graph: &JobGraph, store: &Store, order: &mut [usize]) {
+    let Some(&first) = order.first() else {
+        return;
+    };
+    let stage = &graph.jobs[first].stage;
+    let len = order
+        .iter()
+        .take_while(|&&j| &graph.jobs[j].stage == stage)
+        .count();
+    if len < 2 {
+        return;
+    }
+    let rank = |j: usize| -> Option<usize> {
+        let job = &graph.jobs[j];
+        let inputs = input_artifacts(graph, j, store).ok()?;
+        job.kind.run_rank(&inputs)
+    };
+    let mut ranked: Vec<(Option<usize>, usize)> =
+        order[..len].iter().map(|&j| (rank(j), j)).collect();
+    // ranked first (ascending), then the unranked, each in graph order
+    ranked.sort_by_key(|&(r, j)| (r.is_none(), r, j));
+    for (slot, (_, j)) in order[..len].iter_mut().zip(ranked) {
+        *slot = j;
+    }
+}
+
+/// The artifacts of job `i`'s inputs, each checked to be in the store.
+fn input_artifacts(
+    graph: &JobGraph,
+    i: usize,
+    store: &Store,
+) -> Result<BTreeMap<String, Vec<InputArtifact>>> {
+    let mut inputs = BTreeMap::new();
+    for (slot, ups) in &graph.jobs[i].inputs {
+        let mut arts = Vec::new();
+        for &u in ups {
+            let up = &graph.jobs[u];
+            let dir = store.dir(up.kind.kind(), &up.key);
+            let manifest = match store.status(up.kind.kind(), &up.key, false) {
+                Status::Valid(m) => m,
+                other => anyhow::bail!("input {} is not available ({other:?})", up.label()),
+            };
+            arts.push(InputArtifact {
+                stage: up.stage.clone(),
+                kind: up.kind.kind().to_string(),
+                key: up.key.clone(),
+                dir,
+                manifest,
+            });
+        }
+        inputs.insert(slot.clone(), arts);
+    }
+    Ok(inputs)
 }
 
 /// Keep the failure record of a job in step with its outcome (for `status`).
@@ -591,26 +663,7 @@ fn execute(
         );
         sources.insert(param.clone(), resolved);
     }
-    let mut inputs = BTreeMap::new();
-    for (slot, ups) in &job.inputs {
-        let mut arts = Vec::new();
-        for &u in ups {
-            let up = &graph.jobs[u];
-            let dir = store.dir(up.kind.kind(), &up.key);
-            let manifest = match store.status(up.kind.kind(), &up.key, false) {
-                Status::Valid(m) => m,
-                other => anyhow::bail!("input {} is not available ({other:?})", up.label()),
-            };
-            arts.push(InputArtifact {
-                stage: up.stage.clone(),
-                kind: up.kind.kind().to_string(),
-                key: up.key.clone(),
-                dir,
-                manifest,
-            });
-        }
-        inputs.insert(slot.clone(), arts);
-    }
+    let inputs = input_artifacts(graph, i, store)?;
     let ctx = JobContext {
         stage: job.stage.clone(),
         kind: kind.to_string(),

@@ -12,9 +12,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL};
+use super::{
+    canonical, InputArtifact, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL,
+};
 use crate::artifacts::eval::{TaskResult, PROMPTS};
-use crate::artifacts::{write_json, EvalRecord, ModelRef, Record};
+use crate::artifacts::{write_json, EvalRecord, ModelArtifact, ModelRef, Record};
 use crate::backend::{dispatch, BackendKind, BackendTask};
 use crate::data::tasks::{mmlu_items, mmlu_subjects, task_items, McItem, TaskName};
 use crate::eval::below_cut::{score_reusing, set_budget_mb, Cut};
@@ -276,6 +278,7 @@ impl Evaluate<'_> {
                 self.backend
             ),
             cut,
+            base_layers: self.model.files.config.num_hidden_layers,
         })
     }
 }
@@ -336,6 +339,13 @@ impl Stage for EvalQaStage {
     }
     fn numeric(&self) -> bool {
         true
+    }
+    fn run_rank(&self, inputs: &BTreeMap<String, Vec<InputArtifact>>) -> Option<usize> {
+        // the base stream below a model's cut is reused from the memo where an earlier model
+        // of the run left it: shallow cuts first, the base (all layers) last, models with an
+        // adapter (no stream shared) after them
+        let model = inputs.get("model")?.first()?;
+        ModelArtifact::of(model).ok()?.unchanged_prefix()
     }
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         canonical::<EvalQaParams>(params)

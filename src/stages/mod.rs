@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use context::JobContext;
+pub use context::{InputArtifact, JobContext};
 
 /// One named input of a stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +102,17 @@ pub trait Stage: Send + Sync {
     fn check_params(&self, params: &serde_json::Value) -> Result<serde_json::Value, ParamError>;
     /// Compute the artifact into `ctx.out_dir`.
     fn run(&self, ctx: &JobContext) -> Result<()>;
+    /// Where the job goes among the jobs of its stage, which a run executes one after another
+    /// (they never read each other): smaller ranks first, None after the ranked ones, ties in
+    /// graph order. Evaluation ranks a model by the base layers it keeps unchanged, so that each
+    /// pruned model continues the base stream the previous one left in the process's memo.
+    /// `inputs` are the job's input artifacts (all present).
+    fn run_rank(
+        &self,
+        _inputs: &std::collections::BTreeMap<String, Vec<InputArtifact>>,
+    ) -> Option<usize> {
+        None
+    }
     /// The job's estimated peak memory on the compute device (on flex: the host) for the model
     /// it runs, with the parameters that lower it; None for stages that load no model.
     fn memory(&self, _params: &serde_json::Value, _on: &MemoryTarget) -> Option<MemoryPlan> {
