@@ -344,6 +344,8 @@ struct MmluBench<'a> {
 struct MmluRun {
     seconds: f64,
     prompt_tokens: usize,
+    /// Positions the decoder layers computed, per layer (padding included).
+    computed_tokens: usize,
     questions: usize,
     preds: Vec<usize>,
     /// Per question: the log-likelihood of each choice.
@@ -364,9 +366,12 @@ impl BackendTask for MmluBench<'_> {
         };
         let model = self.model.build::<B>(&device, dtype)?;
         let req = ev.build(TaskName::Mmlu)?;
+        let positions = crate::model::transformer::layer_positions();
         let start = Instant::now();
         let scored = ev.score(&model, &req, None)?;
         let seconds = start.elapsed().as_secs_f64();
+        let computed_tokens = ((crate::model::transformer::layer_positions() - positions)
+            / model.num_layers().max(1) as u64) as usize;
         let result = ev.aggregate(&req, scored);
         let mut prompt_tokens = 0;
         let mut reference_input = Vec::new();
@@ -388,6 +393,7 @@ impl BackendTask for MmluBench<'_> {
         Ok(MmluRun {
             seconds,
             prompt_tokens,
+            computed_tokens,
             questions: req.num_items(),
             preds: result.items.iter().map(|r| r.pred).collect(),
             logliks: result.items.iter().map(|r| r.loglik.clone()).collect(),
@@ -428,7 +434,7 @@ pub fn mmlu(
         },
     )?;
     let (seconds, tokens, n) = (run.seconds, run.prompt_tokens, run.questions);
-    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once; {})", tokens as f64 / seconds, peak_rss_line());
+    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once: {} positions computed per layer, padding included; {})", tokens as f64 / seconds, run.computed_tokens, peak_rss_line());
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
         Some(py) => {
