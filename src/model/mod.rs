@@ -6,6 +6,7 @@ pub mod architecture;
 pub mod config;
 pub mod export;
 pub mod host_attention;
+pub mod host_mlp;
 pub mod linear;
 pub mod load;
 pub mod lora;

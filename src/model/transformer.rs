@@ -23,6 +23,7 @@ use burn::tensor::{
 use super::architecture::Projection;
 use super::config::{MlpKind, ModelConfig, NormKind};
 use super::host_attention;
+use super::host_mlp;
 use super::linear::Linear;
 use super::rope::{Rope, RopeBatch};
 
@@ -476,9 +477,14 @@ impl<B: Backend> DecoderLayer<B> {
     /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h)))).
     pub fn mlp(&self, h: Tensor<B, 3>, cfg: &ModelConfig) -> Tensor<B, 3> {
         match (cfg.mlp, &self.gate_proj) {
-            (MlpKind::SwiGlu, Some(gate)) => self
-                .down_proj
-                .forward(silu(gate.forward(h.clone())) * self.up_proj.forward(h)),
+            (MlpKind::SwiGlu, Some(gate)) => {
+                let (g, u) = (gate.forward(h.clone()), self.up_proj.forward(h));
+                self.down_proj.forward(if host_mlp::usable(&g) {
+                    host_mlp::silu_mul(g, u)
+                } else {
+                    silu(g) * u
+                })
+            }
             (MlpKind::GeluTanh, _) => self
                 .down_proj
                 .forward(gelu_approximate(self.up_proj.forward(h))),
