@@ -1,7 +1,8 @@
 """Reference timing for `layerprune bench heal`: PyTorch + PEFT LoRA optimizer steps on the same
-batch (float32, dense frozen base, LoRA on gate/up/down, AdamW), one warm-up step, then timed.
+batch (float32 compute, frozen base dense or bitsandbytes NF4 with double quantisation as QLoRA
+loads it, LoRA on gate/up/down, AdamW), one warm-up step, then timed.
 
-Usage: python reference_heal_bench.py MODEL BATCH_JSON RANK STEPS THREADS
+Usage: python reference_heal_bench.py MODEL BATCH_JSON RANK STEPS THREADS [dense|nf4]
 BATCH_JSON holds {"rows": [[ids...], ...]} (equal lengths).
 Prints one JSON line: {"seconds_per_step": ..., "tokens_per_s": ..., "loss": ...}.
 """
@@ -13,6 +14,7 @@ import time
 
 def main():
     model_path, batch_path, rank, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    base = sys.argv[6] if len(sys.argv) > 6 else "dense"
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -25,6 +27,26 @@ def main():
         )
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if base == "nf4":
+        # QLoRA's base: every linear of the blocks in bitsandbytes NF4 with double quantisation
+        # (quantised when moved to the device), computing in float32 as layerprune's f32 run
+        import bitsandbytes as bnb
+
+        for layer in model.model.layers:
+            for parent in (layer.self_attn, layer.mlp):
+                for name, lin in list(parent.named_children()):
+                    if not isinstance(lin, torch.nn.Linear):
+                        continue
+                    q = bnb.nn.Linear4bit(
+                        lin.in_features, lin.out_features, bias=lin.bias is not None,
+                        compute_dtype=torch.float32, quant_type="nf4", compress_statistics=True,
+                    )
+                    q.weight = bnb.nn.Params4bit(
+                        lin.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True
+                    )
+                    if lin.bias is not None:
+                        q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+                    setattr(parent, name, q.to("cpu"))
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.05, target_modules=["gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     model.train()

@@ -566,7 +566,7 @@ pub fn heal(
     let rows = random_rows(batch, seq_len, 1, files.config.vocab_size as u32, 0x5EED);
     let tokens = (batch * seq_len) as f64;
     println!("LoRA healing step: batch {batch} x {seq_len} tokens, rank {rank}, gate/up/down, {steps} timed steps, {backend} {precision}, {} CPU threads", cpu_threads());
-    let mut dense = f64::NAN;
+    let mut ours = [f64::NAN; 2];
     for nf4 in [false, true] {
         crate::peak_rss::reset();
         let (sps, loss) = crate::backend::dispatch_autodiff(
@@ -581,9 +581,7 @@ pub fn heal(
                 workers: default_workers(backend),
             },
         )?;
-        if !nf4 {
-            dense = sps;
-        }
+        ours[nf4 as usize] = sps;
         println!(
             "layerprune {:5} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {loss:.3}; {})",
             if nf4 { "nf4" } else { "dense" },
@@ -597,10 +595,20 @@ pub fn heal(
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("batch.json");
             std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "rows": rows }))?)?;
-            let v = run_reference(&py, HEAL_REFERENCE_SCRIPT, &[files.source.path.display().to_string(), path.display().to_string(), rank.to_string(), steps.to_string(), cpu_threads().to_string()])?;
-            let sps = v["seconds_per_step"].as_f64().unwrap_or(f64::NAN);
-            println!("peft dense       {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {:.3})", tokens / sps, v["loss"].as_f64().unwrap_or(f64::NAN));
-            println!("ratio            {:>8.2}x (layerprune dense / peft dense, tokens/s)", sps / dense);
+            for (base, what) in [("dense", "peft dense"), ("nf4", "peft + bitsandbytes nf4")] {
+                let args = [files.source.path.display().to_string(), path.display().to_string(), rank.to_string(), steps.to_string(), cpu_threads().to_string(), base.to_string()];
+                let v = match run_reference(&py, HEAL_REFERENCE_SCRIPT, &args) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        println!("{what:16} failed: {e:#}");
+                        continue;
+                    }
+                };
+                let sps = v["seconds_per_step"].as_f64().unwrap_or(f64::NAN);
+                println!("{what:16} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {:.3})", tokens / sps, v["loss"].as_f64().unwrap_or(f64::NAN));
+                let ours = ours[(base == "nf4") as usize];
+                println!("ratio            {:>8.2}x (layerprune {base} / {what}, tokens/s)", sps / ours);
+            }
         }
     }
     Ok(())

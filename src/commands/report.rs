@@ -165,6 +165,7 @@ pub fn history_report(file: &Path, sets: &[String]) -> Result<u8> {
                 dashed,
                 marker: Marker::of(dashed),
                 points,
+                errors: Vec::new(),
             });
         }
         panels.push(Panel {

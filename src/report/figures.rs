@@ -255,11 +255,24 @@ pub struct Curve {
     pub label: String,
     /// The series' index in its table (e.g. the strategy's): picks its colour (report::style).
     pub series: usize,
-    /// Dashed curves are drawn thinner, for unhealed models next to healed ones.
+    /// Dotted curves are drawn thinner, for unhealed models next to healed ones (solid).
     pub dashed: bool,
     /// The marker at each point (e.g. the healing method's).
     pub marker: Marker,
     pub points: Vec<(f64, f64)>,
+    /// The error bar at each point: +-1 standard error (0 or missing: none).
+    pub errors: Vec<f64>,
+}
+
+impl Curve {
+    /// Each point's (y - error, y + error).
+    fn extents(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.points.iter().enumerate().map(|(i, q)| {
+            let e = self.errors.get(i).copied().unwrap_or(0.0);
+            let e = if e.is_finite() { e.abs() } else { 0.0 };
+            (q.1 - e, q.1 + e)
+        })
+    }
 }
 
 /// Point markers: small circles (unhealed), squares (healed), triangles and diamonds (healed
@@ -319,14 +332,27 @@ pub struct Panel {
 }
 
 fn dashed_line(points: &[(f64, f64)], style: ShapeStyle) -> Vec<PathElement<(f64, f64)>> {
-    // short segments along the polyline
+    broken_line(points, style, 10)
+}
+
+/// Dots: many short segments (the paper's unhealed curves).
+fn dotted_line(points: &[(f64, f64)], style: ShapeStyle) -> Vec<PathElement<(f64, f64)>> {
+    broken_line(points, style, 24)
+}
+
+/// `pieces` segments per stretch of the polyline, every other one drawn.
+fn broken_line(
+    points: &[(f64, f64)],
+    style: ShapeStyle,
+    pieces: usize,
+) -> Vec<PathElement<(f64, f64)>> {
     let mut out = Vec::new();
     for w in points.windows(2) {
         let (a, b) = (w[0], w[1]);
-        for k in 0..10 {
+        for k in 0..pieces {
             if k % 2 == 0 {
-                let t0 = k as f64 / 10.0;
-                let t1 = (k + 1) as f64 / 10.0;
+                let t0 = k as f64 / pieces as f64;
+                let t1 = (k + 1) as f64 / pieces as f64;
                 out.push(PathElement::new(
                     vec![
                         (a.0 + (b.0 - a.0) * t0, a.1 + (b.1 - a.1) * t0),
@@ -349,7 +375,7 @@ fn draw_panel<DB: DrawingBackend>(
     let mut ys: Vec<f64> = p
         .curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|q| q.1))
+        .flat_map(|c| c.extents().flat_map(|(a, b)| [a, b]))
         .collect();
     ys.extend(p.baseline);
     ys.extend(p.reference);
@@ -386,12 +412,24 @@ fn draw_panel<DB: DrawingBackend>(
             .map_err(err)?;
     }
     for c in &p.curves {
+        let color = series_color(c.series);
+        // error bars: +-1 standard error, with short caps
+        let cap = x_max * 0.006;
+        for (&(x, _), (a, b)) in c.points.iter().zip(c.extents()) {
+            if b > a {
+                let style = color.mix(0.6).stroke_width(1);
+                chart
+                    .draw_series([
+                        PathElement::new(vec![(x, a), (x, b)], style),
+                        PathElement::new(vec![(x - cap, a), (x + cap, a)], style),
+                        PathElement::new(vec![(x - cap, b), (x + cap, b)], style),
+                    ])
+                    .map_err(err)?;
+            }
+        }
         if c.dashed {
             chart
-                .draw_series(dashed_line(
-                    &c.points,
-                    series_color(c.series).stroke_width(1),
-                ))
+                .draw_series(dotted_line(&c.points, color.stroke_width(2)))
                 .map_err(err)?;
         } else {
             chart
@@ -403,7 +441,6 @@ fn draw_panel<DB: DrawingBackend>(
         }
         // each point gets the curve's marker (healed: squares or triangles, unhealed: small
         // circles)
-        let color = series_color(c.series);
         for &q in &c.points {
             let fill = color.filled();
             match c.marker {
@@ -502,11 +539,13 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[Pane
     let (w, _) = area.dim_in_pixel();
     for (e, (row, x)) in entries.iter().zip(legend_layout(&entries, w)) {
         let y = 7 + LEGEND_ROW / 2 + row * LEGEND_ROW;
-        let style = e.color.stroke_width(if e.dashed { 1 } else { 2 });
+        let style = e.color.stroke_width(2);
         if e.dashed {
-            for k in 0..3 {
+            // the reference lines dashed, unhealed curves dotted, as drawn in the panels
+            let (step, len) = if e.marker.is_none() { (10, 6) } else { (4, 2) };
+            for k in 0..26 / step + 1 {
                 area.draw(&PathElement::new(
-                    vec![(x + k * 10, y), (x + k * 10 + 6, y)],
+                    vec![(x + k * step, y), (x + k * step + len, y)],
                     style,
                 ))
                 .map_err(err)?;
@@ -635,6 +674,7 @@ pub fn loss_curve(dir: &Path, points: &[(f64, f64)], title: &str) -> Result<()> 
             dashed: false,
             marker: Marker::Square,
             points,
+            errors: Vec::new(),
         }],
         baseline: None,
         reference: None,

@@ -351,31 +351,29 @@ fn fraction_curve(
     series: usize,
     normalise: bool,
 ) -> Option<Curve> {
-    let base = sel.iter().find(|r| r.variant == "base").map(|r| r.value);
-    let scale = match (normalise, base) {
+    let scale = match (normalise, sel.iter().find(|r| r.variant == "base").map(|r| r.value)) {
         (true, Some(b)) if b != 0.0 => 1.0 / b,
         (true, _) => return None,
         _ => 1.0,
     };
-    let mut points: Vec<(f64, f64)> = sel
+    let base = sel.iter().find(|r| r.variant == "base");
+    let mut rows: Vec<&&EvalTableRow> = sel
         .iter()
         .filter(|r| r.strategy == strategy.as_str() && r.variant == variant)
-        .map(|r| (r.fraction, r.value * scale))
         .collect();
-    if points.is_empty() {
+    if rows.is_empty() {
         return None;
     }
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some(b) = base {
-        points.insert(0, (0.0, b * scale));
-    }
+    rows.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+    rows.splice(0..0, base);
     let dashed = variant == "pruned";
     Some(Curve {
         label,
         series,
         dashed,
         marker: Marker::of(dashed),
-        points,
+        points: rows.iter().map(|r| (r.fraction, r.value * scale)).collect(),
+        errors: rows.iter().map(|r| r.stderr * scale).collect(),
     })
 }
 
@@ -574,6 +572,7 @@ pub fn comparison_panels(rows: &[ComparisonRow]) -> Vec<Panel> {
                     dashed: heal == "none",
                     marker,
                     points: pts,
+                    errors: Vec::new(),
                 });
             }
         }
@@ -752,7 +751,7 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
             .iter()
             .filter(|r| &r.task == task && r.shots == *shots && &r.metric == metric)
             .collect();
-        let base = sel.iter().find(|r| r.variant == "base").map(|r| r.value);
+        let base = sel.iter().find(|r| r.variant == "base");
         let any_healed = sel.iter().any(|r| r.healed);
         let mut curves = Vec::new();
         for strategy in Strategy::ALL {
@@ -762,17 +761,15 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                 ("healed-linear", ", healed (linear map)", Marker::Triangle),
                 ("healed-partial", ", healed (partial FT)", Marker::Diamond),
             ] {
-                let mut pts: Vec<(f64, f64)> = sel
+                let mut pts: Vec<&&EvalTableRow> = sel
                     .iter()
                     .filter(|r| r.strategy == strategy.as_str() && r.variant == variant)
-                    .map(|r| (r.fraction, r.value))
                     .collect();
                 if pts.is_empty() {
                     continue;
                 }
-                if let Some(b) = base {
-                    pts.insert(0, (0.0, b));
-                }
+                pts.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+                pts.splice(0..0, base);
                 let pruned = variant == "pruned";
                 curves.push(Curve {
                     label: format!(
@@ -782,7 +779,8 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                     series: strategy.index(),
                     dashed: any_healed && pruned,
                     marker,
-                    points: pts,
+                    points: pts.iter().map(|r| (r.fraction, r.value)).collect(),
+                    errors: pts.iter().map(|r| r.stderr).collect(),
                 });
             }
         }
@@ -799,7 +797,7 @@ pub fn fraction_panels(rows: &[EvalTableRow]) -> Vec<Panel> {
                 "accuracy".into()
             },
             curves,
-            baseline: base,
+            baseline: base.map(|r| r.value),
             reference: chance(task, metric),
         });
     }
@@ -812,7 +810,7 @@ fn write_eval_summary(summary: &mut String, rows: &[EvalTableRow]) -> Result<()>
 
 - eval.csv: one row per model, task and metric
 - eval_items.csv: every scored item's gold and predicted answer
-- fig_eval_vs_fraction.svg/.png: metrics against the fraction of layers dropped (red dashed: unpruned; gray dashed: chance, or 1.0 for normalised loss; in a sweep that heals, thin dashed with dots: not healed, solid with squares: healed)
+- fig_eval_vs_fraction.svg/.png: metrics against the fraction of layers dropped (red dashed: unpruned; gray dashed: chance, or 1.0 for normalised loss; in a sweep that heals, dotted with circles: not healed, solid with squares: healed; error bars: +-1 standard error)
 ")?;
     writeln!(summary, "| variant | strategy | fraction | dropped | healed | task | shots | metric | value | stderr | items |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in rows {
