@@ -66,6 +66,12 @@ impl std::fmt::Display for Precision {
 
 /// How many sub-batches to run concurrently: one per CPU core (rayon's pool size, from the
 /// runtime options) on flex, one on GPUs.
+/// Whether tensors of `B` on `device` live in host memory: Burn's flex, also under autodiff.
+pub fn on_host<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name == "flex" || name == "autodiff<flex>"
+}
+
 pub fn workers_for(kind: BackendKind, cpu_threads: usize) -> usize {
     match kind {
         BackendKind::Flex => cpu_threads.max(1),

@@ -218,7 +218,7 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
     let dense = logits(&model);
     let all = layerprune::model::surgery::all_projections(&model);
     assert_eq!(all.len(), 7);
-    layerprune::model::surgery::quantize_nf4(&mut model, &all).unwrap();
+    layerprune::model::surgery::quantize_nf4(&mut model, &all, false).unwrap();
     // 4-bit weights on a random 3-layer model whose layers each move the stream by 1-6x its
     // norm: a visible but bounded difference (NF4 itself is checked against bitsandbytes in
     // tests/heal_parity.rs)
@@ -280,7 +280,7 @@ fn lora_attached_equals_merged_and_nf4_for_every_family() {
         let mut q = files.build::<B>(&Default::default(), DType::F32).unwrap();
         let all = layerprune::model::surgery::all_projections(&q);
         assert_eq!(all.len(), projections, "{name}");
-        layerprune::model::surgery::quantize_nf4(&mut q, &all).unwrap();
+        layerprune::model::surgery::quantize_nf4(&mut q, &all, false).unwrap();
         assert!(
             logits(&q).iter().all(|x| x.is_finite()),
             "{name}: NF4 forward"
@@ -338,7 +338,7 @@ fn phi_lora_targets_and_nf4_follow_its_layout() {
     let dense = logits(&model);
     let all = layerprune::model::surgery::all_projections(&model);
     assert_eq!(all.len(), 6);
-    layerprune::model::surgery::quantize_nf4(&mut model, &all).unwrap();
+    layerprune::model::surgery::quantize_nf4(&mut model, &all, false).unwrap();
     let q = logits(&model);
     let e = rel_err(&q, &dense);
     assert!(e > 0.0 && e < 0.2, "NF4 vs dense relative error {e}");

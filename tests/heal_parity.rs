@@ -166,9 +166,11 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
         .unwrap();
     if nf4 {
         use layerprune::model::Projection;
+        // as the heal stage quantises: dequantised once and kept where the device is the host
         layerprune::model::surgery::quantize_nf4(
             &mut model,
             &[Projection::Gate, Projection::Up, Projection::Down],
+            layerprune::backend::on_host::<AD>(&Default::default()),
         )
         .unwrap();
     }

@@ -184,7 +184,11 @@ pub fn setup<B: AutodiffBackend>(
 ) -> Result<TrainState> {
     if quant == Quant::Nf4 {
         let projections = all_projections(model);
-        quantize_nf4(model, &projections)?;
+        quantize_nf4(
+            model,
+            &projections,
+            crate::backend::on_host::<B>(&model.device),
+        )?;
     }
     let lora = config
         .lora

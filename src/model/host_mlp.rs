@@ -49,7 +49,11 @@ fn silu_mul_portable(g: &mut [f32], u: &[f32]) {
     for (x, &y) in g.iter_mut().zip(u) {
         // sigmoid(x) from t = exp(-|x|) <= 1, which never overflows
         let t = exp_f32(-x.abs());
-        let sigmoid = if *x >= 0.0 { 1.0 / (1.0 + t) } else { t / (1.0 + t) };
+        let sigmoid = if *x >= 0.0 {
+            1.0 / (1.0 + t)
+        } else {
+            t / (1.0 + t)
+        };
         *x = *x * sigmoid * y;
     }
 }

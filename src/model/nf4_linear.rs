@@ -1,8 +1,11 @@
 //! An NF4-quantised frozen base weight on a Burn device (QLoRA): 4-bit codes packed eight per
 //! 32-bit word (half a byte per value, on every backend: WGSL has no 8-bit integers) and the
-//! double-dequantised absmax per block, dequantised blockwise at every use. Burn has no NF4
+//! double-dequantised absmax per block, dequantised blockwise at every use (or once, where the
+//! device is the host: `keep_dequantized`). Burn has no NF4
 //! type: the code book is a 16-entry lookup. The codec itself (bitsandbytes-exact) is
 //! formats::nf4.
+
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
 use burn::tensor::{backend::Backend, DType, ElementConversion, Int, Tensor, TensorData};
@@ -12,6 +15,9 @@ use crate::formats::nf4::{Nf4Host, BLOCK, NF4};
 /// An NF4 weight on a Burn device: packed codes and the double-dequantised absmax per block.
 #[derive(Debug, Clone)]
 pub struct Nf4Weight<B: Backend> {
+    /// The dequantised matrix, kept after its first use when `keep_dequantized` asked for it
+    /// (shared by clones: every sub-batch graph of a step reads the same one).
+    kept: Option<Arc<OnceLock<Tensor<B, 2>>>>,
     /// [out, in] (Hugging Face layout of the quantised matrix)
     pub shape: [usize; 2],
     /// [out * in / 8] i32 words; element 8w + k is bits 4k..4k+3 of word w
@@ -38,6 +44,7 @@ impl<B: Backend> Nf4Weight<B> {
         let absmax = q.absmax();
         let blocks = absmax.len();
         Ok(Self {
+            kept: None,
             shape: [q.shape[0], q.shape[1]],
             words,
             absmax: Tensor::from_data(TensorData::new(absmax, [blocks, 1]), (device, dtype)),
@@ -45,8 +52,24 @@ impl<B: Backend> Nf4Weight<B> {
         })
     }
 
+    /// The same weight, dequantised once at its first use and kept: where the device is the
+    /// host, the autodiff graph of a step holds the dequantised matrix anyway, so keeping it
+    /// costs one dense copy of the frozen base and saves dequantising it in every sub-batch of
+    /// every step (the values are the same).
+    pub fn keep_dequantized(mut self) -> Self {
+        self.kept = Some(Arc::new(OnceLock::new()));
+        self
+    }
+
     /// The dequantised matrix [out, in].
     pub fn dequantize(&self) -> Tensor<B, 2> {
+        match &self.kept {
+            Some(kept) => kept.get_or_init(|| self.dequantize_now()).clone(),
+            None => self.dequantize_now(),
+        }
+    }
+
+    fn dequantize_now(&self) -> Tensor<B, 2> {
         let [o, i] = self.shape;
         // i32 indices: WGSL (wgpu) has no 64-bit integers, and every backend accepts i32;
         // the arithmetic shift's sign bits are masked away

@@ -212,9 +212,11 @@ pub fn merge_lora<B: Backend>(
 
 /// Replace the dense base weights of the given projections of every layer by NF4 (QLoRA quantises
 /// all linear layers of the blocks; embeddings, norms and the LM head stay in the compute dtype).
+/// `keep_dequantized`: each weight is dequantised once and kept (`Nf4Weight::keep_dequantized`).
 pub fn quantize_nf4<B: Backend>(
     model: &mut Transformer<B>,
     projections: &[Projection],
+    keep_dequantized: bool,
 ) -> Result<()> {
     let device = model.device.clone();
     let dtype = model.dtype;
@@ -227,7 +229,12 @@ pub fn quantize_nf4<B: Backend>(
                 let [inp, out] = w.dims();
                 let data = to_f32_vec(w.clone().transpose())?; // [out, in]
                 let q = Nf4Host::quantize(&[out, inp], &data)?;
-                lin.base = BaseWeight::Nf4(Nf4Weight::from_host(&q, &device, dtype)?);
+                let w = Nf4Weight::from_host(&q, &device, dtype)?;
+                lin.base = BaseWeight::Nf4(if keep_dequantized {
+                    w.keep_dequantized()
+                } else {
+                    w
+                });
             }
         }
     }

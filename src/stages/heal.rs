@@ -216,8 +216,14 @@ impl Stage for HealStage {
             })
             .sum::<u64>()
             * sh.layers as u64;
-        // each sub-batch's graph (train::micro_step_parts) dequantises and keeps its own copy
-        let graphs = on.workers.clamp(1, p.micro_batch.max(1)) as u64;
+        // on the host the frozen base is dequantised once and kept (Nf4Weight::keep_dequantized),
+        // one copy that every sub-batch graph reads; elsewhere each sub-batch's graph
+        // (train::micro_step_parts) dequantises and keeps its own
+        let graphs = if on.host {
+            1
+        } else {
+            on.workers.clamp(1, p.micro_batch.max(1)) as u64
+        };
         let mut estimate = crate::model::memory::MemoryEstimate::default();
         estimate
             .add("weights", sh.weight_bytes(e, base))

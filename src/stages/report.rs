@@ -351,7 +351,10 @@ fn fraction_curve(
     series: usize,
     normalise: bool,
 ) -> Option<Curve> {
-    let scale = match (normalise, sel.iter().find(|r| r.variant == "base").map(|r| r.value)) {
+    let scale = match (
+        normalise,
+        sel.iter().find(|r| r.variant == "base").map(|r| r.value),
+    ) {
         (true, Some(b)) if b != 0.0 => 1.0 / b,
         (true, _) => return None,
         _ => 1.0,
