@@ -228,6 +228,7 @@ mod tests {
             value,
             stderr: 0.02,
             n_items: 100,
+            lora_rank: variant.starts_with("healed").then_some(8),
         }
     }
 

@@ -25,6 +25,10 @@ pub struct EvalTableRow {
     pub value: f64,
     pub stderr: f64,
     pub n_items: usize,
+    /// The LoRA rank of a LoRA-healed model (empty otherwise, and in tables of earlier
+    /// versions).
+    #[serde(default)]
+    pub lora_rank: Option<usize>,
 }
 
 pub const FILE: &str = "eval.csv";

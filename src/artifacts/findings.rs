@@ -171,6 +171,85 @@ pub fn placement(layers: usize, blocks: &[Block]) -> Option<BlockPlacement> {
     })
 }
 
+/// The authors' l*(n) lists (paper-spec section 2.6, their BoolQ sweep script): (model, L, list)
+/// where entry k is l* for n = k + 1. The file has none for Qwen or Phi-2.
+pub const PUBLISHED_LSTAR: [(&str, usize, &[usize]); 4] = [
+    (
+        "llama-2-7b",
+        32,
+        &[
+            23, 24, 23, 23, 23, 22, 22, 21, 20, 19, 18, 18, 17, 16, 15, 8, 8, 7, 4, 4, 4, 2, 2, 2,
+        ],
+    ),
+    (
+        "llama-2-13b",
+        40,
+        &[
+            33, 32, 31, 30, 29, 28, 27, 27, 27, 26, 25, 24, 24, 23, 22, 22, 20, 19, 18, 18, 17, 17,
+            15, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+        ],
+    ),
+    (
+        "llama-2-70b",
+        80,
+        &[
+            62, 62, 61, 62, 61, 60, 61, 58, 59, 58, 58, 57, 56, 55, 54, 53, 53, 53, 53, 53, 51, 50,
+            49, 50, 49, 49, 48, 48, 46, 46, 45, 44, 43, 42, 41, 40, 39, 37, 35, 35, 33, 33, 29, 30,
+            29, 28, 28, 28, 26, 25, 23, 22, 22, 21, 20, 19, 19, 18, 16, 16, 14, 14, 13, 10,
+        ],
+    ),
+    (
+        "mistral-7b",
+        32,
+        &[
+            26, 24, 23, 23, 23, 22, 21, 21, 20, 20, 19, 17, 17, 16, 13, 13, 11, 8, 8, 6, 6, 5, 4, 3,
+        ],
+    ),
+];
+
+/// How the similarity strategy's l*(n) compares with the authors' published list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PublishedAgreement {
+    pub model: String,
+    /// The n both lists have.
+    pub compared: usize,
+    /// Of those, the n whose l* equals the published one.
+    pub equal: usize,
+    /// The mean |l* - published l*| over the compared n.
+    pub mean_abs_diff: f64,
+}
+
+/// The agreement of `starts` ((n, l*(n))) with the published list of `model` (a key of
+/// PUBLISHED_LSTAR, whose L must equal `layers`); None for an unknown model, another depth or no
+/// common n.
+pub fn published_agreement(
+    model: &str,
+    layers: usize,
+    starts: &[(usize, usize)],
+) -> Option<PublishedAgreement> {
+    let (_, depth, list) = PUBLISHED_LSTAR.iter().find(|(m, _, _)| *m == model)?;
+    if *depth != layers {
+        return None;
+    }
+    let pairs: Vec<(usize, usize)> = starts
+        .iter()
+        .filter_map(|&(n, l)| Some((l, *list.get(n.checked_sub(1)?)?)))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    Some(PublishedAgreement {
+        model: model.to_string(),
+        compared: pairs.len(),
+        equal: pairs.iter().filter(|(a, b)| a == b).count(),
+        mean_abs_diff: pairs
+            .iter()
+            .map(|&(a, b)| a.abs_diff(b) as f64)
+            .sum::<f64>()
+            / pairs.len() as f64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +269,7 @@ mod tests {
             value,
             stderr: 0.03,
             n_items: 100,
+            lora_rank: variant.starts_with("healed").then_some(8),
         }
     }
 
@@ -212,6 +292,20 @@ mod tests {
             ("none", 0.1, 3)
         );
         assert_eq!((r[1].heal.as_str(), r[1].max_fraction), ("lora", 0.2));
+    }
+
+    #[test]
+    fn agreement_with_the_published_lists() {
+        // Llama-2-7B: l*(1..3) = 23, 24, 23; ours 23, 20, 23 and an n the list lacks
+        let a =
+            published_agreement("llama-2-7b", 32, &[(1, 23), (2, 20), (3, 23), (30, 0)]).unwrap();
+        assert_eq!((a.compared, a.equal), (3, 2));
+        assert!((a.mean_abs_diff - 4.0 / 3.0).abs() < 1e-12);
+        assert!(published_agreement("llama-2-7b", 40, &[(1, 23)]).is_none());
+        assert!(published_agreement("qwen-7b", 32, &[(1, 23)]).is_none());
+        for (_, layers, list) in PUBLISHED_LSTAR {
+            assert!(list.iter().enumerate().all(|(k, &l)| l + k + 1 < layers));
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Variant {
     pub start: Option<usize>,
     pub end: Option<usize>,
     pub healed: bool,
+    /// The LoRA rank of a LoRA-healed model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_rank: Option<usize>,
 }
 
 impl Variant {
@@ -43,6 +46,7 @@ impl Variant {
             start: None,
             end: None,
             healed: false,
+            lora_rank: None,
         }
     }
 
@@ -55,6 +59,7 @@ impl Variant {
             start: Some(r.start),
             end: Some(r.end),
             healed: false,
+            lora_rank: None,
         }
     }
 
@@ -85,11 +90,13 @@ impl Variant {
         }
     }
 
-    /// A short unique name: "base", "pruned/similarity/0.25", "healed/simple/0.25".
+    /// A short unique name: "base", "pruned/similarity/0.25", "healed/simple/0.25/r8" (LoRA:
+    /// with its rank, which a pipeline may sweep).
     pub fn label(&self) -> String {
+        let rank = self.lora_rank.map(|r| format!("/r{r}")).unwrap_or_default();
         match (&self.strategy, self.variant.as_str()) {
-            (None, _) => self.variant.clone(),
-            (Some(s), kind) => format!("{kind}/{s}/{}", self.fraction),
+            (None, _) => format!("{}{rank}", self.variant),
+            (Some(s), kind) => format!("{kind}/{s}/{}{rank}", self.fraction),
         }
     }
 }
@@ -194,7 +201,10 @@ impl ModelArtifact {
         match self {
             Self::Base(_) => Variant::base(),
             Self::Pruned(r) => Variant::pruned(r),
-            Self::Healed(r) => r.variant.clone(),
+            Self::Healed(r) => Variant {
+                lora_rank: r.train.lora.as_ref().map(|l| l.r),
+                ..r.variant.clone()
+            },
             Self::LinearHealed(r) => r.variant.clone(),
             Self::PartialHealed(r) => r.variant.clone(),
         }
@@ -305,9 +315,15 @@ mod tests {
             start: Some(5),
             end: Some(7),
             healed: false,
+            lora_rank: None,
         };
         assert_eq!(v.label(), "pruned/simple/0.25");
         assert_eq!(v.healed().label(), "healed/simple/0.25");
+        let lora = Variant {
+            lora_rank: Some(8),
+            ..v.healed()
+        };
+        assert_eq!(lora.label(), "healed/simple/0.25/r8");
         assert!(v.healed().healed);
     }
 }

@@ -1,5 +1,6 @@
 //! `report`: tables and figures of a sweep, published to results/<pipeline>/.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
@@ -22,6 +23,10 @@ use crate::report::figures::{Curve, DistanceGrid, Marker, Panel};
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {
     pub title: String,
+    /// The paper's model this pipeline runs (llama-2-7b, llama-2-13b, llama-2-70b, mistral-7b):
+    /// summary.md then compares l*(n) with the authors' published list; empty: none.
+    #[serde(default)]
+    pub paper_model: String,
 }
 
 impl Params for ReportParams {}
@@ -54,7 +59,9 @@ impl Stage for ReportStage {
         // 2: one shared legend strip, healed points marked by squares
         // 3: comparison.csv and fig_comparison_retained (retained % per strategy and healing)
         // 4: findings in summary.md; fig1d, fig5 and the knowledge-versus-reasoning figure
-        4
+        // 5: error bars, dotted unhealed curves, MMLU panels at the largest shot count, Fig. 9
+        //    (LoRA rank sweeps), eval.csv's lora_rank column, l*(n) against the published lists
+        5
     }
     fn description(&self) -> &'static str {
         "CSV tables and the paper's figures of a sweep, published to results/<pipeline>/"
@@ -176,7 +183,7 @@ impl Stage for ReportStage {
             };
             rows = write_evals(ctx, &mut summary, &title)?;
         }
-        write_findings(&mut summary, &rows, selection.as_ref())?;
+        write_findings(&mut summary, &rows, selection.as_ref(), &p.paper_model)?;
         std::fs::write(ctx.out("summary.md"), summary)?;
         Ok(())
     }
@@ -207,6 +214,7 @@ fn base_row(v: &Variant) -> EvalTableRow {
         value: 0.0,
         stderr: 0.0,
         n_items: 0,
+        lora_rank: v.lora_rank,
     }
 }
 
@@ -219,10 +227,28 @@ pub fn chance(task: &str, metric: &str) -> Option<f64> {
     }
 }
 
+/// The rows with LoRA-healed models at one rank only, the one most of them have (ties: the
+/// smallest): what every table and figure but Fig. 9 shows when a pipeline sweeps the rank.
+pub fn at_main_rank(rows: &[EvalTableRow]) -> Vec<EvalTableRow> {
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in rows.iter().filter_map(|r| r.lora_rank) {
+        *counts.entry(r).or_default() += 1;
+    }
+    let main = counts
+        .iter()
+        .max_by_key(|(rank, n)| (**n, std::cmp::Reverse(**rank)))
+        .map(|(rank, _)| *rank);
+    rows.iter()
+        .filter(|r| r.lora_rank.is_none() || r.lora_rank == main)
+        .cloned()
+        .collect()
+}
+
 /// eval.csv, eval_items.csv, the metric-against-fraction figure and a summary table.
 fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<Vec<EvalTableRow>> {
-    let rows = collect_eval_rows(ctx, ctx.inputs("evals"))?;
-    eval_table::write(&ctx.out(eval_table::FILE), &rows)?;
+    let all_rows = collect_eval_rows(ctx, ctx.inputs("evals"))?;
+    eval_table::write(&ctx.out(eval_table::FILE), &all_rows)?;
+    let rows = at_main_rank(&all_rows);
     let panels = fraction_panels(&rows);
     if !panels.is_empty() {
         crate::report::figures::fraction_figure(
@@ -233,7 +259,8 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<Ve
         )?;
     }
     write_eval_summary(summary, &rows)?;
-    let drawn = paper_figures(ctx, &rows, title)?;
+    let mut drawn = paper_figures(ctx, &rows, title)?;
+    drawn.extend(rank_figure(ctx, &all_rows, title)?);
     if !drawn.is_empty() {
         writeln!(summary, "Paper figures: {}.\n", drawn.join(", "))?;
     }
@@ -256,6 +283,7 @@ fn write_findings(
     summary: &mut String,
     rows: &[EvalTableRow],
     selection: Option<&SelectionRecord>,
+    paper_model: &str,
 ) -> Result<()> {
     let robust = findings::robustness(rows);
     let healed = findings::healed_losses(rows);
@@ -316,12 +344,31 @@ fn write_findings(
             p.deepest,
             p.starts.len()
         )?;
+        if !paper_model.is_empty() {
+            match findings::published_agreement(paper_model, p.layers, &p.starts) {
+                Some(a) => writeln!(
+                    summary,
+                    "Agreement with the authors' published l*(n) for {} (paper-spec 2.6): {} of {}                      n equal ({:.1}%), mean |l* - published| = {:.2} layers.\n",
+                    a.model,
+                    a.equal,
+                    a.compared,
+                    100.0 * a.equal as f64 / a.compared as f64,
+                    a.mean_abs_diff
+                )?,
+                None => writeln!(
+                    summary,
+                    "No published l*(n) to compare for paper_model = {paper_model:?} at L = {}.\n",
+                    p.layers
+                )?,
+            }
+        }
     }
     Ok(())
 }
 
-/// The rows of one panel: a task's headline metric at its smallest shot count evaluated, or the
-/// loss (`loss_normalized`: the paper's loss / ln V).
+/// The rows of one panel: a task's headline metric, or the loss (`loss_normalized`: the paper's
+/// loss / ln V); for lettered MMLU at the largest shot count evaluated (the paper's figures are
+/// 5-shot), for the other tasks at the smallest.
 fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow> {
     let metric = if task == "loss" {
         "loss_normalized"
@@ -331,11 +378,15 @@ fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow>
             None => return Vec::new(),
         }
     };
-    let shots = rows
+    let evaluated = rows
         .iter()
         .filter(|r| r.task == task && r.metric == metric)
-        .map(|r| r.shots)
-        .min();
+        .map(|r| r.shots);
+    let shots = if task == "mmlu" {
+        evaluated.max()
+    } else {
+        evaluated.min()
+    };
     rows.iter()
         .filter(|r| r.task == task && r.metric == metric && Some(r.shots) == shots)
         .collect()
@@ -537,11 +588,71 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
             "fig_knowledge_vs_reasoning",
             &panels,
             2,
-            &format!("{title}: knowledge (solid) against reasoning (dashed), relative to the unpruned model"),
+            &format!("{title}: knowledge (solid) against reasoning (dotted), relative to the unpruned model"),
         )?;
         drawn.push("fig_knowledge_vs_reasoning".to_string());
     }
     Ok(drawn)
+}
+
+/// Fig. 9, when the LoRA-healed models have more than one rank: for the similarity and the
+/// simple strategy, MMLU (else the first knowledge task evaluated) and the loss / ln V against
+/// the fraction dropped, a curve per rank (healed) beside the unhealed models (dotted).
+fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<Option<String>> {
+    let mut ranks: Vec<usize> = rows.iter().filter_map(|r| r.lora_rank).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    if ranks.len() < 2 {
+        tracing::info!(
+            "report: no fig9_lora_rank (the healed models have {} LoRA rank(s); Fig. 9 needs a sweep)",
+            ranks.len()
+        );
+        return Ok(None);
+    }
+    let knowledge = KNOWLEDGE
+        .into_iter()
+        .find(|t| !panel_rows(rows, t).is_empty());
+    let mut panels = Vec::new();
+    for task in knowledge.into_iter().chain(["loss"]) {
+        let sel = panel_rows(rows, task);
+        for s in [Strategy::Similarity, Strategy::Simple] {
+            let mut curves: Vec<Curve> =
+                fraction_curve(&sel, s, "pruned", "not healed".into(), 0, false)
+                    .into_iter()
+                    .collect();
+            for (i, &rank) in ranks.iter().enumerate() {
+                let at: Vec<&EvalTableRow> = sel
+                    .iter()
+                    .copied()
+                    .filter(|r| r.lora_rank.is_none() || r.lora_rank == Some(rank))
+                    .collect();
+                curves.extend(fraction_curve(
+                    &at,
+                    s,
+                    "healed",
+                    format!("healed, LoRA rank {rank}"),
+                    i + 1,
+                    false,
+                ));
+            }
+            if curves.iter().any(|c| !c.dashed) {
+                let t = format!("{}, {s}", task_title(task, &sel));
+                panels.push(panel_of(task, &sel, t, curves));
+            }
+        }
+    }
+    if panels.is_empty() {
+        tracing::info!("report: no fig9_lora_rank (no healed similarity or simple models)");
+        return Ok(None);
+    }
+    crate::report::figures::fraction_grid_figure(
+        &ctx.out_dir,
+        "fig9_lora_rank",
+        &panels,
+        2,
+        &format!("{title}: LoRA rank sweep"),
+    )?;
+    Ok(Some("fig9_lora_rank".to_string()))
 }
 
 /// Retained % against the fraction dropped: the mean over tasks, then the loss (base / loss);
@@ -845,4 +956,44 @@ fn write_eval_summary(summary: &mut String, rows: &[EvalTableRow]) -> Result<()>
 /// model input's load record, found in the cache by key.
 fn model_title(ctx: &JobContext, model_key: &str) -> Result<String> {
     Ok(LoadRecord::in_cache(&ctx.cache_root, model_key)?.short_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(variant: &str, rank: Option<usize>) -> EvalTableRow {
+        EvalTableRow {
+            variant: variant.into(),
+            strategy: "simple".into(),
+            fraction: 0.25,
+            n_dropped: 2,
+            start: String::new(),
+            end: String::new(),
+            healed: rank.is_some(),
+            task: "boolq".into(),
+            shots: 0,
+            metric: "acc".into(),
+            value: 0.5,
+            stderr: 0.03,
+            n_items: 100,
+            lora_rank: rank,
+        }
+    }
+
+    #[test]
+    fn tables_keep_the_most_frequent_lora_rank() {
+        let rows = [
+            row("pruned", None),
+            row("healed", Some(8)),
+            row("healed", Some(2)),
+            row("healed", Some(2)),
+            row("healed", Some(8)),
+            row("healed", Some(64)),
+        ];
+        // 2 and 8 twice each: the smaller wins the tie
+        let kept: Vec<Option<usize>> = at_main_rank(&rows).iter().map(|r| r.lora_rank).collect();
+        assert_eq!(kept, vec![None, Some(2), Some(2)]);
+        assert_eq!(at_main_rank(&rows[..1]).len(), 1);
+    }
 }
