@@ -130,6 +130,10 @@ enum Command {
         /// Where the multi-pipeline figures go (default results/combined).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Draw only these multi-pipeline figures (repeatable): fig2_mmlu_by_model,
+        /// fig3_loss_by_model, fig6_boolq_by_model.
+        #[arg(long = "figure", value_name = "NAME")]
+        figures: Vec<String>,
     },
     /// Per stage: how many jobs are done, running (lock held), failed or pending.
     Status {
@@ -402,6 +406,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sets,
             history,
             out,
+            figures,
         } => {
             if history {
                 if files.len() != 1 {
@@ -416,6 +421,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &files,
                 &sets,
                 out.as_deref(),
+                &figures,
             )?));
         }
         Command::Status { file, sets } => {

@@ -151,11 +151,18 @@ pub struct BlockPlacement {
 }
 
 pub fn placement(layers: usize, blocks: &[Block]) -> Option<BlockPlacement> {
-    let mut starts: Vec<(usize, usize)> = blocks
-        .iter()
-        .filter(|b| b.strategy == Strategy::Similarity)
-        .map(|b| (b.n, b.start))
-        .collect();
+    placement_of(
+        layers,
+        blocks
+            .iter()
+            .filter(|b| b.strategy == Strategy::Similarity)
+            .map(|b| (b.n, b.start))
+            .collect(),
+    )
+}
+
+/// Where the blocks (n, l*(n)) of the similarity strategy sit in a model of `layers` layers.
+pub fn placement_of(layers: usize, mut starts: Vec<(usize, usize)>) -> Option<BlockPlacement> {
     if starts.is_empty() {
         return None;
     }

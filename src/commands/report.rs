@@ -3,46 +3,142 @@
 //!   over time, `results/<pipeline>/history/trend.csv`, and a figure,
 //!   `history/trend.{svg,png}`: one panel per task and metric, the unpruned model and, per
 //!   strategy (healed or not), the mean over its pruned models, against the snapshot number.
-//! - `report A.toml B.toml ... [--out DIR]`: the published results of several pipelines (e.g.
-//!   one per model) side by side, as the paper's multi-model figures: Fig. 2 (MMLU), Fig. 6
-//!   (BoolQ) and Fig. 3 (loss / ln V), one panel per pipeline, and eval_all.csv (every row with
-//!   its pipeline). A figure no pipeline has the inputs for is skipped with one log line.
+//! - `report A.toml B.toml ... [--figure NAME]... [--out DIR]`: the published results of several
+//!   pipelines (e.g. one per model) side by side, as the paper's multi-model figures: Fig. 2
+//!   (MMLU, a panel per model), Fig. 3 (loss / ln V of every model, one panel before healing and
+//!   one after) and Fig. 6 (BoolQ, a panel per model); eval_all.csv (every row with its
+//!   pipeline) and summary.md (each pipeline's findings in numbers). A figure no pipeline has the
+//!   inputs for is skipped with one log line.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::pipeline_cmds::report_error;
 use crate::artifacts::eval_table::{self, EvalTableRow};
+use crate::artifacts::findings::{self, BlockPlacement};
+use crate::method::selection::Strategy;
 use crate::pipeline;
 use crate::report::figures::{fraction_figure, trend_figure, Curve, Marker, Panel};
 use crate::runner::{exit, history};
-use crate::stages::report::fraction_panels;
+use crate::stages::report::{
+    at_main_rank, chance, fraction_curve, fraction_panels, panel_rows, write_findings,
+};
 
-/// The multi-model figures: (file stem, task, metric, what the paper calls it).
-const MODEL_FIGURES: [(&str, &str, &str, &str); 3] = [
-    ("fig2_mmlu_by_model", "mmlu", "acc", "Fig. 2: MMLU accuracy"),
-    (
-        "fig6_boolq_by_model",
-        "boolq",
-        "acc",
-        "Fig. 6: BoolQ accuracy",
-    ),
+/// The multi-model figures `--figure` names: (file stem, title).
+pub const COMBINED_FIGURES: [(&str, &str); 3] = [
+    ("fig2_mmlu_by_model", "Fig. 2: MMLU accuracy"),
     (
         "fig3_loss_by_model",
-        "loss",
-        "loss_normalized",
-        "Fig. 3: held-out loss / ln V",
+        "Fig. 3: held-out loss / ln V, before and after healing (similarity strategy)",
     ),
+    ("fig6_boolq_by_model", "Fig. 6: BoolQ accuracy"),
 ];
 
-/// `report A.toml B.toml ... [--out DIR]`.
+/// One pipeline's published results.
+struct Published {
+    name: String,
+    rows: Vec<EvalTableRow>,
+    placement: Option<BlockPlacement>,
+    paper_model: String,
+}
+
+/// Where the similarity strategy's blocks sit, from a results directory's similarity.csv (for
+/// L: n + l reaches L) and selection.csv; None without them.
+fn placement_from_csv(dir: &Path) -> Result<Option<BlockPlacement>> {
+    let (sim, sel) = (dir.join("similarity.csv"), dir.join("selection.csv"));
+    if !sim.is_file() || !sel.is_file() {
+        return Ok(None);
+    }
+    let mut layers = 0;
+    let mut r =
+        csv::Reader::from_path(&sim).with_context(|| format!("reading {}", sim.display()))?;
+    for rec in r.deserialize::<(usize, usize, f64, f64)>() {
+        let (n, l, _, _) =
+            rec.with_context(|| format!("{}: expected n,l,d,stderr", sim.display()))?;
+        layers = layers.max(n + l);
+    }
+    let mut starts = Vec::new();
+    let mut r =
+        csv::Reader::from_path(&sel).with_context(|| format!("reading {}", sel.display()))?;
+    for rec in r.records() {
+        let rec = rec.with_context(|| format!("reading {}", sel.display()))?;
+        let num = |k: usize| -> Result<usize> {
+            rec.get(k).and_then(|v| v.parse().ok()).with_context(|| {
+                format!(
+                    "{}: expected n,fraction,strategy,start,end,d",
+                    sel.display()
+                )
+            })
+        };
+        if rec.get(2) == Some(Strategy::Similarity.as_str()) {
+            starts.push((num(0)?, num(3)?));
+        }
+    }
+    Ok(findings::placement_of(layers, starts))
+}
+
+/// Fig. 3: the similarity strategy's loss / ln V for every pipeline, one panel before healing
+/// and one after.
+fn loss_panels(pipelines: &[Published]) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for (variant, state) in [("pruned", "before healing"), ("healed", "after healing")] {
+        let curves: Vec<Curve> = pipelines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let rows = at_main_rank(&p.rows);
+                let sel = panel_rows(&rows, "loss");
+                let mut c = fraction_curve(
+                    &sel,
+                    Strategy::Similarity,
+                    variant,
+                    p.name.clone(),
+                    i,
+                    false,
+                )?;
+                // a curve per model here: solid, marked by the healing state
+                c.dashed = false;
+                c.marker = Marker::of(variant == "pruned");
+                Some(c)
+            })
+            .collect();
+        if !curves.is_empty() {
+            panels.push(Panel {
+                title: format!("held-out loss / ln V, {state}"),
+                y_label: "loss / ln V".into(),
+                curves,
+                baseline: None,
+                reference: chance("loss", "loss_normalized"),
+            });
+        }
+    }
+    panels
+}
+
+/// `report A.toml B.toml ... [--figure NAME]... [--out DIR]`.
 pub fn combined_report(
     files: &[std::path::PathBuf],
     sets: &[String],
     out: Option<&Path>,
+    figures: &[String],
 ) -> Result<u8> {
-    let mut tables: Vec<(String, Vec<EvalTableRow>)> = Vec::new();
+    if let Some(bad) = figures
+        .iter()
+        .find(|f| !COMBINED_FIGURES.iter().any(|(stem, _)| stem == f))
+    {
+        report_error(&format!(
+            "--figure {bad}: not a multi-pipeline figure; expected one of {}",
+            COMBINED_FIGURES
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return Ok(exit::CONFIG);
+    }
+    let mut pipelines: Vec<Published> = Vec::new();
     for f in files {
         let cfg = match pipeline::load(f, sets) {
             Ok(c) => c,
@@ -51,7 +147,8 @@ pub fn combined_report(
                 return Ok(exit::CONFIG);
             }
         };
-        let path = cfg.results_dir.join(&cfg.name).join(eval_table::FILE);
+        let dir = cfg.results_dir.join(&cfg.name);
+        let path = dir.join(eval_table::FILE);
         if !path.is_file() {
             report_error(&format!(
                 "{}: {} does not exist: run the pipeline first (`layerprune run {}`)",
@@ -61,7 +158,20 @@ pub fn combined_report(
             ));
             return Ok(exit::CONFIG);
         }
-        tables.push((cfg.name.clone(), eval_table::read(&path)?));
+        let paper_model = cfg
+            .stages
+            .values()
+            .find(|s| s.kind == "report")
+            .and_then(|s| s.params.get("paper_model"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        pipelines.push(Published {
+            name: cfg.name.clone(),
+            rows: eval_table::read(&path)?,
+            placement: placement_from_csv(&dir)?,
+            paper_model,
+        });
     }
     let dir = out
         .map(Path::to_path_buf)
@@ -70,9 +180,9 @@ pub fn combined_report(
     // eval.csv's columns after a "pipeline" column
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header_written = false;
-    for (name, rows) in &tables {
+    for p in &pipelines {
         let mut one = csv::Writer::from_writer(Vec::new());
-        for r in rows {
+        for r in &p.rows {
             one.serialize(r)?;
         }
         let bytes = one.into_inner()?;
@@ -85,39 +195,82 @@ pub fn combined_report(
         }
         for rec in back.records() {
             let rec = rec?;
-            let mut fields = vec![name.clone()];
+            let mut fields = vec![p.name.clone()];
             fields.extend(rec.iter().map(String::from));
             w.write_record(&fields)?;
         }
     }
     crate::fsutil::atomic_write(&dir.join("eval_all.csv"), &w.into_inner()?)?;
-    let mut written = vec!["eval_all.csv".to_string()];
-    for (stem, task, metric, title) in MODEL_FIGURES {
-        let mut panels = Vec::new();
-        for (name, rows) in &tables {
-            let sel: Vec<EvalTableRow> = rows
-                .iter()
-                .filter(|r| r.task == task && r.metric == metric)
-                .cloned()
-                .collect();
-            for mut p in fraction_panels(&sel) {
-                p.title = format!("{name}: {}", p.title);
-                panels.push(p);
-            }
+    let mut written = vec!["eval_all.csv".to_string(), "summary.md".to_string()];
+    let mut drawn = Vec::new();
+    for (stem, title) in COMBINED_FIGURES {
+        if !figures.is_empty() && !figures.iter().any(|f| f == stem) {
+            continue;
         }
+        let panels = match stem {
+            "fig3_loss_by_model" => loss_panels(&pipelines),
+            _ => {
+                let task = if stem == "fig2_mmlu_by_model" {
+                    "mmlu"
+                } else {
+                    "boolq"
+                };
+                let mut panels = Vec::new();
+                for p in &pipelines {
+                    let rows = at_main_rank(&p.rows);
+                    let sel: Vec<EvalTableRow> =
+                        panel_rows(&rows, task).into_iter().cloned().collect();
+                    for mut panel in fraction_panels(&sel) {
+                        panel.title = format!("{}: {}", p.name, panel.title);
+                        panels.push(panel);
+                    }
+                }
+                panels
+            }
+        };
         if panels.is_empty() {
-            tracing::info!("{stem}: skipped (no pipeline has {task} {metric})");
+            tracing::info!("{stem}: skipped (no pipeline has its inputs)");
             continue;
         }
         fraction_figure(&dir, stem, &panels, title)?;
         written.push(format!("{stem}.{{svg,png}}"));
+        drawn.push((stem, title));
     }
+    let mut summary = format!(
+        "# Combined report: {}\n\nFrom the published results of each pipeline (nothing \
+         recomputed). Layer numbering: 0-based, x(l) = input of layer l, blocks [start, end).\n\n\
+         - eval_all.csv: every pipeline's eval.csv rows, with a pipeline column\n",
+        pipelines
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (stem, title) in &drawn {
+        writeln!(summary, "- {stem}.svg/.png: {title}")?;
+    }
+    writeln!(summary)?;
+    for p in &pipelines {
+        writeln!(summary, "## {}\n", p.name)?;
+        let mut section = String::new();
+        write_findings(
+            &mut section,
+            &at_main_rank(&p.rows),
+            p.placement.clone(),
+            &p.paper_model,
+        )?;
+        if section.is_empty() {
+            section = "No pruned models evaluated.\n\n".into();
+        }
+        summary.push_str(&section.replacen("## Findings", "### Findings", 1));
+    }
+    crate::fsutil::atomic_write(&dir.join("summary.md"), summary.as_bytes())?;
     println!(
         "{} pipelines ({}): {} in {}",
-        tables.len(),
-        tables
+        pipelines.len(),
+        pipelines
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
         written.join(", "),

@@ -183,7 +183,10 @@ impl Stage for ReportStage {
             };
             rows = write_evals(ctx, &mut summary, &title)?;
         }
-        write_findings(&mut summary, &rows, selection.as_ref(), &p.paper_model)?;
+        let placed = selection
+            .as_ref()
+            .and_then(|s| findings::placement(s.layers, &s.blocks));
+        write_findings(&mut summary, &rows, placed, &p.paper_model)?;
         std::fs::write(ctx.out("summary.md"), summary)?;
         Ok(())
     }
@@ -279,15 +282,14 @@ fn write_evals(ctx: &JobContext, summary: &mut String, title: &str) -> Result<Ve
 }
 
 /// The findings section of summary.md, in numbers (artifacts::findings).
-fn write_findings(
+pub fn write_findings(
     summary: &mut String,
     rows: &[EvalTableRow],
-    selection: Option<&SelectionRecord>,
+    placed: Option<findings::BlockPlacement>,
     paper_model: &str,
 ) -> Result<()> {
     let robust = findings::robustness(rows);
     let healed = findings::healed_losses(rows);
-    let placed = selection.and_then(|s| findings::placement(s.layers, &s.blocks));
     if robust.is_empty() && healed.is_empty() && placed.is_none() {
         return Ok(());
     }
@@ -369,7 +371,7 @@ fn write_findings(
 /// The rows of one panel: a task's headline metric, or the loss (`loss_normalized`: the paper's
 /// loss / ln V); for lettered MMLU at the largest shot count evaluated (the paper's figures are
 /// 5-shot), for the other tasks at the smallest.
-fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow> {
+pub fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow> {
     let metric = if task == "loss" {
         "loss_normalized"
     } else {
@@ -394,7 +396,7 @@ fn panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow>
 
 /// One curve against the fraction dropped, starting at the unpruned model (or None when the
 /// rows have no such model). `normalise`: values divided by the unpruned model's.
-fn fraction_curve(
+pub fn fraction_curve(
     sel: &[&EvalTableRow],
     strategy: Strategy,
     variant: &str,
@@ -431,7 +433,7 @@ fn fraction_curve(
     })
 }
 
-fn panel_of(task: &str, sel: &[&EvalTableRow], title: String, curves: Vec<Curve>) -> Panel {
+pub fn panel_of(task: &str, sel: &[&EvalTableRow], title: String, curves: Vec<Curve>) -> Panel {
     let metric = sel.first().map(|r| r.metric.clone()).unwrap_or_default();
     Panel {
         title,
@@ -446,7 +448,7 @@ fn panel_of(task: &str, sel: &[&EvalTableRow], title: String, curves: Vec<Curve>
     }
 }
 
-fn task_title(task: &str, sel: &[&EvalTableRow]) -> String {
+pub fn task_title(task: &str, sel: &[&EvalTableRow]) -> String {
     match (task, sel.first()) {
         ("loss", _) => "held-out loss / ln V".into(),
         (t, Some(r)) if t.starts_with("mmlu") => format!("{t} {}-shot", r.shots),
