@@ -598,8 +598,9 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
 }
 
 /// Fig. 9, when the LoRA-healed models have more than one rank: for the similarity and the
-/// simple strategy, MMLU (else the first knowledge task evaluated) and the loss / ln V against
-/// the fraction dropped, a curve per rank (healed) beside the unhealed models (dotted).
+/// simple strategy, a knowledge task (MMLU, else MMLU cloze, else BoolQ: the first the unpruned
+/// model is above chance on) and the loss / ln V against the fraction dropped, a curve per rank
+/// (healed) beside the unhealed models (dotted).
 fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<Option<String>> {
     let mut ranks: Vec<usize> = rows.iter().filter_map(|r| r.lora_rank).collect();
     ranks.sort_unstable();
@@ -611,9 +612,24 @@ fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<O
         );
         return Ok(None);
     }
-    let knowledge = KNOWLEDGE
-        .into_iter()
-        .find(|t| !panel_rows(rows, t).is_empty());
+    // the first knowledge task on which the unpruned model is above chance by two standard
+    // errors (a small model's lettered MMLU is at chance), else the first one evaluated
+    let above_chance = |task: &str| {
+        let sel = panel_rows(rows, task);
+        let base = sel.iter().find(|r| r.variant == "base");
+        match (
+            base,
+            chance(task, sel.first().map_or("", |r| r.metric.as_str())),
+        ) {
+            (Some(b), Some(c)) => b.value > c + 2.0 * b.stderr,
+            _ => false,
+        }
+    };
+    let knowledge = KNOWLEDGE.into_iter().find(|t| above_chance(t)).or_else(|| {
+        KNOWLEDGE
+            .into_iter()
+            .find(|t| !panel_rows(rows, t).is_empty())
+    });
     let mut panels = Vec::new();
     for task in knowledge.into_iter().chain(["loss"]) {
         let sel = panel_rows(rows, task);
