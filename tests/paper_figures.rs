@@ -9,40 +9,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::cli::{stderr, stdout, Env};
-use common::fixtures;
+use common::{fixtures, words};
 use layerprune::artifacts::eval_table::{self, EvalTableRow};
 use layerprune::artifacts::findings;
 use layerprune::stages::report::at_main_rank;
-
-const WORDS: &[&str] = &[
-    "the",
-    "people",
-    "of",
-    "nation",
-    "law",
-    "congress",
-    "war",
-    "peace",
-    "year",
-    "trade",
-    "great",
-    "country",
-    "state",
-    "public",
-    "our",
-    "government",
-    "union",
-    "power",
-    "free",
-    "time",
-];
-
-fn words(seed: usize, n: usize) -> String {
-    (0..n)
-        .map(|k| WORDS[(seed * 7 + k * 13 + k * k) % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> String {
     rows.map(|r| r.to_string() + "\n").collect()

@@ -7,6 +7,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::style::series_color;
 
@@ -331,39 +332,50 @@ pub struct Panel {
     pub reference: Option<f64>,
 }
 
-fn dashed_line(points: &[(f64, f64)], style: ShapeStyle) -> Vec<PathElement<(f64, f64)>> {
-    broken_line(points, style, 10)
-}
+/// Pixels per drawn piece (and per gap) of a dashed and a dotted line.
+const DASH_PX: f64 = 7.0;
+const DOT_PX: f64 = 2.5;
 
-/// Dots: many short segments (the paper's unhealed curves).
-fn dotted_line(points: &[(f64, f64)], style: ShapeStyle) -> Vec<PathElement<(f64, f64)>> {
-    broken_line(points, style, 24)
-}
-
-/// `pieces` segments per stretch of the polyline, every other one drawn.
+/// A polyline broken into pieces of about `piece_px` pixels, every other one drawn; `pixels`
+/// gives the length in pixels of a stretch between two data points.
 fn broken_line(
     points: &[(f64, f64)],
     style: ShapeStyle,
-    pieces: usize,
+    piece_px: f64,
+    pixels: impl Fn((f64, f64), (f64, f64)) -> f64,
 ) -> Vec<PathElement<(f64, f64)>> {
     let mut out = Vec::new();
     for w in points.windows(2) {
         let (a, b) = (w[0], w[1]);
-        for k in 0..pieces {
-            if k % 2 == 0 {
-                let t0 = k as f64 / pieces as f64;
-                let t1 = (k + 1) as f64 / pieces as f64;
-                out.push(PathElement::new(
-                    vec![
-                        (a.0 + (b.0 - a.0) * t0, a.1 + (b.1 - a.1) * t0),
-                        (a.0 + (b.0 - a.0) * t1, a.1 + (b.1 - a.1) * t1),
-                    ],
-                    style,
-                ));
-            }
+        let pieces = ((pixels(a, b) / piece_px).round() as usize).max(1) | 1; // odd: ends drawn
+        for k in (0..pieces).step_by(2) {
+            let t0 = k as f64 / pieces as f64;
+            let t1 = (k + 1) as f64 / pieces as f64;
+            out.push(PathElement::new(
+                vec![
+                    (a.0 + (b.0 - a.0) * t0, a.1 + (b.1 - a.1) * t0),
+                    (a.0 + (b.0 - a.0) * t1, a.1 + (b.1 - a.1) * t1),
+                ],
+                style,
+            ));
         }
     }
     out
+}
+
+/// `title` in lines of at most `max_chars` characters, broken at spaces.
+fn wrap(title: &str, max_chars: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in title.split(' ') {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= max_chars => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 fn draw_panel<DB: DrawingBackend>(
@@ -401,17 +413,37 @@ fn draw_panel<DB: DrawingBackend>(
         .axis_desc_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
+    let pixels = |a: (f64, f64), b: (f64, f64)| {
+        let ((x0, y0), (x1, y1)) = (chart.backend_coord(&a), chart.backend_coord(&b));
+        (((x1 - x0).pow(2) + (y1 - y0).pow(2)) as f64).sqrt()
+    };
+    let mut lines = Vec::new();
     if let Some(b) = p.baseline {
-        chart
-            .draw_series(dashed_line(&[(0.0, b), (x_max, b)], RED.stroke_width(2)))
-            .map_err(err)?;
+        lines.extend(broken_line(
+            &[(0.0, b), (x_max, b)],
+            RED.stroke_width(2),
+            DASH_PX,
+            pixels,
+        ));
     }
     if let Some(r) = p.reference {
-        chart
-            .draw_series(dashed_line(&[(0.0, r), (x_max, r)], GRAY.stroke_width(2)))
-            .map_err(err)?;
+        lines.extend(broken_line(
+            &[(0.0, r), (x_max, r)],
+            GRAY.stroke_width(2),
+            DASH_PX,
+            pixels,
+        ));
     }
-    for c in &p.curves {
+    let dotted: Vec<Vec<PathElement<(f64, f64)>>> = p
+        .curves
+        .iter()
+        .map(|c| {
+            let style = series_color(c.series).stroke_width(2);
+            broken_line(&c.points, style, DOT_PX, pixels)
+        })
+        .collect();
+    chart.draw_series(lines).map_err(err)?;
+    for (c, dots) in p.curves.iter().zip(dotted) {
         let color = series_color(c.series);
         // error bars: +-1 standard error, with short caps
         let cap = x_max * 0.006;
@@ -428,9 +460,7 @@ fn draw_panel<DB: DrawingBackend>(
             }
         }
         if c.dashed {
-            chart
-                .draw_series(dotted_line(&c.points, color.stroke_width(2)))
-                .map_err(err)?;
+            chart.draw_series(dots).map_err(err)?;
         } else {
             chart
                 .draw_series(LineSeries::new(
@@ -575,7 +605,21 @@ fn draw_panels<DB: DrawingBackend>(
     x_label: &str,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
-    let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+    // the title, in as many lines as the width needs (about 10 px a character at 18 px)
+    let (width, _) = root.dim_in_pixel();
+    let lines = wrap(title, (width as usize).saturating_sub(20) / 10);
+    let (head, root) = root.split_vertically(10 + 22 * lines.len() as u32);
+    for (i, line) in lines.iter().enumerate() {
+        head.draw(&Text::new(
+            line.clone(),
+            (width as i32 / 2, 6 + 22 * i as i32),
+            ("sans-serif", 18)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(err)?;
+    }
     let (width, height) = root.dim_in_pixel();
     let (root, legend) = root.split_vertically(height.saturating_sub(legend_height(panels, width)));
     draw_legend(&legend, panels)?;

@@ -118,3 +118,35 @@ pub fn real_positions(flat: &[f32], mask: &[i64], width: usize) -> Vec<f32> {
         .flat_map(|p| flat[p * width..(p + 1) * width].to_vec())
         .collect()
 }
+
+/// Words of State of the Union prose for synthetic benchmark items.
+const WORDS: &[&str] = &[
+    "the",
+    "people",
+    "of",
+    "nation",
+    "law",
+    "congress",
+    "war",
+    "peace",
+    "year",
+    "trade",
+    "great",
+    "country",
+    "state",
+    "public",
+    "our",
+    "government",
+    "union",
+    "power",
+    "free",
+    "time",
+];
+
+/// `n` words, a deterministic function of `seed` (synthetic benchmark items).
+pub fn words(seed: usize, n: usize) -> String {
+    (0..n)
+        .map(|k| WORDS[(seed * 7 + k * 13 + k * k) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
