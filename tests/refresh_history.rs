@@ -196,8 +196,9 @@ fn report_combines_pipelines_and_skips_figures_without_inputs() {
     let out = env.run(&["report", &f, "other.toml", "--out", "both"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out)
-            .contains("2 pipelines (hist, other): eval_all.csv, fig3_loss_by_model.{svg,png}"),
+        stdout(&out).contains(
+            "2 pipelines (hist, other): eval_all.csv, summary.md, fig3_loss_by_model.{svg,png}"
+        ),
         "{}",
         stdout(&out)
     );

@@ -31,7 +31,7 @@ pub const COMBINED_FIGURES: [(&str, &str); 3] = [
     ("fig2_mmlu_by_model", "Fig. 2: MMLU accuracy"),
     (
         "fig3_loss_by_model",
-        "Fig. 3: held-out loss / ln V, before and after healing (similarity strategy)",
+        "Fig. 3: held-out loss / ln V, before and after healing",
     ),
     ("fig6_boolq_by_model", "Fig. 6: BoolQ accuracy"),
 ];
@@ -79,8 +79,8 @@ fn placement_from_csv(dir: &Path) -> Result<Option<BlockPlacement>> {
     Ok(findings::placement_of(layers, starts))
 }
 
-/// Fig. 3: the similarity strategy's loss / ln V for every pipeline, one panel before healing
-/// and one after.
+/// Fig. 3: every pipeline's loss / ln V, one panel before healing and one after; the
+/// similarity strategy's (the paper's), else the simple one's (named in the label).
 fn loss_panels(pipelines: &[Published]) -> Vec<Panel> {
     let mut panels = Vec::new();
     for (variant, state) in [("pruned", "before healing"), ("healed", "after healing")] {
@@ -90,14 +90,18 @@ fn loss_panels(pipelines: &[Published]) -> Vec<Panel> {
             .filter_map(|(i, p)| {
                 let rows = at_main_rank(&p.rows);
                 let sel = panel_rows(&rows, "loss");
-                let mut c = fraction_curve(
+                let similarity = fraction_curve(
                     &sel,
                     Strategy::Similarity,
                     variant,
                     p.name.clone(),
                     i,
                     false,
-                )?;
+                );
+                let mut c = similarity.or_else(|| {
+                    let label = format!("{}, simple", p.name);
+                    fraction_curve(&sel, Strategy::Simple, variant, label, i, false)
+                })?;
                 // a curve per model here: solid, marked by the healing state
                 c.dashed = false;
                 c.marker = Marker::of(variant == "pruned");
@@ -229,7 +233,12 @@ pub fn combined_report(
             }
         };
         if panels.is_empty() {
-            tracing::info!("{stem}: skipped (no pipeline has its inputs)");
+            let inputs = match stem {
+                "fig2_mmlu_by_model" => "mmlu acc",
+                "fig6_boolq_by_model" => "boolq acc",
+                _ => "loss_normalized of pruned models",
+            };
+            tracing::info!("{stem}: skipped (no pipeline has {inputs})");
             continue;
         }
         fraction_figure(&dir, stem, &panels, title)?;

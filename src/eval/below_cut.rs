@@ -12,7 +12,7 @@
 //! x(boundary) at every context and suffix position. Used for requests scored without a
 //! shared few-shot prefix.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
@@ -44,7 +44,7 @@ struct Entry {
     base: String,
     fingerprint: [u8; 32],
     boundary: usize,
-    rows: StreamRows,
+    rows: Arc<StreamRows>,
     bytes: usize,
     last_used: u64,
 }
@@ -113,8 +113,8 @@ fn fingerprint(grouped: &Grouped) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The deepest stored boundary <= cut for these requests, with its rows.
-fn lookup(base: &str, fp: &[u8; 32], cut: usize) -> Option<(usize, StreamRows)> {
+/// The deepest stored boundary <= cut for these requests, with its rows (shared, not copied).
+fn lookup(base: &str, fp: &[u8; 32], cut: usize) -> Option<(usize, Arc<StreamRows>)> {
     let mut m = memo().lock().expect("stream memo lock");
     m.clock += 1;
     let now = m.clock;
@@ -124,7 +124,7 @@ fn lookup(base: &str, fp: &[u8; 32], cut: usize) -> Option<(usize, StreamRows)> 
         .filter(|e| e.base == base && &e.fingerprint == fp && e.boundary <= cut)
         .max_by_key(|e| e.boundary)?;
     e.last_used = now;
-    Some((e.boundary, e.rows.clone()))
+    Some((e.boundary, Arc::clone(&e.rows)))
 }
 
 fn store(base: &str, fp: [u8; 32], boundary: usize, rows: StreamRows) -> bool {
@@ -148,11 +148,21 @@ fn store(base: &str, fp: [u8; 32], boundary: usize, rows: StreamRows) -> bool {
         base: base.to_string(),
         fingerprint: fp,
         boundary,
-        rows,
+        rows: Arc::new(rows),
         bytes,
         last_used: now,
     });
     true
+}
+
+/// The bytes of x(boundary) at every context and suffix position of `grouped` (what a capture
+/// stores).
+fn capture_bytes(grouped: &Grouped, hidden: usize) -> usize {
+    let contexts: usize = grouped.groups.iter().map(|g| g.context.len()).sum();
+    let suffixes: usize = (0..grouped.requests.len())
+        .map(|m| grouped.suffix(m).len())
+        .sum();
+    (contexts + suffixes) * hidden * 4
 }
 
 /// Score `requests` on a model whose first `cut.cut` layers are its base's, reusing and
@@ -181,9 +191,16 @@ pub fn score_reusing<B: Backend>(
     // x(cut) goes to the host only when the memo can keep it, and not at the base model's last
     // boundary (no model of the sweep continues from there)
     let keep = from < cut.cut && cut.cut < cut.base_layers && budget_bytes() > 0;
+    if keep {
+        // the rows about to be captured count against the budget while they are computed: the
+        // memo and the new rows together stay within it (the rows this call continues from are
+        // the memo's most recently used, evicted last)
+        let mut m = memo().lock().expect("stream memo lock");
+        m.evict_to(capture_bytes(&grouped, model.config.hidden_size));
+    }
     let streams = Streams {
         from,
-        known: known.as_ref().map(|k| &k.1),
+        known: known.as_ref().map(|k| k.1.as_ref()),
         capture: keep.then_some(cut.cut),
     };
     let (scores, rows) = score_streams(model, &grouped, streams, opts)?;
