@@ -112,7 +112,7 @@ fn empty_and_corrupt_files_are_named() {
 fn every_committed_pipeline_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     let mut files = Vec::new();
-    for dir in [root.clone(), root.join("paper")] {
+    for dir in [root.clone(), root.join("paper"), root.join("miniature")] {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
@@ -120,7 +120,7 @@ fn every_committed_pipeline_parses() {
             }
         }
     }
-    assert!(files.len() >= 9, "{files:?}");
+    assert!(files.len() >= 11, "{files:?}");
     for f in files {
         let cfg =
             layerprune::pipeline::load(&f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));

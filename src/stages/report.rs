@@ -597,10 +597,49 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
     Ok(drawn)
 }
 
+/// The number of LoRA ranks among the healed rows.
+fn ranks_in(sel: &[&EvalTableRow]) -> usize {
+    let mut ranks: Vec<usize> = sel.iter().filter_map(|r| r.lora_rank).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    ranks.len()
+}
+
+/// A task's rows at its headline metric and at the shots evaluated on the most LoRA ranks (a rank
+/// sweep may skip the paper's 5-shot MMLU); ties go to `panel_rows`' choice.
+fn rank_panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTableRow> {
+    let default = panel_rows(rows, task);
+    let Some(metric) = default.first().map(|r| r.metric.as_str()) else {
+        return default;
+    };
+    let mut shots: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.task == task && r.metric == metric)
+        .map(|r| r.shots)
+        .collect();
+    shots.sort_unstable();
+    shots.dedup();
+    let at = |k: usize| -> Vec<&'a EvalTableRow> {
+        rows.iter()
+            .filter(|r| r.task == task && r.metric == metric && r.shots == k)
+            .collect()
+    };
+    let best = shots
+        .into_iter()
+        .map(at)
+        .max_by_key(|sel| ranks_in(sel))
+        .unwrap_or_default();
+    if ranks_in(&best) > ranks_in(&default) {
+        best
+    } else {
+        default
+    }
+}
+
 /// Fig. 9, when the LoRA-healed models have more than one rank: for the similarity and the
-/// simple strategy, a knowledge task (MMLU, else MMLU cloze, else BoolQ: the first the unpruned
-/// model is above chance on) and the loss / ln V against the fraction dropped, a curve per rank
-/// (healed) beside the unhealed models (dotted).
+/// simple strategy, a knowledge task (MMLU, else MMLU cloze, else BoolQ, at the shots the swept
+/// ranks were evaluated at: the first the unpruned model is above chance on) and the loss / ln V
+/// against the fraction dropped, a curve per rank (healed) beside the unhealed models (dotted).
 fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<Option<String>> {
     let mut ranks: Vec<usize> = rows.iter().filter_map(|r| r.lora_rank).collect();
     ranks.sort_unstable();
@@ -612,27 +651,38 @@ fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<O
         );
         return Ok(None);
     }
-    // the first knowledge task on which the unpruned model is above chance by two standard
-    // errors (a small model's lettered MMLU is at chance), else the first one evaluated
-    let above_chance = |task: &str| {
-        let sel = panel_rows(rows, task);
+    // the knowledge panel: among the tasks (at the shots) the swept ranks were evaluated on, the
+    // first on which the unpruned model is above chance by two standard errors (a small model's
+    // lettered MMLU is at chance), else the first of them, else the first evaluated at all
+    let above_chance = |sel: &[&EvalTableRow]| {
         let base = sel.iter().find(|r| r.variant == "base");
-        match (
-            base,
-            chance(task, sel.first().map_or("", |r| r.metric.as_str())),
-        ) {
+        match (base, sel.first().and_then(|r| chance(&r.task, &r.metric))) {
             (Some(b), Some(c)) => b.value > c + 2.0 * b.stderr,
             _ => false,
         }
     };
-    let knowledge = KNOWLEDGE.into_iter().find(|t| above_chance(t)).or_else(|| {
-        KNOWLEDGE
-            .into_iter()
-            .find(|t| !panel_rows(rows, t).is_empty())
-    });
+    let swept: Vec<Vec<&EvalTableRow>> = KNOWLEDGE
+        .into_iter()
+        .map(|t| rank_panel_rows(rows, t))
+        .filter(|sel| ranks_in(sel) >= 2)
+        .collect();
+    let knowledge = swept
+        .iter()
+        .find(|sel| above_chance(sel))
+        .or(swept.first())
+        .cloned()
+        .or_else(|| {
+            KNOWLEDGE
+                .into_iter()
+                .map(|t| panel_rows(rows, t))
+                .find(|sel| !sel.is_empty())
+        });
     let mut panels = Vec::new();
-    for task in knowledge.into_iter().chain(["loss"]) {
-        let sel = panel_rows(rows, task);
+    for sel in knowledge.into_iter().chain([panel_rows(rows, "loss")]) {
+        let Some(task) = sel.first().map(|r| r.task.clone()) else {
+            continue;
+        };
+        let task = task.as_str();
         for s in [Strategy::Similarity, Strategy::Simple] {
             let mut curves: Vec<Curve> =
                 fraction_curve(&sel, s, "pruned", "not healed".into(), 0, false)
@@ -1013,5 +1063,33 @@ mod tests {
         let kept: Vec<Option<usize>> = at_main_rank(&rows).iter().map(|r| r.lora_rank).collect();
         assert_eq!(kept, vec![None, Some(2), Some(2)]);
         assert_eq!(at_main_rank(&rows[..1]).len(), 1);
+    }
+
+    #[test]
+    fn the_rank_panel_takes_the_shots_the_swept_ranks_were_evaluated_at() {
+        let mmlu = |variant: &str, rank: Option<usize>, shots: usize| EvalTableRow {
+            task: "mmlu".into(),
+            shots,
+            ..row(variant, rank)
+        };
+        // 5-shot (the paper's MMLU) only for the main rank, 0-shot for every rank
+        let rows = [
+            mmlu("base", None, 0),
+            mmlu("base", None, 5),
+            mmlu("healed", Some(8), 0),
+            mmlu("healed", Some(8), 5),
+            mmlu("healed", Some(2), 0),
+            mmlu("healed", Some(32), 0),
+        ];
+        assert!(panel_rows(&rows, "mmlu").iter().all(|r| r.shots == 5));
+        let sel = rank_panel_rows(&rows, "mmlu");
+        assert_eq!(sel.len(), 4);
+        assert!(sel.iter().all(|r| r.shots == 0));
+        assert_eq!(ranks_in(&sel), 3);
+        // every rank at 5 shots too: the paper's 5-shot stays
+        let mut all = rows.to_vec();
+        all.push(mmlu("healed", Some(2), 5));
+        all.push(mmlu("healed", Some(32), 5));
+        assert!(rank_panel_rows(&all, "mmlu").iter().all(|r| r.shots == 5));
     }
 }
