@@ -597,12 +597,17 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
     Ok(drawn)
 }
 
-/// The number of LoRA ranks among the healed rows.
-fn ranks_in(sel: &[&EvalTableRow]) -> usize {
-    let mut ranks: Vec<usize> = sel.iter().filter_map(|r| r.lora_rank).collect();
+/// The LoRA ranks among the healed rows, ascending.
+fn ranks_of<'a>(rows: impl IntoIterator<Item = &'a EvalTableRow>) -> Vec<usize> {
+    let mut ranks: Vec<usize> = rows.into_iter().filter_map(|r| r.lora_rank).collect();
     ranks.sort_unstable();
     ranks.dedup();
-    ranks.len()
+    ranks
+}
+
+/// The number of LoRA ranks among the healed rows.
+fn ranks_in(sel: &[&EvalTableRow]) -> usize {
+    ranks_of(sel.iter().copied()).len()
 }
 
 /// A task's rows at its headline metric and at the shots evaluated on the most LoRA ranks (a rank
@@ -641,9 +646,7 @@ fn rank_panel_rows<'a>(rows: &'a [EvalTableRow], task: &str) -> Vec<&'a EvalTabl
 /// ranks were evaluated at: the first the unpruned model is above chance on) and the loss / ln V
 /// against the fraction dropped, a curve per rank (healed) beside the unhealed models (dotted).
 fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<Option<String>> {
-    let mut ranks: Vec<usize> = rows.iter().filter_map(|r| r.lora_rank).collect();
-    ranks.sort_unstable();
-    ranks.dedup();
+    let ranks = ranks_of(rows);
     if ranks.len() < 2 {
         tracing::info!(
             "report: no fig9_lora_rank (the healed models have {} LoRA rank(s); Fig. 9 needs a sweep)",
@@ -679,10 +682,10 @@ fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<O
         });
     let mut panels = Vec::new();
     for sel in knowledge.into_iter().chain([panel_rows(rows, "loss")]) {
-        let Some(task) = sel.first().map(|r| r.task.clone()) else {
+        let Some(&first) = sel.first() else {
             continue;
         };
-        let task = task.as_str();
+        let task = first.task.as_str();
         for s in [Strategy::Similarity, Strategy::Simple] {
             let mut curves: Vec<Curve> =
                 fraction_curve(&sel, s, "pruned", "not healed".into(), 0, false)
