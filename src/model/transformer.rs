@@ -23,7 +23,7 @@ use burn::tensor::{
 use super::architecture::Projection;
 use super::config::{MlpKind, ModelConfig, NormKind};
 use super::host_attention;
-use super::host_mlp;
+use super::host_mlp::{self, Activation};
 use super::linear::Linear;
 use super::rope::{Rope, RopeBatch};
 
@@ -473,24 +473,35 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
-    /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), or
-    /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h)))).
+    /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), GeGLU
+    /// down(gelu_tanh(gate(h)) * up(h)) (Gemma), or down(gelu_tanh(up(h))) (Phi's
+    /// fc2(gelu_new(fc1(h)))).
     pub fn mlp(&self, h: Tensor<B, 3>, cfg: &ModelConfig) -> Tensor<B, 3> {
         match (cfg.mlp, &self.gate_proj) {
             (MlpKind::SwiGlu, Some(gate)) => {
                 let (g, u) = (gate.forward(h.clone()), self.up_proj.forward(h));
                 self.down_proj.forward(if host_mlp::usable(&g) {
-                    host_mlp::silu_mul(g, u)
+                    host_mlp::act_mul(Activation::Silu, g, u)
                 } else {
                     silu(g) * u
                 })
             }
-            (MlpKind::GeluTanh, _) => self
-                .down_proj
-                .forward(gelu_approximate(self.up_proj.forward(h))),
-            (MlpKind::GeluTanhGated, Some(gate)) => self
-                .down_proj
-                .forward(gelu_approximate(gate.forward(h.clone())) * self.up_proj.forward(h)),
+            (MlpKind::GeluTanh, _) => {
+                let u = self.up_proj.forward(h);
+                self.down_proj.forward(if host_mlp::usable(&u) {
+                    host_mlp::act(Activation::GeluTanh, u)
+                } else {
+                    gelu_approximate(u)
+                })
+            }
+            (MlpKind::GeluTanhGated, Some(gate)) => {
+                let (g, u) = (gate.forward(h.clone()), self.up_proj.forward(h));
+                self.down_proj.forward(if host_mlp::usable(&g) {
+                    host_mlp::act_mul(Activation::GeluTanh, g, u)
+                } else {
+                    gelu_approximate(g) * u
+                })
+            }
             (MlpKind::SwiGlu | MlpKind::GeluTanhGated, None) => {
                 unreachable!("a gated MLP is built with its gate")
             }
