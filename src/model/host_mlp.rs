@@ -148,10 +148,16 @@ mod tests {
             let want = gelu_tanh_f64(*x as f64);
             // absolute near zero, where gelu crosses it (f32 rounding of x itself: ~1e-7 x)
             let tol = 1e-6 * want.abs().max(1e-2);
-            assert!((*a as f64 - want).abs() <= tol, "gelu_tanh({x}): {a} vs {want}");
+            assert!(
+                (*a as f64 - want).abs() <= tol,
+                "gelu_tanh({x}): {a} vs {want}"
+            );
             let want = want * *u as f64;
             let tol = 1e-6 * want.abs().max(1e-2);
-            assert!((*g as f64 - want).abs() <= tol, "gelu_tanh({x}) * {u}: {g} vs {want}");
+            assert!(
+                (*g as f64 - want).abs() <= tol,
+                "gelu_tanh({x}) * {u}: {g} vs {want}"
+            );
         }
         let mut extreme = vec![-200.0f32, 200.0, 0.0, f32::MIN_POSITIVE];
         act_mul_slice(Activation::GeluTanh, &mut extreme, None);
