@@ -477,29 +477,30 @@ impl<B: Backend> DecoderLayer<B> {
     /// down(gelu_tanh(gate(h)) * up(h)) (Gemma), or down(gelu_tanh(up(h))) (Phi's
     /// fc2(gelu_new(fc1(h)))).
     pub fn mlp(&self, h: Tensor<B, 3>, cfg: &ModelConfig) -> Tensor<B, 3> {
+        // the activation on gate(h) (gated kinds) or on up(h) (Phi)
+        let activation = match cfg.mlp {
+            MlpKind::SwiGlu => Activation::Silu,
+            MlpKind::GeluTanh | MlpKind::GeluTanhGated => Activation::GeluTanh,
+        };
+        let burn_act = |x: Tensor<B, 3>| match activation {
+            Activation::Silu => silu(x),
+            Activation::GeluTanh => gelu_approximate(x),
+        };
         match (cfg.mlp, &self.gate_proj) {
-            (MlpKind::SwiGlu, Some(gate)) => {
-                let (g, u) = (gate.forward(h.clone()), self.up_proj.forward(h));
-                self.down_proj.forward(if host_mlp::usable(&g) {
-                    host_mlp::act_mul(Activation::Silu, g, u)
-                } else {
-                    silu(g) * u
-                })
-            }
             (MlpKind::GeluTanh, _) => {
                 let u = self.up_proj.forward(h);
                 self.down_proj.forward(if host_mlp::usable(&u) {
-                    host_mlp::act(Activation::GeluTanh, u)
+                    host_mlp::act(activation, u)
                 } else {
-                    gelu_approximate(u)
+                    burn_act(u)
                 })
             }
-            (MlpKind::GeluTanhGated, Some(gate)) => {
+            (MlpKind::SwiGlu | MlpKind::GeluTanhGated, Some(gate)) => {
                 let (g, u) = (gate.forward(h.clone()), self.up_proj.forward(h));
                 self.down_proj.forward(if host_mlp::usable(&g) {
-                    host_mlp::act_mul(Activation::GeluTanh, g, u)
+                    host_mlp::act_mul(activation, g, u)
                 } else {
-                    gelu_approximate(g) * u
+                    burn_act(g) * u
                 })
             }
             (MlpKind::SwiGlu | MlpKind::GeluTanhGated, None) => {
