@@ -67,7 +67,7 @@ pub fn normalize_file_permissions(dir: &Path) -> Result<()> {
 }
 
 /// The directory a path lives in; "." for a bare file name.
-fn parent_dir(path: &Path) -> &Path {
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -115,6 +115,11 @@ enum Command {
         /// keys, even when cached; the previous artifacts stay in the cache.
         #[arg(long, value_name = "STAGE", num_args = 1..)]
         refresh: Vec<String>,
+        /// Bring only these stages' jobs up to date (repeatable): a job runs only if a target
+        /// or a job that runs reads it, so an input whose readers are all cached is not
+        /// recomputed (e.g. a healed model whose evaluations came with `cache import`).
+        #[arg(long, value_name = "STAGE", conflicts_with = "job")]
+        target: Vec<String>,
     },
     /// Figures and tables from pipelines' published results (computes nothing): several
     /// pipelines side by side (the paper's multi-model figures), or one pipeline's history.
@@ -215,6 +220,24 @@ enum CacheCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write the cached artifacts of pipelines' jobs into one zip file (for a cache on another
+    /// machine: `cache import` there). Jobs not cached are listed and left out.
+    Export {
+        /// The pipelines whose jobs' artifacts to export.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only the jobs of these stages (repeatable).
+        #[arg(long = "stage", value_name = "STAGE")]
+        stages: Vec<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The zip file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Add the artifacts of a `cache export` file to this cache, each checked against its
+    /// manifest (sha256 of every file) before it is moved into place.
+    Import { bundle: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -389,6 +412,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             verify,
             job,
             refresh,
+            target,
         } => {
             return Ok(ExitCode::from(pc::run(pc::RunArgs {
                 file: &file,
@@ -399,6 +423,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cache_cli,
                 job: job.as_deref(),
                 refresh: &refresh,
+                targets: &target,
             })?));
         }
         Command::Report {
@@ -487,6 +512,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             return Ok(ExitCode::from(pc::cache_gc(
                 &files, all, cache_cli, dry_run,
+            )?))
+        }
+        Command::Cache {
+            what:
+                CacheCommand::Export {
+                    files,
+                    stages,
+                    sets,
+                    out,
+                },
+        } => {
+            return Ok(ExitCode::from(commands::cache_bundle::export(
+                &files, &stages, &sets, cache_cli, &out,
+            )?))
+        }
+        Command::Cache {
+            what: CacheCommand::Import { bundle },
+        } => {
+            return Ok(ExitCode::from(commands::cache_bundle::import(
+                &bundle,
+                &cache_root,
             )?))
         }
         Command::Stages => return Ok(ExitCode::from(pc::stages()?)),

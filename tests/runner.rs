@@ -593,3 +593,180 @@ fn a_list_of_stages_in_a_one_job_input_fans_the_stage_out() {
     // consumers: 100 + 10, and 100 + x for x = 1, 2, 3
     assert_eq!(v["value"].as_f64().unwrap(), 110.0 + 101.0 + 102.0 + 103.0);
 }
+
+/// `cache export` of some stages, `cache import` into an empty cache, then `run --target`
+/// computes only what the target needs: the imported jobs' inputs are not recomputed.
+#[test]
+fn exported_artifacts_import_into_another_cache_and_target_runs_only_what_is_needed() {
+    let a = Env::new();
+    a.write("p.toml", SWEEP);
+    assert!(a.run(&["run", "p.toml"]).status.success());
+    let bundle = a.path("bundle.zip");
+    let o = a.run(&[
+        "cache",
+        "export",
+        "p.toml",
+        "--stage",
+        "per_x",
+        "--stage",
+        "total",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("4 artifacts"), "{}", stdout(&o));
+    let o = a.run(&[
+        "cache", "export", "p.toml", "--stage", "totl", "--out", "x.zip",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--stage totl: no stage named \"totl\" (did you mean \"total\"?)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!a.path("x.zip").exists());
+
+    let b = Env::new();
+    b.write("p.toml", SWEEP);
+    let o = b.run(&["cache", "import", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("4 artifacts imported"),
+        "{}",
+        stdout(&o)
+    );
+    // the same values as where they were computed
+    assert_eq!(complete_artifacts(&b).len(), 4);
+    let o = b.run(&["cache", "import", bundle.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("0 artifacts imported") && stdout(&o).contains("4 already cached"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = b.run(&["run", "p.toml", "--target", "totl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--target totl: no stage named"),
+        "{}",
+        stderr(&o)
+    );
+    // total is cached: nothing runs, and base (read only by per_x, all cached) is not needed
+    let o = b.run(&["run", "p.toml", "--target", "total"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("0 jobs run, 1 cached, 0 failed, 0 skipped, 5 not needed"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(b.exec_log().is_empty(), "{:?}", b.exec_log());
+    assert_eq!(
+        value_of(&b, "sweep", "total"),
+        value_of(&a, "sweep", "total")
+    );
+    let jobs = b.jobs("sweep");
+    assert!(
+        jobs.iter()
+            .any(|(j, s, _)| j == "base" && s == "not needed"),
+        "{jobs:?}"
+    );
+    // without a target every job is brought up to date: base and side are computed
+    let o = b.run(&["run", "p.toml"]);
+    assert!(
+        stdout(&o).contains("2 jobs run, 4 cached"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// A bundle whose file does not match its manifest is rejected and leaves nothing in the cache;
+/// a file that is not a bundle, or an entry outside an artifact, is refused before any write.
+#[test]
+fn a_tampered_or_malformed_bundle_is_refused() {
+    use std::io::{Read, Write};
+    let a = Env::new();
+    a.write("p.toml", SWEEP);
+    assert!(a.run(&["run", "p.toml"]).status.success());
+    let bundle = a.path("bundle.zip");
+    let o = a.run(&[
+        "cache",
+        "export",
+        "p.toml",
+        "--stage",
+        "side",
+        "--stage",
+        "base",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // copy the bundle, changing one byte of side's value.json (same size)
+    let rewrite = |out: &std::path::Path, extra: Option<&str>| {
+        let mut zin = zip::ZipArchive::new(std::fs::File::open(&bundle).unwrap()).unwrap();
+        let mut zout = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+        let mut tampered = 0;
+        for i in 0..zin.len() {
+            let mut e = zin.by_index(i).unwrap();
+            let name = e.name().to_string();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            if name.ends_with("value.json") && text.contains("5.0") && extra.is_none() {
+                bytes = text.replacen("5.0", "6.0", 1).into_bytes();
+                tampered += 1;
+            }
+            zout.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zout.write_all(&bytes).unwrap();
+        }
+        if let Some(name) = extra {
+            zout.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zout.write_all(b"x").unwrap();
+        }
+        zout.finish().unwrap();
+        tampered
+    };
+    let bad = a.path("bad.zip");
+    assert_eq!(rewrite(&bad, None), 1);
+    let b = Env::new();
+    b.write("p.toml", SWEEP);
+    let o = b.run(&["cache", "import", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("rejected test-value/") && stdout(&o).contains("sha256 differs"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("1 artifacts imported"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(complete_artifacts(&b).len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(b.path("cache/test-value"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let escaping = a.path("escaping.zip");
+    rewrite(&escaping, Some("test-value/../../evil"));
+    let c = Env::new();
+    let o = c.run(&["cache", "import", escaping.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("escaping.zip: entry \"test-value/../../evil\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(complete_artifacts(&c).is_empty());
+    let o = c.run(&["cache", "import", a.path("p.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("p.toml is not a zip file"),
+        "{}",
+        stderr(&o)
+    );
+}

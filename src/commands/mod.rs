@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_sweep;
+pub mod cache_bundle;
 pub mod forward;
 pub mod gpu_check;
 pub mod inspect;

@@ -223,10 +223,19 @@ fn check_memory(
 }
 
 fn check_force(cfg: &PipelineConfig, force: &[String]) -> Result<BTreeSet<String>> {
-    for f in force {
+    check_stage_names(cfg, "--force", force)
+}
+
+/// The names given to `option`, each checked to be a stage of the pipeline.
+fn check_stage_names(
+    cfg: &PipelineConfig,
+    option: &str,
+    names: &[String],
+) -> Result<BTreeSet<String>> {
+    for f in names {
         if !cfg.stages.contains_key(f) {
             anyhow::bail!(
-                "--force {f}: no stage named \"{f}\"{} in {}",
+                "{option} {f}: no stage named \"{f}\"{} in {}",
                 crate::pipeline::config_error::did_you_mean(
                     f,
                     cfg.stages.keys().map(|s| s.as_str())
@@ -235,7 +244,7 @@ fn check_force(cfg: &PipelineConfig, force: &[String]) -> Result<BTreeSet<String
             );
         }
     }
-    Ok(force.iter().cloned().collect())
+    Ok(names.iter().cloned().collect())
 }
 
 pub struct RunArgs<'a> {
@@ -249,6 +258,8 @@ pub struct RunArgs<'a> {
     pub job: Option<&'a str>,
     /// Stage names or kinds to recompute (with their dependants) under new keys.
     pub refresh: &'a [String],
+    /// Stages to bring up to date (empty: all): their jobs and what those that run read.
+    pub targets: &'a [String],
 }
 
 /// `run FILE --job KEY`: exactly one job, no pipeline lock (Slurm array tasks run many at
@@ -287,6 +298,7 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
         force,
         verify: args.verify,
         runtime: crate::runtime::current().clone(),
+        targets: BTreeSet::new(),
     };
     let record = match runner::run_one(&cfg, &graph, i, &cache_root, &opts) {
         Ok(r) => r,
@@ -389,6 +401,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
+    let targets = match check_stage_names(&cfg, "--target", args.targets) {
+        Ok(t) => t,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            return Ok(exit::CONFIG);
+        }
+    };
     let Some(_lock) = runner::lock_pipeline(&cache_root, &cfg.name, args.no_wait)? else {
         report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
@@ -446,6 +465,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             force,
             verify: args.verify,
             runtime: crate::runtime::current().clone(),
+            targets,
         },
     );
     if let Some(e) = &summary.error {
@@ -478,8 +498,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
             run_error.get_or_insert(e);
         }
     }
+    let not_needed = match summary.not_needed() {
+        0 => String::new(),
+        n => format!(", {n} not needed for --target"),
+    };
     println!(
-        "pipeline {}: {} jobs run, {} cached, {} failed, {} skipped; results in {}",
+        "pipeline {}: {} jobs run, {} cached, {} failed, {} skipped{not_needed}; results in {}",
         cfg.name,
         summary.ran(),
         summary.cached(),

@@ -52,6 +52,7 @@ pub fn snapshot(
                 Outcome::Cached => "cached",
                 Outcome::Failed(_) => "failed",
                 Outcome::Skipped(_) => "skipped",
+                Outcome::NotNeeded => "not needed",
             },
         })
         .collect();

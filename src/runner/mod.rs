@@ -2,6 +2,7 @@
 //! it is cached or why it must run; `run` computes what is missing, one job after another, and
 //! writes results/<pipeline>/ (resolved.toml, jobs.csv, runs.csv, published report files).
 
+pub mod bundle;
 pub mod cache;
 pub mod failures;
 pub mod history;
@@ -191,6 +192,8 @@ pub enum Outcome {
     Cached,
     Failed(String),
     Skipped(String),
+    /// Not cached, and not run: with `--target`, nothing that runs reads it.
+    NotNeeded,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +234,9 @@ impl RunSummary {
     }
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Skipped(_)))
+    }
+    pub fn not_needed(&self) -> usize {
+        self.count(|o| *o == Outcome::NotNeeded)
     }
     pub fn exit_code(&self) -> u8 {
         if self.failed() + self.skipped() > 0 {
@@ -300,6 +306,36 @@ pub struct RunOptions {
     pub verify: bool,
     /// The process's runtime options, handed to every job.
     pub runtime: crate::runtime::RuntimeOptions,
+    /// Stages to bring up to date (empty: every job): only their jobs and what those that run
+    /// read, so a job whose readers are all cached is not run even when its artifact is gone.
+    pub targets: BTreeSet<String>,
+}
+
+/// Which jobs a run must consider: with no targets every job; else the targets' jobs and,
+/// transitively, the inputs of every job among them that is not cached.
+fn needed_jobs(
+    graph: &JobGraph,
+    targets: &BTreeSet<String>,
+    cached: impl Fn(usize) -> bool,
+) -> Vec<bool> {
+    let n = graph.jobs.len();
+    if targets.is_empty() {
+        return vec![true; n];
+    }
+    let mut needed: Vec<bool> = graph
+        .jobs
+        .iter()
+        .map(|j| targets.contains(&j.stage) || j.aliases.iter().any(|(s, _)| targets.contains(s)))
+        .collect();
+    // the graph is topologically ordered: a job's readers come after it
+    for i in (0..n).rev() {
+        if needed[i] && !cached(i) {
+            for &u in graph.jobs[i].inputs.values().flatten() {
+                needed[u] = true;
+            }
+        }
+    }
+    needed
 }
 
 /// Execute the graph; a failed job stops its dependants, the others go on. Never stops early:
@@ -316,9 +352,30 @@ pub fn run(
     let estimates = memory::estimate(cfg, graph, cache_root);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; graph.jobs.len()];
     let mut summary = RunSummary::default();
-    let total = graph.jobs.len();
-    let mut order: Vec<usize> = (0..total).collect();
-    let mut records = Vec::with_capacity(total);
+    let needed = needed_jobs(graph, &opts.targets, |i| {
+        reason_for(graph, i, &store, &prev, &opts.force, opts.verify) == Reason::Cached
+    });
+    let mut order: Vec<usize> = (0..graph.jobs.len()).filter(|&i| needed[i]).collect();
+    let total = order.len();
+    let mut records = Vec::with_capacity(graph.jobs.len());
+    for i in (0..graph.jobs.len()).filter(|&i| !needed[i]) {
+        let job = &graph.jobs[i];
+        records.push((
+            i,
+            JobRecord {
+                label: job.label(),
+                stage: job.stage.clone(),
+                kind: job.kind.kind().to_string(),
+                key: job.key.clone(),
+                outcome: Outcome::NotNeeded,
+                reason: reason_for(graph, i, &store, &prev, &opts.force, opts.verify).to_string(),
+                started_at: now_rfc3339(),
+                seconds: 0.0,
+                peak_rss: None,
+                estimated: estimates[i].as_ref().map(|m| m.total()),
+            },
+        ));
+    }
     for position in 0..total {
         if position == 0
             || graph.jobs[order[position - 1]].stage != graph.jobs[order[position]].stage
@@ -488,7 +545,7 @@ fn note_outcome(cache_root: &Path, pipeline: &str, job: &crate::pipeline::Job, o
             }
         }
         Outcome::Ran | Outcome::Cached => failures::clear(cache_root, pipeline, &job.key),
-        Outcome::Skipped(_) => {}
+        Outcome::Skipped(_) | Outcome::NotNeeded => {}
     }
 }
 

@@ -53,6 +53,7 @@ pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
             Outcome::Cached => ("cached", ""),
             Outcome::Failed(e) => ("failed", e.as_str()),
             Outcome::Skipped(e) => ("skipped", e.as_str()),
+            Outcome::NotNeeded => ("not needed", ""),
         };
         w.serialize(JobRow {
             job: &j.label,

@@ -88,6 +88,13 @@ impl Store {
         if !dir.exists() {
             return Status::Missing;
         }
+        Self::check(&dir, kind, key, full)
+    }
+
+    /// Check the artifact files in `dir` against their manifest, as `status` does for the
+    /// artifact `kind`/`key` in the store.
+    pub fn check(dir: &Path, kind: &str, key: &str, full: bool) -> Status {
+        let dir = dir.to_path_buf();
         let manifest = match Self::read_manifest(&dir) {
             Ok(m) => m,
             Err(e) => return Status::Corrupt(e),
@@ -240,6 +247,26 @@ impl Store {
         let f = File::create(&mpath)?;
         serde_json::to_writer_pretty(&f, &manifest)?;
         f.sync_all()?;
+        std::fs::rename(&pending.tmp, &pending.dest).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                pending.tmp.display(),
+                pending.dest.display()
+            )
+        })?;
+        pending.published = true;
+        Ok(manifest)
+    }
+
+    /// Move a directory that already holds a complete artifact (files and manifest, e.g. read
+    /// from a bundle) into place, after checking every file's sha256 against the manifest.
+    pub fn adopt(&self, mut pending: Pending, kind: &str, key: &str) -> Result<Manifest> {
+        let manifest = match Self::check(&pending.tmp, kind, key, true) {
+            Status::Valid(m) => m,
+            Status::Corrupt(why) => anyhow::bail!("{why}"),
+            Status::Missing => anyhow::bail!("no files"),
+        };
+        crate::fsutil::normalize_file_permissions(&pending.tmp)?;
         std::fs::rename(&pending.tmp, &pending.dest).with_context(|| {
             format!(
                 "cannot move {} to {}",
