@@ -594,6 +594,15 @@ fn a_list_of_stages_in_a_one_job_input_fans_the_stage_out() {
     assert_eq!(v["value"].as_f64().unwrap(), 110.0 + 101.0 + 102.0 + 103.0);
 }
 
+/// `cache export p.toml --stage S... --out OUT` in `env`.
+fn export(env: &Env, stages: &[&str], out: &std::path::Path) -> std::process::Output {
+    let mut args = vec!["cache", "export", "p.toml", "--out", out.to_str().unwrap()];
+    for s in stages {
+        args.extend(["--stage", s]);
+    }
+    env.run(&args)
+}
+
 /// `cache export` of some stages, `cache import` into an empty cache, then `run --target`
 /// computes only what the target needs: the imported jobs' inputs are not recomputed.
 #[test]
@@ -602,22 +611,10 @@ fn exported_artifacts_import_into_another_cache_and_target_runs_only_what_is_nee
     a.write("p.toml", SWEEP);
     assert!(a.run(&["run", "p.toml"]).status.success());
     let bundle = a.path("bundle.zip");
-    let o = a.run(&[
-        "cache",
-        "export",
-        "p.toml",
-        "--stage",
-        "per_x",
-        "--stage",
-        "total",
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
+    let o = export(&a, &["per_x", "total"], &bundle);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("4 artifacts"), "{}", stdout(&o));
-    let o = a.run(&[
-        "cache", "export", "p.toml", "--stage", "totl", "--out", "x.zip",
-    ]);
+    let o = export(&a, &["totl"], &a.path("x.zip"));
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("--stage totl: no stage named \"totl\" (did you mean \"total\"?)"),
@@ -688,17 +685,7 @@ fn a_tampered_or_malformed_bundle_is_refused() {
     a.write("p.toml", SWEEP);
     assert!(a.run(&["run", "p.toml"]).status.success());
     let bundle = a.path("bundle.zip");
-    let o = a.run(&[
-        "cache",
-        "export",
-        "p.toml",
-        "--stage",
-        "side",
-        "--stage",
-        "base",
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
+    let o = export(&a, &["side", "base"], &bundle);
     assert!(o.status.success(), "{}", stderr(&o));
     // copy the bundle, changing one byte of side's value.json (same size)
     let rewrite = |out: &std::path::Path, extra: Option<&str>| {

@@ -55,11 +55,7 @@ pub fn export(
                     s,
                     stage_names.iter().map(|s| s.as_str())
                 ),
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                joined(files)
             ));
             return Ok(exit::CONFIG);
         }
@@ -68,11 +64,7 @@ pub fn export(
         report_error(&format!(
             "cache export: the pipelines use different caches ({}); export each on its own \
              or give --cache-dir",
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            joined(&roots)
         ));
         return Ok(exit::CONFIG);
     }
@@ -98,6 +90,15 @@ pub fn export(
         summary.not_cached.len()
     );
     Ok(exit::SUCCESS)
+}
+
+/// Paths for a message: "a, b, c".
+fn joined<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> String {
+    paths
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Import a bundle into the cache: exit 2 when the file is not a bundle, 1 when an artifact of

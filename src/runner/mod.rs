@@ -212,6 +212,33 @@ pub struct JobRecord {
     pub estimated: Option<u64>,
 }
 
+impl JobRecord {
+    /// The record of `job`: its outcome, why it ran (or was cached), when it started and how
+    /// long it took; `peak_rss` is kept only for a job that ran (`peak_if_ran`).
+    fn of(
+        job: &crate::pipeline::Job,
+        outcome: Outcome,
+        reason: &Reason,
+        started_at: String,
+        seconds: f64,
+        peak_rss: Option<u64>,
+        estimated: Option<u64>,
+    ) -> Self {
+        JobRecord {
+            label: job.label(),
+            stage: job.stage.clone(),
+            kind: job.kind.kind().to_string(),
+            key: job.key.clone(),
+            outcome,
+            reason: reason.to_string(),
+            started_at,
+            seconds,
+            peak_rss,
+            estimated,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RunSummary {
     pub jobs: Vec<JobRecord>,
@@ -359,21 +386,19 @@ pub fn run(
     let total = order.len();
     let mut records = Vec::with_capacity(graph.jobs.len());
     for i in (0..graph.jobs.len()).filter(|&i| !needed[i]) {
-        let job = &graph.jobs[i];
+        let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
+        let estimated = estimates[i].as_ref().map(|m| m.total());
         records.push((
             i,
-            JobRecord {
-                label: job.label(),
-                stage: job.stage.clone(),
-                kind: job.kind.kind().to_string(),
-                key: job.key.clone(),
-                outcome: Outcome::NotNeeded,
-                reason: reason_for(graph, i, &store, &prev, &opts.force, opts.verify).to_string(),
-                started_at: now_rfc3339(),
-                seconds: 0.0,
-                peak_rss: None,
-                estimated: estimates[i].as_ref().map(|m| m.total()),
-            },
+            JobRecord::of(
+                &graph.jobs[i],
+                Outcome::NotNeeded,
+                &reason,
+                now_rfc3339(),
+                0.0,
+                None,
+                estimated,
+            ),
         ));
     }
     for position in 0..total {
@@ -446,20 +471,19 @@ pub fn run(
             other => other,
         };
         note_outcome(cache_root, &cfg.name, job, &outcome);
+        let peak_rss = peak_if_ran(measured, &outcome);
+        let estimated = estimates[i].as_ref().map(|m| m.total());
         records.push((
             i,
-            JobRecord {
-                label: job.label(),
-                stage: job.stage.clone(),
-                kind: job.kind.kind().to_string(),
-                key: job.key.clone(),
-                outcome: outcome.clone(),
-                reason: reason.to_string(),
+            JobRecord::of(
+                job,
+                outcome.clone(),
+                &reason,
                 started_at,
-                seconds: start.elapsed().as_secs_f64(),
-                peak_rss: peak_if_ran(measured, &outcome),
-                estimated: estimates[i].as_ref().map(|m| m.total()),
-            },
+                start.elapsed().as_secs_f64(),
+                peak_rss,
+                estimated,
+            ),
         ));
         outcomes[i] = Some(outcome);
     }
@@ -653,20 +677,18 @@ pub fn run_one(
     };
     note_outcome(cache_root, &cfg.name, job, &outcome);
     let peak_rss = peak_if_ran(measured, &outcome);
-    Ok(JobRecord {
-        label: job.label(),
-        stage: job.stage.clone(),
-        kind: job.kind.kind().to_string(),
-        key: job.key.clone(),
+    let estimated = memory::estimate(cfg, graph, cache_root)[i]
+        .as_ref()
+        .map(|m| m.total());
+    Ok(JobRecord::of(
+        job,
         outcome,
-        reason: reason.to_string(),
+        &reason,
         started_at,
-        seconds: start.elapsed().as_secs_f64(),
+        start.elapsed().as_secs_f64(),
         peak_rss,
-        estimated: memory::estimate(cfg, graph, cache_root)[i]
-            .as_ref()
-            .map(|m| m.total()),
-    })
+        estimated,
+    ))
 }
 
 /// The peak resident memory since the reset before the job, when the job ran.

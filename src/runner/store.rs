@@ -38,6 +38,21 @@ pub struct Pending {
     _lock: KeyLock,
 }
 
+impl Pending {
+    /// The atomic rename of the complete directory to its key's place.
+    fn move_into_place(&mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                self.tmp.display(),
+                self.dest.display()
+            )
+        })?;
+        self.published = true;
+        Ok(())
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.published {
@@ -247,14 +262,7 @@ impl Store {
         let f = File::create(&mpath)?;
         serde_json::to_writer_pretty(&f, &manifest)?;
         f.sync_all()?;
-        std::fs::rename(&pending.tmp, &pending.dest).with_context(|| {
-            format!(
-                "cannot move {} to {}",
-                pending.tmp.display(),
-                pending.dest.display()
-            )
-        })?;
-        pending.published = true;
+        pending.move_into_place()?;
         Ok(manifest)
     }
 
@@ -267,14 +275,7 @@ impl Store {
             Status::Missing => anyhow::bail!("no files"),
         };
         crate::fsutil::normalize_file_permissions(&pending.tmp)?;
-        std::fs::rename(&pending.tmp, &pending.dest).with_context(|| {
-            format!(
-                "cannot move {} to {}",
-                pending.tmp.display(),
-                pending.dest.display()
-            )
-        })?;
-        pending.published = true;
+        pending.move_into_place()?;
         Ok(manifest)
     }
 
