@@ -1025,8 +1025,20 @@ fn write_eval_summary(summary: &mut String, rows: &[EvalTableRow]) -> Result<()>
 
 /// "SmolLM2-135M-Instruct.Q4_1.gguf"-style name of the model behind a similarity artifact: its
 /// model input's load record, found in the cache by key.
+/// The model's short name, from the load artifact the similarity pass read. That artifact is
+/// not an input of the report: after `run --target` it may be absent (everything that reads it
+/// cached), and the key then stands in for the name.
 fn model_title(ctx: &JobContext, model_key: &str) -> Result<String> {
-    Ok(LoadRecord::in_cache(&ctx.cache_root, model_key)?.short_name())
+    match LoadRecord::in_cache(&ctx.cache_root, model_key) {
+        Ok(r) => Ok(r.short_name()),
+        Err(e) => {
+            tracing::warn!(
+                "report: the model's name is unknown ({e:#}); the figures are titled by its key \
+                 (set stages.report.title to name it)"
+            );
+            Ok(format!("model {}", &model_key[..model_key.len().min(12)]))
+        }
+    }
 }
 
 #[cfg(test)]
