@@ -7,7 +7,7 @@
 //! system: a cluster node's scratch disk and a laptop, or a machine whose disk is not kept.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -175,12 +175,10 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
                 }
                 let mut out = std::fs::File::create(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
-                let mut buf = Vec::new();
-                entry
-                    .read_to_end(&mut buf)
-                    .with_context(|| format!("{rel}: cannot read it from the bundle"))?;
-                out.write_all(&buf)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                // a read error (a truncated or corrupt bundle: CRC) or a write error, named
+                std::io::copy(&mut entry, &mut out)
+                    .with_context(|| format!("{rel}: cannot copy it out of the bundle"))?;
+                out.flush()?;
             }
             store.adopt(pending, &kind, &key)?;
             Ok(())
