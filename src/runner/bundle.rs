@@ -51,7 +51,15 @@ pub fn export(cache_root: &Path, wanted: &[Wanted], out: &Path) -> Result<Export
     }
     let dir = crate::fsutil::parent_dir(out);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
+    let mut builder = tempfile::Builder::new();
+    // a published file: the permissions of a plain File::create (0666 less the umask), as
+    // fsutil::atomic_write gives
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder
         .prefix(".bundle-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
