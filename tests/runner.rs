@@ -632,7 +632,6 @@ fn exported_artifacts_import_into_another_cache_and_target_runs_only_what_is_nee
         "{}",
         stdout(&o)
     );
-    // the same values as where they were computed
     assert_eq!(complete_artifacts(&b).len(), 4);
     let o = b.run(&["cache", "import", bundle.to_str().unwrap()]);
     assert!(
@@ -648,11 +647,12 @@ fn exported_artifacts_import_into_another_cache_and_target_runs_only_what_is_nee
         "{}",
         stderr(&o)
     );
-    // total is cached: nothing runs, and base (read only by per_x, all cached) is not needed
+    // total is cached: nothing runs; base (read only by per_x, cached) and side (read only by
+    // total) are not needed; the imported value is the one computed in the other cache
     let o = b.run(&["run", "p.toml", "--target", "total"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("0 jobs run, 1 cached, 0 failed, 0 skipped, 5 not needed"),
+        stdout(&o).contains("0 jobs run, 4 cached, 0 failed, 0 skipped, 2 not needed"),
         "{}",
         stdout(&o)
     );
@@ -674,6 +674,34 @@ fn exported_artifacts_import_into_another_cache_and_target_runs_only_what_is_nee
         "{}",
         stdout(&o)
     );
+    // a missing target pulls in its missing inputs transitively: total needs per_x, per_x needs
+    // base; side is there
+    let keys: Vec<(String, String)> = b
+        .jobs("sweep")
+        .into_iter()
+        .map(|(j, _, _)| j)
+        .zip(key_column(&b))
+        .collect();
+    for (job, key) in &keys {
+        if job != "side" {
+            std::fs::remove_dir_all(b.path(&format!("cache/test-value/{key}"))).unwrap();
+        }
+    }
+    let o = b.run(&["run", "p.toml", "--target", "total"]);
+    assert!(
+        stdout(&o).contains("5 jobs run, 1 cached, 0 failed, 0 skipped;"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// The key column of results/sweep/jobs.csv, in its row order.
+fn key_column(env: &Env) -> Vec<String> {
+    csv::Reader::from_path(env.path("results/sweep/jobs.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[3].to_string())
+        .collect()
 }
 
 /// A bundle whose file does not match its manifest is rejected and leaves nothing in the cache;
@@ -749,6 +777,7 @@ fn a_tampered_or_malformed_bundle_is_refused() {
         stderr(&o)
     );
     assert!(complete_artifacts(&c).is_empty());
+    assert!(!c.path("evil").exists() && !c.path("cache/evil").exists());
     let o = c.run(&["cache", "import", a.path("p.toml").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -189,15 +189,20 @@ fn check_memory(
     cache_root: &Path,
     force: &BTreeSet<String>,
     only: Option<usize>,
+    targets: &BTreeSet<String>,
 ) -> std::result::Result<(), String> {
     let Some(limit) = runner::memory::limit(cfg) else {
         return Ok(());
     };
     let estimates = runner::memory::estimate(cfg, graph, cache_root);
     let planned = runner::plan(cfg, graph, cache_root, force, false);
+    // with --target, only the jobs that will run
+    let needed = runner::needed_jobs(graph, targets, |i| {
+        planned[i].reason == runner::Reason::Cached
+    });
     let mut refused = Vec::new();
     for (i, m) in estimates.iter().enumerate() {
-        let (Some(m), true) = (m, only.is_none_or(|o| o == i)) else {
+        let (Some(m), true) = (m, only.is_none_or(|o| o == i) && needed[i]) else {
             continue;
         };
         if planned[i].reason != runner::Reason::Cached && m.total() > limit.bytes {
@@ -290,7 +295,7 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
-    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, Some(i)) {
+    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, Some(i), &BTreeSet::new()) {
         report_error(&m);
         return Ok(exit::CONFIG);
     }
@@ -444,7 +449,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     };
     warn_unused_axes(&cfg, &graph);
-    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, None) {
+    if let Err(m) = check_memory(&cfg, &graph, &cache_root, &force, None, &targets) {
         report_error(&m);
         return Ok(exit::CONFIG);
     }

@@ -166,9 +166,17 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
             done.push(Imported::AlreadyCached { kind, key });
             continue;
         }
-        let Some(pending) = store.begin(&kind, &key)? else {
-            done.push(Imported::AlreadyCached { kind, key });
-            continue;
+        let pending = match store.begin(&kind, &key) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                done.push(Imported::AlreadyCached { kind, key });
+                continue;
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                done.push(Imported::Rejected { kind, key, why });
+                continue;
+            }
         };
         entries.sort();
         let prefix = format!("{kind}/{key}/");
@@ -204,13 +212,14 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
 }
 
 /// "<kind>/<key>/<relative path>" of a bundle entry, checked: a known stage kind, a hex key,
-/// a relative path inside the artifact.
+/// a relative path inside the artifact (no empty, "." or ".." component, no backslash).
 fn split_entry(name: &str, enclosed: bool) -> Result<(String, String, String)> {
     let mut parts = name.splitn(3, '/');
     let (Some(kind), Some(key), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
         anyhow::bail!("expected <stage kind>/<key>/<file>");
     };
-    if !enclosed || rel.is_empty() || rel.split('/').any(|p| p == ".." || p.is_empty()) {
+    let odd = |p: &str| p.is_empty() || p == "." || p == ".." || p.contains('\\');
+    if !enclosed || odd(kind) || odd(key) || rel.split('/').any(odd) {
         anyhow::bail!("a path outside its artifact's directory");
     }
     if crate::stages::find(kind).is_none() {
@@ -231,6 +240,8 @@ mod tests {
         let key = "ab".repeat(32);
         assert!(split_entry(&format!("prune/{key}/model/a.safetensors"), true).is_ok());
         assert!(split_entry(&format!("prune/{key}/../x"), true).is_err());
+        assert!(split_entry(&format!("prune/{key}/./manifest.json"), true).is_err());
+        assert!(split_entry(&format!("prune/{key}/a\\..\\x"), true).is_err());
         assert!(split_entry(&format!("prune/{key}/x"), false).is_err());
         assert!(split_entry(&format!("nosuchkind/{key}/x"), true).is_err());
         assert!(split_entry("prune/not-a-key/x", true).is_err());

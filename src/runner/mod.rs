@@ -338,12 +338,13 @@ pub struct RunOptions {
     pub targets: BTreeSet<String>,
 }
 
-/// Which jobs a run must consider: with no targets every job; else the targets' jobs and,
-/// transitively, the inputs of every job among them that is not cached.
-fn needed_jobs(
+/// Which jobs a run must bring up to date: with no targets every job; else the targets' jobs
+/// and, transitively, the inputs of every one of them that is not cached. (The others are
+/// left as they are: reported as cached, or as not needed.)
+pub fn needed_jobs(
     graph: &JobGraph,
     targets: &BTreeSet<String>,
-    cached: impl Fn(usize) -> bool,
+    mut cached: impl FnMut(usize) -> bool,
 ) -> Vec<bool> {
     let n = graph.jobs.len();
     if targets.is_empty() {
@@ -379,28 +380,17 @@ pub fn run(
     let estimates = memory::estimate(cfg, graph, cache_root);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; graph.jobs.len()];
     let mut summary = RunSummary::default();
-    let needed = needed_jobs(graph, &opts.targets, |i| {
-        reason_for(graph, i, &store, &prev, &opts.force, opts.verify) == Reason::Cached
-    });
-    let mut order: Vec<usize> = (0..graph.jobs.len()).filter(|&i| needed[i]).collect();
-    let total = order.len();
-    let mut records = Vec::with_capacity(graph.jobs.len());
-    for i in (0..graph.jobs.len()).filter(|&i| !needed[i]) {
-        let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
-        let estimated = estimates[i].as_ref().map(|m| m.total());
-        records.push((
-            i,
-            JobRecord::of(
-                &graph.jobs[i],
-                Outcome::NotNeeded,
-                &reason,
-                now_rfc3339(),
-                0.0,
-                None,
-                estimated,
-            ),
-        ));
-    }
+    // each job's reason once (with --verify, a full re-hash)
+    let mut reasons: Vec<Option<Reason>> = vec![None; graph.jobs.len()];
+    let mut reason_of = |i: usize| -> Reason {
+        reasons[i]
+            .get_or_insert_with(|| reason_for(graph, i, &store, &prev, &opts.force, opts.verify))
+            .clone()
+    };
+    let needed = needed_jobs(graph, &opts.targets, |i| reason_of(i) == Reason::Cached);
+    let total = graph.jobs.len();
+    let mut order: Vec<usize> = (0..total).collect();
+    let mut records = Vec::with_capacity(total);
     for position in 0..total {
         if position == 0
             || graph.jobs[order[position - 1]].stage != graph.jobs[order[position]].stage
@@ -410,7 +400,7 @@ pub fn run(
         let i = order[position];
         let job = &graph.jobs[i];
         let started_at = now_rfc3339();
-        let reason = reason_for(graph, i, &store, &prev, &opts.force, opts.verify);
+        let reason = reason_of(i);
         let blocked: Vec<String> = job
             .inputs
             .values()
@@ -427,6 +417,8 @@ pub fn run(
         let measured = crate::peak_rss::reset();
         let outcome = if !blocked.is_empty() {
             Outcome::Skipped(format!("input failed: {}", blocked.join(", ")))
+        } else if !needed[i] && reason != Reason::Cached {
+            Outcome::NotNeeded
         } else {
             if reason == Reason::Cached {
                 Outcome::Cached

@@ -138,7 +138,12 @@ pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<
         .jobs
         .iter()
         .filter(|j| crate::stages::find(&j.kind).is_some_and(|k| k.publishes()))
-        .filter(|j| matches!(j.outcome, Outcome::Failed(_) | Outcome::Skipped(_)))
+        .filter(|j| {
+            matches!(
+                j.outcome,
+                Outcome::Failed(_) | Outcome::Skipped(_) | Outcome::NotNeeded
+            )
+        })
         .map(|j| j.label.as_str())
         .collect();
     if failed.is_empty() {
@@ -149,7 +154,7 @@ pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<
         return Ok(());
     }
     let note = format!(
-        "> **Stale results.** The run started at {started_at} did not publish ({} failed or was skipped): \
+        "> **Stale results.** The run started at {started_at} did not publish ({} failed, was skipped, or was not among its --target stages): \
          resolved.toml and jobs.csv describe that run, while the tables, figures and this summary \
          come from an earlier run. See jobs.csv for the errors.\n\n",
         failed.join(", ")

@@ -269,12 +269,12 @@ impl Store {
     /// Move a directory that already holds a complete artifact (files and manifest, e.g. read
     /// from a bundle) into place, after checking every file's sha256 against the manifest.
     pub fn adopt(&self, mut pending: Pending, kind: &str, key: &str) -> Result<Manifest> {
+        crate::fsutil::normalize_file_permissions(&pending.tmp)?;
         let manifest = match Self::check(&pending.tmp, kind, key, true) {
             Status::Valid(m) => m,
             Status::Corrupt(why) => anyhow::bail!("{why}"),
             Status::Missing => anyhow::bail!("no files"),
         };
-        crate::fsutil::normalize_file_permissions(&pending.tmp)?;
         pending.move_into_place()?;
         Ok(manifest)
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
@@ -1023,22 +1023,21 @@ fn write_eval_summary(summary: &mut String, rows: &[EvalTableRow]) -> Result<()>
     Ok(())
 }
 
-/// "SmolLM2-135M-Instruct.Q4_1.gguf"-style name of the model behind a similarity artifact: its
-/// model input's load record, found in the cache by key.
-/// The model's short name, from the load artifact the similarity pass read. That artifact is
-/// not an input of the report: after `run --target` it may be absent (everything that reads it
-/// cached), and the key then stands in for the name.
+/// The model's short name ("SmolLM2-135M-Instruct.Q4_1.gguf"), from the load artifact the
+/// similarity pass read. That artifact is
+/// not an input of the report, so `run --target report` may leave it out of the cache (its
+/// readers all cached): an error naming the two ways out, never a figure titled otherwise.
 fn model_title(ctx: &JobContext, model_key: &str) -> Result<String> {
-    match LoadRecord::in_cache(&ctx.cache_root, model_key) {
-        Ok(r) => Ok(r.short_name()),
-        Err(e) => {
-            tracing::warn!(
-                "report: the model's name is unknown ({e:#}); the figures are titled by its key \
-                 (set stages.report.title to name it)"
-            );
-            Ok(format!("model {}", &model_key[..model_key.len().min(12)]))
-        }
-    }
+    LoadRecord::in_cache(&ctx.cache_root, model_key)
+        .map(|r| r.short_name())
+        .with_context(|| {
+            format!(
+                "report: the figures' title is the model's name, read from its load artifact \
+                 ({}), which is not in the cache: run the pipeline with --target load \
+                 --target report (seconds), or set stages.report.title",
+                &model_key[..model_key.len().min(12)]
+            )
+        })
 }
 
 #[cfg(test)]
