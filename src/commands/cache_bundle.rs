@@ -24,6 +24,7 @@ pub fn export(
     let mut seen = BTreeSet::new();
     let mut roots = BTreeSet::new();
     let mut stage_names = BTreeSet::new();
+    let stage_set: BTreeSet<String> = stages.iter().cloned().collect();
     for f in files {
         let (cfg, graph, root) = match load_graph(f, sets, cache_cli) {
             Ok(x) => x,
@@ -35,10 +36,7 @@ pub fn export(
         roots.insert(root);
         stage_names.extend(cfg.stages.keys().cloned());
         for job in &graph.jobs {
-            let in_stages = stages.is_empty()
-                || stages.contains(&job.stage)
-                || job.aliases.iter().any(|(s, _)| stages.contains(s));
-            if in_stages && seen.insert(job.key.clone()) {
+            if (stages.is_empty() || job.in_stages(&stage_set)) && seen.insert(job.key.clone()) {
                 wanted.push(Wanted {
                     label: format!("{}: {}", cfg.name, job.label()),
                     kind: job.kind.kind().to_string(),

@@ -54,6 +54,11 @@ impl Job {
     pub fn short_key(&self) -> &str {
         &self.key[..12]
     }
+    /// Whether the job belongs to one of these stages (as itself or as an alias: a job shared
+    /// by several stages).
+    pub fn in_stages(&self, names: &std::collections::BTreeSet<String>) -> bool {
+        names.contains(&self.stage) || self.aliases.iter().any(|(s, _)| names.contains(s))
+    }
 }
 
 impl JobGraph {

@@ -117,7 +117,7 @@ fn reason_for(
 ) -> Reason {
     let j = &graph.jobs[i];
     let status = store.status(j.kind.kind(), &j.key, verify);
-    if force.contains(&j.stage) || j.aliases.iter().any(|(s, _)| force.contains(s)) {
+    if j.in_stages(force) {
         return Reason::Forced;
     }
     match status {
@@ -350,11 +350,7 @@ pub fn needed_jobs(
     if targets.is_empty() {
         return vec![true; n];
     }
-    let mut needed: Vec<bool> = graph
-        .jobs
-        .iter()
-        .map(|j| targets.contains(&j.stage) || j.aliases.iter().any(|(s, _)| targets.contains(s)))
-        .collect();
+    let mut needed: Vec<bool> = graph.jobs.iter().map(|j| j.in_stages(targets)).collect();
     // the graph is topologically ordered: a job's readers come after it
     for i in (0..n).rev() {
         if needed[i] && !cached(i) {
