@@ -134,17 +134,18 @@ fn upgrade_runs_csv(path: &Path) -> Result<()> {
 /// report jobs all publish removes the mark (summary.md is then the report's own).
 pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<()> {
     let stale = dir.join("STALE.md");
-    let failed: Vec<&str> = summary
+    // each report job that did not publish, and why
+    let failed: Vec<String> = summary
         .jobs
         .iter()
         .filter(|j| crate::stages::find(&j.kind).is_some_and(|k| k.publishes()))
-        .filter(|j| {
-            matches!(
-                j.outcome,
-                Outcome::Failed(_) | Outcome::Skipped(_) | Outcome::NotNeeded
-            )
+        .filter_map(|j| match j.outcome {
+            Outcome::Failed(_) | Outcome::Skipped(_) => {
+                Some(format!("{} failed or was skipped", j.label))
+            }
+            Outcome::NotNeeded => Some(format!("{} was not among the --target stages", j.label)),
+            Outcome::Ran | Outcome::Cached => None,
         })
-        .map(|j| j.label.as_str())
         .collect();
     if failed.is_empty() {
         if stale.exists() {
@@ -154,7 +155,7 @@ pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<
         return Ok(());
     }
     let note = format!(
-        "> **Stale results.** The run started at {started_at} did not publish ({} failed, was skipped, or was not among its --target stages): \
+        "> **Stale results.** The run started at {started_at} did not publish ({}): \
          resolved.toml and jobs.csv describe that run, while the tables, figures and this summary \
          come from an earlier run. See jobs.csv for the errors.\n\n",
         failed.join(", ")
