@@ -10,15 +10,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc.h's `mi_option_purge_delay` (the 16th option of `mi_option_e` in v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the OS only after 10 s unused (mimalloc's default: 1 s, and large
-/// blocks sooner): a training step frees and reallocates buffers of the same sizes for seconds,
-/// and every buffer given back page-faults and is zeroed again when reused (measured with
-/// `bench heal`: a third of the step in the kernel's clear_page, 8.5 -> 5.6 s per step).
+/// Freed memory goes back to the OS only after 60 s (mimalloc's default: 1 s, and large blocks
+/// sooner): a training step frees and reallocates buffers of the same sizes for seconds, and
+/// every buffer given back page-faults and is zeroed again when reused (measured with `bench
+/// heal`: a third of the step in the kernel's clear_page, 8.5 -> 5.6 s per step at 10 s). The
+/// delay counts from the first block freed after a purge, and a purge gives back every block
+/// free at that moment, so a delay close to a step still purges a step's buffers again and
+/// again: at 10 s, 20% of `bench heal`'s samples were still in clear_page, and a step took
+/// 6.0-6.9 s against 5.2-5.6 s at 60 s (2026-12-06, alternating runs).
 /// MIMALLOC_PURGE_DELAY in the environment still decides when set.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a numeric option before any other thread starts.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 60_000) };
     }
 }
 use std::process::ExitCode;

@@ -11,7 +11,7 @@ use common::{fixtures, read_reference, rel_err, RefTensor};
 use layerprune::formats::nf4::{dynamic_map_signed, Nf4Host, NF4};
 use layerprune::heal::adapter::{AdapterSet, LoraConfig, ModuleAdapter};
 use layerprune::heal::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use layerprune::heal::train::micro_step;
+use layerprune::heal::train::{micro_step, micro_step_with, LossPath};
 use layerprune::model::ModelFiles;
 use layerprune::source;
 
@@ -229,6 +229,44 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
                 &w.b,
             );
         }
+    }
+}
+
+/// On the host (flex, f32) the LM head's cross-entropy and its gradient are computed outside the
+/// autodiff graph (heal::host_loss): one micro-step on each path, with dropout active, gives the
+/// same loss and adapter gradients (the PEFT parity above runs on the host path).
+#[test]
+fn the_host_head_loss_gives_the_graph_gradients() {
+    let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
+    let cache = common::temp_cache();
+    let files = tiny_llama(cache.path());
+    let mut model = files
+        .build_with_layers::<AD>(&Default::default(), DType::F32, &[0, 3])
+        .unwrap();
+    let adapters = adapters_from(&r, "init.");
+    let host = layerprune::heal::host_loss::usable(&model);
+    let flex = <common::B as burn::tensor::backend::Backend>::name(&Default::default()) == "flex";
+    assert_eq!(host, flex, "the host loss serves flex in f32, and only it");
+    if !host {
+        eprintln!("skipped: the head's loss stays in the graph on this backend");
+        return;
+    }
+    let ids = &r["batch0.input_ids"];
+    let rows: Vec<Vec<u32>> = ids
+        .i64
+        .chunks(ids.shape[1])
+        .map(|c| c.iter().map(|&x| x as u32).collect())
+        .collect();
+    let (loss, grads) = micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Auto).unwrap();
+    let (want_loss, want) =
+        micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Graph).unwrap();
+    assert!(
+        ((loss - want_loss) / want_loss).abs() < 1e-6,
+        "loss {loss} vs {want_loss}"
+    );
+    for (k, (g, w)) in grads.iter().zip(&want).enumerate() {
+        let e = rel_err(g, w);
+        assert!(e < 1e-5, "gradient {k}: relative error {e:e}");
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
 
-use super::train::{batch_loss, Trainable};
+use super::train::{loss_and_gradients, LossPath, Trainable};
 use crate::formats::host_tensor::{transpose, HostTensor};
 use crate::model::architecture::{NormRole, Projection};
 use crate::model::linear::{BaseWeight, Linear};
@@ -330,9 +330,8 @@ impl Trainable for PartialSet {
     ) -> Result<(f64, Vec<Vec<f32>>)> {
         // (no dropout in partial fine-tuning)
         let handles = self.attach(model, true)?;
-        let loss = batch_loss(model, rows);
-        let value = to_f32_vec(loss.clone())?[0] as f64;
-        let grads = (loss * loss_scale).backward();
+        // (the head is trained here, so its loss stays in the graph)
+        let (value, grads) = loss_and_gradients(model, rows, loss_scale, LossPath::Auto)?;
         let mut out = Vec::with_capacity(handles.len());
         for (h, p) in handles.iter().zip(&self.params) {
             let g = match h {

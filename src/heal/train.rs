@@ -19,8 +19,10 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::adapter::{AdapterSet, LoraConfig};
+use super::host_loss;
 use super::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
 use crate::formats::host_tensor::transpose;
+use crate::model::host_attention::host_values;
 use crate::model::surgery::{all_projections, quantize_nf4};
 use crate::model::{to_f32_vec, TokenBatch, Transformer};
 use crate::progress::Progress;
@@ -107,7 +109,7 @@ impl Trainable for AdapterSet {
     ) -> Result<(f64, Vec<Vec<f32>>)> {
         let handles = self.attach(model, true)?;
         crate::model::surgery::seed_dropout(model, dropout_seed, first_row);
-        adapter_gradients(model, self, handles, rows, loss_scale)
+        adapter_gradients(model, self, handles, rows, loss_scale, LossPath::Auto)
     }
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         let r = self.config.r;
@@ -385,7 +387,62 @@ pub fn micro_step<B: AutodiffBackend>(
     rows: &[Vec<u32>],
     loss_scale: f64,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    Trainable::micro_step(adapters, model, rows, loss_scale, 0, 0)
+    micro_step_with(model, adapters, rows, loss_scale, LossPath::Auto)
+}
+
+/// `micro_step` with the head's loss computed by `path`.
+pub fn micro_step_with<B: AutodiffBackend>(
+    model: &mut Transformer<B>,
+    adapters: &AdapterSet,
+    rows: &[Vec<u32>],
+    loss_scale: f64,
+    path: LossPath,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let handles = adapters.attach(model, true)?;
+    crate::model::surgery::seed_dropout(model, 0, 0);
+    adapter_gradients(model, adapters, handles, rows, loss_scale, path)
+}
+
+/// Where the LM head's cross-entropy and its gradient are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossPath {
+    /// On the host where `host_loss::usable` (flex in f32, frozen head), else in the graph.
+    Auto,
+    /// In the autodiff graph (log-softmax and gather over the logits).
+    Graph,
+}
+
+/// The loss of `rows` (mean next-token cross-entropy; equal-length windows) and the gradients
+/// of loss * loss_scale.
+pub fn loss_and_gradients<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    rows: &[Vec<u32>],
+    loss_scale: f64,
+    path: LossPath,
+) -> Result<(f64, B::Gradients)> {
+    if path == LossPath::Graph || !host_loss::usable(model) {
+        let loss = batch_loss(model, rows);
+        let value = to_f32_vec(loss.clone())?[0] as f64;
+        return Ok((value, (loss * loss_scale).backward()));
+    }
+    let tb = TokenBatch::right_padded(rows, 0);
+    let (b, t) = (tb.batch, tb.seq);
+    let x = model.run_layers(
+        model.embed(tb.to_tensor::<B>(&model.device)),
+        0,
+        model.num_layers(),
+    );
+    let h = model.norm.forward(x.narrow(1, 0, t - 1), &model.config); // [b, t-1, hidden]
+    let hidden = h.dims()[2];
+    let targets: Vec<u32> = rows.iter().flat_map(|r| r[1..].iter().copied()).collect();
+    let (value, dh) = host_loss::HostHead::of(model).cross_entropy(
+        &host_values(h.clone().inner()),
+        &targets,
+        loss_scale as f32,
+    )?;
+    let dh = Tensor::<B, 3>::from_data(TensorData::new(dh, [b, t - 1, hidden]), &model.device);
+    // d(sum(h * dh))/dh = dh: the head's gradient enters the graph at h
+    Ok((value, (h * dh).sum().backward()))
 }
 
 /// The loss of `rows` and the gradients of the attached adapters `handles`.
@@ -395,10 +452,9 @@ fn adapter_gradients<B: AutodiffBackend>(
     handles: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
     rows: &[Vec<u32>],
     loss_scale: f64,
+    path: LossPath,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    let loss = batch_loss(model, rows);
-    let value = to_f32_vec(loss.clone())?[0] as f64;
-    let grads = (loss * loss_scale).backward();
+    let (value, grads) = loss_and_gradients(model, rows, loss_scale, path)?;
     let r = adapters.config.r;
     let mut out = Vec::with_capacity(handles.len() * 2);
     for (m, (a, b)) in adapters.modules.iter().zip(&handles) {

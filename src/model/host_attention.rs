@@ -405,7 +405,7 @@ fn softmax_row(row: &mut [f32], a: Cols, b: Cols) {
 }
 
 /// The largest element (-inf for none), in eight lanes so that it vectorises.
-fn max_of(xs: &[f32]) -> f32 {
+pub fn max_of(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
@@ -433,7 +433,7 @@ fn sum_of(xs: &[f32]) -> f32 {
 }
 
 /// x <- exp(x - max) for every element, returning their sum.
-fn exp_minus(xs: &mut [f32], max: f32) -> f32 {
+pub fn exp_minus(xs: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
