@@ -140,6 +140,14 @@ fn tiny_llama(cache: &std::path::Path) -> ModelFiles {
 }
 
 /// The fixtures' AdamW (make_heal_fixtures.py: betas 0.9 / 0.999, eps 1e-8, weight decay 0.01).
+/// A fixture's input ids [rows, len] as token rows.
+fn token_rows(ids: &RefTensor) -> Vec<Vec<u32>> {
+    ids.i64
+        .chunks(ids.shape[1])
+        .map(|c| c.iter().map(|&x| x as u32).collect())
+        .collect()
+}
+
 fn reference_adamw(sizes: &[usize]) -> AdamW {
     AdamW::new(
         AdamWConfig {
@@ -184,11 +192,7 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
     let mut opt = reference_adamw(&sizes);
     for step in 0..2 {
         let ids = &r[&format!("batch{step}.input_ids")];
-        let rows: Vec<Vec<u32>> = ids
-            .i64
-            .chunks(ids.shape[1])
-            .map(|c| c.iter().map(|&x| x as u32).collect())
-            .collect();
+        let rows = token_rows(ids);
         let (loss, mut grads) = micro_step(&mut model, &adapters, &rows, 1.0).unwrap();
         let want_loss = r[&p(&format!("loss{step}"))].f32[0] as f64;
         assert!(
@@ -252,11 +256,7 @@ fn the_host_head_loss_gives_the_graph_gradients() {
         return;
     }
     let ids = &r["batch0.input_ids"];
-    let rows: Vec<Vec<u32>> = ids
-        .i64
-        .chunks(ids.shape[1])
-        .map(|c| c.iter().map(|&x| x as u32).collect())
-        .collect();
+    let rows = token_rows(ids);
     let (loss, grads) = micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Auto).unwrap();
     let (want_loss, want) =
         micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Graph).unwrap();
@@ -386,11 +386,7 @@ fn partial_finetune_steps_match_pytorch() {
     };
     for step in 0..2 {
         let ids = &r[&format!("batch{step}.input_ids")];
-        let rows: Vec<Vec<u32>> = ids
-            .i64
-            .chunks(ids.shape[1])
-            .map(|c| c.iter().map(|&x| x as u32).collect())
-            .collect();
+        let rows = token_rows(ids);
         let (loss, mut grads) = set.micro_step(&mut model, &rows, 1.0, 0, 0).unwrap();
         let want_loss = r[&format!("loss{step}")].f32[0] as f64;
         assert!(
@@ -463,11 +459,7 @@ fn sub_batches_on_threads_give_the_one_pass_update() {
     let cache = common::temp_cache();
     let files = tiny_llama(cache.path());
     let ids = &r["batch0.input_ids"];
-    let rows: Vec<Vec<u32>> = ids
-        .i64
-        .chunks(ids.shape[1])
-        .map(|c| c.iter().map(|&x| x as u32).collect())
-        .collect();
+    let rows = token_rows(ids);
     // seven rows: 2 sub-batches take 4 + 3 rows, 3 take 3 + 3 + 1 (unequal shares)
     let rows: Vec<Vec<u32>> = rows.iter().cycle().take(7).cloned().collect();
     for dropout in [0.0, 0.1] {

@@ -88,60 +88,17 @@ impl HostHead {
     fn block(&self, h: &[f32], targets: &[u32], dh: &mut [f32], g_scale: f32) -> f64 {
         let (m, v, d) = (targets.len(), self.vocab, self.hidden);
         let mut z = vec![0f32; m * v]; // [m, vocab]
-                                       // SAFETY: z is [m, v] (row stride v), h [m, d] (row stride d), weight [v, d]; column j
-                                       // of weight^T is row j of weight
-        unsafe {
-            gemm::gemm(
-                m,
-                v,
-                d,
-                z.as_mut_ptr(),
-                1,
-                v as isize,
-                false,
-                h.as_ptr(),
-                1,
-                d as isize,
-                self.weight.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        let w = self.weight.as_ptr();
+        // SAFETY: z is [m, v], h [m, d], weight [v, d], all row-major; column j of weight^T is
+        // row j of weight
+        unsafe { product(z.as_mut_ptr(), m, v, d, h.as_ptr(), d, (w, d, 1)) };
         let mut loss = 0f64;
         for (row, &t) in z.chunks_exact_mut(v).zip(targets) {
             loss += self.row_loss_and_gradient(row, t as usize, g_scale);
         }
         // dh [m, d] = G [m, v] x weight [v, d]
         // SAFETY: the shapes as above
-        unsafe {
-            gemm::gemm(
-                m,
-                d,
-                v,
-                dh.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                z.as_ptr(),
-                1,
-                v as isize,
-                self.weight.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        unsafe { product(dh.as_mut_ptr(), m, d, v, z.as_ptr(), v, (w, 1, d)) };
         loss
     }
 
@@ -173,6 +130,44 @@ impl HostHead {
         }
         loss
     }
+}
+
+/// dst [m, n] (row-major) = lhs [m, k] (row stride lhs_rs) x rhs [k, n], rhs given as (pointer,
+/// column stride, row stride); on the calling thread (the row blocks are rayon's tasks).
+///
+/// # Safety
+/// The pointers must hold the matrices their shapes and strides describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    dst: *mut f32,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    (rhs, rhs_cs, rhs_rs): (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        false,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 #[cfg(test)]
