@@ -344,7 +344,7 @@ struct MmluBench<'a> {
 struct MmluRun {
     seconds: f64,
     prompt_tokens: usize,
-    /// Positions the decoder layers computed, per layer (padding included).
+    /// Positions the decoder layers computed, per layer (padding included where rows run padded).
     computed_tokens: usize,
     questions: usize,
     preds: Vec<usize>,
@@ -434,7 +434,7 @@ pub fn mmlu(
         },
     )?;
     let (seconds, tokens, n) = (run.seconds, run.prompt_tokens, run.questions);
-    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; shared few-shot prefixes computed once: {} positions computed per layer, padding included; {})", tokens as f64 / seconds, run.computed_tokens, peak_rss_line());
+    println!("layerprune    {seconds:>8.2} s  {:>9.1} prompt tokens/s  ({n} questions, {tokens} prompt tokens; {} positions computed per layer: shared few-shot prefixes once, padding only where rows run padded (not on the CPU); {})", tokens as f64 / seconds, run.computed_tokens, peak_rss_line());
     match reference_python() {
         None => println!("reference     skipped (set LAYERPRUNE_REF_PYTHON to a Python with torch + transformers + gguf)"),
         Some(py) => {

@@ -329,13 +329,13 @@ fn score_groups<B: Backend>(
                 .collect()
         });
         let x = start_rows(model, &sb, known);
-        let x = model.suffix_layers(x, &cache, &prefix_of, streams.from, capture);
+        let x = model.suffix_layers(x, &sb.lengths, &cache, &prefix_of, streams.from, capture);
         if streams.capture.is_some() {
             for (ms, row) in suffix_owner.iter().zip(real_rows(x.clone(), &sb.lengths)?) {
                 captured_suffixes.extend(ms.iter().map(|&m| (m, row.clone())));
             }
         }
-        let x = model.suffix_layers(x, &cache, &prefix_of, capture, layers);
+        let x = model.suffix_layers(x, &sb.lengths, &cache, &prefix_of, capture, layers);
         let mut flat = Vec::new();
         let mut targets = Vec::new();
         let mut owners = Vec::new();

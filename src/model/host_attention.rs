@@ -19,10 +19,11 @@ const QUERY_TILE: usize = 64;
 
 /// Shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct Dims {
-    pub batch: usize,
-    /// New tokens per row.
-    pub len: usize,
+pub struct Dims<'a> {
+    /// New tokens per row. The rows lie back to back in q, k, v and the output: row r's tokens
+    /// start at the sum of the lengths before it (right-padded rows: every length the padded
+    /// one; packed rows: their real lengths, no padding computed).
+    pub lengths: &'a [usize],
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -48,21 +49,31 @@ pub fn usable<B: Backend>(x: &Tensor<B, 4>) -> bool {
 }
 
 /// The attention of the new tokens, as a tensor: q [b, t, heads, hd], k and v [b, t, kv_heads,
-/// hd] (contiguous, after RoPE), the prefix as host slices -> [b, t, heads * hd].
+/// hd] (contiguous, after RoPE), the prefix as host slices -> [b, t, heads * hd]. With `packed`
+/// (b = 1), the single row holds rows of these lengths back to back (`Dims::lengths`).
 pub fn attention_tensors<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     prefix: Option<Prefix>,
+    packed: Option<&[usize]>,
     window: Option<usize>,
     scale: f32,
 ) -> Tensor<B, 3> {
     let device = q.device();
     let [batch, len, heads, head_dim] = q.dims();
     let kv_heads = k.dims()[2];
+    let padded = vec![len; batch];
+    let lengths = match packed {
+        Some(lengths) => {
+            assert_eq!(batch, 1, "packed rows lie in one batch row");
+            assert_eq!(lengths.iter().sum::<usize>(), len, "packed lengths cover the row");
+            lengths
+        }
+        None => &padded,
+    };
     let dims = Dims {
-        batch,
-        len,
+        lengths,
         heads,
         kv_heads,
         head_dim,
@@ -90,9 +101,10 @@ pub fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// softmax(q k^T * scale) v over the visible keys: query i of row r (position real_r + i) sees
-/// the real prefix keys of its row and the new keys j <= i, and with a window w only keys at
-/// positions > its own - w. q [b, t, heads, hd], k and v [b, t, kv_heads, hd] -> [b, t, heads *
-/// hd]. Query head h reads key/value head h / (heads / kv_heads).
+/// the real prefix keys of its row and the new keys j <= i of its row, and with a window w only
+/// keys at positions > its own - w. q [tokens, heads, hd], k and v [tokens, kv_heads, hd] ->
+/// [tokens, heads * hd], the rows' tokens back to back (`Dims::lengths`). Query head h reads
+/// key/value head h / (heads / kv_heads).
 pub fn attention(
     q: &[f32],
     k: &[f32],
@@ -103,36 +115,45 @@ pub fn attention(
     scale: f32,
 ) -> Vec<f32> {
     let row_width = d.heads * d.head_dim;
-    assert_eq!(q.len(), d.batch * d.len * row_width, "q shape");
-    assert_eq!(
-        k.len(),
-        d.batch * d.len * d.kv_heads * d.head_dim,
-        "k shape"
-    );
+    let tokens: usize = d.lengths.iter().sum();
+    assert_eq!(q.len(), tokens * row_width, "q shape");
+    assert_eq!(k.len(), tokens * d.kv_heads * d.head_dim, "k shape");
     assert_eq!(v.len(), k.len(), "v shape");
+    let rows = d.lengths.len();
     if let Some(p) = &prefix {
-        assert_eq!(p.row_of.len(), d.batch, "one cache row per batch row");
-        assert_eq!(p.real.len(), d.batch, "one prefix length per batch row");
+        assert_eq!(p.row_of.len(), rows, "one cache row per batch row");
+        assert_eq!(p.real.len(), rows, "one prefix length per batch row");
         assert!(
             p.real.iter().all(|&r| r <= p.len),
             "real prefix within the cache"
         );
     }
-    let mut out = vec![0f32; d.batch * d.len * row_width];
+    let mut out = vec![0f32; tokens * row_width];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(d.len * row_width)
+    // each row's output and its first token
+    let mut out_rows = Vec::with_capacity(rows);
+    let (mut rest, mut start) = (out.as_mut_slice(), 0);
+    for &len in d.lengths {
+        let (this, tail) = rest.split_at_mut(len * row_width);
+        out_rows.push((start, this));
+        (rest, start) = (tail, start + len);
+    }
+    out_rows
+        .into_par_iter()
         .enumerate()
-        .for_each(|(row, out_row)| {
+        .for_each(|(row, (start, out_row))| {
+            let len = d.lengths[row];
             out_row
                 .par_chunks_mut(QUERY_TILE * row_width)
                 .enumerate()
                 .for_each(|(tile, out_tile)| {
                     let i0 = tile * QUERY_TILE;
-                    let i1 = (i0 + QUERY_TILE).min(d.len);
+                    let i1 = (i0 + QUERY_TILE).min(len);
                     let task = Tile {
                         row,
+                        start,
                         i0,
                         i1,
                         q,
@@ -152,12 +173,14 @@ pub fn attention(
 /// Queries i0..i1 of one batch row, all heads.
 struct Tile<'a> {
     row: usize,
+    /// The row's first token in q, k, v.
+    start: usize,
     i0: usize,
     i1: usize,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
-    d: Dims,
+    d: Dims<'a>,
     prefix: Option<Prefix<'a>>,
     window: Option<usize>,
     scale: f32,
@@ -197,7 +220,7 @@ impl Tile<'_> {
             for r in 0..rep {
                 let h = g * rep + r;
                 // q rows (i0.., head h): stride heads * hd
-                let q_ptr = self.q[((self.row * d.len + self.i0) * d.heads + h) * hd..].as_ptr();
+                let q_ptr = self.q[((self.start + self.i0) * d.heads + h) * hd..].as_ptr();
                 let s = &mut scores[r * ti * cols..(r + 1) * ti * cols];
                 if pc > 0 {
                     let p = self.prefix.as_ref().expect("a prefix part needs a prefix");
@@ -218,7 +241,7 @@ impl Tile<'_> {
                         )
                     };
                 }
-                let k_ptr = self.k[((self.row * d.len + n_lo) * d.kv_heads + g) * hd..].as_ptr();
+                let k_ptr = self.k[((self.start + n_lo) * d.kv_heads + g) * hd..].as_ptr();
                 // s[:, pc..] = q k_new^T * scale
                 unsafe {
                     scores_gemm(
@@ -272,7 +295,7 @@ impl Tile<'_> {
                         )
                     };
                 }
-                let v_ptr = self.v[((self.row * d.len + n_lo) * d.kv_heads + g) * hd..].as_ptr();
+                let v_ptr = self.v[((self.start + n_lo) * d.kv_heads + g) * hd..].as_ptr();
                 unsafe {
                     values_gemm(
                         o_ptr,
@@ -505,14 +528,16 @@ mod tests {
     ) -> Vec<f32> {
         let hd = d.head_dim;
         let rep = d.heads / d.kv_heads;
-        let mut out = vec![0f32; d.batch * d.len * d.heads * hd];
-        for b in 0..d.batch {
+        let tokens: usize = d.lengths.iter().sum();
+        let mut out = vec![0f32; tokens * d.heads * hd];
+        for (b, &len) in d.lengths.iter().enumerate() {
+            let start: usize = d.lengths[..b].iter().sum();
             let (off, crow, plen) = prefix.map_or((0, 0, 0), |p| (p.4[b], p.3[b], p.2));
             for h in 0..d.heads {
                 let g = h / rep;
-                for i in 0..d.len {
+                for i in 0..len {
                     let pos = off + i;
-                    let qv = &q[((b * d.len + i) * d.heads + h) * hd..][..hd];
+                    let qv = &q[((start + i) * d.heads + h) * hd..][..hd];
                     // (key position, key, value)
                     let mut keys: Vec<(usize, &[f32], &[f32])> = Vec::new();
                     if let Some(p) = prefix {
@@ -522,7 +547,7 @@ mod tests {
                         }
                     }
                     for j in 0..=i {
-                        let at = ((b * d.len + j) * d.kv_heads + g) * hd;
+                        let at = ((start + j) * d.kv_heads + g) * hd;
                         keys.push((off + j, &k[at..at + hd], &v[at..at + hd]));
                     }
                     let keys: Vec<_> = keys
@@ -539,7 +564,7 @@ mod tests {
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
                     let z: f64 = e.iter().sum();
-                    let o = &mut out[((b * d.len + i) * d.heads + h) * hd..][..hd];
+                    let o = &mut out[((start + i) * d.heads + h) * hd..][..hd];
                     for (w, (_, _, vv)) in e.iter().zip(&keys) {
                         for (oo, x) in o.iter_mut().zip(*vv) {
                             *oo += (w / z * *x as f64) as f32;
@@ -594,18 +619,27 @@ mod tests {
 
     #[test]
     fn causal_grouped_query_attention_matches_the_definition() {
-        // 130 new tokens: three query tiles, the last one partial; 6 heads on 2 kv heads
-        for (window, len) in [(None, 130), (Some(7), 130), (None, 1), (Some(100), 70)] {
+        // 130 new tokens: three query tiles, the last one partial; 6 heads on 2 kv heads; two
+        // rows of one length (right-padded), then packed rows of different lengths
+        let cases: [(Option<usize>, &[usize]); 6] = [
+            (None, &[130, 130]),
+            (Some(7), &[130, 130]),
+            (None, &[1, 1]),
+            (Some(100), &[70, 70]),
+            (None, &[130, 1, 64, 65]),
+            (Some(7), &[3, 130]),
+        ];
+        for (window, lengths) in cases {
             let d = Dims {
-                batch: 2,
-                len,
+                lengths,
                 heads: 6,
                 kv_heads: 2,
                 head_dim: 8,
             };
-            let q = values(d.batch * len * 6 * 8, 1);
-            let k = values(d.batch * len * 2 * 8, 2);
-            let v = values(d.batch * len * 2 * 8, 3);
+            let tokens: usize = lengths.iter().sum();
+            let q = values(tokens * 6 * 8, 1);
+            let k = values(tokens * 2 * 8, 2);
+            let v = values(tokens * 2 * 8, 3);
             let got = attention(&q, &k, &v, d, None, window, 0.35);
             let want = naive(&q, &k, &v, d, None, window, 0.35);
             assert_close(&got, &want, 1e-5);
@@ -621,17 +655,27 @@ mod tests {
         let pv = values(2 * plen * 2 * 8, 5);
         let row_of = [1, 0, 1];
         let real = [90, 3, 90];
-        for (window, len) in [(None, 70), (Some(20), 70), (None, 1), (Some(5), 3)] {
+        // right-padded rows of one length, then packed rows of their own lengths (the second
+        // row's 130 tokens take three query tiles)
+        let cases: [(Option<usize>, &[usize]); 6] = [
+            (None, &[70, 70, 70]),
+            (Some(20), &[70, 70, 70]),
+            (None, &[1, 1, 1]),
+            (Some(5), &[3, 3, 3]),
+            (None, &[70, 130, 1]),
+            (Some(20), &[5, 130, 64]),
+        ];
+        for (window, lengths) in cases {
             let d = Dims {
-                batch: 3,
-                len,
+                lengths,
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 8,
             };
-            let q = values(3 * len * 4 * 8, 6);
-            let k = values(3 * len * 2 * 8, 7);
-            let v = values(3 * len * 2 * 8, 8);
+            let tokens: usize = lengths.iter().sum();
+            let q = values(tokens * 4 * 8, 6);
+            let k = values(tokens * 2 * 8, 7);
+            let v = values(tokens * 2 * 8, 8);
             let prefix = Prefix {
                 k: &pk,
                 v: &pv,

@@ -13,6 +13,7 @@ pub mod lora;
 pub mod memory;
 pub mod nf4_linear;
 pub mod nll;
+pub mod packing;
 pub mod readback;
 pub mod rope;
 pub mod surgery;

@@ -105,23 +105,36 @@ impl Rope {
         device: &B::Device,
         dtype: DType,
     ) -> RopeBatch<B> {
+        let positions: Vec<usize> = starts.iter().flat_map(|&s| s..s + len).collect();
+        self.for_positions(&positions, starts.len(), len, heads, device, dtype)
+    }
+
+    /// The rotation for `batch` rows of `len` tokens whose positions are given token by token
+    /// (row-major): packed rows (`packing::Packing`) each continue their own position.
+    pub fn for_positions<B: Backend>(
+        &self,
+        positions: &[usize],
+        batch: usize,
+        len: usize,
+        heads: &[usize],
+        device: &B::Device,
+        dtype: DType,
+    ) -> RopeBatch<B> {
+        assert_eq!(positions.len(), batch * len, "a position per token");
         let local = self
             .local
             .as_ref()
-            .map(|l| Box::new(l.for_rows(starts, len, heads, device, dtype)));
-        let batch = starts.len();
+            .map(|l| Box::new(l.for_positions(positions, batch, len, heads, device, dtype)));
         let half = self.inv_freq.len();
         let dim = 2 * half;
         let mut cos = Vec::with_capacity(batch * len * dim);
         let mut sin = Vec::with_capacity(batch * len * dim);
-        for &start in starts {
-            for p in start..start + len {
-                // transformers: angle = position * inv_freq in float32, then cos/sin
-                let row: Vec<f32> = self.inv_freq.iter().map(|&f| p as f32 * f).collect();
-                for _ in 0..2 {
-                    cos.extend(row.iter().map(|&a| (a as f64).cos() as f32));
-                    sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
-                }
+        for &p in positions {
+            // transformers: angle = position * inv_freq in float32, then cos/sin
+            let row: Vec<f32> = self.inv_freq.iter().map(|&f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|&a| (a as f64).cos() as f32));
+                sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
             }
         }
         // rotate_half(x) = [-x2, x1] = x R with R[j + half, j] = -1 and R[j - half, j] = 1

@@ -9,7 +9,9 @@
 //! Padding: batches are right-padded. Under the causal mask a real token never attends to a later
 //! position, so pad keys (which all come after the real tokens of their row) are never seen by
 //! real queries; the padding mask therefore only decides which position is "final" and which
-//! positions count in a loss. Pad positions compute garbage that no caller reads.
+//! positions count in a loss. Pad positions compute garbage that no caller reads. On the host
+//! (flex in f32) the evaluation's prefix and suffix passes do not compute padding at all: their
+//! rows run packed back to back (`packing::Packing`), and the padding reads back as zeros.
 
 use burn::tensor::{
     activation::{gelu_approximate, silu},
@@ -25,6 +27,7 @@ use super::config::{MlpKind, ModelConfig, NormKind};
 use super::host_attention;
 use super::host_mlp::{self, Activation};
 use super::linear::Linear;
+use super::packing::Packing;
 use super::rope::{Rope, RopeBatch};
 
 /// A norm's parameters: RMSNorm (weight) or LayerNorm (weight and bias), per `ModelConfig::norm`.
@@ -334,17 +337,20 @@ pub fn layer_positions() -> u64 {
 impl<B: Backend> DecoderLayer<B> {
     /// x [batch, seq, hidden] -> [batch, seq, hidden]
     pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
-        self.forward_kv(x, cfg, rope, None).0
+        self.forward_kv(x, cfg, rope, None, None).0
     }
 
     /// The block, also returning this call's keys and values (for a prefix cache); with `past`,
-    /// the new tokens also attend to the cached ones under `past.mask`.
+    /// the new tokens also attend to the cached ones under `past.mask`. With `packed` (host
+    /// attention only), x [1, tokens, hidden] holds rows of these lengths back to back
+    /// (`packing::Packing`), each attending within its own row.
     pub fn forward_kv(
         &self,
         x: Tensor<B, 3>,
         cfg: &ModelConfig,
         rope: &RopeBatch<B>,
         past: Option<Past<B>>,
+        packed: Option<&[usize]>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [rows, positions, _] = x.dims();
         LAYER_POSITIONS.fetch_add(
@@ -380,13 +386,13 @@ impl<B: Backend> DecoderLayer<B> {
         match &self.pre_mlp_norm {
             // parallel (Phi): x + attn(ln(x)) + mlp(ln(x))
             None => {
-                let (attn, kv) = self.attention(h.clone(), cfg, rope, past);
+                let (attn, kv) = self.attention(h.clone(), cfg, rope, past, packed);
                 let y = self.o_proj.forward(attn) + self.mlp(h, cfg);
                 (x + y, kv)
             }
             // sequential: x + attn(norm(x)), then + mlp(norm(.)); Gemma norms each output too
             Some(pre) => {
-                let (attn, kv) = self.attention(h, cfg, rope, past);
+                let (attn, kv) = self.attention(h, cfg, rope, past, packed);
                 let x = x + out_norm(self.o_proj.forward(attn), &self.attn_out_norm);
                 let h = pre.forward(x.clone(), cfg);
                 let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
@@ -419,12 +425,12 @@ impl<B: Backend> DecoderLayer<B> {
         }
         Some(match &self.pre_mlp_norm {
             None => {
-                let (attn, _) = self.attention(h.clone(), cfg, rope, None);
+                let (attn, _) = self.attention(h.clone(), cfg, rope, None, None);
                 (x + self.o_proj.forward(attn), self.mlp(h, cfg))
             }
             // (y + m differs from forward_kv's x + (attention + mlp) only by rounding)
             Some(pre) => {
-                let (attn, _) = self.attention(h, cfg, rope, None);
+                let (attn, _) = self.attention(h, cfg, rope, None, None);
                 let attn = self.o_proj.forward(attn);
                 let y = x + match &self.attn_out_norm {
                     Some(n) => n.forward(attn, cfg),
@@ -450,7 +456,7 @@ impl<B: Backend> DecoderLayer<B> {
             return (x, out);
         }
         let h = self.input_norm.forward(x.clone(), cfg);
-        let (attn, _) = self.attention(h.clone(), cfg, rope, None);
+        let (attn, _) = self.attention(h.clone(), cfg, rope, None, None);
         let attn = self.o_proj.forward(attn);
         match &self.pre_mlp_norm {
             None => {
@@ -511,12 +517,14 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Self-attention, causal (or after the past's prefix); h [batch, seq, hidden] ->
     /// [batch, seq, heads * head_dim], plus the new keys/values [batch, seq, kv_heads, head_dim].
+    /// With `packed`, batch is 1 and seq holds rows of these lengths back to back.
     fn attention(
         &self,
         h: Tensor<B, 3>,
         cfg: &ModelConfig,
         rope: &RopeBatch<B>,
         past: Option<Past<B>>,
+        packed: Option<&[usize]>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (
@@ -561,9 +569,11 @@ impl<B: Backend> DecoderLayer<B> {
                 }),
                 CachedKv::Device(_) => None,
             });
-            let out = host_attention::attention_tensors(q, k, v, prefix, window, scale as f32);
+            let out =
+                host_attention::attention_tensors(q, k, v, prefix, packed, window, scale as f32);
             return (out, new);
         }
+        assert!(packed.is_none(), "packed rows need the host attention");
         let q = q.swap_dims(1, 2); // [b, nh, t, hd]
         let k = k.swap_dims(1, 2); // [b, nkv, t, hd]
         let v = v.swap_dims(1, 2);
@@ -677,6 +687,19 @@ impl<B: Backend> Transformer<B> {
             batch,
             0,
             seq,
+            &[c.num_attention_heads, c.num_key_value_heads],
+            &self.device,
+            self.dtype,
+        )
+    }
+
+    /// RoPE tables for `batch` rows of `len` tokens at these positions (row-major).
+    fn rope_at(&self, positions: &[usize], batch: usize, len: usize) -> RopeBatch<B> {
+        let c = &self.config;
+        self.rope.for_positions(
+            positions,
+            batch,
+            len,
             &[c.num_attention_heads, c.num_key_value_heads],
             &self.device,
             self.dtype,
@@ -877,11 +900,12 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Layers [cache.first_layer + cache.layers.len(), to) on x [batch, seq, hidden] of right-
-    /// padded prefixes (positions 0..seq), appending their keys/values to the cache when
-    /// `keep_kv`: returns x(to).
+    /// padded prefixes (positions 0..seq, real lengths `cache.lengths`), appending their
+    /// keys/values to the cache when `keep_kv`: returns x(to), zeros at the padding where the
+    /// rows ran packed (host attention: only real tokens computed).
     pub fn prefix_layers(
         &self,
-        mut x: Tensor<B, 3>,
+        x: Tensor<B, 3>,
         cache: &mut PrefixCache<B>,
         to: usize,
         keep_kv: bool,
@@ -891,16 +915,34 @@ impl<B: Backend> Transformer<B> {
             return x;
         }
         let [b, t, _] = x.dims();
-        let rope = self.rope_for(b, t);
         let host = self.host_attention();
+        let packing = host.then(|| Packing::of(&cache.lengths, t)).flatten();
+        let rope = match &packing {
+            Some(p) => self.rope_at(&p.positions(&vec![0; b]), 1, p.tokens()),
+            None => self.rope_for(b, t),
+        };
+        let mut x = match &packing {
+            Some(p) => p.pack(x),
+            None => x,
+        };
+        let kv_width = self.config.num_key_value_heads * self.config.head_dim;
+        // host values of keys/values [rows, t, kv_heads, hd] (padding zeros where packed)
+        let padded = |kv: Tensor<B, 4>| {
+            let values = host_attention::host_values(kv);
+            match &packing {
+                Some(p) => p.unpack_host(&values, kv_width),
+                None => values,
+            }
+        };
+        let lengths = packing.as_ref().map(|p| p.lengths());
         for layer in &self.layers[from..to] {
-            let (y, kv) = layer.forward_kv(x, &self.config, &rope, None);
+            let (y, kv) = layer.forward_kv(x, &self.config, &rope, None, lengths);
             x = y;
             if keep_kv {
                 cache.layers.push(if host {
                     CachedKv::Host {
-                        k: host_attention::host_values(kv.k),
-                        v: host_attention::host_values(kv.v),
+                        k: padded(kv.k),
+                        v: padded(kv.v),
                     }
                 } else {
                     CachedKv::Device(kv)
@@ -912,7 +954,10 @@ impl<B: Backend> Transformer<B> {
             cache.layers.clear();
             cache.first_layer = to;
         }
-        x
+        match &packing {
+            Some(p) => p.unpack(x),
+            None => x,
+        }
     }
 
     /// Run suffix rows after cached prefixes: row r continues prefix `prefix_of[r]` (its tokens
@@ -924,15 +969,17 @@ impl<B: Backend> Transformer<B> {
         suffix: &TokenBatch,
     ) -> Tensor<B, 3> {
         let x = self.embed(suffix.to_tensor::<B>(&self.device));
-        self.suffix_layers(x, cache, prefix_of, 0, self.layers.len())
+        self.suffix_layers(x, &suffix.lengths, cache, prefix_of, 0, self.layers.len())
     }
 
-    /// Layers [from, to) on suffix rows x [rows, suffix_len, hidden] (right-padded) after cached
-    /// prefixes: row r continues prefix `prefix_of[r]`; the cache holds layers from..to at least.
-    /// Returns x(to).
+    /// Layers [from, to) on suffix rows x [rows, suffix_len, hidden] (right-padded, real lengths
+    /// `lengths`) after cached prefixes: row r continues prefix `prefix_of[r]`; the cache holds
+    /// layers from..to at least. Returns x(to), zeros at the padding where the rows ran packed
+    /// (host attention: only real tokens computed).
     pub fn suffix_layers(
         &self,
-        mut x: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        lengths: &[usize],
         cache: &PrefixCache<B>,
         prefix_of: &[usize],
         from: usize,
@@ -943,6 +990,7 @@ impl<B: Backend> Transformer<B> {
         }
         let [b, s, _] = x.dims();
         assert_eq!(prefix_of.len(), b, "one prefix index per suffix row");
+        assert_eq!(lengths.len(), b, "one length per suffix row");
         assert!(
             cache.first_layer <= from && to <= cache.first_layer + cache.layers.len(),
             "the cache holds layers {}..{}, not {from}..{to}",
@@ -950,15 +998,21 @@ impl<B: Backend> Transformer<B> {
             cache.first_layer + cache.layers.len()
         );
         let starts: Vec<usize> = prefix_of.iter().map(|&i| cache.lengths[i]).collect();
-        let masks = (!self.host_attention()).then(|| self.past_masks(&starts, s, cache.max_len));
+        let host = self.host_attention();
+        let masks = (!host).then(|| self.past_masks(&starts, s, cache.max_len));
+        let packing = host.then(|| Packing::of(lengths, s)).flatten();
+        let rope = match &packing {
+            Some(p) => self.rope_at(&p.positions(&starts), 1, p.tokens()),
+            None => {
+                let positions: Vec<usize> = starts.iter().flat_map(|&p| p..p + s).collect();
+                self.rope_at(&positions, b, s)
+            }
+        };
+        let mut x = match &packing {
+            Some(p) => p.pack(x),
+            None => x,
+        };
         let c = &self.config;
-        let rope = self.rope.for_rows(
-            &starts,
-            s,
-            &[c.num_attention_heads, c.num_key_value_heads],
-            &self.device,
-            self.dtype,
-        );
         let cached = &cache.layers[from - cache.first_layer..to - cache.first_layer];
         for (layer, kv) in self.layers[from..to].iter().zip(cached) {
             x = layer
@@ -973,10 +1027,14 @@ impl<B: Backend> Transformer<B> {
                         real: &starts,
                         masks: masks.as_ref(),
                     }),
+                    packing.as_ref().map(|p| p.lengths()),
                 )
                 .0;
         }
-        x
+        match &packing {
+            Some(p) => p.unpack(x),
+            None => x,
+        }
     }
 
     /// The masks of suffix rows of `s` tokens after cached prefixes of real lengths `starts`
