@@ -67,7 +67,11 @@ pub fn attention_tensors<B: Backend>(
     let lengths = match packed {
         Some(lengths) => {
             assert_eq!(batch, 1, "packed rows lie in one batch row");
-            assert_eq!(lengths.iter().sum::<usize>(), len, "packed lengths cover the row");
+            assert_eq!(
+                lengths.iter().sum::<usize>(),
+                len,
+                "packed lengths cover the row"
+            );
             lengths
         }
         None => &padded,

@@ -70,10 +70,8 @@ impl Packing {
             "the padded batch's shape"
         );
         let n = self.tokens();
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(self.padded_index(), [n]),
-            &x.device(),
-        );
+        let idx =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(self.padded_index(), [n]), &x.device());
         x.reshape([rows * seq, hidden])
             .select(0, idx)
             .reshape([1, n, hidden])
