@@ -38,7 +38,7 @@ pub fn usable<B: AutodiffBackend>(model: &Transformer<B>) -> bool {
 /// The frozen head on the host.
 pub struct HostHead {
     /// [vocab, hidden]: row j gives logit j
-    pub weight: Vec<f32>,
+    pub weight: HeadWeight,
     /// [vocab]
     pub bias: Option<Vec<f32>>,
     pub vocab: usize,
@@ -47,13 +47,46 @@ pub struct HostHead {
     pub softcap: Option<f32>,
 }
 
+/// The head's weight values: the model's own flex storage where it is contiguous in [vocab,
+/// hidden] order (no copy: the head of SmolLM2 is 113 MB, Gemma-3's 671 MB, and every
+/// micro-step of every worker reads it), else a copy.
+pub enum HeadWeight {
+    #[cfg(feature = "flex")]
+    Shared(burn::backend::flex::FlexTensor),
+    Owned(Vec<f32>),
+}
+
+impl HeadWeight {
+    /// t [vocab, hidden] on the host.
+    fn of<B: Backend>(t: burn::tensor::Tensor<B, 2>) -> Self {
+        #[cfg(feature = "flex")]
+        {
+            let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+            if let Ok(flex) = primitive.downcast::<burn::backend::flex::FlexTensor>() {
+                if flex.as_slice::<f32>().is_some() {
+                    return HeadWeight::Shared(*flex);
+                }
+            }
+        }
+        HeadWeight::Owned(host_values(t))
+    }
+
+    pub fn values(&self) -> &[f32] {
+        match self {
+            #[cfg(feature = "flex")]
+            HeadWeight::Shared(t) => t.as_slice::<f32>().expect("checked contiguous f32"),
+            HeadWeight::Owned(v) => v,
+        }
+    }
+}
+
 impl HostHead {
     /// The model's head (its weight is [hidden, vocab] in the model, a transposed view of the
     /// embedding where they are tied; here [vocab, hidden], contiguous).
     pub fn of<B: AutodiffBackend>(model: &Transformer<B>) -> Self {
         let [hidden, vocab] = model.lm_head.dims();
         Self {
-            weight: host_values(model.lm_head.clone().transpose().inner()),
+            weight: HeadWeight::of(model.lm_head.clone().transpose().inner()),
             bias: model.lm_head_bias.clone().map(|b| host_values(b.inner())),
             vocab,
             hidden,
@@ -88,7 +121,7 @@ impl HostHead {
     fn block(&self, h: &[f32], targets: &[u32], dh: &mut [f32], g_scale: f32) -> f64 {
         let (m, v, d) = (targets.len(), self.vocab, self.hidden);
         let mut z = vec![0f32; m * v]; // [m, vocab]
-        let w = self.weight.as_ptr();
+        let w = self.weight.values().as_ptr();
         // SAFETY: z is [m, v], h [m, d], weight [v, d], all row-major; column j of weight^T is
         // row j of weight
         unsafe { product(z.as_mut_ptr(), m, v, d, h.as_ptr(), d, (w, d, 1)) };
@@ -184,7 +217,7 @@ mod tests {
             let x = &h[i * d..(i + 1) * d];
             let raw: Vec<f64> = (0..v)
                 .map(|j| {
-                    let w = &head.weight[j * d..(j + 1) * d];
+                    let w = &head.weight.values()[j * d..(j + 1) * d];
                     let dot: f64 = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
                     dot + head.bias.as_ref().map_or(0.0, |b| b[j] as f64)
                 })
@@ -206,7 +239,7 @@ mod tests {
                 let g = ((z[j] - lse).exp() - if j == t as usize { 1.0 } else { 0.0 }) * slope[j]
                     / n as f64;
                 for k in 0..d {
-                    grad[i * d + k] += g * head.weight[j * d + k] as f64;
+                    grad[i * d + k] += g * head.weight.values()[j * d + k] as f64;
                 }
             }
         }
@@ -228,7 +261,7 @@ mod tests {
         let (v, d, n) = (5000, 12, 300);
         for (bias, softcap) in [(false, None), (true, None), (true, Some(3.0f32))] {
             let head = HostHead {
-                weight: values(v * d, 1, 2.0),
+                weight: HeadWeight::Owned(values(v * d, 1, 2.0)),
                 bias: bias.then(|| values(v, 2, 1.0)),
                 vocab: v,
                 hidden: d,
@@ -256,9 +289,32 @@ mod tests {
     }
 
     #[test]
+    fn a_contiguous_flex_weight_is_read_in_place_and_a_strided_one_copied() {
+        type F = burn::backend::Flex;
+        let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let t = burn::tensor::Tensor::<F, 2>::from_data(
+            burn::tensor::TensorData::new(values.clone(), [3, 4]),
+            &Default::default(),
+        );
+        // a tied head: the transposed view of the transposed embedding is the embedding itself
+        let tied = HeadWeight::of(t.clone().transpose().transpose());
+        assert!(matches!(tied, HeadWeight::Shared(_)), "no copy");
+        assert_eq!(tied.values(), &values[..]);
+        let strided = HeadWeight::of(t.transpose());
+        assert!(
+            matches!(strided, HeadWeight::Owned(_)),
+            "a strided view is copied"
+        );
+        let want: Vec<f32> = (0..4)
+            .flat_map(|j| (0..3).map(move |i| (i * 4 + j) as f32))
+            .collect();
+        assert_eq!(strided.values(), &want[..]);
+    }
+
+    #[test]
     fn targets_outside_the_vocabulary_are_an_error() {
         let head = HostHead {
-            weight: values(40, 1, 1.0),
+            weight: HeadWeight::Owned(values(40, 1, 1.0)),
             bias: None,
             vocab: 10,
             hidden: 4,
