@@ -80,23 +80,11 @@ impl Rope {
         Self { inv_freq, local }
     }
 
-    /// The rotation for one batch shape: tables expanded to every (row, position, head) so that
-    /// the per-layer work is contiguous element-wise products (fast on every backend), and
-    /// rotate_half written as a matrix product, which is exact (one nonzero term per output).
-    pub fn for_batch<B: Backend>(
-        &self,
-        batch: usize,
-        start: usize,
-        len: usize,
-        heads: &[usize],
-        device: &B::Device,
-        dtype: DType,
-    ) -> RopeBatch<B> {
-        self.for_rows(&vec![start; batch], len, heads, device, dtype)
-    }
-
-    /// As `for_batch`, with row r at positions starts[r] .. starts[r] + len (a suffix after a
-    /// cached prefix of starts[r] tokens).
+    /// The rotation for rows of `len` tokens, row r at positions starts[r] .. starts[r] + len
+    /// (after a cached prefix of starts[r] tokens; 0 from the start): tables expanded to every
+    /// (row, position, head) so that the per-layer work is contiguous element-wise products (fast
+    /// on every backend), and rotate_half written as a matrix product, which is exact (one
+    /// nonzero term per output).
     pub fn for_rows<B: Backend>(
         &self,
         starts: &[usize],

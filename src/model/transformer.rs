@@ -682,28 +682,29 @@ impl<B: Backend> Transformer<B> {
 
     /// RoPE tables for a batch of `batch` rows at positions 0..seq.
     pub fn rope_for(&self, batch: usize, seq: usize) -> RopeBatch<B> {
-        let c = &self.config;
-        self.rope.for_batch(
-            batch,
-            0,
-            seq,
-            &[c.num_attention_heads, c.num_key_value_heads],
-            &self.device,
-            self.dtype,
-        )
+        self.rope_rows(&vec![0; batch], seq)
     }
 
-    /// RoPE tables for `batch` rows of `len` tokens at these positions (row-major).
-    fn rope_at(&self, positions: &[usize], batch: usize, len: usize) -> RopeBatch<B> {
-        let c = &self.config;
-        self.rope.for_positions(
-            positions,
-            batch,
-            len,
-            &[c.num_attention_heads, c.num_key_value_heads],
-            &self.device,
-            self.dtype,
-        )
+    /// RoPE tables for rows of `len` tokens, row r at positions starts[r] ...
+    fn rope_rows(&self, starts: &[usize], len: usize) -> RopeBatch<B> {
+        self.rope
+            .for_rows(starts, len, &self.rope_heads(), &self.device, self.dtype)
+    }
+
+    /// RoPE tables for one packed row of tokens at these positions.
+    fn rope_packed(&self, positions: &[usize]) -> RopeBatch<B> {
+        let heads = self.rope_heads();
+        let n = positions.len();
+        self.rope
+            .for_positions(positions, 1, n, &heads, &self.device, self.dtype)
+    }
+
+    /// The head counts RoPE rotates: queries and keys.
+    fn rope_heads(&self) -> [usize; 2] {
+        [
+            self.config.num_attention_heads,
+            self.config.num_key_value_heads,
+        ]
     }
 
     /// Run layers start..end of the current list on x [batch, seq, hidden] (positions 0..seq).
@@ -918,7 +919,7 @@ impl<B: Backend> Transformer<B> {
         let host = self.host_attention();
         let packing = host.then(|| Packing::of(&cache.lengths, t)).flatten();
         let rope = match &packing {
-            Some(p) => self.rope_at(&p.positions(&vec![0; b]), 1, p.tokens()),
+            Some(p) => self.rope_packed(&p.positions(&vec![0; b])),
             None => self.rope_for(b, t),
         };
         let mut x = match &packing {
@@ -1002,11 +1003,8 @@ impl<B: Backend> Transformer<B> {
         let masks = (!host).then(|| self.past_masks(&starts, s, cache.max_len));
         let packing = host.then(|| Packing::of(lengths, s)).flatten();
         let rope = match &packing {
-            Some(p) => self.rope_at(&p.positions(&starts), 1, p.tokens()),
-            None => {
-                let positions: Vec<usize> = starts.iter().flat_map(|&p| p..p + s).collect();
-                self.rope_at(&positions, b, s)
-            }
+            Some(p) => self.rope_packed(&p.positions(&starts)),
+            None => self.rope_rows(&starts, s),
         };
         let mut x = match &packing {
             Some(p) => p.pack(x),
