@@ -288,6 +288,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "flex")]
     #[test]
     fn a_contiguous_flex_weight_is_read_in_place_and_a_strided_one_copied() {
         type F = burn::backend::Flex;
