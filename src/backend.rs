@@ -180,25 +180,45 @@ fn run_wgpu<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> 
 /// (wgpu panics when no adapter exists: turned into an error naming what to install).
 #[cfg(feature = "wgpu")]
 pub fn wgpu_device() -> Result<burn::backend::wgpu::WgpuDevice> {
-    use burn::tensor::Tensor;
     let device = burn::backend::wgpu::WgpuDevice::default();
+    match probe::<burn::backend::Wgpu>(&device) {
+        Ok(()) => Ok(device),
+        Err(why) => bail!(
+            "the wgpu backend is compiled in but no Vulkan/Metal adapter could be used ({why}); \
+             install a Vulkan driver (on Debian, libvulkan1 and mesa-vulkan-drivers give lavapipe \
+             on the CPU), or use --backend flex"
+        ),
+    }
+}
+
+/// Make a tensor on `device` and read 1 + 2 back. The GPU runtimes panic when a driver library,
+/// a device or an adapter is missing: the panic's message (which names the library or the
+/// device) becomes the error.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn probe<B: Backend>(device: &B::Device) -> std::result::Result<(), String> {
+    use burn::tensor::{ElementConversion, Tensor};
     let probe_device = device.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(move || {
-        let t = Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0, 2.0], &probe_device);
-        t.sum().into_scalar()
+    let r = std::panic::catch_unwind(move || {
+        let t = Tensor::<B, 1>::from_floats([1.0, 2.0], &probe_device);
+        t.sum().into_scalar().elem::<f64>()
     });
     std::panic::set_hook(previous);
-    match ok {
-        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(device),
-        Ok(v) => bail!("the wgpu device computed 1 + 2 = {v}"),
-        Err(_) => bail!(
-            "the wgpu backend is compiled in but no Vulkan/Metal adapter was found (install a \
-             Vulkan driver: on Debian, libvulkan1 and mesa-vulkan-drivers give lavapipe on the CPU); \
-             use --backend flex"
-        ),
+    match r {
+        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
+        Ok(v) => Err(format!("the device computed 1 + 2 = {v}")),
+        Err(p) => Err(panic_message(p.as_ref())),
     }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn run_flex<T: BackendTask>(precision: Precision, task: T) -> Result<T::Output> {
@@ -306,25 +326,17 @@ pub fn check_available(kind: BackendKind) -> Result<()> {
     }
 }
 
-/// The first CUDA device, after checking that a tensor can be made on it: cubecl panics when the
-/// driver library is missing; turn that into an error.
+/// The first CUDA device, after checking that a tensor can be made on it (cubecl panics when
+/// the driver library or the device is missing; that becomes an error naming it).
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
-    use burn::tensor::Tensor;
     let device = burn::backend::cuda::CudaDevice::new(0);
-    let probe_device = device.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(move || {
-        let t = Tensor::<burn::backend::Cuda, 1>::from_floats([1.0, 2.0], &probe_device);
-        t.sum().into_scalar()
-    });
-    std::panic::set_hook(previous);
-    match ok {
-        Ok(_) => Ok(device),
-        Err(_) => bail!(
-            "the cuda backend is compiled in but no usable CUDA device was found (is the NVIDIA driver \
-             installed and a GPU visible?); use --backend flex"
+    match probe::<burn::backend::Cuda>(&device) {
+        Ok(()) => Ok(device),
+        Err(why) => bail!(
+            "the cuda backend is compiled in but no usable CUDA device was found ({why}); is the \
+             NVIDIA driver (libcuda.so.1) installed and a GPU visible (nvidia-smi)? Or use \
+             --backend flex"
         ),
     }
 }

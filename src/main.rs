@@ -74,6 +74,14 @@ impl DeviceArgs {
     }
 }
 
+/// `--backend X` as the last `--set backend=X` (the flag wins over a `--set` of the same key).
+fn with_backend(mut sets: Vec<String>, backend: Option<BackendKind>) -> Vec<String> {
+    if let Some(b) = backend {
+        sets.push(format!("backend={b}"));
+    }
+    sets
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Show a model's architecture, layer count, sizes, dtype, source and sha256.
@@ -102,6 +110,9 @@ enum Command {
         /// Override a configuration key (highest precedence), e.g. --set stages.heal.lora_rank=8
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// The compute backend for every job (same as --set backend=...): flex (CPU), cuda, wgpu.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
         /// Recompute this stage's jobs even if cached (repeatable).
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
@@ -156,6 +167,9 @@ enum Command {
         file: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// The compute backend for every job (same as --set backend=...): flex (CPU), cuda, wgpu.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
         /// Submit with Slurm's sbatch (the only scheduler supported).
         #[arg(long)]
         slurm: bool,
@@ -182,6 +196,9 @@ enum Command {
         file: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// The compute backend for every job (same as --set backend=...): flex (CPU), cuda, wgpu.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Re-hash every cached artifact before calling it cached.
@@ -321,8 +338,10 @@ enum BenchCommand {
         device: DeviceArgs,
     },
     /// The device check for a GPU machine (a few minutes): the tiny fixtures on the device
-    /// against flex in f32 and bf16, three LoRA steps (dense, NF4), forward and LoRA-step
-    /// tokens/s (PyTorch on the same GPU with LAYERPRUNE_REF_PYTHON); one JSON report.
+    /// against flex in f32, bf16 and f16 (logits, boundaries, the similarity pass, three LoRA
+    /// steps on a dense and an NF4 base), the real SmolLM2-135M's top-5 and boundaries against
+    /// transformers' values when the model can be had, forward and LoRA-step tokens/s (PyTorch
+    /// on the same GPU with LAYERPRUNE_REF_PYTHON); one JSON report.
     /// Exit 0 passed, 1 a check failed, 2 the backend is unavailable.
     Gpu {
         /// The GPU backend.
@@ -340,6 +359,10 @@ enum BenchCommand {
         /// Small speed shapes (a smoke test, e.g. on lavapipe).
         #[arg(long)]
         quick: bool,
+        /// The real SmolLM2-135M for the top-5 / boundaries check against transformers' values
+        /// (tests/fixtures/reference) and the similarity pass; "none" skips it.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        smollm2: String,
     },
     /// The boundary-keeping forward pass (final token at every layer boundary).
     Forward {
@@ -411,6 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             file,
             sets,
+            backend,
             force,
             no_wait,
             verify,
@@ -418,6 +442,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             refresh,
             target,
         } => {
+            let sets = with_backend(sets, backend);
             return Ok(ExitCode::from(pc::run(pc::RunArgs {
                 file: &file,
                 sets: &sets,
@@ -459,6 +484,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Submit {
             file,
             sets,
+            backend,
             slurm,
             partition,
             account,
@@ -468,6 +494,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             array_parallelism,
             dry_run,
         } => {
+            let sets = with_backend(sets, backend);
             if !slurm {
                 pc::report_error("submit: name the scheduler: --slurm (the only one supported)");
                 return Ok(ExitCode::from(layerprune::runner::exit::CONFIG));
@@ -492,13 +519,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan {
             file,
             sets,
+            backend,
             force,
             verify,
             memory,
         } => {
+            let sets = with_backend(sets, backend);
             return Ok(ExitCode::from(pc::plan(
                 &file, &sets, &force, verify, memory, cache_cli,
-            )?))
+            )?));
         }
         Command::Cache {
             what: CacheCommand::Ls,
@@ -705,6 +734,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     fixtures,
                     model,
                     quick,
+                    smollm2,
                 },
         } => {
             if let Err(e) = layerprune::backend::check_available(backend) {
@@ -717,6 +747,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out: &out,
                 model: model.as_deref(),
                 quick,
+                smollm2: (smollm2 != "none").then_some(smollm2.as_str()),
                 cache_root: &cache_root,
             })?;
             return Ok(ExitCode::from(if passed { 0 } else { 1 }));

@@ -462,6 +462,34 @@ fn no_wait_answers_before_hashing_sources() {
     assert!(child.wait().unwrap().success());
 }
 
+/// A build with the cuda backend on a machine without the NVIDIA driver (CI runs this binary
+/// built with `--features cuda`): exit 2 before any job, with what the CUDA runtime reported
+/// (the driver library it could not load) instead of a panic.
+#[cfg(feature = "cuda")]
+#[test]
+fn a_cuda_build_without_the_driver_is_refused_naming_what_is_missing() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: this machine has an NVIDIA device");
+        return;
+    }
+    let env = Env::new();
+    let text = std::fs::read_to_string(fixtures().join("pipelines/sweep.toml")).unwrap();
+    env.write("sweep.toml", &text);
+    let out = env.run(&["run", "sweep.toml", "--backend", "cuda"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("the cuda backend is compiled in but no usable CUDA device was found ("),
+        "{e}"
+    );
+    assert!(
+        e.to_lowercase().contains("libcuda") || e.contains("\"cuda\""),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(env.exec_log().is_empty(), "{:?}", env.exec_log());
+}
+
 /// A pipeline for a GPU backend on a build (or machine) without it fails before any job starts
 /// (exit 2), naming what is missing, instead of failing job after job.
 #[cfg(not(feature = "cuda"))]
@@ -472,6 +500,7 @@ fn an_unavailable_backend_is_refused_before_any_job() {
     env.write("sweep.toml", &text);
     for args in [
         vec!["run", "sweep.toml", "--set", "backend=cuda"],
+        vec!["run", "sweep.toml", "--backend", "cuda"],
         vec![
             "run",
             "sweep.toml",
