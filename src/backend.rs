@@ -200,10 +200,10 @@ fn probe<B: Backend>(device: &B::Device) -> std::result::Result<(), String> {
     let probe_device = device.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(move || {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = Tensor::<B, 1>::from_floats([1.0, 2.0], &probe_device);
         t.sum().into_scalar().elem::<f64>()
-    });
+    }));
     std::panic::set_hook(previous);
     match r {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
@@ -331,12 +331,41 @@ pub fn check_available(kind: BackendKind) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<burn::backend::cuda::CudaDevice> {
     let device = burn::backend::cuda::CudaDevice::new(0);
-    match probe::<burn::backend::Cuda>(&device) {
+    match cuda_driver_check().and_then(|()| probe::<burn::backend::Cuda>(&device)) {
         Ok(()) => Ok(device),
         Err(why) => bail!(
             "the cuda backend is compiled in but no usable CUDA device was found ({why}); is the \
-             NVIDIA driver (libcuda.so.1) installed and a GPU visible (nvidia-smi)? Or use \
-             --backend flex"
+             NVIDIA driver installed and a GPU visible (nvidia-smi)? Or use --backend flex"
         ),
+    }
+}
+
+/// What burn-cuda needs before its first kernel, checked in order so that the error names the
+/// first thing missing (cubecl's own panic happens on a worker thread, and only "RecvError"
+/// reaches this one): the driver library, NVRTC (which compiles the kernels), a device.
+#[cfg(feature = "cuda")]
+fn cuda_driver_check() -> std::result::Result<(), String> {
+    use cudarc::{driver, nvrtc};
+    // SAFETY: each only tries to dlopen the library; nothing in it is called.
+    if !unsafe { driver::sys::is_culib_present() } {
+        return Err(
+            "the CUDA driver library libcuda.so could not be loaded: no NVIDIA driver on \
+                    this machine, or it is not on the library path"
+                .into(),
+        );
+    }
+    if !unsafe { nvrtc::sys::is_culib_present() } {
+        return Err(
+            "CUDA's runtime compiler libnvrtc.so, which compiles the kernels, could not \
+                    be loaded: install NVRTC for the driver's CUDA version (the CUDA toolkit, or \
+                    pip's nvidia-cuda-nvrtc) and put it on LD_LIBRARY_PATH"
+                .into(),
+        );
+    }
+    driver::result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
+    match driver::result::device::get_count() {
+        Ok(0) => Err("the driver sees no CUDA device".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cuDeviceGetCount failed: {e:?}")),
     }
 }
