@@ -100,9 +100,7 @@ struct Outputs<'a> {
 impl BackendTask for Outputs<'_> {
     type Output = Vec<f32>;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Vec<f32>> {
-        if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
-            anyhow::bail!("unsupported: the device has no {dtype:?}");
-        }
+        require_dtype::<B>(&device, dtype)?;
         let model = match &self.kept {
             Some(k) => self.files.build_with_layers::<B>(&device, dtype, k)?,
             None => self.files.build::<B>(&device, dtype)?,
@@ -126,13 +124,20 @@ struct SimilarityPass<'a> {
 impl BackendTask for SimilarityPass<'_> {
     type Output = Vec<f32>;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Vec<f32>> {
-        if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
-            anyhow::bail!("unsupported: the device has no {dtype:?}");
-        }
+        require_dtype::<B>(&device, dtype)?;
         let model = self.files.build::<B>(&device, dtype)?;
         let d = crate::method::similarity::measure(&model, self.rows, self.batch, 1, 0, false)?;
         Ok(d.d.iter().flatten().map(|&x| x as f32).collect())
     }
+}
+
+/// An error starting "unsupported:" (a skipped check, not a failure) when the device cannot
+/// compute in `dtype`.
+fn require_dtype<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
+    if dtype != DType::F32 && !B::supports_dtype(device, dtype) {
+        anyhow::bail!("unsupported: the device has no {dtype:?}");
+    }
+    Ok(())
 }
 
 /// Whether the device computes in the task's precision (Burn's `supports_dtype`).
@@ -163,9 +168,7 @@ impl AutodiffTask for LoraSteps<'_> {
     ) -> Result<(Vec<f64>, f64)> {
         use crate::heal::adapter::LoraConfig;
         use crate::heal::train::{setup, train, Quant, TrainConfig};
-        if dtype != DType::F32 && !B::supports_dtype(&device, dtype) {
-            anyhow::bail!("unsupported: the device has no {dtype:?}");
-        }
+        require_dtype::<B>(&device, dtype)?;
         let mut model = self.files.build::<B>(&device, dtype)?;
         let lora = LoraConfig {
             r: 4,
@@ -631,24 +634,10 @@ impl Smollm2Reference {
         let f: Forward = serde_json::from_str(&text)
             .with_context(|| format!("{}: expected prompt, token_ids, top", json.display()))?;
         let st = dir.join("smollm2_final_token_boundaries.safetensors");
-        let bytes = std::fs::read(&st).with_context(|| format!("cannot read {}", st.display()))?;
-        let tensors = safetensors::SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{}: not a safetensors file", st.display()))?;
-        let t = tensors
-            .tensor("boundaries")
-            .with_context(|| format!("{}: no tensor \"boundaries\"", st.display()))?;
-        if t.dtype() != safetensors::Dtype::F32 {
-            anyhow::bail!(
-                "{}: boundaries: expected F32, found {:?}",
-                st.display(),
-                t.dtype()
-            );
-        }
-        let boundaries = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let boundaries = crate::formats::safetensors_dir::SafetensorsSet::open_file(&st)?
+            .tensor_f32("boundaries")
+            .with_context(|| st.display().to_string())?
+            .data;
         Ok(Self {
             prompt: f.prompt,
             token_ids: f.token_ids,

@@ -96,23 +96,28 @@ impl SafetensorsSet {
             }
             Ok(Self { shards, index })
         } else if single.exists() {
-            let shard = Shard::open(&single)?;
-            let index = shard
-                .view()
-                .names()
-                .into_iter()
-                .map(|n| (n.to_string(), 0))
-                .collect();
-            Ok(Self {
-                shards: vec![shard],
-                index,
-            })
+            Self::open_file(&single)
         } else {
             bail!(
                 "{}: no model.safetensors and no model.safetensors.index.json",
                 dir.display()
             )
         }
+    }
+
+    /// Open one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let shard = Shard::open(path)?;
+        let index = shard
+            .view()
+            .names()
+            .into_iter()
+            .map(|n| (n.to_string(), 0))
+            .collect();
+        Ok(Self {
+            shards: vec![shard],
+            index,
+        })
     }
 
     /// The shard file holding tensor `name`.
