@@ -27,6 +27,8 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 
 /// sha256 of a file, streaming, lowercase hex.
 pub fn sha256_file_uncached(path: &Path) -> Result<String> {
+    // a regular file only: a FIFO would block, a device such as /dev/zero never ends
+    crate::fsutil::require_file(path)?;
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();

@@ -66,6 +66,102 @@ pub fn normalize_file_permissions(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a path is, after following symbolic links, for messages and checks: a regular file,
+/// a directory, or something that must not be read as data (a FIFO, a device, a socket), or a
+/// symbolic-link loop. An untrusted path is checked with this before it is opened: opening a
+/// FIFO blocks until a writer comes, and a device such as /dev/zero never ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Dir,
+    /// A FIFO, a character or block device, or a socket (the word for messages).
+    Special(&'static str),
+}
+
+/// The kind of `path` after following links; a missing path and a link loop are errors that
+/// say so.
+pub fn path_kind(path: &Path) -> Result<PathKind> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => anyhow::bail!(
+            "{}: a loop of symbolic links (it never reaches a file)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{}: no such file or directory", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let ty = meta.file_type();
+    if ty.is_file() {
+        return Ok(PathKind::File);
+    }
+    if ty.is_dir() {
+        return Ok(PathKind::Dir);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ty.is_fifo() {
+            return Ok(PathKind::Special("a FIFO (named pipe)"));
+        }
+        if ty.is_char_device() || ty.is_block_device() {
+            return Ok(PathKind::Special("a device"));
+        }
+        if ty.is_socket() {
+            return Ok(PathKind::Special("a socket"));
+        }
+    }
+    Ok(PathKind::Special("not a regular file"))
+}
+
+/// Refuse a path that is not a regular file (after links), naming what it is instead.
+pub fn require_file(path: &Path) -> Result<()> {
+    match path_kind(path)? {
+        PathKind::File => Ok(()),
+        PathKind::Dir => anyhow::bail!("{}: a directory, expected a file", path.display()),
+        PathKind::Special(what) => {
+            anyhow::bail!("{}: {what}, expected a regular file", path.display())
+        }
+    }
+}
+
+/// Read a whole regular file of at most `cap` bytes (configuration, tokenizer and index files):
+/// a special file or a larger file is an error naming the path and the cap, never an unbounded
+/// read.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    require_file(path)?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!(
+            "{}: larger than {} MiB, the most layerprune reads from such a file",
+            path.display(),
+            cap >> 20
+        );
+    }
+    Ok(bytes)
+}
+
+/// As `read_capped`, as UTF-8 text.
+pub fn read_capped_text(path: &Path, cap: u64) -> Result<String> {
+    String::from_utf8(read_capped(path, cap)?)
+        .map_err(|_| anyhow::anyhow!("{}: not valid UTF-8 text", path.display()))
+}
+
+/// The size caps of the text files layerprune reads whole.
+pub mod caps {
+    /// Pipeline files and JSON configuration (config.json, index files, manifests, records).
+    pub const CONFIG: u64 = 16 << 20;
+    /// Tokenizer files (tokenizer.json of a 262k vocabulary is ~33 MB; tiktoken ranks ~2.5 MB).
+    pub const TOKENIZER: u64 = 256 << 20;
+}
+
 /// The directory a path lives in; "." for a bare file name.
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

@@ -257,8 +257,13 @@ enum CacheCommand {
         out: PathBuf,
     },
     /// Add the artifacts of a `cache export` file to this cache, each checked against its
-    /// manifest (sha256 of every file) before it is moved into place.
-    Import { bundle: PathBuf },
+    /// manifest (its key, and the size and sha256 of every file) before it is moved into place.
+    Import {
+        bundle: PathBuf,
+        /// The most the bundle may unpack to, e.g. "64GiB" (the default) or "500GB".
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -398,6 +403,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// A size on the command line: "64GiB", "500GB", "512MiB" or a number of bytes.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    layerprune::pipeline::config::parse_memory_size(&serde_json::Value::String(text.into()))
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     // Writing to a closed stdout (`layerprune inspect M | head -1`) ends the process quietly,
@@ -409,6 +419,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Err(message) = layerprune::runtime::check_env() {
+        commands::pipeline_cmds::report_error(&message);
+        return ExitCode::from(2);
+    }
     // every process-wide option from the environment, read once, here
     layerprune::runtime::install(layerprune::runtime::RuntimeOptions {
         log_json: matches!(cli.log_format, LogFormat::Json),
@@ -561,11 +575,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?))
         }
         Command::Cache {
-            what: CacheCommand::Import { bundle },
+            what: CacheCommand::Import { bundle, max_size },
         } => {
             return Ok(ExitCode::from(commands::cache_bundle::import(
                 &bundle,
                 &cache_root,
+                max_size.unwrap_or(layerprune::runner::bundle::DEFAULT_MAX_IMPORT_BYTES),
             )?))
         }
         Command::Stages => return Ok(ExitCode::from(pc::stages()?)),

@@ -67,6 +67,26 @@ impl RuntimeOptions {
     }
 }
 
+/// The runtime variables that must be numbers, checked: a value that does not parse is an
+/// error naming the variable (it would otherwise be ignored silently and the default used).
+pub fn check_env() -> Result<(), String> {
+    for name in [
+        "LAYERPRUNE_STREAM_MEMO_MB",
+        "LAYERPRUNE_HEAL_STEP_DELAY_MS",
+        "RAYON_NUM_THREADS",
+    ] {
+        if let Some(v) = std::env::var_os(name) {
+            let text = v.to_string_lossy();
+            if text.trim().parse::<u64>().is_err() {
+                return Err(format!(
+                    "environment variable {name}={text:?}: expected a whole number"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 static CURRENT: OnceLock<RuntimeOptions> = OnceLock::new();
 
 /// Fix the options for this process (first call wins); `main` calls it before anything runs.

@@ -462,6 +462,127 @@ fn no_wait_answers_before_hashing_sources() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Every `.tmp-` directory under `dir`, at any depth.
+fn tmp_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                out.push(p.clone());
+            }
+            out.extend(tmp_dirs(&p));
+        }
+    }
+    out
+}
+
+/// The exit_code column of results/<name>/runs.csv, one entry per run.
+fn run_exit_codes(env: &Env, name: &str) -> Vec<String> {
+    let mut r = csv::Reader::from_path(env.path(&format!("results/{name}/runs.csv"))).unwrap();
+    let col = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "exit_code")
+        .unwrap();
+    r.records().map(|x| x.unwrap()[col].to_string()).collect()
+}
+
+/// 11. SIGTERM (Slurm and cron at a time limit) and SIGINT (Ctrl-C) stop a run cleanly: exit
+/// 143 / 130, no temporary directory left, jobs.csv with the running job "interrupted" and the
+/// rest skipped, one runs.csv line with the exit code, the pipeline lock released; the next run
+/// resumes and completes.
+#[cfg(unix)]
+#[test]
+fn a_signal_stops_the_run_cleans_up_records_it_and_the_rerun_resumes() {
+    use std::io::Read;
+    for (signal, name, code) in [
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGINT, "SIGINT", 130),
+    ] {
+        let env = Env::new();
+        env.write(
+            "p.toml",
+            "name = \"p\"\n[stages.a]\nkind = \"test-value\"\nvalue = 1\nsleep_ms = 20000\n[stages.b]\nkind = \"test-value\"\nvalue = 2\ninputs = { parent = \"a\" }\n",
+        );
+        let mut child = env.spawn(&["run", "p.toml"]);
+        env.wait_for_start();
+        // SAFETY: kill(2) on our own child, not yet waited for (its pid cannot have been reused)
+        assert_eq!(
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) },
+            0,
+            "{name}"
+        );
+        let sent = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if sent.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name}: the run did not stop within 30 s of the signal");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{name}: {status:?}\n{err}");
+        assert!(
+            err.contains(&format!(
+                "interrupted by {name}: 0 jobs done, job a stopped; rerun to resume"
+            )),
+            "{name}: {err}"
+        );
+        // nothing half written is left, and nothing looks complete
+        let leftovers = tmp_dirs(&env.path("cache"));
+        assert!(leftovers.is_empty(), "{name}: {leftovers:?}\n{err}");
+        assert_eq!(artifacts(&env), 0, "{name}");
+        // the run is recorded: the running job interrupted, the one after it skipped
+        let jobs = env.jobs("p");
+        let status_of = |job: &str| {
+            jobs.iter()
+                .find(|j| j.0 == job)
+                .map(|j| j.1.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(status_of("a"), "interrupted", "{name}: {jobs:?}");
+        assert_eq!(status_of("b"), "skipped", "{name}: {jobs:?}");
+        assert_eq!(run_exit_codes(&env, "p"), vec![code.to_string()], "{name}");
+        let runs = std::fs::read_to_string(env.path("results/p/runs.csv")).unwrap();
+        // 0 run, 0 cached, 1 failed (a, interrupted), 1 skipped (b)
+        assert!(
+            runs.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(&format!(",0,0,1,1,{code}")),
+            "{name}: {runs}"
+        );
+        // the lock is free (--no-wait is not refused with exit 3) and the rerun resumes
+        let o = env
+            .cmd(&["run", "p.toml", "--no-wait"])
+            .env("LAYERPRUNE_TEST_NO_SLEEP", "1")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let jobs = env.jobs("p");
+        assert_eq!(jobs.len(), 2, "{name}: {jobs:?}");
+        assert!(jobs.iter().all(|j| j.1 == "ran"), "{name}: {jobs:?}");
+        assert_eq!(
+            run_exit_codes(&env, "p"),
+            vec![code.to_string(), "0".to_string()],
+            "{name}"
+        );
+        assert!(tmp_dirs(&env.path("cache")).is_empty(), "{name}");
+    }
+}
+
 /// A build with the cuda backend on a machine without the NVIDIA driver (CI runs this binary
 /// built with `--features cuda`): exit 2 before any job, with what the CUDA runtime reported
 /// (the driver library it could not load) instead of a panic.

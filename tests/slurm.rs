@@ -291,3 +291,172 @@ fn slurm_submission_equals_a_local_run() {
         .count();
     assert_eq!(outs, 6);
 }
+
+/// Every value that reaches a generated sbatch script (stage names, --partition, --account,
+/// --time, --set, the working directory, the pipeline and cache paths) is either refused with
+/// exit 2 (a control character, a value outside Slurm's syntax, a stage name outside its
+/// character set) or quoted: the scripts pass `bash -n`, and running them through a stub sbatch
+/// that executes them never creates the sentinel file any hostile value tries to create.
+#[test]
+fn hostile_values_never_become_shell_code() {
+    let env = Env::new();
+    let sentinel = env.path("SENTINEL");
+    let touch = format!("touch {}", sentinel.display());
+    let assert_clean = |what: &str| {
+        assert!(
+            !sentinel.exists(),
+            "{what}: a hostile value ran a shell command"
+        );
+    };
+    // 1. stage names outside the character set: exit 2 at the line, for every command
+    let pipelines = [
+        format!("name = \"h\"\n[stages.\"ld\\n{touch} #\"]\nkind = \"test-value\"\n"),
+        "name = \"h\"\n[stages.\"my.load\"]\nkind = \"load\"\n".to_string(),
+        "name = \"h\"\n\n[stages.\"\"]\nkind = \"test-value\"\n".to_string(),
+        format!("name = \"h\"\n[stages.\"a $({touch})\"]\nkind = \"test-value\"\n"),
+    ];
+    for (i, text) in pipelines.iter().enumerate() {
+        let f = format!("bad{i}.toml");
+        env.write(&f, text);
+        for cmd in [
+            vec!["plan", f.as_str()],
+            vec!["run", f.as_str()],
+            vec!["submit", f.as_str(), "--slurm", "--dry-run"],
+        ] {
+            let out = env.run(&cmd);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?} {text}: {}", stderr(&out));
+            let e = stderr(&out);
+            assert!(
+                e.contains(&format!("{f}:")) && e.contains("stage name"),
+                "{cmd:?}: {e}"
+            );
+            assert!(!e.contains("panicked"), "{e}");
+        }
+    }
+    assert_clean("stage names");
+    // 2. option values outside Slurm's syntax, and control characters in paths: exit 2,
+    //    nothing written
+    let f = sweep(&env);
+    let bad_options: Vec<Vec<String>> = vec![
+        vec!["--partition".into(), format!("gpu\n{touch}")],
+        vec!["--partition".into(), format!("gpu;{touch}")],
+        vec!["--account".into(), format!("lab\n#SBATCH --uid=0\n{touch}")],
+        vec!["--time".into(), format!("1:00\n{touch}")],
+        vec!["--time".into(), format!("$({touch})")],
+        vec!["--set".into(), format!("description=a\n{touch}")],
+    ];
+    for extra in &bad_options {
+        let mut args = vec!["submit", f.as_str(), "--slurm"];
+        args.extend(extra.iter().map(|s| s.as_str()));
+        let out = env
+            .cmd(&args)
+            .env("LAYERPRUNE_SBATCH", "/bin/false")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(!env.path("cache/slurm").exists(), "{extra:?}: a script was written");
+    }
+    let newline_cache = env.path("cache\nx");
+    let out = with_cache(&env, &["submit", &f, "--slurm", "--dry-run"], &newline_cache)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
+    let newline_dir = env.path("work\nx");
+    std::fs::create_dir_all(&newline_dir).unwrap();
+    std::fs::copy(env.path(&f), newline_dir.join(&f)).unwrap();
+    let out = env
+        .cmd(&["submit", &f, "--slurm", "--dry-run"])
+        .current_dir(&newline_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("working directory"), "{}", stderr(&out));
+    assert_clean("options and paths");
+    // 3. hostile values without control characters are accepted and quoted: a working
+    //    directory, pipeline path and cache path full of shell syntax, and a --set value.
+    //    A stub sbatch checks each script with `bash -n` and runs it as task 0.
+    let weird = env.path(&format!("w $({touch}) `{touch}` ';{touch};' \"q\""));
+    std::fs::create_dir_all(&weird).unwrap();
+    std::fs::copy(env.path(&f), weird.join("p $(x).toml")).unwrap();
+    let stub = env.path("sbatch-stub");
+    std::fs::write(
+        &stub,
+        "#!/bin/bash\n# the script is the last argument\nfor s; do :; done\n\
+         bash -n \"$s\" || { echo \"bash -n failed on $s\" >&2; exit 1; }\n\
+         SLURM_ARRAY_TASK_ID=0 bash \"$s\" >>\"$s.ran\" 2>&1 || true\n\
+         echo $RANDOM\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cache = weird.join(format!("cache $({touch})"));
+    let out = with_cache(
+        &env,
+        &[
+            "submit",
+            "p $(x).toml",
+            "--slurm",
+            "--partition",
+            "gpu,debug",
+            "--account",
+            "lab-1",
+            "--time",
+            "1-00:00:00",
+            "--set",
+            &format!("description=$({touch})'\"`{touch}`"),
+        ],
+        &cache,
+    )
+    .current_dir(&weird)
+        .env("LAYERPRUNE_SBATCH", &stub)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("array job(s)"), "{}", stdout(&out));
+    // the scripts ran (their first task's job is in the cache) and created nothing else
+    let ran: Vec<String> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "ran"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert!(
+        ran.iter().all(|r| !r.contains("command not found") && !r.contains("syntax error")),
+        "{ran:?}"
+    );
+    assert_clean("quoted values");
+}
+
+/// The binary as `Env::cmd` runs it, with another cache directory.
+fn with_cache(env: &Env, args: &[&str], cache: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_layerprune"));
+    c.args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .current_dir(env.dir.path())
+        .env("LAYERPRUNE_TEST_STAGES", "1")
+        .env_remove("LAYERPRUNE_CACHE");
+    c
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::pipeline_cmds::{load_graph, report_error};
 use crate::runner::bundle::{self, Imported, Wanted};
@@ -70,6 +70,13 @@ pub fn export(
         report_error("cache export: name at least one pipeline file");
         return Ok(exit::CONFIG);
     };
+    // --out: a new file or a regular file that is none of the inputs (never a link, a FIFO,
+    // a device, a pipeline file or something in the cache); written through a temporary file
+    // beside it and renamed
+    if let Err(e) = check_out_path(out, files, &root) {
+        report_error(&format!("cache export --out {}: {e:#}", out.display()));
+        return Ok(exit::CONFIG);
+    }
     let summary = match bundle::export(&root, &wanted, out) {
         Ok(s) => s,
         Err(e) => {
@@ -90,6 +97,52 @@ pub fn export(
     Ok(exit::SUCCESS)
 }
 
+/// Where `cache export` may write its bundle: nothing there yet, or a regular file (not
+/// through a symbolic link) that is not one of the pipeline files and lies outside the cache.
+fn check_out_path(out: &Path, inputs: &[PathBuf], cache_root: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
+        Ok(meta) => {
+            let ty = meta.file_type();
+            if ty.is_symlink() {
+                anyhow::bail!("a symbolic link; give the path of a regular file (it would replace the link)");
+            }
+            if !ty.is_file() {
+                anyhow::bail!(
+                    "not a regular file ({}); give the path of a new or regular file",
+                    match crate::fsutil::path_kind(out) {
+                        Ok(crate::fsutil::PathKind::Dir) => "a directory",
+                        Ok(crate::fsutil::PathKind::Special(what)) => what,
+                        _ => "something else",
+                    }
+                );
+            }
+            for input in inputs {
+                if same_file(out, input) {
+                    anyhow::bail!("this is the pipeline file {}; it would be overwritten", input.display());
+                }
+            }
+        }
+    }
+    let parent = crate::fsutil::parent_dir(out);
+    if let (Ok(dir), Ok(cache)) = (std::fs::canonicalize(parent), std::fs::canonicalize(cache_root)) {
+        if dir.starts_with(&cache) {
+            anyhow::bail!("inside the cache {}; write the bundle elsewhere", cache_root.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// Paths for a message: "a, b, c".
 fn joined<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> String {
     paths
@@ -101,8 +154,8 @@ fn joined<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> String {
 
 /// Import a bundle into the cache: exit 2 when the file is not a bundle, 1 when an artifact of
 /// it was rejected (the others are imported), 0 otherwise.
-pub fn import(bundle_file: &Path, cache_root: &Path) -> Result<u8> {
-    let done = match bundle::import(cache_root, bundle_file) {
+pub fn import(bundle_file: &Path, cache_root: &Path, max_bytes: u64) -> Result<u8> {
+    let done = match bundle::import(cache_root, bundle_file, max_bytes) {
         Ok(d) => d,
         Err(e) => {
             report_error(&format!("cache import: {e:#}"));

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -304,8 +305,20 @@ fn run_job(args: &RunArgs, selector: &str) -> Result<u8> {
         verify: args.verify,
         runtime: crate::runtime::current().clone(),
         targets: BTreeSet::new(),
+        journal: None,
     };
-    let record = match runner::run_one(&cfg, &graph, i, &cache_root, &opts) {
+    // SIGINT / SIGTERM (`run` installed the watch): the job's temporary directory removed, exit
+    // 130 / 143; a Slurm array task has no pipeline records to write
+    let label = graph.jobs[i].label();
+    runner::interrupt::set_hook(Box::new(move |signum: i32| {
+        tracing::warn!(
+            "interrupted by {}: job {label} stopped; rerun to resume",
+            runner::interrupt::signal_name(signum)
+        );
+    }));
+    let record = runner::run_one(&cfg, &graph, i, &cache_root, &opts);
+    runner::interrupt::clear_hook();
+    let record = match record {
         Ok(r) => r,
         Err(e) => {
             report_error(&format!("{e:#}"));
@@ -385,6 +398,9 @@ pub fn status(file: &Path, sets: &[String], cache_cli: Option<&Path>) -> Result<
 }
 
 pub fn run(args: RunArgs) -> Result<u8> {
+    // from here on SIGINT and SIGTERM stop the run (or the --job) with exit 130 / 143, its
+    // temporary directories removed; the hooks set below record the run as far as it got
+    runner::interrupt::install();
     if let Some(selector) = args.job {
         return run_job(&args, selector);
     }
@@ -417,6 +433,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         report_error(&format!("another run of pipeline {} is in progress (lock held under {}); not waiting (--no-wait)", cfg.name, cache_root.join("locks").display()));
         return Ok(exit::LOCKED);
     };
+    // a signal before the graph is known (hashing sources can take minutes) still leaves its
+    // line in runs.csv; the hook is cleared whichever way this function returns
+    let _clear_hook = ClearHookOnReturn;
+    runner::interrupt::set_hook(interrupted_run_hook(
+        cfg.results_dir.join(&cfg.name),
+        started_at.clone(),
+        None,
+    ));
     let mut cfg = cfg;
     match runner::refresh::load(&cache_root, &cfg.name) {
         Ok(marks) => cfg.refresh = marks,
@@ -460,6 +484,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         graph.jobs.len(),
         cache_root.display()
     );
+    // a signal from here on records the jobs as far as they got (jobs.csv, STALE.md, runs.csv)
+    let journal = Arc::new(runner::RunJournal::new(&graph));
+    runner::interrupt::set_hook(interrupted_run_hook(
+        results_dir.clone(),
+        started_at.clone(),
+        Some(journal.clone()),
+    ));
     // from here on the run records itself whatever happens: a failure is exit 1, never 2
     let mut run_error = results::write_resolved(&cfg, &results_dir).err();
     let summary = runner::run(
@@ -471,6 +502,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             verify: args.verify,
             runtime: crate::runtime::current().clone(),
             targets,
+            journal: Some(journal),
         },
     );
     if let Some(e) = &summary.error {
@@ -481,28 +513,32 @@ pub fn run(args: RunArgs) -> Result<u8> {
     } else {
         summary.exit_code()
     };
-    match runner::history::snapshot(&summary, &results_dir, &started_at) {
-        Ok(Some(dir)) => tracing::info!("results changed: snapshot in {}", dir.display()),
-        Ok(None) => {}
-        Err(e) => {
-            run_error.get_or_insert(e);
+    // the run's own records, with the interrupt hook gone: a signal meanwhile waits for them,
+    // then only removes temporary directories and exits, so the run is recorded once
+    runner::interrupt::clear_hook_while(|| {
+        match runner::history::snapshot(&summary, &results_dir, &started_at) {
+            Ok(Some(dir)) => tracing::info!("results changed: snapshot in {}", dir.display()),
+            Ok(None) => {}
+            Err(e) => {
+                run_error.get_or_insert(e);
+            }
         }
-    }
-    for step in [
-        results::write_jobs(&summary, &results_dir),
-        results::mark_stale(&summary, &results_dir, &started_at),
-        results::append_run(
-            &results_dir,
-            &started_at,
-            &runner::now_rfc3339(),
-            &summary,
-            code,
-        ),
-    ] {
-        if let Err(e) = step {
-            run_error.get_or_insert(e);
+        for step in [
+            results::write_jobs(&summary, &results_dir),
+            results::mark_stale(&summary, &results_dir, &started_at),
+            results::append_run(
+                &results_dir,
+                &started_at,
+                &runner::now_rfc3339(),
+                &summary,
+                code,
+            ),
+        ] {
+            if let Err(e) = step {
+                run_error.get_or_insert(e);
+            }
         }
-    }
+    });
     let not_needed = match summary.not_needed() {
         0 => String::new(),
         n => format!(", {n} not needed for --target"),
@@ -517,7 +553,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         results_dir.display()
     );
     for j in &summary.jobs {
-        if let runner::Outcome::Failed(e) | runner::Outcome::Skipped(e) = &j.outcome {
+        if let runner::Outcome::Failed(e)
+        | runner::Outcome::Skipped(e)
+        | runner::Outcome::Interrupted(e) = &j.outcome
+        {
             println!("  {}: {e}", j.label);
         }
     }
@@ -526,6 +565,62 @@ pub fn run(args: RunArgs) -> Result<u8> {
         return Ok(exit::JOBS_FAILED);
     }
     Ok(code)
+}
+
+/// Clears the interrupt hook when `run` returns, whichever way (its records are written, or it
+/// ends early with a configuration error).
+struct ClearHookOnReturn;
+
+impl Drop for ClearHookOnReturn {
+    fn drop(&mut self) {
+        runner::interrupt::clear_hook();
+    }
+}
+
+/// The interrupt hook of `run` (`runner::interrupt`): on SIGINT or SIGTERM it records the run as
+/// far as it got, with exit code 130 / 143: jobs.csv (the finished jobs, the running one
+/// "interrupted", the rest skipped), STALE.md and a runs.csv line; before the graph is known
+/// (`journal` None) only the runs.csv line. Then it logs what to do next.
+fn interrupted_run_hook(
+    results_dir: PathBuf,
+    started_at: String,
+    journal: Option<Arc<runner::RunJournal>>,
+) -> runner::interrupt::Hook {
+    Box::new(move |signum: i32| {
+        let signal = runner::interrupt::signal_name(signum);
+        let code = runner::interrupt::exit_code(signum);
+        let progress = journal.as_ref().map(|j| j.progress());
+        let summary = journal
+            .as_ref()
+            .map(|j| j.interrupted_summary(signal))
+            .unwrap_or_default();
+        let mut steps = Vec::new();
+        if journal.is_some() {
+            steps.push(results::write_jobs(&summary, &results_dir));
+            steps.push(results::mark_stale(&summary, &results_dir, &started_at));
+        }
+        steps.push(results::append_run(
+            &results_dir,
+            &started_at,
+            &runner::now_rfc3339(),
+            &summary,
+            code,
+        ));
+        for e in steps.into_iter().filter_map(|s| s.err()) {
+            report_error(&format!("recording the interrupted run: {e:#}"));
+        }
+        match progress {
+            Some((done, Some(running))) => tracing::warn!(
+                "interrupted by {signal}: {done} jobs done, job {running} stopped; rerun to resume"
+            ),
+            Some((done, None)) => tracing::warn!(
+                "interrupted by {signal}: {done} jobs done, none running; rerun to resume"
+            ),
+            None => {
+                tracing::warn!("interrupted by {signal} before any job started; rerun to resume")
+            }
+        }
+    })
 }
 
 /// An error for the user: plain "error: ..." on stderr, or a JSON log line with

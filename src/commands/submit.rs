@@ -61,13 +61,24 @@ pub fn submit(args: SubmitArgs) -> Result<u8> {
         cache_dir: cache_abs.clone(),
         workdir: std::env::current_dir().context("cannot read the working directory")?,
     };
+    // every value a script will hold, checked before anything is written (exit 2)
+    if let Err(e) = args.options.check().and_then(|()| cmd.check()) {
+        report_error(&format!("submit: {e:#}"));
+        return Ok(exit::CONFIG);
+    }
     let mut scripts = Vec::new();
     let mut submit_sh = String::from("#!/bin/bash\n# written by layerprune submit; rerun to resubmit these levels\nset -euo pipefail\n");
     for (k, level) in levels.iter().enumerate() {
         let base = format!("level-{k}-{}", level.stages.join("+"));
         let index = dir.join(format!("{base}.keys"));
         let script = dir.join(format!("{base}.sbatch"));
-        let text = slurm::script(&cfg.name, level, &index, &dir, &cmd, &args.options);
+        let text = match slurm::script(&cfg.name, level, &index, &dir, &cmd, &args.options) {
+            Ok(t) => t,
+            Err(e) => {
+                report_error(&format!("submit: {e:#}"));
+                return Ok(exit::CONFIG);
+            }
+        };
         let keys: String = level
             .jobs
             .iter()

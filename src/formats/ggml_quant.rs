@@ -116,7 +116,11 @@ impl GgmlType {
     /// size is unknown.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (per_block, bytes) = self.block()?;
-        (n % per_block == 0).then(|| n / per_block * bytes)
+        // None also where the size overflows (a corrupt element count)
+        if n % per_block != 0 {
+            return None;
+        }
+        (n / per_block).checked_mul(bytes)
     }
 }
 

@@ -121,8 +121,17 @@ impl GgufTensorInfo {
     pub fn shape(&self) -> Vec<usize> {
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
+    /// The element count (checked at open not to overflow; see `checked_elements`).
     pub fn num_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_elements().unwrap_or(u64::MAX)
+    }
+    /// The product of the dimensions, None where it overflows.
+    fn checked_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+    }
+    /// The tensor's bytes in the data section.
+    pub fn n_bytes(&self) -> Option<u64> {
+        self.ggml_type.bytes_for(self.checked_elements()?)
     }
 }
 
@@ -146,11 +155,79 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Every tensor's byte range, in checked arithmetic: its element count and byte size do not
+/// overflow and fill whole blocks of its type, its offset is aligned, the range lies inside the
+/// data section, no two ranges overlap and no name repeats. The error names the tensor.
+fn check_tensor_ranges(
+    tensors: &[GgufTensorInfo],
+    data_start: u64,
+    file_len: u64,
+    alignment: u64,
+) -> Result<()> {
+    let data_len = file_len - data_start;
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let elements = t.checked_elements().with_context(|| {
+            format!(
+                "corrupt tensor table: tensor {} has dimensions {:?} whose product overflows",
+                t.name, t.dims
+            )
+        })?;
+        let n_bytes = t.ggml_type.bytes_for(elements).with_context(|| {
+            format!(
+                "tensor {}: {elements} elements do not fill whole {} blocks",
+                t.name,
+                t.ggml_type.name()
+            )
+        })?;
+        if t.offset % alignment != 0 {
+            bail!(
+                "corrupt tensor table: tensor {} starts at offset {}, not a multiple of the \
+                 alignment {alignment}",
+                t.name,
+                t.offset
+            );
+        }
+        let end = t.offset.checked_add(n_bytes).filter(|&e| e <= data_len);
+        let Some(end) = end else {
+            bail!(
+                "truncated or corrupt file: tensor {} ({n_bytes} bytes at offset {}) does not \
+                 lie inside the data section ({data_len} bytes from byte {data_start})",
+                t.name,
+                t.offset
+            );
+        };
+        ranges.push((t.offset, end, &t.name));
+    }
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        let ((_, end_a, a), (start_b, _, b)) = (pair[0], pair[1]);
+        if start_b < end_a {
+            bail!("corrupt tensor table: tensors {a} and {b} overlap in the data section");
+        }
+    }
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
+        bail!(
+            "corrupt tensor table: two tensors are named {}",
+            pair[0]
+        );
+    }
+    Ok(())
+}
+
 /// A bounds-checked little-endian cursor over the file bytes.
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far (bounded by MAX_METADATA_ELEMENTS).
+    elements: u64,
 }
+
+/// The most metadata array elements a header may hold in all: a 262k-token vocabulary with
+/// its scores, types and merges is ~1.3 M.
+const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
@@ -208,11 +285,21 @@ impl<'a> Cursor<'a> {
                 }
                 let item_type = self.u32(what)?;
                 let count = self.u64(what)?;
-                // Every element takes at least one byte: a count beyond the remaining bytes is corrupt.
-                if count > (self.bytes.len() - self.pos) as u64 {
+                // Every element takes at least one byte: a count beyond the remaining bytes is
+                // corrupt. The header's arrays together are bounded too (each element is a
+                // 32-byte value in memory), and capacity is reserved only for what was read.
+                let remaining = self.bytes.len().saturating_sub(self.pos) as u64;
+                if count > remaining {
                     bail!("corrupt header: {what} claims {count} array elements");
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_METADATA_ELEMENTS {
+                    bail!(
+                        "corrupt header: the metadata arrays hold more than {MAX_METADATA_ELEMENTS} \
+                         elements in all (at {what})"
+                    );
+                }
+                let mut items = Vec::with_capacity((count as usize).min(4096));
                 for _ in 0..count {
                     items.push(self.value(item_type, what, depth + 1)?);
                 }
@@ -240,6 +327,7 @@ impl GgufFile {
         let mut cur = Cursor {
             bytes: &mmap,
             pos: 0,
+            elements: 0,
         };
         let magic = cur.take(4, "magic")?;
         if magic != GGUF_MAGIC {
@@ -295,25 +383,15 @@ impl GgufFile {
                 .filter(|a| *a > 0 && a.is_power_of_two())
                 .with_context(|| format!("general.alignment must be a power of two, got {v:?}"))?,
         };
-        let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
         let file_len = mmap.len() as u64;
-        for t in &tensors {
-            let n_bytes = t.ggml_type.bytes_for(t.num_elements()).with_context(|| {
-                format!(
-                    "tensor {}: {} elements do not fill whole {:?} blocks",
-                    t.name,
-                    t.num_elements(),
-                    t.ggml_type
-                )
+        let data_start = (cur.pos as u64)
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .filter(|&d| d <= file_len)
+            .with_context(|| {
+                format!("corrupt header: the data section (alignment {alignment}) starts beyond the file")
             })?;
-            let end = data_start + t.offset + n_bytes;
-            if end > file_len {
-                bail!(
-                    "truncated file: tensor {} needs bytes up to {end} but the file has {file_len} bytes",
-                    t.name
-                );
-            }
-        }
+        check_tensor_ranges(&tensors, data_start, file_len, alignment)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
@@ -400,9 +478,10 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (bounds were checked at open).
     pub fn raw(&self, info: &GgufTensorInfo) -> &[u8] {
+        // checked at open (check_tensor_ranges): inside the data section, no overflow
         let start = (self.data_start + info.offset) as usize;
-        let len = info.ggml_type.bytes_for(info.num_elements()).unwrap() as usize;
-        &self.mmap[start..start + len]
+        let len = info.n_bytes().unwrap_or(0) as usize;
+        self.mmap.get(start..start + len).unwrap_or(&[])
     }
 
     /// Dequantise a tensor to f32 in row-major (slowest-first) shape.

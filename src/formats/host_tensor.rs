@@ -25,8 +25,9 @@ pub struct HostTensor {
 
 impl HostTensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(data.len()) {
+            let n = n.map_or("an overflowing number of".to_string(), |n| n.to_string());
             bail!("shape {shape:?} needs {n} values, got {}", data.len());
         }
         Ok(Self { shape, data })

@@ -21,6 +21,7 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
+        crate::fsutil::require_file(path)?;
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only mapping of a file we do not modify.
         let mmap = unsafe { Mmap::map(&file) }
@@ -35,8 +36,12 @@ impl Shard {
         })
     }
 
-    fn view(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.mmap).expect("validated at open")
+    /// The parsed header (validated at open; parsed again here rather than trusted, since the
+    /// mapped file may have changed since).
+    fn view(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.mmap).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file ({e})", self.path.display())
+        })
     }
 }
 
@@ -53,8 +58,7 @@ impl SafetensorsSet {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("cannot read {}", index_path.display()))?;
+            let text = crate::fsutil::read_capped_text(&index_path, crate::fsutil::caps::CONFIG)?;
             let json: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: invalid JSON", index_path.display()))?;
             let map = json
@@ -81,12 +85,22 @@ impl SafetensorsSet {
                 };
                 index.insert(name.clone(), i);
             }
+            // shard names are plain file names beside the index, never paths elsewhere
+            if let Some(f) = files
+                .iter()
+                .find(|f| f.is_empty() || f.contains('/') || f.contains('\\') || *f == "..")
+            {
+                bail!(
+                    "{}: weight_map names the shard {f:?}; expected a file name in the same directory",
+                    index_path.display()
+                );
+            }
             let shards = files
                 .iter()
                 .map(|f| Shard::open(&dir.join(f)))
                 .collect::<Result<Vec<_>>>()?;
             for (name, &i) in &index {
-                if shards[i].view().tensor(name).is_err() {
+                if shards[i].view()?.tensor(name).is_err() {
                     bail!(
                         "{}: tensor {name} is listed in {} but missing from it",
                         index_path.display(),
@@ -109,7 +123,7 @@ impl SafetensorsSet {
     pub fn open_file(path: &Path) -> Result<Self> {
         let shard = Shard::open(path)?;
         let index = shard
-            .view()
+            .view()?
             .names()
             .into_iter()
             .map(|n| (n.to_string(), 0))
@@ -133,12 +147,27 @@ impl SafetensorsSet {
         self.index.keys().map(|s| s.as_str())
     }
 
+    /// The number of tensors.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The stored shape of one tensor, without reading it.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let &i = self.index.get(name)?;
+        Some(self.shards[i].view().ok()?.tensor(name).ok()?.shape().to_vec())
+    }
+
     /// The stored dtype of one tensor, e.g. "BF16".
     pub fn dtype(&self, name: &str) -> Option<String> {
         let &i = self.index.get(name)?;
         Some(format!(
             "{:?}",
-            self.shards[i].view().tensor(name).ok()?.dtype()
+            self.shards[i].view().ok()?.tensor(name).ok()?.dtype()
         ))
     }
 
@@ -149,8 +178,10 @@ impl SafetensorsSet {
             .get(name)
             .with_context(|| format!("no tensor named {name}"))?;
         let shard = &self.shards[i];
-        let view = shard.view();
-        let t = view.tensor(name).expect("indexed at open");
+        let view = shard.view()?;
+        let t = view.tensor(name).map_err(|e| {
+            anyhow::anyhow!("{}: tensor {name}: {e}", shard.path.display())
+        })?;
         let bytes = t.data();
         let data: Vec<f32> = match t.dtype() {
             Dtype::F32 => bytes

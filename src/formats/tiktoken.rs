@@ -41,8 +41,10 @@ pub struct TiktokenBpe {
 impl TiktokenBpe {
     /// Read a tiktoken ranks file and add Qwen's special tokens after its ranks.
     pub fn qwen_from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::fsutil::read_capped_text(path, crate::fsutil::caps::TOKENIZER)?;
+        // ranks are 0..N without gaps, so none can reach the number of lines: a larger one is
+        // refused before anything is allocated for it
+        let lines = text.lines().count();
         let mut by_rank: Vec<Option<Vec<u8>>> = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for (n, line) in text.lines().enumerate() {
@@ -64,6 +66,14 @@ impl TiktokenBpe {
                 .trim()
                 .parse()
                 .with_context(|| bad("the rank is not a non-negative integer"))?;
+            if rank >= lines {
+                bail!(
+                    "{}",
+                    bad(&format!(
+                        "rank {rank} is beyond the file's {lines} lines (ranks must be 0..N)"
+                    ))
+                );
+            }
             if rank >= by_rank.len() {
                 by_rank.resize(rank + 1, None);
             }
@@ -156,5 +166,10 @@ impl TiktokenBpe {
 
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The largest token id (ranks, then the special tokens after them).
+    pub fn max_id(&self) -> Option<u32> {
+        self.tokens.len().checked_sub(1).map(|n| n as u32)
     }
 }

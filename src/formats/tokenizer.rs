@@ -73,6 +73,8 @@ pub struct TextTokenizer {
     /// The files that describe it, for export next to a pruned model: (file name, bytes), e.g.
     /// tokenizer.json (HF, or converted from GGUF) or qwen.tiktoken.
     pub files: Vec<(String, Vec<u8>)>,
+    /// Ids from this one on are refused by `encode` (the model's vocabulary; `limit_ids`).
+    vocab_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -100,6 +102,7 @@ impl TextTokenizer {
             engine: Engine::Hf(Box::new(inner)),
             adds_bos,
             files: vec![("tokenizer.json".into(), json.into_bytes())],
+            vocab_limit: None,
         })
     }
 
@@ -116,12 +119,12 @@ impl TextTokenizer {
             engine: Engine::Tiktoken(bpe),
             adds_bos: false,
             files: vec![(name, bytes)],
+            vocab_limit: None,
         })
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json = crate::fsutil::read_capped_text(path, crate::fsutil::caps::TOKENIZER)?;
         Self::from_json_str(json, &path.display().to_string())
     }
 
@@ -272,15 +275,31 @@ impl TextTokenizer {
     /// Token ids with or without the model's special tokens (tiktoken: never a BOS; special
     /// tokens written in the text are always themselves, as QWenTokenizer does).
     pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        match &self.engine {
+        let ids = match &self.engine {
             Engine::Hf(t) => {
                 let enc = t
                     .encode(text, add_special_tokens)
                     .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
-                Ok(enc.get_ids().to_vec())
+                enc.get_ids().to_vec()
             }
-            Engine::Tiktoken(t) => t.encode(text),
+            Engine::Tiktoken(t) => t.encode(text)?,
+        };
+        if let Some(limit) = self.vocab_limit {
+            if let Some(&id) = ids.iter().find(|&&id| id >= limit) {
+                bail!(
+                    "the tokenizer produced token id {id} ({:?}), beyond the model's vocabulary \
+                     of {limit} embedding rows: the tokenizer does not belong to this model",
+                    self.id_to_token(id).unwrap_or_default()
+                );
+            }
         }
+        Ok(ids)
+    }
+
+    /// Refuse, from now on, any id at or beyond `vocab_size` (the model's embedding rows):
+    /// every id `encode` returns then indexes the embedding.
+    pub fn limit_ids(&mut self, vocab_size: usize) {
+        self.vocab_limit = Some(u32::try_from(vocab_size).unwrap_or(u32::MAX));
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -303,6 +322,15 @@ impl TextTokenizer {
         match &self.engine {
             Engine::Hf(t) => t.id_to_token(id),
             Engine::Tiktoken(t) => t.id_to_token(id),
+        }
+    }
+
+    /// The largest id the tokenizer can produce (its vocabulary and added tokens), None for
+    /// an empty vocabulary: every id must index the model's embedding.
+    pub fn max_id(&self) -> Option<u32> {
+        match &self.engine {
+            Engine::Hf(t) => t.get_vocab(true).into_values().max(),
+            Engine::Tiktoken(t) => t.max_id(),
         }
     }
 

@@ -236,11 +236,28 @@ impl JsonKeys<'_> {
     }
 }
 
+/// Bounds on a configuration's sizes, far above any released model (Llama-3.1-405B: 126
+/// layers, width 16384, MLP 53248; Gemma-3: 262k vocabulary): a value beyond them is a corrupt
+/// or hostile file, refused before anything is allocated from it.
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_VOCAB: usize = 1 << 23;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_HEAD_DIM: usize = 1 << 14;
+pub const MAX_POSITIONS: usize = 1 << 26;
+
+/// `name` = `value` within `max`, else an error naming both.
+fn check_size(name: &str, value: usize, max: usize) -> Result<()> {
+    if value > max {
+        bail!("{name} = {value} is implausible (at most {max}): a corrupt configuration?");
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// Parse a Hugging Face `config.json`.
     pub fn from_hf_config_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::fsutil::read_capped_text(path, crate::fsutil::caps::CONFIG)?;
         let json: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;
         Self::from_hf_json(path, &json)
@@ -369,6 +386,8 @@ impl ModelConfig {
         .or(k.opt_f64("partial_rotary_factor")?)
         .unwrap_or(1.0);
         let num_hidden_layers = k.usize("num_hidden_layers")?;
+        check_size("num_hidden_layers", num_hidden_layers, MAX_LAYERS)
+            .with_context(|| format!("{}", file.display()))?;
         let sliding_layers = if gemma {
             match k.get("layer_types") {
                 Some(Value::Array(types)) => types
@@ -386,6 +405,9 @@ impl ModelConfig {
                 // transformers' default: every sliding_window_pattern-th layer is global
                 None => {
                     let pattern = k.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+                    if pattern == 0 {
+                        bail!("{}: sliding_window_pattern must be positive", file.display());
+                    }
                     (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect()
                 }
             }
@@ -722,6 +744,8 @@ impl ModelConfig {
             context_limit: None,
         };
         let mut cfg = cfg;
+        check_size(&key("block_count"), cfg.num_hidden_layers, MAX_LAYERS)
+            .with_context(|| format!("{}", g.path().display()))?;
         if gemma {
             cfg.sliding_layers = (0..cfg.num_hidden_layers)
                 .map(|i| (i + 1) % 6 != 0)
@@ -733,6 +757,20 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // sizes are checked against plausible bounds before anything is allocated from them
+        // (the loader then checks them against the tensors actually present)
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ] {
+            check_size(name, v, max)?;
+        }
         let nonzero = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

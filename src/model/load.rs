@@ -26,7 +26,7 @@ pub struct ModelFiles {
 impl ModelFiles {
     pub fn open(source: ResolvedSource) -> Result<Self> {
         let path = source.path.clone();
-        let (config, tokenizer, store, format) = if path.is_dir() {
+        let (config, mut tokenizer, store, format) = if path.is_dir() {
             open_hf_dir(&path)?
         } else if path
             .extension()
@@ -43,6 +43,8 @@ impl ModelFiles {
                 path.display()
             );
         };
+        check_weights(&config, &store, &path)?;
+        check_tokenizer(&mut tokenizer, &config, &path)?;
         Ok(Self {
             source,
             config,
@@ -119,4 +121,70 @@ fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, TextTokenizer, WeightStore, &
     };
     let store = WeightStore::Safetensors(SafetensorsSet::open_dir(dir)?);
     Ok((config, tokenizer, store, "hf"))
+}
+
+/// The configuration checked against the tensors actually present, before anything is
+/// allocated from it: the layer count no larger than the tensor count, every tensor of every
+/// layer there, and the embedding [vocab_size, hidden_size] (the other shapes are checked as
+/// each tensor is read).
+fn check_weights(config: &ModelConfig, store: &WeightStore, path: &Path) -> Result<()> {
+    let layout = config.architecture.layout();
+    let layers = config.num_hidden_layers;
+    if layers > store.tensor_count() {
+        bail!(
+            "{}: the configuration says {layers} layers but the file holds only {} tensors",
+            path.display(),
+            store.tensor_count()
+        );
+    }
+    let suffixes = layout.layer_tensor_suffixes(config);
+    for layer in 0..layers {
+        for suffix in &suffixes {
+            let name = format!("{}.{layer}.{suffix}", layout.layer_prefix);
+            if !store.has(&name, config) {
+                bail!(
+                    "{}: the configuration says {layers} layers, but tensor {name} (layer \
+                     {layer}) is not in the file",
+                    path.display()
+                );
+            }
+        }
+    }
+    let embed = layout.embed.hf;
+    let expected = [config.vocab_size, config.hidden_size];
+    match store.shape(embed, config) {
+        Some(shape) if shape == expected => Ok(()),
+        Some(shape) => bail!(
+            "{}: tensor {embed} has shape {shape:?}, but the configuration's vocab_size and \
+             hidden_size make it {expected:?}",
+            path.display()
+        ),
+        None => bail!("{}: no tensor {embed}", path.display()),
+    }
+}
+
+/// Every id the tokenizer produces (checked by `encode` from now on), and the configuration's
+/// BOS / EOS ids, index the embedding: otherwise a token would read past it.
+fn check_tokenizer(tokenizer: &mut TextTokenizer, config: &ModelConfig, path: &Path) -> Result<()> {
+    let vocab = config.vocab_size;
+    if let Some(max) = tokenizer.max_id().filter(|&m| m as usize >= vocab) {
+        // some tokenizers list special tokens past the embedding that text never produces
+        // (Gemma-3's image token): those are refused when encode meets them, not here
+        tracing::debug!(
+            "{}: the tokenizer's largest id {max} is beyond the {vocab} embedding rows",
+            path.display()
+        );
+    }
+    tokenizer.limit_ids(vocab);
+    for (what, id) in [("bos_token_id", config.bos_token_id), ("eos_token_id", config.eos_token_id)] {
+        if let Some(id) = id {
+            if id as usize >= vocab {
+                bail!(
+                    "{}: {what} = {id} is beyond the model's vocabulary of {vocab} embedding rows",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -21,14 +21,18 @@ pub struct MemoryEstimate {
 }
 
 impl MemoryEstimate {
+    /// Add a part (a part of u64::MAX is one whose arithmetic overflowed: see `mul`).
     pub fn add(&mut self, name: &'static str, bytes: u64) -> &mut Self {
         if bytes > 0 {
             self.parts.push((name, bytes));
         }
         self
     }
+    /// The sum of the parts; u64::MAX (more than any device has) where it overflows.
     pub fn total(&self) -> u64 {
-        self.parts.iter().map(|(_, b)| b).sum()
+        self.parts
+            .iter()
+            .fold(0u64, |total, (_, b)| total.saturating_add(*b))
     }
     /// "weights 538 MiB + activations 95 MiB + ..."
     pub fn breakdown(&self) -> String {
@@ -40,8 +44,25 @@ impl MemoryEstimate {
     }
 }
 
-/// "538 MiB", "36.6 GiB"
+/// The product of `factors`, saturating: an estimate whose arithmetic would overflow is
+/// u64::MAX, "too large" for every device, never a small wrapped number. Every estimate's
+/// products go through it (job parameters such as batch_size and seq_len are untrusted input).
+pub fn mul(factors: &[u64]) -> u64 {
+    factors
+        .iter()
+        .fold(1u64, |product, &f| product.saturating_mul(f))
+}
+
+/// The sum of `terms`, saturating (see `mul`).
+pub fn sum(terms: &[u64]) -> u64 {
+    terms.iter().fold(0u64, |total, &t| total.saturating_add(t))
+}
+
+/// "538 MiB", "36.6 GiB"; "too large to compute" for an estimate that overflowed.
 pub fn human_bytes(b: u64) -> String {
+    if b == u64::MAX {
+        return "too large to compute".into();
+    }
     let mib = b as f64 / MIB;
     if mib >= 1024.0 {
         format!("{:.1} GiB", mib / 1024.0)
@@ -95,11 +116,15 @@ impl ModelShape {
     /// The weights on the device.
     pub fn weight_bytes(&self, elem: u64, base: BaseWeights) -> u64 {
         match base {
-            BaseWeights::Dense => self.parameters() * elem,
+            BaseWeights::Dense => mul(&[self.parameters(), elem]),
             BaseWeights::Nf4 => {
                 let q = self.projection_parameters();
                 // codes: 4 bits; absmax: one value per 64
-                q / 2 + q / 64 * elem + (self.parameters() - q) * elem
+                sum(&[
+                    q / 2,
+                    mul(&[q / 64, elem]),
+                    mul(&[self.parameters().saturating_sub(q), elem]),
+                ])
             }
         }
     }
@@ -133,21 +158,28 @@ impl ModelShape {
     /// residual, the normed input, q/k/v (k/v repeated to every head), the attention scores and
     /// their softmax, the MLP's gate, up and product; the peak of the attention and MLP halves.
     pub fn layer_temporaries(&self, rows: u64, seq: u64, elem: u64) -> u64 {
-        let t = rows * seq;
-        let attention =
-            t * (2 * self.d() + 5 * self.attn_width()) + 2 * rows * self.heads() * seq * seq;
-        let mlp = t * (2 * self.d() + 3 * self.i());
-        attention.max(mlp) * elem
+        let t = mul(&[rows, seq]);
+        let attention = sum(&[
+            mul(&[t, 2 * self.d() + 5 * self.attn_width()]),
+            mul(&[2, rows, self.heads(), seq, seq]),
+        ]);
+        let mlp = mul(&[t, 2 * self.d() + 3 * self.i()]);
+        mul(&[attention.max(mlp), elem])
     }
 
     /// Values the autodiff graph keeps per layer for the backward pass over `rows` x `seq`
     /// tokens: the inputs of every op of the block (norms, projections, RoPE, attention
     /// probabilities, activation) as Burn's autodiff saves them.
     pub fn saved_per_layer(&self, rows: u64, seq: u64, elem: u64) -> u64 {
-        let t = rows * seq;
-        (t * (SAVED_D * self.d() + SAVED_ATTN * self.attn_width() + SAVED_I * self.i())
-            + SAVED_SCORES * rows * self.heads() * seq * seq)
-            * elem
+        let t = mul(&[rows, seq]);
+        let per_token = SAVED_D * self.d() + SAVED_ATTN * self.attn_width() + SAVED_I * self.i();
+        mul(&[
+            sum(&[
+                mul(&[t, per_token]),
+                mul(&[SAVED_SCORES, rows, self.heads(), seq, seq]),
+            ]),
+            elem,
+        ])
     }
 
     /// Logits at `positions` rows of the LM head and what the log-softmax makes of them: the
@@ -155,7 +187,11 @@ impl ModelShape {
     /// exponentials and the result; with gradients in training as many again are alive at the
     /// peak (LOGIT_COPIES covers both, measured in f32).
     pub fn logits(&self, positions: u64, elem: u64) -> u64 {
-        positions * self.cfg.vocab_size as u64 * (elem + (LOGIT_COPIES - 1) * 4)
+        mul(&[
+            positions,
+            self.cfg.vocab_size as u64,
+            elem + (LOGIT_COPIES - 1) * 4,
+        ])
     }
 
     /// Every frozen projection dequantised once per step and kept by the autodiff graph for
@@ -163,7 +199,7 @@ impl ModelShape {
     /// projections in the compute precision. bitsandbytes dequantises again in the backward
     /// pass instead; Burn's autodiff keeps the matmul's operand.
     pub fn nf4_kept_for_backward(&self, elem: u64) -> u64 {
-        self.projection_parameters() * elem
+        mul(&[self.projection_parameters(), elem])
     }
 
     /// What a training step over `rows` x `seq` tokens holds besides the weights and what is
@@ -180,17 +216,17 @@ impl ModelShape {
         estimate
             .add(
                 "saved activations",
-                self.saved_per_layer(rows, seq, elem) * graph_layers as u64,
+                mul(&[self.saved_per_layer(rows, seq, elem), graph_layers as u64]),
             )
             .add("activations", self.layer_temporaries(rows, seq, elem))
-            .add("logits + gradients", self.logits(rows * seq, elem))
+            .add("logits + gradients", self.logits(mul(&[rows, seq]), elem))
             .add("autodiff", AUTODIFF_OVERHEAD);
     }
 
     /// Keys and values of every kept layer for `rows` x `seq` cached positions.
     pub fn kv_bytes(&self, rows: u64, seq: u64, elem: u64) -> u64 {
         let kv = (self.cfg.num_key_value_heads * self.cfg.head_dim) as u64;
-        2 * self.layers as u64 * rows * seq * kv * elem
+        mul(&[2, self.layers as u64, rows, seq, kv, elem])
     }
 
     /// Parameters of `k` layers.
@@ -208,7 +244,7 @@ impl ModelShape {
     /// One NF4 weight dequantised for its matmul: the eight unpacked nibble tensors and their
     /// concatenation (i32) alive together, and the values.
     pub fn nf4_transient(&self, elem: u64) -> u64 {
-        self.largest_projection() * (elem + 8)
+        mul(&[self.largest_projection(), elem + 8])
     }
 }
 
@@ -253,6 +289,19 @@ mod tests {
         // bf16: the logits in bf16, three f32 copies
         assert_eq!(s.logits(10, 2), 10 * 384 * (2 + 12));
         assert_eq!(s.kv_bytes(1, 8, 2), 2 * 3 * 8 * 32 * 2);
+    }
+
+    #[test]
+    fn an_estimate_that_overflows_is_too_large_not_wrapped() {
+        let s = tiny();
+        // 2^32 x 2^32 tokens wrapped to a small number before
+        let big = 1u64 << 32;
+        assert_eq!(s.layer_temporaries(big, big, 4), u64::MAX);
+        assert_eq!(s.saved_per_layer(u64::MAX, u64::MAX, 4), u64::MAX);
+        let mut e = MemoryEstimate::default();
+        e.add("weights", 1 << 30).add("activations", u64::MAX);
+        assert_eq!(e.total(), u64::MAX);
+        assert_eq!(human_bytes(e.total()), "too large to compute");
     }
 
     #[test]

@@ -38,6 +38,28 @@ impl WeightStore {
         }
     }
 
+    /// How many tensors the files hold.
+    pub fn tensor_count(&self) -> usize {
+        match self {
+            Self::Safetensors(s) => s.len(),
+            Self::Gguf(g) => g.tensors.len(),
+            Self::Overlay { base, .. } => base.tensor_count(),
+        }
+    }
+
+    /// The stored shape of a tensor in Hugging Face layout ([out, in] for a projection),
+    /// without reading it.
+    pub fn shape(&self, hf_name: &str, cfg: &ModelConfig) -> Option<Vec<usize>> {
+        match self {
+            Self::Safetensors(s) => s.shape(hf_name),
+            Self::Gguf(g) => {
+                let name = cfg.architecture.layout().gguf_name(hf_name)?;
+                Some(g.tensor_info(&name)?.shape())
+            }
+            Self::Overlay { top, base } => top.shape(hf_name).or_else(|| base.shape(hf_name, cfg)),
+        }
+    }
+
     /// One tensor in Hugging Face layout and naming, as f32; NaN or infinite values are an
     /// error naming the tensor (checked once, here, while converting).
     pub fn get(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {

@@ -212,6 +212,11 @@ fn parse_set(raw: &str) -> Result<SetOverride, ConfigError> {
         message: "expected KEY=VALUE, e.g. --set stages.heal.lora_rank=8".into(),
     })?;
     let key = key.trim().to_string();
+    check_key_path(&key).map_err(|message| ConfigError {
+        origin: Origin::Set(raw.to_string()),
+        key: String::new(),
+        message,
+    })?;
     let value_text = value.trim();
     // A TOML value if it parses as one (numbers, booleans, arrays, quoted strings), else a string.
     let value = toml::from_str::<toml::Table>(&format!("v = {value_text}"))
@@ -225,6 +230,52 @@ fn parse_set(raw: &str) -> Result<SetOverride, ConfigError> {
     })
 }
 
+/// The deepest key path `--set` or a LAYERPRUNE_* variable may name (a pipeline's deepest
+/// real key has four levels, e.g. stages.eval.text.source); deeper paths are refused before
+/// they are built into nested tables.
+pub const MAX_KEY_DEPTH: usize = 16;
+
+/// A dotted key path of `--set` (or an environment variable's, `__` read as `.`): non-empty
+/// segments, at most MAX_KEY_DEPTH of them.
+fn check_key_path(key: &str) -> Result<(), String> {
+    let depth = key.split('.').count();
+    if depth > MAX_KEY_DEPTH {
+        return Err(format!(
+            "the key has {depth} levels; at most {MAX_KEY_DEPTH} are allowed (e.g. stages.heal.lora_rank)"
+        ));
+    }
+    if key.split('.').any(|p| p.trim().is_empty()) {
+        return Err(format!(
+            "\"{key}\" is not a key path: expected names separated by single dots, e.g. stages.heal.lora_rank"
+        ));
+    }
+    Ok(())
+}
+
+/// Every LAYERPRUNE_* variable that names a configuration key, checked as `--set` keys are.
+fn check_env_keys() -> Result<(), ConfigError> {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix("LAYERPRUNE_") else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        if !CONFIG_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            continue;
+        }
+        check_key_path(&key).map_err(|message| ConfigError {
+            origin: Origin::Env(name.to_string()),
+            key: String::new(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// The key prefixes under which LAYERPRUNE_* variables are configuration (the others, such as
+/// LAYERPRUNE_CACHE, are runtime options).
+const CONFIG_ENV_PREFIXES: &[&str] = &["stages.", "sources.", "sweep."];
+
 fn user_layers(
     base: Figment,
     file: &Path,
@@ -234,9 +285,7 @@ fn user_layers(
     let env = Env::prefixed("LAYERPRUNE_").split("__").filter(|k| {
         // figment may hand the key over before or after `split` turned "__" into "."
         let k = k.as_str().to_ascii_lowercase().replace("__", ".");
-        ["stages.", "sources.", "sweep."]
-            .iter()
-            .any(|p| k.starts_with(p))
+        CONFIG_ENV_PREFIXES.iter().any(|p| k.starts_with(p))
             || [
                 "name",
                 "description",
@@ -279,13 +328,16 @@ fn figment_error(file: &Path, text: &str, e: figment::Error) -> ConfigError {
 
 /// Read and layer a pipeline file.
 pub fn load(file: &Path, sets: &[String]) -> Result<PipelineConfig, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        origin: Origin::File {
-            path: file.to_path_buf(),
-            line: None,
-        },
-        key: String::new(),
-        message: format!("cannot read the pipeline file: {e}"),
+    // a regular file of bounded size: a FIFO or /dev/zero named as the pipeline is refused
+    let text = crate::fsutil::read_capped_text(file, crate::fsutil::caps::CONFIG).map_err(|e| {
+        ConfigError {
+            origin: Origin::File {
+                path: file.to_path_buf(),
+                line: None,
+            },
+            key: String::new(),
+            message: format!("cannot read the pipeline file: {e:#}"),
+        }
     })?;
     load_text(file, &text, sets)
 }
@@ -293,6 +345,7 @@ pub fn load(file: &Path, sets: &[String]) -> Result<PipelineConfig, ConfigError>
 /// Layer a pipeline given as text (`file` names it in messages).
 pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineConfig, ConfigError> {
     check_toml(file, text)?;
+    check_env_keys()?;
     // Pass 1: which stages exist and of which kind.
     let kinds = stage_kinds(file, text, sets)?;
     // Pass 2: the same layers on top of each stage's defaults.
@@ -307,6 +360,15 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
         None => None,
         Some(v) => Some(parse_memory_size(v).map_err(|m| origins.error("memory_limit", m))?),
     };
+    let mut raw = raw;
+    for (key, path) in [
+        ("cache_dir", raw.cache_dir.as_mut()),
+        ("results_dir", raw.results_dir.as_mut()),
+    ] {
+        if let Some(p) = path {
+            *p = crate::paths::expand_home(p).map_err(|m| origins.error(key, m))?;
+        }
+    }
     let mut cfg = assemble(file, raw, sweep, stage_configs, resolved, origins);
     cfg.memory_limit = memory_limit;
     Ok(cfg)
@@ -314,16 +376,106 @@ pub fn load_text(file: &Path, text: &str, sets: &[String]) -> Result<PipelineCon
 
 /// The text must parse as TOML; otherwise an error at the line where parsing failed.
 fn check_toml(file: &Path, text: &str) -> Result<(), ConfigError> {
-    if let Err(e) = toml::from_str::<toml::Table>(text) {
-        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+    let table = match toml::from_str::<toml::Table>(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = e.span().map(|s| line_at(text, s.start));
+            return Err(ConfigError {
+                origin: Origin::File {
+                    path: file.to_path_buf(),
+                    line,
+                },
+                key: String::new(),
+                message: format!("invalid TOML: {}", e.message()),
+            });
+        }
+    };
+    // nan and inf are TOML floats but no setting takes them (and JSON, which the layered
+    // configuration is, cannot hold them: they would be reported as "null")
+    if let Some(key) = non_finite_key(&toml::Value::Table(table), "") {
         return Err(ConfigError {
             origin: Origin::File {
                 path: file.to_path_buf(),
-                line,
+                line: find_line(text, &key),
             },
-            key: String::new(),
-            message: format!("invalid TOML: {}", e.message()),
+            key,
+            message: "nan and inf are not allowed: every number must be finite".into(),
         });
+    }
+    check_stage_names(file, text)
+}
+
+/// The 1-based line of byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The dotted path of the first NaN or infinite float in `v`.
+fn non_finite_key(v: &toml::Value, path: &str) -> Option<String> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(path.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, x)| non_finite_key(x, &join(k))),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| non_finite_key(x, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// What a stage name may be: letters, digits, '-' and '_', starting with a letter or digit,
+/// at most 64 characters. Stage names become key paths (`--set stages.NAME.x`), job labels,
+/// file names and Slurm job names, so nothing else is allowed (a '.' would split the key, a
+/// newline would end a line of a generated script).
+pub fn stage_name_problem(name: &str) -> Option<String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() {
+        return Some("a stage name must not be empty".into());
+    }
+    if name.len() > 64 {
+        return Some(format!(
+            "the stage name {name:?} is longer than 64 characters"
+        ));
+    }
+    if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!(
+            "{name:?} is not a valid stage name (letters, digits, '-' and '_', starting with a letter or digit)"
+        ));
+    }
+    None
+}
+
+/// Every `[stages.NAME]` of the file follows `stage_name_problem`'s rule; the error is at the
+/// line where the name is written.
+fn check_stage_names(file: &Path, text: &str) -> Result<(), ConfigError> {
+    #[derive(Deserialize)]
+    struct Top {
+        #[serde(default)]
+        stages: BTreeMap<toml::Spanned<String>, toml::Value>,
+    }
+    let Ok(top) = toml::from_str::<Top>(text) else {
+        // `stages` is not a table: the typed check reports it at its key
+        return Ok(());
+    };
+    for name in top.stages.keys() {
+        if let Some(message) = stage_name_problem(name.get_ref()) {
+            return Err(ConfigError {
+                origin: Origin::File {
+                    path: file.to_path_buf(),
+                    line: Some(line_at(text, name.span().start)),
+                },
+                key: "stages".into(),
+                message,
+            });
+        }
     }
     Ok(())
 }
@@ -340,6 +492,9 @@ fn stage_kinds(
     let mut kinds = BTreeMap::new();
     if let Some(map) = top.get("stages").and_then(|s| s.as_object()) {
         for (name, table) in map {
+            if let Some(message) = stage_name_problem(name) {
+                return Err(origins.error("stages", message));
+            }
             kinds.insert(name.clone(), stage_kind(&origins, name, table)?);
         }
     }
@@ -491,10 +646,16 @@ fn check_stages(
 ) -> Result<BTreeMap<String, StageConfig>, ConfigError> {
     let mut stage_configs = BTreeMap::new();
     for (name, table) in tables {
-        stage_configs.insert(
-            name.clone(),
-            stage_config(origins, name, kinds[name], table)?,
-        );
+        // pass 1 saw every stage the layers name; a name that only appears now could not be
+        // placed as one key (refused by the name rule, checked again here rather than trusted)
+        let stage = kinds.get(name).copied().ok_or_else(|| {
+            origins.error(
+                &format!("stages.{name}"),
+                stage_name_problem(name)
+                    .unwrap_or_else(|| format!("the stage \"{name}\" has no kind")),
+            )
+        })?;
+        stage_configs.insert(name.clone(), stage_config(origins, name, stage, table)?);
     }
     if stage_configs.is_empty() {
         return Err(origins.error("stages", "the pipeline has no stages"));
@@ -625,7 +786,7 @@ fn assemble(
 }
 
 /// A memory size: a number of bytes, or a string with a unit ("40GiB", "80 GB", "512MiB").
-fn parse_memory_size(v: &Value) -> Result<u64, String> {
+pub fn parse_memory_size(v: &Value) -> Result<u64, String> {
     let expected =
         "expected a size such as \"40GiB\", \"80GB\" or \"512MiB\" (or a number of bytes)";
     if let Some(n) = v.as_u64() {

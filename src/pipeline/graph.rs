@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use super::config::{expected_fields, unknown_field, PipelineConfig, StageConfig};
 use super::config_error::{did_you_mean, ConfigError};
-use crate::digest::sha256_bytes;
 use crate::source::{self, SourceSpec};
 use crate::stages::{self, Stage};
 
@@ -577,7 +576,7 @@ fn resolve_params(
 /// The JSON pointer of a dotted parameter path: dotted paths reach into tables, e.g.
 /// "text.source" is "/text/source".
 fn json_pointer(path: &str) -> String {
-    format!("/{}", path.replace('.', "/"))
+    crate::artifacts::manifest::json_pointer(path)
 }
 
 /// The sources named by the stage's source parameters (empty values name none), each value
@@ -676,24 +675,25 @@ fn job_key(
     inputs: &BTreeMap<String, Vec<usize>>,
     jobs: &[Job],
 ) -> String {
-    let mut key_params = params.clone();
-    for (p, s) in sources {
-        if let Some(slot) = key_params.pointer_mut(&json_pointer(p)) {
-            *slot = Value::String(s.identity.clone());
-        }
-    }
-    let key_doc = serde_json::json!({
-        "kind": stage.kind(),
-        "version": stage.version(),
-        "params": key_params,
-        "inputs": inputs.iter().map(|(k, v)| (k.clone(), v.iter().map(|i: &usize| jobs[*i].key.clone()).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
-        "precision": if stage.numeric() { Value::String(cfg.precision.to_string()) } else { Value::Null },
-    });
-    let mut key_doc = key_doc;
-    if let Some(mark) = cfg.refresh.get(stage_name) {
-        key_doc["refresh"] = Value::String(mark.clone());
-    }
-    sha256_bytes(canonical_text(&key_doc).as_bytes())
+    let key_params = crate::artifacts::manifest::key_params(
+        params,
+        sources
+            .iter()
+            .map(|(p, s)| (p.as_str(), s.identity.as_str())),
+    );
+    let input_keys: BTreeMap<String, Vec<String>> = inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().map(|&i| jobs[i].key.clone()).collect()))
+        .collect();
+    let precision = cfg.precision.to_string();
+    crate::artifacts::manifest::cache_key(&crate::artifacts::manifest::KeyParts {
+        kind: stage.kind(),
+        version: stage.version(),
+        key_params: &key_params,
+        inputs: &input_keys,
+        precision: stage.numeric().then_some(precision.as_str()),
+        refresh: cfg.refresh.get(stage_name).map(|s| s.as_str()),
+    })
 }
 
 /// Add a job, or merge it into the job with the same key, recording its (stage, assignment) as
@@ -856,6 +856,7 @@ impl<'a> Builder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_bytes;
     use crate::pipeline::config::load_text;
     use serde_json::json;
 

@@ -7,12 +7,13 @@
 //! system: a cluster node's scratch disk and a laptop, or a machine whose disk is not kept.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use super::store::{Status, Store};
+use crate::artifacts::manifest::Manifest;
 
 /// One artifact to export: the job's label (for messages), kind and key.
 pub struct Wanted {
@@ -128,11 +129,28 @@ pub enum Imported {
     },
 }
 
+/// The most bytes a bundle may unpack to (the sum of its manifests' declared file sizes),
+/// unless `cache import --max-size` says otherwise.
+pub const DEFAULT_MAX_IMPORT_BYTES: u64 = 64 << 30;
+
+/// The most bytes of a bundled manifest.json.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// One artifact's entries in the bundle: (path inside the artifact, zip index).
+type Entries = Vec<(String, usize)>;
+
 /// Import every artifact of the bundle `bundle` into the cache at `cache_root`. An unreadable
-/// bundle, or an entry outside `<stage kind>/<key>/...`, is an error before anything is
-/// written; an artifact whose files do not match its manifest is rejected (and the others
-/// imported).
-pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
+/// bundle, an entry outside `<stage kind>/<key>/...`, or a bundle whose manifests declare more
+/// than `max_bytes` in all (or more than the cache's file system has free) is an error before
+/// anything is written. Each artifact is then checked on its own and rejected (the others
+/// imported) when: a file repeats, its manifest is missing or names another artifact, its
+/// settings do not make its key, a file is missing, unlisted, larger than its manifest says
+/// (copying stops at the declared size) or differs from its sha256. An artifact is unpacked
+/// into a temporary directory of the cache without taking its key's lock, checked, and only
+/// then locked and renamed into place: a rejected artifact leaves nothing (no directory, no
+/// lock file). Time is linear in the bundle's entries and bytes.
+pub fn import(cache_root: &Path, bundle: &Path, max_bytes: u64) -> Result<Vec<Imported>> {
+    crate::fsutil::require_file(bundle)?;
     let file =
         std::fs::File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).with_context(|| {
@@ -141,11 +159,10 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
             bundle.display()
         )
     })?;
-    // (kind, key) -> entry indices, the manifest's last
-    let mut artifacts: BTreeMap<(String, String), Vec<(bool, usize)>> = BTreeMap::new();
+    let mut artifacts: BTreeMap<(String, String), Entries> = BTreeMap::new();
     for i in 0..zip.len() {
         let entry = zip
-            .by_index(i)
+            .by_index_raw(i)
             .with_context(|| format!("{}: entry {i} unreadable", bundle.display()))?;
         if entry.is_dir() {
             continue;
@@ -153,54 +170,23 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
         let name = entry.name().to_string();
         let (kind, key, rel) = split_entry(&name, entry.enclosed_name().is_some())
             .with_context(|| format!("{}: entry {name:?}", bundle.display()))?;
-        let is_manifest = rel == crate::artifacts::manifest::FILE;
-        artifacts
-            .entry((kind, key))
-            .or_default()
-            .push((is_manifest, i));
+        artifacts.entry((kind, key)).or_default().push((rel, i));
     }
     let store = Store::new(cache_root);
+    // the manifests first: what each artifact declares, checked before anything is unpacked
+    let mut checked = Vec::new();
     let mut done = Vec::new();
-    for ((kind, key), mut entries) in artifacts {
+    let mut declared: u64 = 0;
+    for ((kind, key), entries) in artifacts {
         if let Status::Valid(_) = store.status(&kind, &key, false) {
             done.push(Imported::AlreadyCached { kind, key });
             continue;
         }
-        let pending = match store.begin(&kind, &key) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                done.push(Imported::AlreadyCached { kind, key });
-                continue;
+        match read_declared(&mut zip, &kind, &key, &entries) {
+            Ok(manifest) => {
+                declared = declared.saturating_add(manifest.files.values().map(|f| f.size).fold(0, u64::saturating_add));
+                checked.push((kind, key, entries, manifest));
             }
-            Err(e) => {
-                let why = format!("{e:#}");
-                done.push(Imported::Rejected { kind, key, why });
-                continue;
-            }
-        };
-        entries.sort();
-        let prefix = format!("{kind}/{key}/");
-        let unpack = || -> Result<()> {
-            for &(_, i) in &entries {
-                let mut entry = zip.by_index(i)?;
-                let rel = entry.name()[prefix.len()..].to_string();
-                let path = pending.tmp.join(&rel);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("cannot create {}", parent.display()))?;
-                }
-                let mut out = std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                // a read error (a truncated or corrupt bundle: CRC) or a write error, named
-                std::io::copy(&mut entry, &mut out)
-                    .with_context(|| format!("{rel}: cannot copy it out of the bundle"))?;
-                out.flush()?;
-            }
-            store.adopt(pending, &kind, &key)?;
-            Ok(())
-        };
-        match unpack() {
-            Ok(()) => done.push(Imported::Added { kind, key }),
             Err(e) => done.push(Imported::Rejected {
                 kind,
                 key,
@@ -208,7 +194,185 @@ pub fn import(cache_root: &Path, bundle: &Path) -> Result<Vec<Imported>> {
             }),
         }
     }
+    if declared > max_bytes {
+        anyhow::bail!(
+            "{}: its artifacts declare {} in all, more than the {} an import may write \
+             (--max-size raises it)",
+            bundle.display(),
+            crate::model::memory::human_bytes(declared),
+            crate::model::memory::human_bytes(max_bytes)
+        );
+    }
+    if let Some(free) = free_bytes(cache_root) {
+        if declared > free {
+            anyhow::bail!(
+                "{}: its artifacts declare {} in all, but the file system of {} has {} free",
+                bundle.display(),
+                crate::model::memory::human_bytes(declared),
+                cache_root.display(),
+                crate::model::memory::human_bytes(free)
+            );
+        }
+    }
+    for (kind, key, entries, manifest) in checked {
+        let outcome = unpack(&store, &mut zip, &kind, &key, &entries, &manifest)
+            .and_then(|tmp| install(&store, tmp, &kind, &key));
+        done.push(match outcome {
+            Ok(true) => Imported::Added { kind, key },
+            Ok(false) => Imported::AlreadyCached { kind, key },
+            Err(e) => Imported::Rejected {
+                kind,
+                key,
+                why: format!("{e:#}"),
+            },
+        });
+    }
     Ok(done)
+}
+
+type Zip = zip::ZipArchive<std::io::BufReader<std::fs::File>>;
+
+/// An artifact's manifest read from the bundle and checked against the bundle's entries: no
+/// repeated entry, the manifest names this artifact, its settings make this key, and the
+/// files it lists are exactly the artifact's other entries.
+fn read_declared(zip: &mut Zip, kind: &str, key: &str, entries: &Entries) -> Result<Manifest> {
+    let mut names: Vec<&str> = entries.iter().map(|(rel, _)| rel.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
+        anyhow::bail!("the bundle holds {} twice", pair[0]);
+    }
+    let Some(&(_, index)) = entries
+        .iter()
+        .find(|(rel, _)| rel == crate::artifacts::manifest::FILE)
+    else {
+        anyhow::bail!("no manifest.json");
+    };
+    let mut text = Vec::new();
+    zip.by_index(index)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut text)
+        .context("manifest.json: cannot read it out of the bundle")?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        anyhow::bail!("manifest.json is larger than {} MiB", MAX_MANIFEST_BYTES >> 20);
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&text).context("manifest.json is not a valid manifest")?;
+    if manifest.kind != kind || manifest.key != key {
+        anyhow::bail!(
+            "its manifest names another artifact ({}/{})",
+            manifest.kind,
+            manifest.key
+        );
+    }
+    let stage = crate::stages::find(kind).with_context(|| format!("{kind:?} is not a stage kind"))?;
+    let expected = manifest.expected_key(stage.numeric());
+    if expected != key {
+        anyhow::bail!(
+            "its manifest's settings make the key {}, not {}: the manifest does not describe \
+             how this artifact was made",
+            &expected[..12],
+            &key[..12.min(key.len())]
+        );
+    }
+    for (rel, _) in entries {
+        if rel != crate::artifacts::manifest::FILE && !manifest.files.contains_key(rel) {
+            anyhow::bail!("{rel} is not listed in its manifest");
+        }
+    }
+    if let Some(missing) = manifest
+        .files
+        .keys()
+        .find(|f| !entries.iter().any(|(rel, _)| rel == *f))
+    {
+        anyhow::bail!("{missing} is listed in its manifest but not in the bundle");
+    }
+    Ok(manifest)
+}
+
+/// Copy an artifact's entries into a new temporary directory of the cache (removed when
+/// dropped), each at most its declared size, and check every file against the manifest.
+fn unpack(
+    store: &Store,
+    zip: &mut Zip,
+    kind: &str,
+    key: &str,
+    entries: &Entries,
+    manifest: &Manifest,
+) -> Result<tempfile::TempDir> {
+    let kind_dir = store.root.join(kind);
+    std::fs::create_dir_all(&kind_dir)
+        .with_context(|| format!("cannot create {}", kind_dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(&kind_dir)
+        .with_context(|| format!("cannot create a temporary directory in {}", kind_dir.display()))?;
+    for (rel, i) in entries {
+        let limit = match manifest.files.get(rel) {
+            Some(f) => f.size,
+            None => MAX_MANIFEST_BYTES,
+        };
+        let path = tmp.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let mut out = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut entry = zip.by_index(*i)?;
+        // a read error (a truncated or corrupt bundle: CRC) or a write error, named; never more
+        // than the declared size, however far the entry inflates
+        let copied = std::io::copy(&mut (&mut entry).take(limit), &mut out)
+            .with_context(|| format!("{rel}: cannot copy it out of the bundle"))?;
+        let mut probe = [0u8; 1];
+        if copied == limit && entry.read(&mut probe).unwrap_or(0) > 0 {
+            anyhow::bail!("{rel} is larger than the {limit} bytes its manifest declares");
+        }
+        out.flush()?;
+    }
+    crate::fsutil::normalize_file_permissions(tmp.path())?;
+    match Store::check(tmp.path(), kind, key, true) {
+        Status::Valid(_) => Ok(tmp),
+        Status::Corrupt(why) => anyhow::bail!("{why}"),
+        Status::Missing => anyhow::bail!("no files"),
+    }
+}
+
+/// Move a checked artifact into place under its key's lock; false when a valid copy appeared
+/// meanwhile (the checked one is then dropped).
+fn install(store: &Store, tmp: tempfile::TempDir, kind: &str, key: &str) -> Result<bool> {
+    let _lock = store.lock(kind, key)?;
+    let dest = store.dir(kind, key);
+    match store.status(kind, key, false) {
+        Status::Valid(_) => return Ok(false),
+        Status::Corrupt(reason) => {
+            tracing::warn!("replacing corrupt artifact {kind}/{} ({reason})", &key[..12]);
+            std::fs::remove_dir_all(&dest)
+                .with_context(|| format!("cannot remove {}", dest.display()))?;
+        }
+        Status::Missing => {}
+    }
+    let path = tmp.keep();
+    if let Err(e) = std::fs::rename(&path, &dest) {
+        let _ = std::fs::remove_dir_all(&path);
+        return Err(e).with_context(|| format!("cannot move {} to {}", path.display(), dest.display()));
+    }
+    Ok(true)
+}
+
+/// Bytes free for an unprivileged writer on the file system of `dir` (or of its nearest
+/// existing ancestor); None where it cannot be asked.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut at = dir;
+    while !at.exists() {
+        at = at.parent()?;
+    }
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// "<kind>/<key>/<relative path>" of a bundle entry, checked: a known stage kind, a hex key,

@@ -53,6 +53,7 @@ pub fn snapshot(
                 Outcome::Failed(_) => "failed",
                 Outcome::Skipped(_) => "skipped",
                 Outcome::NotNeeded => "not needed",
+                Outcome::Interrupted(_) => "interrupted",
             },
         })
         .collect();

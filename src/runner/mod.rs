@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod cache;
 pub mod failures;
 pub mod history;
+pub mod interrupt;
 pub mod memory;
 pub mod refresh;
 pub mod results;
@@ -17,6 +18,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -31,12 +33,15 @@ use state::{JobState, PipelineState};
 use store::{Status, Store};
 
 /// Exit codes (for cron): 0 all jobs done, 1 some jobs failed, 2 bad input or configuration,
-/// 3 another run of this pipeline holds the lock (with --no-wait).
+/// 3 another run of this pipeline holds the lock (with --no-wait), 130 / 143 stopped by SIGINT /
+/// SIGTERM (128 + the signal's number; the run recorded as far as it got, `interrupt`).
 pub mod exit {
     pub const SUCCESS: u8 = 0;
     pub const JOBS_FAILED: u8 = 1;
     pub const CONFIG: u8 = 2;
     pub const LOCKED: u8 = 3;
+    pub const INTERRUPTED_SIGINT: u8 = 130;
+    pub const INTERRUPTED_SIGTERM: u8 = 143;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +199,9 @@ pub enum Outcome {
     Skipped(String),
     /// Not cached, and not run: with `--target`, nothing that runs reads it.
     NotNeeded,
+    /// Stopped by a signal while it computed ("interrupted by SIGTERM"): not the job's fault, so
+    /// not a failure to remember, but counted among the failed in runs.csv.
+    Interrupted(String),
 }
 
 #[derive(Debug, Clone)]
@@ -256,8 +264,12 @@ impl RunSummary {
     pub fn cached(&self) -> usize {
         self.count(|o| *o == Outcome::Cached)
     }
+    /// Jobs that failed or were interrupted (runs.csv's jobs_failed).
     pub fn failed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Failed(_)))
+        self.count(|o| matches!(o, Outcome::Failed(_) | Outcome::Interrupted(_)))
+    }
+    pub fn interrupted(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Interrupted(_)))
     }
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Skipped(_)))
@@ -271,6 +283,137 @@ impl RunSummary {
         } else {
             exit::SUCCESS
         }
+    }
+}
+
+/// What a run has done so far, kept up to date by `run` for the record of a run that a signal
+/// stops (`interrupt`): the records of the jobs that finished and the job running now. The hook
+/// writing that record reads it on the signal thread while the job still computes in the main
+/// thread, hence the mutex; it holds the jobs' names itself, as the hook has no graph.
+pub struct RunJournal {
+    /// Each job's label, stage, kind and key, in graph order.
+    jobs: Vec<JobOutline>,
+    state: Mutex<JournalState>,
+}
+
+struct JobOutline {
+    label: String,
+    stage: String,
+    kind: String,
+    key: String,
+}
+
+#[derive(Default)]
+struct JournalState {
+    /// (graph index, record) of each job that finished, in the order they ran.
+    finished: Vec<(usize, JobRecord)>,
+    running: Option<RunningJob>,
+}
+
+/// The job running now: its record as far as it is known when it starts (label, stage, kind,
+/// key, reason, started_at, estimate), when it started, and whether its peak memory is measured.
+struct RunningJob {
+    index: usize,
+    record: JobRecord,
+    start: Instant,
+    measured: bool,
+}
+
+impl RunJournal {
+    /// An empty journal for a run of `graph`.
+    pub fn new(graph: &JobGraph) -> Self {
+        RunJournal {
+            jobs: graph
+                .jobs
+                .iter()
+                .map(|j| JobOutline {
+                    label: j.label(),
+                    stage: j.stage.clone(),
+                    kind: j.kind.kind().to_string(),
+                    key: j.key.clone(),
+                })
+                .collect(),
+            state: Mutex::new(JournalState::default()),
+        }
+    }
+
+    /// The state, even after a panic elsewhere (every change is one assignment or push).
+    fn state(&self) -> MutexGuard<'_, JournalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Job `index` starts (its outcome in `record` is a placeholder).
+    fn started(&self, index: usize, record: JobRecord, start: Instant, measured: bool) {
+        self.state().running = Some(RunningJob {
+            index,
+            record,
+            start,
+            measured,
+        });
+    }
+
+    /// Job `index` finished with `record`.
+    fn finished(&self, index: usize, record: JobRecord) {
+        let mut state = self.state();
+        if state.running.as_ref().is_some_and(|r| r.index == index) {
+            state.running = None;
+        }
+        state.finished.push((index, record));
+    }
+
+    /// How many jobs finished, and the label of the job running now (if any).
+    pub fn progress(&self) -> (usize, Option<String>) {
+        let state = self.state();
+        (
+            state.finished.len(),
+            state.running.as_ref().map(|r| r.record.label.clone()),
+        )
+    }
+
+    /// The run's summary at the moment `signal_name` stopped it, in graph order: the records of
+    /// the jobs that finished, the running job "interrupted by SIGTERM", and every job not
+    /// reached skipped ("the run was interrupted (SIGTERM)").
+    pub fn interrupted_summary(&self, signal_name: &str) -> RunSummary {
+        let state = self.state();
+        let mut records: Vec<Option<JobRecord>> = vec![None; self.jobs.len()];
+        for (i, r) in &state.finished {
+            if let Some(slot) = records.get_mut(*i) {
+                *slot = Some(r.clone());
+            }
+        }
+        if let Some(run) = &state.running {
+            let mut r = run.record.clone();
+            r.outcome = Outcome::Interrupted(format!("interrupted by {signal_name}"));
+            r.seconds = run.start.elapsed().as_secs_f64();
+            r.peak_rss = if run.measured {
+                crate::peak_rss::peak_bytes()
+            } else {
+                None
+            };
+            if let Some(slot) = records.get_mut(run.index) {
+                *slot = Some(r);
+            }
+        }
+        let not_reached = Outcome::Skipped(format!("the run was interrupted ({signal_name})"));
+        let jobs = records
+            .into_iter()
+            .zip(&self.jobs)
+            .map(|(r, o)| {
+                r.unwrap_or_else(|| JobRecord {
+                    label: o.label.clone(),
+                    stage: o.stage.clone(),
+                    kind: o.kind.clone(),
+                    key: o.key.clone(),
+                    outcome: not_reached.clone(),
+                    reason: String::new(),
+                    started_at: String::new(),
+                    seconds: 0.0,
+                    peak_rss: None,
+                    estimated: None,
+                })
+            })
+            .collect();
+        RunSummary { jobs, error: None }
     }
 }
 
@@ -336,6 +479,9 @@ pub struct RunOptions {
     /// Stages to bring up to date (empty: every job): only their jobs and what those that run
     /// read, so a job whose readers are all cached is not run even when its artifact is gone.
     pub targets: BTreeSet<String>,
+    /// Where `run` notes each job as it starts and finishes, for recording the run if a signal
+    /// stops it (`interrupt`); `run_one` does not use it.
+    pub journal: Option<Arc<RunJournal>>,
 }
 
 /// Which jobs a run must bring up to date: with no targets every job; else the targets' jobs
@@ -404,13 +550,32 @@ pub fn run(
             .filter(|&&u| {
                 matches!(
                     outcomes[u],
-                    Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_))
+                    Some(Outcome::Failed(_))
+                        | Some(Outcome::Skipped(_))
+                        | Some(Outcome::Interrupted(_))
                 )
             })
             .map(|&u| graph.jobs[u].label())
             .collect();
         let start = Instant::now();
         let measured = crate::peak_rss::reset();
+        let estimated = estimates[i].as_ref().map(|m| m.total());
+        if let Some(journal) = &opts.journal {
+            journal.started(
+                i,
+                JobRecord::of(
+                    job,
+                    Outcome::Interrupted(String::new()),
+                    &reason,
+                    started_at.clone(),
+                    0.0,
+                    None,
+                    estimated,
+                ),
+                start,
+                measured,
+            );
+        }
         let outcome = if !blocked.is_empty() {
             Outcome::Skipped(format!("input failed: {}", blocked.join(", ")))
         } else if !needed[i] && reason != Reason::Cached {
@@ -460,19 +625,19 @@ pub fn run(
         };
         note_outcome(cache_root, &cfg.name, job, &outcome);
         let peak_rss = peak_if_ran(measured, &outcome);
-        let estimated = estimates[i].as_ref().map(|m| m.total());
-        records.push((
-            i,
-            JobRecord::of(
-                job,
-                outcome.clone(),
-                &reason,
-                started_at,
-                start.elapsed().as_secs_f64(),
-                peak_rss,
-                estimated,
-            ),
-        ));
+        let record = JobRecord::of(
+            job,
+            outcome.clone(),
+            &reason,
+            started_at,
+            start.elapsed().as_secs_f64(),
+            peak_rss,
+            estimated,
+        );
+        if let Some(journal) = &opts.journal {
+            journal.finished(i, record.clone());
+        }
+        records.push((i, record));
         outcomes[i] = Some(outcome);
     }
     // the records in graph order, however the jobs ran
@@ -557,7 +722,8 @@ fn note_outcome(cache_root: &Path, pipeline: &str, job: &crate::pipeline::Job, o
             }
         }
         Outcome::Ran | Outcome::Cached => failures::clear(cache_root, pipeline, &job.key),
-        Outcome::Skipped(_) | Outcome::NotNeeded => {}
+        // an interruption is not the job's fault: its last failure (if any) stays as it was
+        Outcome::Skipped(_) | Outcome::NotNeeded | Outcome::Interrupted(_) => {}
     }
 }
 
@@ -681,7 +847,12 @@ pub fn run_one(
 
 /// The peak resident memory since the reset before the job, when the job ran.
 fn peak_if_ran(measured: bool, outcome: &Outcome) -> Option<u64> {
-    if measured && matches!(outcome, Outcome::Ran | Outcome::Failed(_)) {
+    if measured
+        && matches!(
+            outcome,
+            Outcome::Ran | Outcome::Failed(_) | Outcome::Interrupted(_)
+        )
+    {
         crate::peak_rss::peak_bytes()
     } else {
         None
@@ -786,6 +957,7 @@ fn execute(
         git_rev: GIT_REV.to_string(),
         backend: cfg.backend.to_string(),
         precision: cfg.precision.to_string(),
+        refresh: cfg.refresh.get(&job.stage).cloned(),
     };
     store.publish(pending, manifest)?;
     Ok(true)

@@ -21,10 +21,17 @@ fn path(cache_root: &Path, pipeline: &str) -> PathBuf {
 /// The pipeline's marks (stage -> mark); none when it was never refreshed.
 pub fn load(cache_root: &Path, pipeline: &str) -> Result<BTreeMap<String, String>> {
     let p = path(cache_root, pipeline);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    match crate::fsutil::read_capped_text(&p, crate::fsutil::caps::CONFIG) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| {
+            format!(
+                "{}: the refresh marks are unreadable (not a JSON object of stage -> mark); \
+                 remove the file to forget the marks (the next run then uses the unrefreshed \
+                 keys; `run --refresh STAGE` marks stages anew)",
+                p.display()
+            )
+        }),
+        Err(_) if !p.exists() => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn write_jobs(summary: &RunSummary, dir: &Path) -> Result<()> {
             Outcome::Failed(e) => ("failed", e.as_str()),
             Outcome::Skipped(e) => ("skipped", e.as_str()),
             Outcome::NotNeeded => ("not needed", ""),
+            Outcome::Interrupted(e) => ("interrupted", e.as_str()),
         };
         w.serialize(JobRow {
             job: &j.label,
@@ -80,6 +81,7 @@ struct RunRow<'a> {
     git_rev: &'a str,
     jobs_run: usize,
     jobs_cached: usize,
+    /// Failed and interrupted jobs.
     jobs_failed: usize,
     jobs_skipped: usize,
     exit_code: u8,
@@ -144,6 +146,7 @@ pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<
                 Some(format!("{} failed or was skipped", j.label))
             }
             Outcome::NotNeeded => Some(format!("{} was not among the --target stages", j.label)),
+            Outcome::Interrupted(_) => Some(format!("{} was interrupted", j.label)),
             Outcome::Ran | Outcome::Cached => None,
         })
         .collect();

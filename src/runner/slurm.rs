@@ -11,6 +11,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use anyhow::{bail, Context, Result};
+
 use crate::pipeline::JobGraph;
 
 #[derive(Debug, Clone, Default)]
@@ -72,6 +74,99 @@ pub fn levels(graph: &JobGraph, pending: &[bool]) -> Vec<Level> {
     out
 }
 
+/// A value that reaches a generated script, checked: no control character anywhere (a newline
+/// would end the `#SBATCH` line or the command and start another), and `what` names it in the
+/// error. Every such value is also quoted (`shell_quote`) where the shell reads it.
+fn check_no_control(what: &str, value: &str) -> Result<()> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        bail!(
+            "{what} {value:?} contains the control character {:?}; it cannot go into a \
+             generated Slurm script",
+            c
+        );
+    }
+    Ok(())
+}
+
+/// A Slurm partition or account name: letters, digits and `_ . -` (a partition list is
+/// comma-separated), as Slurm's own names are.
+fn check_slurm_name(option: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.split(',').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        });
+    if !ok {
+        bail!(
+            "{option} {value:?}: expected a Slurm name (letters, digits, '_', '.', '-'; a \
+             comma-separated list for several)"
+        );
+    }
+    Ok(())
+}
+
+/// Slurm's --time: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+/// "days-hours:minutes", "days-hours:minutes:seconds", or UNLIMITED / INFINITE.
+fn check_slurm_time(value: &str) -> Result<()> {
+    let digits = |p: &str| !p.is_empty() && p.len() <= 9 && p.chars().all(|c| c.is_ascii_digit());
+    let clock = |p: &str, max_parts: usize| {
+        let parts: Vec<&str> = p.split(':').collect();
+        parts.len() <= max_parts && parts.iter().all(|x| digits(x))
+    };
+    let ok = matches!(value, "UNLIMITED" | "INFINITE" | "unlimited" | "infinite")
+        || match value.split_once('-') {
+            Some((days, rest)) => digits(days) && clock(rest, 3),
+            None => clock(value, 3),
+        };
+    if !ok {
+        bail!(
+            "--time {value:?}: expected Slurm's time format (\"minutes\", \"HH:MM:SS\", \
+             \"D-HH:MM:SS\", ... or UNLIMITED)"
+        );
+    }
+    Ok(())
+}
+
+impl SlurmOptions {
+    /// Every option checked against Slurm's syntax (exit 2 for the user before anything is
+    /// written).
+    pub fn check(&self) -> Result<()> {
+        if let Some(p) = &self.partition {
+            check_slurm_name("--partition", p)?;
+        }
+        if let Some(a) = &self.account {
+            check_slurm_name("--account", a)?;
+        }
+        if let Some(t) = &self.time {
+            check_slurm_time(t)?;
+        }
+        Ok(())
+    }
+}
+
+impl TaskCommand {
+    /// Every path and override the tasks run with, checked to be free of control characters.
+    pub fn check(&self) -> Result<()> {
+        for (what, p) in [
+            ("the working directory", &self.workdir),
+            ("the layerprune binary's path", &self.binary),
+            ("the pipeline file's path", &self.file),
+            ("the cache directory", &self.cache_dir),
+        ] {
+            let text = p.to_str().with_context(|| {
+                format!("{what} {} is not valid UTF-8", p.display())
+            })?;
+            check_no_control(what, text)?;
+        }
+        for set in &self.sets {
+            check_no_control("--set", set)?;
+        }
+        Ok(())
+    }
+}
+
 /// A word for a POSIX shell: unchanged when it is plain, else in single quotes.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
@@ -95,7 +190,11 @@ pub struct TaskCommand {
     pub workdir: PathBuf,
 }
 
-/// The sbatch script of one level; `index` lists the level's job keys, one per line.
+/// The sbatch script of one level; `index` lists the level's job keys, one per line. Every
+/// value that goes into it is checked first (an error names the bad one): the options against
+/// Slurm's syntax, paths and overrides free of control characters, the pipeline and stage
+/// names against their character sets (checked when the pipeline is loaded, and again here);
+/// and quoted where the shell reads it.
 pub fn script(
     pipeline: &str,
     level: &Level,
@@ -103,7 +202,16 @@ pub fn script(
     log_dir: &Path,
     cmd: &TaskCommand,
     opts: &SlurmOptions,
-) -> String {
+) -> Result<String> {
+    opts.check()?;
+    cmd.check()?;
+    check_no_control("the pipeline name", pipeline)?;
+    for stage in &level.stages {
+        check_no_control("the stage name", stage)?;
+    }
+    for (what, p) in [("the index file", index), ("the log directory", log_dir)] {
+        check_no_control(what, &p.display().to_string())?;
+    }
     let n = level.jobs.len();
     let mut s = String::from("#!/bin/bash\n");
     let name = format!("lp-{pipeline}-{}-{}", level.depth, level.stages.join("+"));
@@ -162,7 +270,7 @@ pub fn script(
     }
     s.push_str(&line);
     s.push('\n');
-    s
+    Ok(s)
 }
 
 /// The sbatch command line of level `k`, depending on the previous level's job id variable.
@@ -192,5 +300,38 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+        // a newline stays inside the quotes (and is refused before it gets here)
+        assert_eq!(shell_quote("a\nb"), "'a\nb'");
+    }
+
+    #[test]
+    fn slurm_options_follow_slurms_syntax() {
+        let opts = |partition: &str, time: &str| SlurmOptions {
+            partition: Some(partition.into()),
+            time: Some(time.into()),
+            ..Default::default()
+        };
+        for (p, t) in [
+            ("gpu", "04:00:00"),
+            ("gpu,a100_x", "2-00:00:00"),
+            ("p.1-x", "90"),
+            ("gpu", "1-12"),
+            ("gpu", "30:00"),
+            ("gpu", "UNLIMITED"),
+        ] {
+            assert!(opts(p, t).check().is_ok(), "{p} {t}");
+        }
+        for (p, t) in [
+            ("gpu\n#SBATCH --uid=0", "1"),
+            ("gpu;touch x", "1"),
+            ("", "1"),
+            ("a,,b", "1"),
+            ("gpu", "1:00\ntouch x"),
+            ("gpu", "$(touch x)"),
+            ("gpu", "1-2-3"),
+            ("gpu", ""),
+        ] {
+            assert!(opts(p, t).check().is_err(), "{p:?} {t:?}");
+        }
     }
 }

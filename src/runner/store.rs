@@ -49,6 +49,7 @@ impl Pending {
             )
         })?;
         self.published = true;
+        super::interrupt::unregister_tmp(&self.tmp);
         Ok(())
     }
 }
@@ -57,6 +58,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if !self.published {
             let _ = std::fs::remove_dir_all(&self.tmp);
+            super::interrupt::unregister_tmp(&self.tmp);
         }
     }
 }
@@ -232,6 +234,8 @@ impl Store {
         let tmp = kind_dir.join(format!("{prefix}{}", std::process::id()));
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
+        // removed by a signal that stops the process before the job publishes it (interrupt)
+        super::interrupt::register_tmp(&tmp);
         Ok(Some(Pending {
             tmp,
             dest,

@@ -165,9 +165,7 @@ fn locate(spec: &SourceSpec, cache_root: &Path) -> Result<PathBuf> {
         SourceSpec::Concat { parts, checksum } => concat::locate(parts, checksum, cache_root)
             .with_context(|| format!("resolving source {spec}"))?,
         SourceSpec::Local(p) => {
-            if !p.exists() {
-                bail!("{}: no such file or directory", p.display());
-            }
+            check_local(p)?;
             p.clone()
         }
         SourceSpec::Pip {
@@ -187,6 +185,19 @@ fn locate(spec: &SourceSpec, cache_root: &Path) -> Result<PathBuf> {
                 .1
         }
     })
+}
+
+/// A local source is a regular file or a directory after following links, checked before
+/// anything reads it: a FIFO would block the run forever, a device such as /dev/zero never
+/// ends, and a loop of links is named as one (not "no such file").
+fn check_local(p: &Path) -> Result<()> {
+    match crate::fsutil::path_kind(p)? {
+        crate::fsutil::PathKind::File | crate::fsutil::PathKind::Dir => Ok(()),
+        crate::fsutil::PathKind::Special(what) => bail!(
+            "{}: {what}; a source must be a regular file or a directory",
+            p.display()
+        ),
+    }
 }
 
 /// The files of a Hugging Face model directory that the model uses (its configs, tokenizer
@@ -310,9 +321,7 @@ pub fn identity(spec: &SourceSpec, cache_root: &Path) -> Result<String> {
             Ok(pinned.to_string())
         }
         SourceSpec::Local(p) => {
-            if !p.exists() {
-                bail!("{}: no such file or directory", p.display());
-            }
+            check_local(p)?;
             Ok(format!("sha256:{}", content_sha256(p, cache_root)?))
         }
     }

@@ -90,8 +90,17 @@ impl Stage for EvalLossStage {
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
         let p: EvalLossParams = super::parse_params(params).ok()?;
-        let plan =
-            super::MemoryPlan::inference(on, p.batch_size, p.seq_len, p.batch_size * p.seq_len);
+        // the batch that will run: never more rows than windows (0: every window of the text)
+        let batch = match p.windows {
+            0 => p.batch_size,
+            w => p.batch_size.min(w),
+        };
+        let plan = super::MemoryPlan::inference(
+            on,
+            batch,
+            p.seq_len,
+            batch.saturating_mul(p.seq_len),
+        );
         Some(
             plan.knob("batch_size", p.batch_size)
                 .knob("seq_len", p.seq_len),

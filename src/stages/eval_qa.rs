@@ -58,6 +58,14 @@ impl Params for EvalQaParams {
                 message: "must name at least one task".into(),
             });
         }
+        for (i, t) in self.tasks.iter().enumerate() {
+            if self.tasks[..i].contains(t) {
+                return Err(ParamError {
+                    path: format!("tasks[{i}]"),
+                    message: format!("{t:?} is listed twice (each task is scored once)"),
+                });
+            }
+        }
         if self.batch_size == 0 {
             return Err(ParamError {
                 path: "batch_size".into(),
@@ -357,8 +365,12 @@ impl Stage for EvalQaStage {
     ) -> Option<super::MemoryPlan> {
         let p: EvalQaParams = super::parse_params(params).ok()?;
         // logits at the continuation tokens only: a few per row
-        let mut plan =
-            super::MemoryPlan::inference(on, p.batch_size, p.max_length, p.batch_size * 16);
+        let mut plan = super::MemoryPlan::inference(
+            on,
+            p.batch_size,
+            p.max_length,
+            p.batch_size.saturating_mul(16),
+        );
         // the shared context's keys and values (few-shot prefix), kept while its requests score
         plan.estimate.add(
             "prefix KV",

@@ -193,7 +193,7 @@ impl Stage for HealStage {
         params: &serde_json::Value,
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
-        use crate::model::memory::BaseWeights;
+        use crate::model::memory::{mul, BaseWeights};
         let p: HealParams = super::parse_params(params).ok()?;
         let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
         let base = match p.quant {
@@ -212,10 +212,10 @@ impl Stage for HealStage {
             })
             .map(|s| {
                 let (i, o) = s.projection.dims(&sh.cfg);
-                (p.lora_rank * (i + o)) as u64
+                mul(&[p.lora_rank as u64, (i + o) as u64])
             })
-            .sum::<u64>()
-            * sh.layers as u64;
+            .fold(0u64, u64::saturating_add)
+            .saturating_mul(sh.layers as u64);
         // on the host the frozen base is dequantised once and kept (Nf4Weight::keep_dequantized),
         // one copy that every sub-batch graph reads; elsewhere each sub-batch's graph
         // (train::micro_step_parts) dequantises and keeps its own
@@ -230,12 +230,15 @@ impl Stage for HealStage {
             .add(
                 "NF4 dequantised, kept for backward",
                 if base == BaseWeights::Nf4 {
-                    (sh.nf4_kept_for_backward(e) + sh.nf4_transient(e)) * graphs
+                    mul(&[
+                        sh.nf4_kept_for_backward(e).saturating_add(sh.nf4_transient(e)),
+                        graphs,
+                    ])
                 } else {
                     0
                 },
             )
-            .add("LoRA + AdamW", lora * crate::model::memory::TRAINABLE_BYTES);
+            .add("LoRA + AdamW", mul(&[lora, crate::model::memory::TRAINABLE_BYTES]));
         sh.add_training_step(&mut estimate, r, s, e, sh.layers);
         Some(
             super::MemoryPlan::of(estimate)

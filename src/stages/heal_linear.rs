@@ -122,7 +122,8 @@ impl Stage for LinearHealStage {
         let d = on.shape.cfg.hidden_size as u64;
         let mut plan = super::MemoryPlan::inference(on, p.batch_size, p.seq_len, 0);
         // the normal equations (d x d and d x d in f64) and the map
-        plan.estimate.add("normal equations", 3 * d * d * 8);
+        plan.estimate
+            .add("normal equations", crate::model::memory::mul(&[3, d, d, 8]));
         Some(
             plan.knob("batch_size", p.batch_size)
                 .knob("seq_len", p.seq_len),

@@ -152,7 +152,7 @@ impl Stage for PartialHealStage {
         params: &serde_json::Value,
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
-        use crate::model::memory::BaseWeights;
+        use crate::model::memory::{mul, BaseWeights};
         let p: PartialHealParams = super::parse_params(params).ok()?;
         let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
         let k = p.last_layers.min(sh.layers);
@@ -164,15 +164,17 @@ impl Stage for PartialHealStage {
             .add("weights", sh.weight_bytes(e, BaseWeights::Dense))
             .add(
                 "trained + AdamW",
-                (layers_only + head) * crate::model::memory::TRAINABLE_BYTES,
+                mul(&[layers_only + head, crate::model::memory::TRAINABLE_BYTES]),
             )
             .add(
                 // every further sub-batch graph (train::micro_step_parts) uploads its own copy
                 // of the trained tensors and returns full-size f32 gradients to the host
                 "trained copies and gradients of the other sub-batches",
-                (on.workers.clamp(1, p.micro_batch.max(1)) as u64 - 1)
-                    * (layers_only + head)
-                    * (e + 4),
+                mul(&[
+                    on.workers.clamp(1, p.micro_batch.max(1)) as u64 - 1,
+                    layers_only + head,
+                    e + 4,
+                ]),
             );
         sh.add_training_step(&mut estimate, r, s, e, k);
         Some(

@@ -102,6 +102,15 @@ impl Stage for PruneStage {
                 p.fraction
             );
         }
+        if n >= layers {
+            bail!(
+                "fraction {} of {layers} layers rounds to n = {n}, which would drop every layer; \
+                 a block has at most {} layers (fraction at most {:.3})",
+                p.fraction,
+                layers - 1,
+                (layers - 1) as f64 / layers as f64
+            );
+        }
         let block = selection.find(n, p.strategy).ok_or_else(|| {
             anyhow::anyhow!("the selection has no {} block of n = {n} layers (fraction {}); add it to the select stage's n", p.strategy, p.fraction)
         })?;

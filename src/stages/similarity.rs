@@ -165,16 +165,24 @@ impl Stage for SimilarityStage {
         params: &serde_json::Value,
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
+        use crate::model::memory::mul;
         let p: SimilarityParams = super::parse_params(params).ok()?;
-        let mut plan = super::MemoryPlan::inference(on, p.batch_size, p.seq_len, 0);
+        // the batch that will run: never more rows than samples
+        let batch = p.batch_size.min(p.samples.max(1));
+        let mut plan = super::MemoryPlan::inference(on, batch, p.seq_len, 0);
         if p.greedy_steps > 0 {
             // loss_greedy: the stream below each candidate, and next-token logits per row
-            let rows = p.batch_size.min(p.greedy_samples.max(1)) as u64;
-            let t = rows * p.seq_len as u64;
+            let rows = batch.min(p.greedy_samples.max(1)) as u64;
+            let t = mul(&[rows, p.seq_len as u64]);
             plan.estimate
                 .add(
                     "greedy streams",
-                    t * on.shape.cfg.hidden_size as u64 * on.elem * on.shape.layers as u64,
+                    mul(&[
+                        t,
+                        on.shape.cfg.hidden_size as u64,
+                        on.elem,
+                        on.shape.layers as u64,
+                    ]),
                 )
                 .add("greedy logits", on.shape.logits(t, on.elem));
         }
