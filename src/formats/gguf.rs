@@ -188,15 +188,23 @@ fn check_tensor_ranges(
                 t.offset
             );
         }
-        let end = t.offset.checked_add(n_bytes).filter(|&e| e <= data_len);
-        let Some(end) = end else {
+        let Some(end) = t.offset.checked_add(n_bytes) else {
             bail!(
-                "truncated or corrupt file: tensor {} ({n_bytes} bytes at offset {}) does not \
-                 lie inside the data section ({data_len} bytes from byte {data_start})",
+                "corrupt tensor table: tensor {} ({n_bytes} bytes at offset {}) does not lie \
+                 inside the data section (the end overflows)",
                 t.name,
                 t.offset
             );
         };
+        if end > data_len {
+            bail!(
+                "truncated file: tensor {} ({n_bytes} bytes at offset {} of the data section) \
+                 needs bytes up to {} but the file has {file_len} bytes",
+                t.name,
+                t.offset,
+                u128::from(data_start) + u128::from(end)
+            );
+        }
         ranges.push((t.offset, end, &t.name));
     }
     ranges.sort_unstable();

@@ -21,7 +21,8 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        crate::fsutil::require_file(path)?;
+        crate::fsutil::require_file(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only mapping of a file we do not modify.
         let mmap = unsafe { Mmap::map(&file) }

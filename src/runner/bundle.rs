@@ -159,6 +159,16 @@ pub fn import(cache_root: &Path, bundle: &Path, max_bytes: u64) -> Result<Vec<Im
             bundle.display()
         )
     })?;
+    // the zip reader keeps one entry per name: a repeated name would silently hide the first
+    let declared_entries = entry_count(bundle)?;
+    if declared_entries != zip.len() as u64 {
+        anyhow::bail!(
+            "{}: its directory lists {declared_entries} entries under {} distinct names: a name \
+             repeats, so which copy is meant is ambiguous",
+            bundle.display(),
+            zip.len()
+        );
+    }
     let mut artifacts: BTreeMap<(String, String), Entries> = BTreeMap::new();
     for i in 0..zip.len() {
         let entry = zip
@@ -231,6 +241,45 @@ pub fn import(cache_root: &Path, bundle: &Path, max_bytes: u64) -> Result<Vec<Im
 }
 
 type Zip = zip::ZipArchive<std::io::BufReader<std::fs::File>>;
+
+/// The number of entries a zip file's end-of-central-directory record declares (the zip64
+/// record's where the classic one says 0xFFFF).
+fn entry_count(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    // the record (22 bytes) plus a comment of at most 64 KiB, and the zip64 locator before it
+    let tail_len = len.min(22 + 65_535 + 20);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    Read::by_ref(&mut f).take(tail_len).read_to_end(&mut tail)?;
+    let bad = || anyhow::anyhow!("{}: no zip end-of-directory record", path.display());
+    let eocd = tail
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")
+        .ok_or_else(bad)?;
+    let field = |at: usize, n: usize| -> Result<u64> {
+        let b = tail.get(at..at + n).ok_or_else(bad)?;
+        Ok(b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+    };
+    let total = field(eocd + 10, 2)?;
+    if total != 0xFFFF {
+        return Ok(total);
+    }
+    // zip64: the locator (20 bytes, just before) gives the zip64 record's offset
+    let locator = eocd.checked_sub(20).ok_or_else(bad)?;
+    if tail.get(locator..locator + 4) != Some(b"PK\x06\x07".as_slice()) {
+        return Ok(total);
+    }
+    let record = field(locator + 8, 8)?;
+    let mut buf = [0u8; 40];
+    f.seek(SeekFrom::Start(record))?;
+    f.read_exact(&mut buf).map_err(|_| bad())?;
+    if &buf[..4] != b"PK\x06\x06" {
+        return Err(bad());
+    }
+    Ok(u64::from_le_bytes(buf[32..40].try_into().map_err(|_| bad())?))
+}
 
 /// An artifact's manifest read from the bundle and checked against the bundle's entries: no
 /// repeated entry, the manifest names this artifact, its settings make this key, and the
