@@ -569,4 +569,18 @@ fn weak_answers_are_clear_errors() {
     assert_refused(&out, "remove the file to forget the marks");
     std::fs::remove_file(env.path("cache/pipelines/x.refresh.json")).unwrap();
     assert!(env.run(&["run", "p.toml"]).status.success());
+    // report --out names the path that cannot be used
+    env.write("taken", "a file");
+    let out = env.run(&["report", "p.toml", "--out", "taken"]);
+    assert_refused(&out, "report --out taken: a file, expected a directory");
+    // a task listed twice is refused, not scored twice
+    env.write(
+        "q.toml",
+        &format!(
+            "name = \"q\"\n[sources]\nmodel = \"{}\"\n[stages.load]\n[stages.eval]\nkind = \"eval-qa\"\ntasks = [\"boolq\", \"arc_easy\", \"boolq\"]\n",
+            fixtures().join("models/tiny-llama").display()
+        ),
+    );
+    let out = env.run(&["plan", "q.toml"]);
+    assert_refused(&out, "listed twice");
 }

@@ -450,20 +450,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     }
     if !args.refresh.is_empty() {
-        let marked = runner::refresh::stages_named(&cfg, args.refresh).and_then(|stages| {
-            runner::refresh::mark(&cache_root, &mut cfg, &stages, &runner::now_rfc3339())?;
-            Ok(stages)
-        });
-        match marked {
-            Ok(stages) => tracing::info!(
-                "refreshing {} and their dependants (new keys; the previous artifacts stay cached)",
-                stages.join(", ")
-            ),
+        // an unknown stage is the user's (exit 2); failing to save the marks (a full disk) is
+        // the machine's (exit 1)
+        let stages = match runner::refresh::stages_named(&cfg, args.refresh) {
+            Ok(s) => s,
             Err(e) => {
                 report_error(&format!("{e:#}"));
                 return Ok(exit::CONFIG);
             }
+        };
+        if let Err(e) = runner::refresh::mark(&cache_root, &mut cfg, &stages, &runner::now_rfc3339())
+        {
+            report_error(&format!("saving the refresh marks: {e:#}"));
+            return Ok(exit::JOBS_FAILED);
         }
+        tracing::info!(
+            "refreshing {} and their dependants (new keys; the previous artifacts stay cached)",
+            stages.join(", ")
+        );
     }
     let graph = match pipeline::expand(&cfg, &cache_root) {
         Ok(g) => g,

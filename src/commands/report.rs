@@ -121,6 +121,20 @@ fn loss_panels(pipelines: &[Published]) -> Vec<Panel> {
     panels
 }
 
+/// The output directory is a directory, or nothing yet (then created when `create`); an
+/// error says what is wrong with the path.
+fn check_out_dir(dir: &Path, create: bool) -> Result<()> {
+    use crate::fsutil::PathKind;
+    match crate::fsutil::path_kind(dir) {
+        Ok(PathKind::Dir) => Ok(()),
+        Ok(PathKind::File) => anyhow::bail!("a file, expected a directory"),
+        Ok(PathKind::Special(what)) => anyhow::bail!("{what}, expected a directory"),
+        Err(_) if !create => Ok(()),
+        Err(_) => std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create it ({e})")),
+    }
+}
+
 /// `report A.toml B.toml ... [--figure NAME]... [--out DIR]`.
 pub fn combined_report(
     files: &[std::path::PathBuf],
@@ -141,6 +155,12 @@ pub fn combined_report(
                 .join(", ")
         ));
         return Ok(exit::CONFIG);
+    }
+    if let Some(out) = out {
+        if let Err(e) = check_out_dir(out, false) {
+            report_error(&format!("report --out {}: {e:#}", out.display()));
+            return Ok(exit::CONFIG);
+        }
     }
     let mut pipelines: Vec<Published> = Vec::new();
     for f in files {
@@ -180,7 +200,10 @@ pub fn combined_report(
     let dir = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| Path::new("results").join("combined"));
-    std::fs::create_dir_all(&dir)?;
+    if let Err(e) = check_out_dir(&dir, true) {
+        report_error(&format!("report --out {}: {e:#}", dir.display()));
+        return Ok(exit::JOBS_FAILED);
+    }
     // eval.csv's columns after a "pipeline" column
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header_written = false;

@@ -157,14 +157,19 @@ pub fn mark_stale(summary: &RunSummary, dir: &Path, started_at: &str) -> Result<
         }
         return Ok(());
     }
+    // the report's files are there only if an earlier run published them
+    let summary_md = dir.join("summary.md");
+    let earlier = if summary_md.exists() {
+        "while the tables, figures and this summary come from an earlier run"
+    } else {
+        "and no earlier run published tables, figures or a summary here"
+    };
     let note = format!(
         "> **Stale results.** The run started at {started_at} did not publish ({}): \
-         resolved.toml and jobs.csv describe that run, while the tables, figures and this summary \
-         come from an earlier run. See jobs.csv for the errors.\n\n",
+         resolved.toml and jobs.csv describe that run, {earlier}. See jobs.csv for the errors.\n\n",
         failed.join(", ")
     );
     crate::fsutil::atomic_write(&stale, note.as_bytes())?;
-    let summary_md = dir.join("summary.md");
     if let Ok(text) = std::fs::read_to_string(&summary_md) {
         if !text.starts_with("> **Stale results.**") {
             crate::fsutil::atomic_write(&summary_md, format!("{note}{text}").as_bytes())?;
