@@ -58,6 +58,8 @@ mod tests {
         assert_eq!(expand_home(Path::new("~/a/b")).unwrap(), home.join("a/b"));
         assert_eq!(expand_home(Path::new("a/~")).unwrap(), Path::new("a/~"));
         assert_eq!(expand_home(Path::new("/x")).unwrap(), Path::new("/x"));
-        assert!(expand_home(Path::new("~bob/x")).unwrap_err().contains("only"));
+        assert!(expand_home(Path::new("~bob/x"))
+            .unwrap_err()
+            .contains("only"));
     }
 }

@@ -95,7 +95,10 @@ fn stage_names_outside_the_character_set_are_exit_2_at_their_line() {
         }
     }
     // a stage added by --set follows the same rule
-    env.write("p.toml", "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n");
+    env.write(
+        "p.toml",
+        "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n",
+    );
     let out = env.run(&["plan", "p.toml", "--set", "stages.b$c.kind=test-value"]);
     assert_refused(&out, "stage name");
 }
@@ -104,7 +107,11 @@ fn stage_names_outside_the_character_set_are_exit_2_at_their_line() {
 // 3. GGUF byte ranges
 
 /// The byte position of tensor `index`'s offset field in a GGUF file's tensor table.
-fn tensor_offset_field(bytes: &[u8], g: &layerprune::formats::gguf::GgufFile, index: usize) -> usize {
+fn tensor_offset_field(
+    bytes: &[u8],
+    g: &layerprune::formats::gguf::GgufFile,
+    index: usize,
+) -> usize {
     let t = &g.tensors[index];
     let mut needle = (t.name.len() as u64).to_le_bytes().to_vec();
     needle.extend(t.name.as_bytes());
@@ -129,7 +136,10 @@ fn gguf_tensor_ranges_lie_inside_the_data_section_without_overlap() {
         b[at..at + 8].copy_from_slice(&offset.to_le_bytes());
         let path = tmp.path().join(format!("wrap{i}.gguf"));
         std::fs::write(&path, &b).unwrap();
-        let out = run(tmp.path(), &["forward", path.to_str().unwrap(), "--prompt", "hi"]);
+        let out = run(
+            tmp.path(),
+            &["forward", path.to_str().unwrap(), "--prompt", "hi"],
+        );
         assert_refused(&out, &format!("tensor {}", g.tensors[i].name));
         assert!(stderr(&out).contains("data section"), "{}", stderr(&out));
     }
@@ -212,7 +222,10 @@ fn sizes_from_model_files_are_checked_before_anything_is_allocated() {
     config["num_hidden_layers"] = serde_json::json!(layers + 1);
     std::fs::write(&config_path, config.to_string()).unwrap();
     assert_refused(
-        &run(tmp.path(), &["forward", dir.to_str().unwrap(), "--prompt", "hi"]),
+        &run(
+            tmp.path(),
+            &["forward", dir.to_str().unwrap(), "--prompt", "hi"],
+        ),
         "is not in the file",
     );
     // a tokenizer id beyond the vocabulary: a panic inside the backend before
@@ -222,10 +235,13 @@ fn sizes_from_model_files_are_checked_before_anything_is_allocated() {
     let tok_path = dir.join("tokenizer.json");
     let mut tok: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
-    tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
-        "id": vocab + 1000, "content": "<evil>", "single_word": false, "lstrip": false,
-        "rstrip": false, "normalized": false, "special": true
-    }));
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": vocab + 1000, "content": "<evil>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
     std::fs::write(&tok_path, tok.to_string()).unwrap();
     let out = run(
         tmp.path(),
@@ -233,7 +249,10 @@ fn sizes_from_model_files_are_checked_before_anything_is_allocated() {
     );
     assert_refused(&out, "beyond the model's vocabulary");
     // the same model still runs on text without that token
-    let out = run(tmp.path(), &["forward", dir.to_str().unwrap(), "--prompt", "a b"]);
+    let out = run(
+        tmp.path(),
+        &["forward", dir.to_str().unwrap(), "--prompt", "a b"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
@@ -262,13 +281,24 @@ fn a_memory_estimate_that_overflows_is_too_large_not_wrapped() {
         );
         let out = run(tmp.path(), &["run", "tiny.toml"]);
         assert_refused(&out, "would not fit in memory");
-        assert!(stderr(&out).contains("too large to compute"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("too large to compute"),
+            "{}",
+            stderr(&out)
+        );
         let out = run(tmp.path(), &["plan", "tiny.toml"]);
-        assert!(stdout(&out).contains("too large to compute"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("too large to compute"),
+            "{}",
+            stdout(&out)
+        );
     }
     // a batch larger than the samples is planned at the batch that runs: 12 samples of 32
     // tokens fit, whatever batch_size says
-    tiny_pipeline(tmp.path(), "samples = 12\nbatch_size = 1000000\nseq_len = 32");
+    tiny_pipeline(
+        tmp.path(),
+        "samples = 12\nbatch_size = 1000000\nseq_len = 32",
+    );
     let out = run(tmp.path(), &["plan", "tiny.toml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("would not fit"), "{}", stderr(&out));
@@ -301,7 +331,12 @@ fn sources_that_never_end_are_refused_before_anything_reads_them() {
     // a loop of links is named as one, not as a missing file
     std::os::unix::fs::symlink(dir.join("b"), dir.join("a")).unwrap();
     std::os::unix::fs::symlink(dir.join("a"), dir.join("b")).unwrap();
-    let out = run_within(dir, &["inspect", dir.join("a").to_str().unwrap()], &[], limit);
+    let out = run_within(
+        dir,
+        &["inspect", dir.join("a").to_str().unwrap()],
+        &[],
+        limit,
+    );
     assert_refused(&out, "loop of symbolic links");
     // a pipeline file that is a FIFO or a device is refused, not read without end
     let pipe_file = dir.join("p.toml");
@@ -324,7 +359,10 @@ fn sources_that_never_end_are_refused_before_anything_reads_them() {
 #[test]
 fn a_deep_set_key_or_variable_is_refused_not_a_stack_overflow() {
     let env = Env::new();
-    env.write("p.toml", "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n");
+    env.write(
+        "p.toml",
+        "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n",
+    );
     let deep = format!("stages.{}x=1", "a.".repeat(5000));
     let out = env.run(&["plan", "p.toml", "--set", &deep]);
     assert_refused(&out, "levels; at most 16 are allowed");
@@ -380,7 +418,11 @@ fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 fn cache_entries(cache: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for kind in ["test-value"] {
-        for e in std::fs::read_dir(cache.join(kind)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(cache.join(kind))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             out.push(e.file_name().to_string_lossy().to_string());
         }
     }
@@ -404,7 +446,12 @@ fn a_bundle_is_imported_by_its_declared_sizes_and_a_rejected_artifact_leaves_not
         .iter()
         .position(|(n, _)| n.ends_with("/value.json"))
         .unwrap();
-    let key = good_entries[value_entry].0.split('/').nth(1).unwrap().to_string();
+    let key = good_entries[value_entry]
+        .0
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
     let check_rejected = |bundle: Vec<u8>, why: &str| {
         let env = Env::new();
         let out = import(&env, &bundle, &[]);
@@ -418,7 +465,8 @@ fn a_bundle_is_imported_by_its_declared_sizes_and_a_rejected_artifact_leaves_not
         // the others are in; of the rejected one nothing: no directory, no lock, no temporary
         let left = cache_entries(&env.path("cache"));
         assert!(
-            left.iter().all(|n| !n.contains(&key) && !n.starts_with(".import") && !n.starts_with(".tmp")),
+            left.iter()
+                .all(|n| !n.contains(&key) && !n.starts_with(".import") && !n.starts_with(".tmp")),
             "{why}: {left:?}"
         );
     };
@@ -460,7 +508,11 @@ fn a_bundle_is_imported_by_its_declared_sizes_and_a_rejected_artifact_leaves_not
     assert!(cache_entries(&env.path("cache")).is_empty());
     // and the good bundle imports whole
     let out = import(&env, &good, &[]);
-    assert!(stdout(&out).contains("3 artifacts imported"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("3 artifacts imported"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +554,10 @@ fn a_tilde_in_cache_dir_is_home_and_a_refused_run_creates_nothing() {
     std::fs::create_dir_all(&fresh).unwrap();
     std::fs::write(fresh.join("p.toml"), text).unwrap();
     let out = cmd(&["run", "p.toml"], &fresh);
-    assert_refused(&out, "p.toml:2: cache_dir: \"~bob/x\": only \"~\" and \"~/...\" are expanded");
+    assert_refused(
+        &out,
+        "p.toml:2: cache_dir: \"~bob/x\": only \"~\" and \"~/...\" are expanded",
+    );
     let left: Vec<_> = std::fs::read_dir(&fresh)
         .unwrap()
         .flatten()
@@ -524,8 +579,14 @@ fn cache_export_writes_only_a_new_or_regular_file_that_is_not_an_input() {
     env.write("target.txt", "keep");
     std::os::unix::fs::symlink(env.path("target.txt"), env.path("link.zip")).unwrap();
     assert_refused(&export("link.zip"), "a symbolic link");
-    assert!(std::fs::symlink_metadata(env.path("link.zip")).unwrap().file_type().is_symlink());
-    assert_eq!(std::fs::read_to_string(env.path("target.txt")).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(env.path("link.zip"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(env.path("target.txt")).unwrap(),
+        "keep"
+    );
     // a FIFO and a device are not replaced
     mkfifo(&env.path("fifo.zip"));
     assert_refused(&export("fifo.zip"), "not a regular file (a FIFO");
@@ -541,7 +602,9 @@ fn cache_export_writes_only_a_new_or_regular_file_that_is_not_an_input() {
     // a regular file is replaced through a temporary file
     env.write("old.zip", "old");
     assert!(export("old.zip").status.success());
-    assert!(std::fs::read(env.path("old.zip")).unwrap().starts_with(b"PK"));
+    assert!(std::fs::read(env.path("old.zip"))
+        .unwrap()
+        .starts_with(b"PK"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,17 +614,29 @@ fn cache_export_writes_only_a_new_or_regular_file_that_is_not_an_input() {
 fn weak_answers_are_clear_errors() {
     let env = Env::new();
     // nan is named as nan, not as "null"
-    env.write("p.toml", "name = \"x\"\n[stages.a]\nkind = \"test-value\"\nvalue = nan\n");
+    env.write(
+        "p.toml",
+        "name = \"x\"\n[stages.a]\nkind = \"test-value\"\nvalue = nan\n",
+    );
     let out = env.run(&["plan", "p.toml"]);
-    assert_refused(&out, "p.toml:4: stages.a.value: nan and inf are not allowed");
+    assert_refused(
+        &out,
+        "p.toml:4: stages.a.value: nan and inf are not allowed",
+    );
     // a runtime variable that is not a number is refused, not ignored
-    env.write("p.toml", "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n");
+    env.write(
+        "p.toml",
+        "name = \"x\"\n[stages.a]\nkind = \"test-value\"\n",
+    );
     let out = env
         .cmd(&["plan", "p.toml"])
         .env("LAYERPRUNE_STREAM_MEMO_MB", "lots")
         .output()
         .unwrap();
-    assert_refused(&out, "LAYERPRUNE_STREAM_MEMO_MB=\"lots\": expected a whole number");
+    assert_refused(
+        &out,
+        "LAYERPRUNE_STREAM_MEMO_MB=\"lots\": expected a whole number",
+    );
     // a corrupt refresh file says how to recover
     std::fs::create_dir_all(env.path("cache/pipelines")).unwrap();
     env.write("cache/pipelines/x.refresh.json", "{not json");

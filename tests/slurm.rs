@@ -324,7 +324,12 @@ fn hostile_values_never_become_shell_code() {
             vec!["submit", f.as_str(), "--slurm", "--dry-run"],
         ] {
             let out = env.run(&cmd);
-            assert_eq!(out.status.code(), Some(2), "{cmd:?} {text}: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{cmd:?} {text}: {}",
+                stderr(&out)
+            );
             let e = stderr(&out);
             assert!(
                 e.contains(&format!("{f}:")) && e.contains("stage name"),
@@ -354,14 +359,25 @@ fn hostile_values_never_become_shell_code() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
-        assert!(!env.path("cache/slurm").exists(), "{extra:?}: a script was written");
+        assert!(
+            !env.path("cache/slurm").exists(),
+            "{extra:?}: a script was written"
+        );
     }
     let newline_cache = env.path("cache\nx");
-    let out = with_cache(&env, &["submit", &f, "--slurm", "--dry-run"], &newline_cache)
-        .output()
-        .unwrap();
+    let out = with_cache(
+        &env,
+        &["submit", &f, "--slurm", "--dry-run"],
+        &newline_cache,
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("control character"),
+        "{}",
+        stderr(&out)
+    );
     let newline_dir = env.path("work\nx");
     std::fs::create_dir_all(&newline_dir).unwrap();
     std::fs::copy(env.path(&f), newline_dir.join(&f)).unwrap();
@@ -371,7 +387,11 @@ fn hostile_values_never_become_shell_code() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("working directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("working directory"),
+        "{}",
+        stderr(&out)
+    );
     assert_clean("options and paths");
     // 3. hostile values without control characters are accepted and quoted: a working
     //    directory, pipeline path and cache path full of shell syntax, and a --set value.
@@ -411,9 +431,9 @@ fn hostile_values_never_become_shell_code() {
         &cache,
     )
     .current_dir(&weird)
-        .env("LAYERPRUNE_SBATCH", &stub)
-        .output()
-        .unwrap();
+    .env("LAYERPRUNE_SBATCH", &stub)
+    .output()
+    .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -430,7 +450,8 @@ fn hostile_values_never_become_shell_code() {
         .collect();
     assert_eq!(ran.len(), 3, "{ran:?}");
     assert!(
-        ran.iter().all(|r| !r.contains("command not found") && !r.contains("syntax error")),
+        ran.iter()
+            .all(|r| !r.contains("command not found") && !r.contains("syntax error")),
         "{ran:?}"
     );
     assert_clean("quoted values");

@@ -106,7 +106,9 @@ fn check_out_path(out: &Path, inputs: &[PathBuf], cache_root: &Path) -> Result<(
         Ok(meta) => {
             let ty = meta.file_type();
             if ty.is_symlink() {
-                anyhow::bail!("a symbolic link; give the path of a regular file (it would replace the link)");
+                anyhow::bail!(
+                    "a symbolic link; give the path of a regular file (it would replace the link)"
+                );
             }
             if !ty.is_file() {
                 anyhow::bail!(
@@ -120,15 +122,24 @@ fn check_out_path(out: &Path, inputs: &[PathBuf], cache_root: &Path) -> Result<(
             }
             for input in inputs {
                 if same_file(out, input) {
-                    anyhow::bail!("this is the pipeline file {}; it would be overwritten", input.display());
+                    anyhow::bail!(
+                        "this is the pipeline file {}; it would be overwritten",
+                        input.display()
+                    );
                 }
             }
         }
     }
     let parent = crate::fsutil::parent_dir(out);
-    if let (Ok(dir), Ok(cache)) = (std::fs::canonicalize(parent), std::fs::canonicalize(cache_root)) {
+    if let (Ok(dir), Ok(cache)) = (
+        std::fs::canonicalize(parent),
+        std::fs::canonicalize(cache_root),
+    ) {
         if dir.starts_with(&cache) {
-            anyhow::bail!("inside the cache {}; write the bundle elsewhere", cache_root.display());
+            anyhow::bail!(
+                "inside the cache {}; write the bundle elsewhere",
+                cache_root.display()
+            );
         }
     }
     Ok(())

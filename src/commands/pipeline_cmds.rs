@@ -459,7 +459,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 return Ok(exit::CONFIG);
             }
         };
-        if let Err(e) = runner::refresh::mark(&cache_root, &mut cfg, &stages, &runner::now_rfc3339())
+        if let Err(e) =
+            runner::refresh::mark(&cache_root, &mut cfg, &stages, &runner::now_rfc3339())
         {
             report_error(&format!("saving the refresh marks: {e:#}"));
             return Ok(exit::JOBS_FAILED);

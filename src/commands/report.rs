@@ -130,8 +130,9 @@ fn check_out_dir(dir: &Path, create: bool) -> Result<()> {
         Ok(PathKind::File) => anyhow::bail!("a file, expected a directory"),
         Ok(PathKind::Special(what)) => anyhow::bail!("{what}, expected a directory"),
         Err(_) if !create => Ok(()),
-        Err(_) => std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create it ({e})")),
+        Err(_) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create it ({e})"))
+        }
     }
 }
 

@@ -217,10 +217,7 @@ fn check_tensor_ranges(
     let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
-        bail!(
-            "corrupt tensor table: two tensors are named {}",
-            pair[0]
-        );
+        bail!("corrupt tensor table: two tensors are named {}", pair[0]);
     }
     Ok(())
 }
@@ -253,17 +250,24 @@ impl<'a> Cursor<'a> {
             ),
         }
     }
+    /// The next N bytes as an array (take returns exactly N bytes or an error).
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let bytes = self.take(N, what)?;
+        bytes
+            .try_into()
+            .with_context(|| format!("reading {what}: expected {N} bytes"))
+    }
     fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.array::<2>(what)?))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(self.array::<4>(what)?))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(self.array::<8>(what)?))
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;

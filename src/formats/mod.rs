@@ -2,6 +2,7 @@
 //! directories, tokenizer files, the bitsandbytes NF4 codec, and plain host tensors. No Burn
 //! model types live here.
 
+pub mod contained;
 pub mod ggml_quant;
 pub mod gguf;
 pub mod host_tensor;

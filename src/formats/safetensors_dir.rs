@@ -41,7 +41,10 @@ impl Shard {
     /// mapped file may have changed since).
     fn view(&self) -> Result<SafeTensors<'_>> {
         SafeTensors::deserialize(&self.mmap).map_err(|e| {
-            anyhow::anyhow!("{}: not a valid safetensors file ({e})", self.path.display())
+            anyhow::anyhow!(
+                "{}: not a valid safetensors file ({e})",
+                self.path.display()
+            )
         })
     }
 }
@@ -160,7 +163,15 @@ impl SafetensorsSet {
     /// The stored shape of one tensor, without reading it.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let &i = self.index.get(name)?;
-        Some(self.shards[i].view().ok()?.tensor(name).ok()?.shape().to_vec())
+        Some(
+            self.shards[i]
+                .view()
+                .ok()?
+                .tensor(name)
+                .ok()?
+                .shape()
+                .to_vec(),
+        )
     }
 
     /// The stored dtype of one tensor, e.g. "BF16".
@@ -180,9 +191,9 @@ impl SafetensorsSet {
             .with_context(|| format!("no tensor named {name}"))?;
         let shard = &self.shards[i];
         let view = shard.view()?;
-        let t = view.tensor(name).map_err(|e| {
-            anyhow::anyhow!("{}: tensor {name}: {e}", shard.path.display())
-        })?;
+        let t = view
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", shard.path.display()))?;
         let bytes = t.data();
         let data: Vec<f32> = match t.dtype() {
             Dtype::F32 => bytes

@@ -87,15 +87,19 @@ impl std::fmt::Debug for TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_json_str(json: String, origin: &str) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{origin}: invalid tokenizer ({e})"))?;
-        // Detect whether the post-processor adds a token in front of a plain sequence.
-        let probe = inner
-            .encode("a", true)
-            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-        let plain = inner
-            .encode("a", false)
-            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        // the tokenizers crate panics on some malformed files: contained, an error here
+        let (inner, probe, plain) = super::contained::contain(origin, || {
+            let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{origin}: invalid tokenizer ({e})"))?;
+            // Detect whether the post-processor adds a token in front of a plain sequence.
+            let probe = inner
+                .encode("a", true)
+                .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            let plain = inner
+                .encode("a", false)
+                .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            Ok((inner, probe, plain))
+        })?;
         let adds_bos = probe.get_ids().len() > plain.get_ids().len()
             && probe.get_ids().first() != plain.get_ids().first();
         Ok(Self {

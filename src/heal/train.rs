@@ -259,7 +259,9 @@ pub struct Checkpoints {
 impl Checkpoints {
     pub fn save<P: Trainable>(&self, state: &TrainState<P>, config: &TrainConfig) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
+        // one name, not one per process: the key's lock makes this the only writer, and a
+        // checkpoint left half-written by a killed process is removed by the next save
+        let tmp = self.dir.join(".tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         write_f32_tensors(

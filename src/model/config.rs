@@ -767,7 +767,11 @@ impl ModelConfig {
             ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
             ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
             ("head_dim", self.head_dim, MAX_HEAD_DIM),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
         ] {
             check_size(name, v, max)?;
         }

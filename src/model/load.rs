@@ -176,7 +176,10 @@ fn check_tokenizer(tokenizer: &mut TextTokenizer, config: &ModelConfig, path: &P
         );
     }
     tokenizer.limit_ids(vocab);
-    for (what, id) in [("bos_token_id", config.bos_token_id), ("eos_token_id", config.eos_token_id)] {
+    for (what, id) in [
+        ("bos_token_id", config.bos_token_id),
+        ("eos_token_id", config.eos_token_id),
+    ] {
         if let Some(id) = id {
             if id as usize >= vocab {
                 bail!(

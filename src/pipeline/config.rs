@@ -408,7 +408,11 @@ fn check_toml(file: &Path, text: &str) -> Result<(), ConfigError> {
 /// The 1-based line of byte `offset` of `text`.
 fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The dotted path of the first NaN or infinite float in `v`.

@@ -194,7 +194,13 @@ pub fn import(cache_root: &Path, bundle: &Path, max_bytes: u64) -> Result<Vec<Im
         }
         match read_declared(&mut zip, &kind, &key, &entries) {
             Ok(manifest) => {
-                declared = declared.saturating_add(manifest.files.values().map(|f| f.size).fold(0, u64::saturating_add));
+                declared = declared.saturating_add(
+                    manifest
+                        .files
+                        .values()
+                        .map(|f| f.size)
+                        .fold(0, u64::saturating_add),
+                );
                 checked.push((kind, key, entries, manifest));
             }
             Err(e) => done.push(Imported::Rejected {
@@ -246,7 +252,8 @@ type Zip = zip::ZipArchive<std::io::BufReader<std::fs::File>>;
 /// record's where the classic one says 0xFFFF).
 fn entry_count(path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata()?.len();
     // the record (22 bytes) plus a comment of at most 64 KiB, and the zip64 locator before it
     let tail_len = len.min(22 + 65_535 + 20);
@@ -278,7 +285,9 @@ fn entry_count(path: &Path) -> Result<u64> {
     if &buf[..4] != b"PK\x06\x06" {
         return Err(bad());
     }
-    Ok(u64::from_le_bytes(buf[32..40].try_into().map_err(|_| bad())?))
+    Ok(u64::from_le_bytes(
+        buf[32..40].try_into().map_err(|_| bad())?,
+    ))
 }
 
 /// An artifact's manifest read from the bundle and checked against the bundle's entries: no
@@ -302,7 +311,10 @@ fn read_declared(zip: &mut Zip, kind: &str, key: &str, entries: &Entries) -> Res
         .read_to_end(&mut text)
         .context("manifest.json: cannot read it out of the bundle")?;
     if text.len() as u64 > MAX_MANIFEST_BYTES {
-        anyhow::bail!("manifest.json is larger than {} MiB", MAX_MANIFEST_BYTES >> 20);
+        anyhow::bail!(
+            "manifest.json is larger than {} MiB",
+            MAX_MANIFEST_BYTES >> 20
+        );
     }
     let manifest: Manifest =
         serde_json::from_slice(&text).context("manifest.json is not a valid manifest")?;
@@ -313,7 +325,8 @@ fn read_declared(zip: &mut Zip, kind: &str, key: &str, entries: &Entries) -> Res
             manifest.key
         );
     }
-    let stage = crate::stages::find(kind).with_context(|| format!("{kind:?} is not a stage kind"))?;
+    let stage =
+        crate::stages::find(kind).with_context(|| format!("{kind:?} is not a stage kind"))?;
     let expected = manifest.expected_key(stage.numeric());
     if expected != key {
         anyhow::bail!(
@@ -354,7 +367,12 @@ fn unpack(
     let tmp = tempfile::Builder::new()
         .prefix(".import-")
         .tempdir_in(&kind_dir)
-        .with_context(|| format!("cannot create a temporary directory in {}", kind_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                kind_dir.display()
+            )
+        })?;
     for (rel, i) in entries {
         let limit = match manifest.files.get(rel) {
             Some(f) => f.size,
@@ -394,7 +412,10 @@ fn install(store: &Store, tmp: tempfile::TempDir, kind: &str, key: &str) -> Resu
     match store.status(kind, key, false) {
         Status::Valid(_) => return Ok(false),
         Status::Corrupt(reason) => {
-            tracing::warn!("replacing corrupt artifact {kind}/{} ({reason})", &key[..12]);
+            tracing::warn!(
+                "replacing corrupt artifact {kind}/{} ({reason})",
+                &key[..12]
+            );
             std::fs::remove_dir_all(&dest)
                 .with_context(|| format!("cannot remove {}", dest.display()))?;
         }
@@ -403,7 +424,8 @@ fn install(store: &Store, tmp: tempfile::TempDir, kind: &str, key: &str) -> Resu
     let path = tmp.keep();
     if let Err(e) = std::fs::rename(&path, &dest) {
         let _ = std::fs::remove_dir_all(&path);
-        return Err(e).with_context(|| format!("cannot move {} to {}", path.display(), dest.display()));
+        return Err(e)
+            .with_context(|| format!("cannot move {} to {}", path.display(), dest.display()));
     }
     Ok(true)
 }

@@ -155,9 +155,9 @@ impl TaskCommand {
             ("the pipeline file's path", &self.file),
             ("the cache directory", &self.cache_dir),
         ] {
-            let text = p.to_str().with_context(|| {
-                format!("{what} {} is not valid UTF-8", p.display())
-            })?;
+            let text = p
+                .to_str()
+                .with_context(|| format!("{what} {} is not valid UTF-8", p.display()))?;
             check_no_control(what, text)?;
         }
         for set in &self.sets {

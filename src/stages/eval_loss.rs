@@ -95,12 +95,8 @@ impl Stage for EvalLossStage {
             0 => p.batch_size,
             w => p.batch_size.min(w),
         };
-        let plan = super::MemoryPlan::inference(
-            on,
-            batch,
-            p.seq_len,
-            batch.saturating_mul(p.seq_len),
-        );
+        let plan =
+            super::MemoryPlan::inference(on, batch, p.seq_len, batch.saturating_mul(p.seq_len));
         Some(
             plan.knob("batch_size", p.batch_size)
                 .knob("seq_len", p.seq_len),

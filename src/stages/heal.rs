@@ -231,14 +231,18 @@ impl Stage for HealStage {
                 "NF4 dequantised, kept for backward",
                 if base == BaseWeights::Nf4 {
                     mul(&[
-                        sh.nf4_kept_for_backward(e).saturating_add(sh.nf4_transient(e)),
+                        sh.nf4_kept_for_backward(e)
+                            .saturating_add(sh.nf4_transient(e)),
                         graphs,
                     ])
                 } else {
                     0
                 },
             )
-            .add("LoRA + AdamW", mul(&[lora, crate::model::memory::TRAINABLE_BYTES]));
+            .add(
+                "LoRA + AdamW",
+                mul(&[lora, crate::model::memory::TRAINABLE_BYTES]),
+            );
         sh.add_training_step(&mut estimate, r, s, e, sh.layers);
         Some(
             super::MemoryPlan::of(estimate)
