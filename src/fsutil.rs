@@ -20,15 +20,32 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.flush())
+    // errors name the file the caller asked for, with the plain OS error: not the temporary
+    // file's internal name (tempfile's own errors append "at path .../.tmpXXXX")
+    let mut tmp = builder.tempfile_in(dir).map_err(plain).with_context(|| {
+        format!(
+            "cannot write {} (creating a file beside it)",
+            path.display()
+        )
+    })?;
+    tmp.as_file_mut()
+        .write_all(bytes)
+        .and_then(|_| tmp.as_file_mut().flush())
+        .map_err(plain)
         .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
+        .map_err(|e| plain(e.error))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// An I/O error as the OS reported it, without what a wrapper added to its message (tempfile
+/// appends the temporary file's path): "No space left on device (os error 28)".
+pub fn plain(e: std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => e,
+    }
 }
 
 /// Give every file under `dir` the permissions a normally created file gets there (0666 less

@@ -64,7 +64,15 @@ pub fn export(cache_root: &Path, wanted: &[Wanted], out: &Path) -> Result<Export
         .prefix(".bundle-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let mut zip = zip::ZipWriter::new(tmp);
+    // the zip is written through a handle of the temporary file's own that keeps the first
+    // write error to itself (the zip crate, given an error, prints its internal state when
+    // dropped): the error is reported once, as the OS gave it, and nothing is renamed
+    let handle = tmp
+        .as_file()
+        .try_clone()
+        .map_err(crate::fsutil::plain)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let mut zip = zip::ZipWriter::new(FirstError::new(handle));
     for w in found {
         let root = store.dir(&w.kind, &w.key);
         let mut files = Vec::new();
@@ -93,13 +101,79 @@ pub fn export(cache_root: &Path, wanted: &[Wanted], out: &Path) -> Result<Export
         }
         summary.artifacts += 1;
     }
-    let mut tmp = zip
+    let mut written = zip
         .finish()
         .with_context(|| format!("cannot write {}", out.display()))?;
-    tmp.flush()?;
+    let flushed = written.inner.flush();
+    if let Some(e) = written.error.take().map(Err).unwrap_or(flushed).err() {
+        return Err(crate::fsutil::plain(e))
+            .with_context(|| format!("cannot write {}", out.display()));
+    }
     tmp.persist(out)
+        .map_err(|e| crate::fsutil::plain(e.error))
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(summary)
+}
+
+/// A writer that, after its first write error, keeps the error and goes on as if writing
+/// succeeded (positions counted, bytes discarded): the zip being written is abandoned, and its
+/// writer never sees an error.
+struct FirstError {
+    inner: std::fs::File,
+    error: Option<std::io::Error>,
+    /// After the error: the position and length the discarded writes would have made.
+    pos: u64,
+    len: u64,
+}
+
+impl FirstError {
+    fn new(inner: std::fs::File) -> Self {
+        Self {
+            inner,
+            error: None,
+            pos: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Write for FirstError {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.error.is_none() {
+            use std::io::Seek;
+            let at = self.inner.stream_position().unwrap_or(0);
+            match self.inner.write_all(buf) {
+                Ok(()) => return Ok(buf.len()),
+                Err(e) => {
+                    self.error = Some(e);
+                    self.len = self.inner.metadata().map(|m| m.len()).unwrap_or(at);
+                    self.pos = at;
+                }
+            }
+        }
+        self.pos = self.pos.saturating_add(buf.len() as u64);
+        self.len = self.len.max(self.pos);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for FirstError {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        if self.error.is_none() {
+            return self.inner.seek(to);
+        }
+        let base = |b: u64, d: i64| b.saturating_add_signed(d);
+        self.pos = match to {
+            SeekFrom::Start(n) => n,
+            SeekFrom::Current(d) => base(self.pos, d),
+            SeekFrom::End(d) => base(self.len, d),
+        };
+        Ok(self.pos)
+    }
 }
 
 fn list_files(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

@@ -89,8 +89,7 @@ fn expected_sha256(checksum: &Checksum, name: &str, cache_root: &Path) -> Result
         Checksum::Literal(hex) => Ok(hex.clone()),
         Checksum::From(spec) => {
             let sums = super::locate(spec, cache_root)?;
-            let text = std::fs::read_to_string(&sums)
-                .with_context(|| format!("cannot read {}", sums.display()))?;
+            let text = crate::fsutil::read_capped_text(&sums, crate::fsutil::caps::CONFIG)?;
             text.lines()
                 .filter_map(|l| l.split_once(char::is_whitespace))
                 .find(|(_, n)| n.trim().trim_start_matches('*') == name)
