@@ -167,9 +167,4 @@ impl TiktokenBpe {
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
-
-    /// The largest token id (ranks, then the special tokens after them).
-    pub fn max_id(&self) -> Option<u32> {
-        self.tokens.len().checked_sub(1).map(|n| n as u32)
-    }
 }

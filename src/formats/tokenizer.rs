@@ -329,15 +329,6 @@ impl TextTokenizer {
         }
     }
 
-    /// The largest id the tokenizer can produce (its vocabulary and added tokens), None for
-    /// an empty vocabulary: every id must index the model's embedding.
-    pub fn max_id(&self) -> Option<u32> {
-        match &self.engine {
-            Engine::Hf(t) => t.get_vocab(true).into_values().max(),
-            Engine::Tiktoken(t) => t.max_id(),
-        }
-    }
-
     pub fn vocab_size(&self) -> usize {
         match &self.engine {
             Engine::Hf(t) => t.get_vocab_size(true),

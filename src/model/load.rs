@@ -167,14 +167,8 @@ fn check_weights(config: &ModelConfig, store: &WeightStore, path: &Path) -> Resu
 /// BOS / EOS ids, index the embedding: otherwise a token would read past it.
 fn check_tokenizer(tokenizer: &mut TextTokenizer, config: &ModelConfig, path: &Path) -> Result<()> {
     let vocab = config.vocab_size;
-    if let Some(max) = tokenizer.max_id().filter(|&m| m as usize >= vocab) {
-        // some tokenizers list special tokens past the embedding that text never produces
-        // (Gemma-3's image token): those are refused when encode meets them, not here
-        tracing::debug!(
-            "{}: the tokenizer's largest id {max} is beyond the {vocab} embedding rows",
-            path.display()
-        );
-    }
+    // not a check of the tokenizer's largest id: some list special tokens past the embedding
+    // that text never produces (Gemma-3's image token); encode refuses those when it meets them
     tokenizer.limit_ids(vocab);
     for (what, id) in [
         ("bos_token_id", config.bos_token_id),
