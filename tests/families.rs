@@ -400,3 +400,161 @@ fn gemma3_cached_prefix_scoring_equals_full_sequences_beyond_the_window() {
         }
     }
 }
+
+/// A GGUF-sourced model pruned to the original layers `keep` (make_fixtures.py GGUF_PRUNE_KEEP)
+/// and exported in Hugging Face layout: its config.json reads back as the GGUF's configuration
+/// with only the kept layers (the family's own keys: activation, norm epsilon, biases, sliding
+/// window and layer types, RoPE tables, attention scalar), and the exported model's logits equal
+/// transformers' pruned model (make_fixtures.py part "gguf-pruned") within 1e-4 relative, as do
+/// the light pruned model's. With LAYERPRUNE_KEEP_EXPORTS=DIR the export is kept as DIR/`name`
+/// for scripts/check_export_in_transformers.py, which loads it in transformers.
+fn gguf_export_matches_transformers(name: &str, keep: &[usize]) {
+    let cache = common::temp_cache();
+    let files = open(&format!("{name}.gguf"), cache.path());
+    assert_eq!(files.format, "gguf");
+    let reference = read_reference(
+        &fixtures()
+            .join("reference")
+            .join(format!("{name}-gguf-pruned.safetensors")),
+    );
+    let rows = rows_of(&reference);
+    let t = reference["input_ids"].shape[1];
+    let vocab = files.config.vocab_size;
+    let want = real_logits(&reference["logits"].f32, &rows, t, vocab);
+    let batch = TokenBatch::right_padded(&rows, 0);
+    let logits = |m: &layerprune::model::Transformer<B>| {
+        real_logits(&all_logits(m, &batch), &rows, t, vocab)
+    };
+    let light = files
+        .build_with_layers::<B>(&Default::default(), DType::F32, keep)
+        .unwrap();
+    let e = rel_err(&logits(&light), &want);
+    assert!(e < 1e-4, "{name}.gguf light: relative error {e:e}");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let out = match std::env::var_os("LAYERPRUNE_KEEP_EXPORTS") {
+        Some(root) => std::path::PathBuf::from(root).join(name),
+        None => scratch.path().join(name),
+    };
+    let _ = std::fs::remove_dir_all(&out);
+    export_to(&files, keep, &out);
+    let exported = open(out.to_str().unwrap(), cache.path());
+    let mut expected = files.config.with_layers(keep.len());
+    if !expected.sliding_layers.is_empty() {
+        expected.sliding_layers = keep.iter().map(|&i| expected.sliding_layers[i]).collect();
+    }
+    assert_eq!(exported.config, expected, "{name}: exported config.json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let family = files.config.architecture.family();
+    assert_eq!(json["architectures"][0], family.hf_class, "{name}");
+    assert_eq!(
+        json[family.keys.activation.0], family.keys.activation.1,
+        "{name}"
+    );
+    // transformers type-checks integer fields (256.0 is refused where an int is expected)
+    for key in [
+        "query_pre_attn_scalar",
+        "sliding_window",
+        "head_dim",
+        "num_hidden_layers",
+    ] {
+        let v = &json[key];
+        assert!(
+            v.is_null() || v.is_u64(),
+            "{name}: {key} = {v} should be an integer"
+        );
+    }
+    let m = exported
+        .build::<B>(&Default::default(), DType::F32)
+        .unwrap();
+    let e = rel_err(&logits(&m), &want);
+    assert!(e < 1e-4, "{name}.gguf exported: relative error {e:e}");
+}
+
+#[test]
+fn gguf_llama_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-llama", &[0, 2]);
+}
+
+#[test]
+fn gguf_qwen2_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-qwen2", &[0, 2]);
+}
+
+#[test]
+fn gguf_qwen3_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-qwen3", &[0, 2]);
+}
+
+#[test]
+fn gguf_phi_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-phi", &[0, 2]);
+}
+
+/// Gemma-3 from GGUF: every 6th layer global by default; the kept global layer 5 becomes layer 1
+/// and keeps its type, RoPE base and window in the exported layer_types and rope_parameters.
+#[test]
+fn gguf_gemma3_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-gemma3", &[1, 5]);
+}
+
+/// Every family's configuration, written as its config.json and read back, is the same
+/// configuration: the fixtures of every family (Hugging Face and GGUF) and the variants their
+/// config.json spells differently (a Mistral window, a Qwen2 sliding window, Llama's
+/// attention_bias, Llama-3 RoPE scaling).
+#[test]
+fn every_family_config_round_trips_through_config_json() {
+    use layerprune::model::ModelConfig;
+    let cache = common::temp_cache();
+    let mut configs = Vec::new();
+    for name in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-qwen1",
+        "tiny-phi",
+        "tiny-gemma3",
+        "tiny-llama.gguf",
+        "tiny-qwen2.gguf",
+        "tiny-qwen3.gguf",
+        "tiny-phi.gguf",
+        "tiny-gemma3.gguf",
+    ] {
+        configs.push((name.to_string(), open(name, cache.path()).config));
+    }
+    let by_name = |n: &str| configs.iter().find(|(m, _)| m == n).unwrap().1.clone();
+    let mut mistral = by_name("tiny-mistral");
+    mistral.sliding_window = Some(8);
+    let mut qwen2 = by_name("tiny-qwen2");
+    qwen2.sliding_window = Some(16);
+    let mut llama = by_name("tiny-llama");
+    llama.qkv_bias = true;
+    llama.o_bias = true;
+    let variants = [
+        ("mistral with a window".to_string(), mistral),
+        ("qwen2 with a sliding window".to_string(), qwen2),
+        ("llama with attention_bias".to_string(), llama),
+    ];
+    let mut odd = by_name("tiny-llama");
+    configs.extend(variants);
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, cfg) in &configs {
+        let json = cfg.to_hf_json().unwrap();
+        let back = ModelConfig::from_hf_json(std::path::Path::new(name), &json)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}\n{json:#}"));
+        assert_eq!(&back, cfg, "{name}: {json:#}");
+        seen.insert(cfg.architecture.hf_model_type());
+    }
+    assert_eq!(
+        seen.len(),
+        layerprune::model::family::FAMILIES.len(),
+        "{seen:?}"
+    );
+    // what a family's config.json cannot say is refused, naming it
+    odd.qkv_bias = true;
+    let err = format!("{:#}", odd.to_hf_json().unwrap_err());
+    assert!(err.contains("llama config.json cannot express"), "{err}");
+}

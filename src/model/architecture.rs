@@ -1,12 +1,13 @@
-//! What a decoder layer is made of, per architecture: its norms and linear projections, which of
+//! The tensor layouts of the families: a decoder layer's norms and linear projections, which of
 //! them belong to the MLP, their shapes from the config, and their names in the Hugging Face and
 //! GGUF layouts. Loading, NF4 quantisation, LoRA targets, export and pruning iterate over this
-//! description instead of listing the parts by hand; a new architecture is one more description
-//! plus the blocks of the forward pass that truly differ.
+//! description instead of listing the parts by hand. A family (`family.rs`) names its layout;
+//! families with the same tensor names share one.
 
 use anyhow::{bail, Result};
 
-use super::config::{Architecture, ModelConfig};
+use super::config::ModelConfig;
+use super::family::Architecture;
 
 /// One linear projection of a decoder layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -289,15 +290,15 @@ const fn llama_layout(norms: &'static [NormSpec], gguf_rope_permuted: bool) -> L
 }
 
 /// Llama and Mistral: llama.cpp permutes q/k for its interleaved RoPE.
-static LLAMA: Layout = llama_layout(&LLAMA_NORMS, true);
+pub(super) static LLAMA: Layout = llama_layout(&LLAMA_NORMS, true);
 /// Qwen2: the Llama block with q/k/v biases; llama.cpp keeps NEOX (half-split) RoPE as is.
-static QWEN2: Layout = llama_layout(&LLAMA_NORMS, false);
+pub(super) static QWEN2: Layout = llama_layout(&LLAMA_NORMS, false);
 /// Qwen3: the Qwen2 block without biases, with per-head q/k RMSNorms.
-static QWEN3: Layout = llama_layout(&QWEN3_NORMS, false);
+pub(super) static QWEN3: Layout = llama_layout(&QWEN3_NORMS, false);
 /// Gemma-3: the Llama projections, Gemma's norms; llama.cpp keeps NEOX RoPE as is.
-static GEMMA3: Layout = llama_layout(&GEMMA3_NORMS, false);
+pub(super) static GEMMA3: Layout = llama_layout(&GEMMA3_NORMS, false);
 /// Phi-2 (HF layout): one LayerNorm with bias per layer, final_layernorm, LM head with bias.
-static PHI: Layout = Layout {
+pub(super) static PHI: Layout = Layout {
     layer_prefix: "model.layers",
     gguf_layer_prefix: "blk",
     norms: &PHI_NORMS,
@@ -316,7 +317,7 @@ static PHI: Layout = Layout {
 };
 
 /// Qwen v1: transformer.wte, transformer.h.{i}.{ln_1, attn, ln_2, mlp}, transformer.ln_f.
-static QWEN: Layout = Layout {
+pub(super) static QWEN: Layout = Layout {
     layer_prefix: "transformer.h",
     gguf_layer_prefix: "blk",
     norms: &QWEN_NORMS,
@@ -332,29 +333,6 @@ static QWEN: Layout = Layout {
     lm_head: LM_HEAD,
     gguf_rope_permuted: false,
 };
-
-impl Architecture {
-    pub const ALL: [Architecture; 7] = [
-        Self::Llama,
-        Self::Mistral,
-        Self::Qwen2,
-        Self::Qwen3,
-        Self::Qwen,
-        Self::Phi,
-        Self::Gemma3,
-    ];
-
-    pub fn layout(self) -> &'static Layout {
-        match self {
-            Self::Llama | Self::Mistral => &LLAMA,
-            Self::Qwen2 => &QWEN2,
-            Self::Qwen3 => &QWEN3,
-            Self::Qwen => &QWEN,
-            Self::Phi => &PHI,
-            Self::Gemma3 => &GEMMA3,
-        }
-    }
-}
 
 impl Layout {
     /// The projection `p`, if the architecture has it (Phi has no gate).

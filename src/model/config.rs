@@ -1,5 +1,6 @@
-//! The architecture description of a Llama-family decoder, read from a Hugging Face
-//! `config.json` or from GGUF metadata. Everything the forward pass needs comes from here.
+//! A model's configuration, read from a Hugging Face `config.json` or from GGUF metadata and
+//! written back as a `config.json` on export, as its family (`family.rs`) spells it. Everything
+//! the forward pass needs comes from here.
 
 use std::path::Path;
 
@@ -9,74 +10,8 @@ use serde_json::Value;
 
 use crate::formats::gguf::GgufFile;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Architecture {
-    Llama,
-    Mistral,
-    Qwen2,
-    /// The Qwen2 block without q/k/v biases and with q/k RMSNorm per head before RoPE.
-    Qwen3,
-    /// Qwen v1 (QWenLMHeadModel, remote code upstream): Qwen2's block with fused q/k/v
-    /// (attn.c_attn) and GPT-2-style names and config keys.
-    Qwen,
-    /// Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary,
-    /// GELU (tanh) MLP fc1/fc2, biases on every linear and on the LM head.
-    Phi,
-    /// Gemma-3 (text): embedding scaled by sqrt(hidden), q/k RMSNorm, norms before and after
-    /// attention and MLP with (1 + w) weights, GELU-tanh gated MLP, sliding-window and global
-    /// layers with their own RoPE bases, attention scaled by query_pre_attn_scalar.
-    Gemma3,
-}
-
-impl Architecture {
-    pub fn hf_model_type(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Mistral => "mistral",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-            Self::Qwen => "qwen",
-            Self::Phi => "phi",
-            Self::Gemma3 => "gemma3_text",
-        }
-    }
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Self::Llama => "LlamaForCausalLM",
-            Self::Mistral => "MistralForCausalLM",
-            Self::Qwen2 => "Qwen2ForCausalLM",
-            Self::Qwen3 => "Qwen3ForCausalLM",
-            Self::Qwen => "QWenLMHeadModel",
-            Self::Phi => "PhiForCausalLM",
-            Self::Gemma3 => "Gemma3ForCausalLM",
-        }
-    }
-}
-
-/// The normalisation of an architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NormKind {
-    /// x / sqrt(mean(x^2) + eps) * w
-    #[default]
-    Rms,
-    /// (x - mean) / sqrt(var + eps) * w + b (biased variance, as torch.nn.LayerNorm)
-    Layer,
-}
-
-/// The MLP of an architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum MlpKind {
-    /// down(silu(gate(h)) * up(h))
-    #[default]
-    SwiGlu,
-    /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h))))
-    GeluTanh,
-    /// down(gelu_tanh(gate(h)) * up(h)) (Gemma's gelu_pytorch_tanh)
-    GeluTanhGated,
-}
+pub use super::family::{Architecture, MlpKind, NormKind};
+use super::family::{BiasRule, ConfigDialect, Family, SlidingRule};
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -269,45 +204,45 @@ impl ModelConfig {
             .get("model_type")
             .and_then(|v| v.as_str())
             .with_context(|| format!("{}: missing key \"model_type\"", file.display()))?;
-        let architecture = match model_type {
-            "llama" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            "phi" => Architecture::Phi,
-            "gemma3_text" => Architecture::Gemma3,
-            "qwen" => return Self::from_qwen_json(&k),
-            "gemma3" => bail!(
+        let fam = match Family::by_model_type(model_type) {
+            Some(f) => f,
+            None if model_type == "gemma3" => bail!(
                 "{}: model_type = \"gemma3\" is the multimodal Gemma-3; use the text model's \
                  config (model_type \"gemma3_text\", Gemma3ForCausalLM)",
                 file.display()
             ),
-            other => bail!(
-                "{}: unsupported architecture model_type = \"{other}\" (supported: llama, mistral, qwen, qwen2, qwen3, phi, gemma3_text)",
-                file.display()
+            None => bail!(
+                "{}: unsupported architecture model_type = \"{model_type}\" (supported: {})",
+                file.display(),
+                Family::model_types()
             ),
         };
-        let phi = architecture == Architecture::Phi;
-        let gemma = architecture == Architecture::Gemma3;
-        if !phi && k.opt_bool("mlp_bias")?.unwrap_or(false) {
+        if fam.keys.dialect == ConfigDialect::QwenV1 {
+            return Self::from_qwen_json(&k);
+        }
+        let block = &fam.block;
+        let per_layer = fam.keys.sliding == SlidingRule::PerLayer;
+        if !block.mlp_bias && k.opt_bool("mlp_bias")?.unwrap_or(false) {
             bail!("{}: mlp_bias = true is not supported", file.display());
         }
-        let (act_key, expected_act) = match architecture {
-            Architecture::Phi => ("hidden_act", "gelu_new"),
-            Architecture::Gemma3 => ("hidden_activation", "gelu_pytorch_tanh"),
-            _ => ("hidden_act", "silu"),
-        };
+        let (act_key, expected_act) = fam.keys.activation;
         if let Some(act) = k.get(act_key).and_then(|v| v.as_str()) {
             if act != expected_act {
                 bail!(
-                    "{}: hidden_act = \"{act}\" is not supported (expected \"{expected_act}\")",
+                    "{}: {act_key} = \"{act}\" is not supported (expected \"{expected_act}\")",
                     file.display()
                 );
             }
         }
-        if phi && k.opt_bool("qk_layernorm")?.unwrap_or(false) {
+        if !block.qk_norm && k.opt_bool("qk_layernorm")?.unwrap_or(false) {
             bail!(
-                "{}: qk_layernorm = true is not supported for phi",
+                "{}: qk_layernorm = true is not supported for {model_type}",
+                file.display()
+            );
+        }
+        if k.get("attn_logit_softcapping").is_some() {
+            bail!(
+                "{}: attn_logit_softcapping is not supported",
                 file.display()
             );
         }
@@ -330,53 +265,14 @@ impl ModelConfig {
         let head_dim = k
             .opt_usize("head_dim")?
             .unwrap_or(hidden_size / num_attention_heads);
-        // transformers >= 5 nests rope settings in `rope_parameters` (Gemma-3: one table per
-        // layer type); older configs use `rope_theta` and `rope_scaling` at the top level.
-        let mut rope_params = k.get("rope_parameters").cloned();
-        let mut rope_local_theta = None;
-        if gemma {
-            let local = rope_params
-                .as_ref()
-                .and_then(|p| p.get("sliding_attention").cloned());
-            rope_local_theta = match &local {
-                Some(p) => {
-                    if parse_rope_scaling(file, p)?.is_some() {
-                        bail!(
-                            "{}: rope scaling on the sliding-attention layers is not supported",
-                            file.display()
-                        );
-                    }
-                    JsonKeys { file, json: p }.opt_f64("rope_theta")?
-                }
-                None => k.opt_f64("rope_local_base_freq")?,
-            }
-            .or(Some(10000.0));
-            if let Some(p) = &rope_params {
-                if p.get("full_attention").is_some() {
-                    rope_params = p.get("full_attention").cloned();
-                }
-            }
-        }
-        let rope_theta = match &rope_params {
-            Some(p) => JsonKeys { file, json: p }.opt_f64("rope_theta")?,
-            None => None,
-        }
-        .or(k.opt_f64("rope_theta")?)
-        .unwrap_or(10000.0);
-        let scaling_json = rope_params.or_else(|| k.get("rope_scaling").cloned());
-        let rope_scaling = match scaling_json {
-            None => None,
-            Some(s) => parse_rope_scaling(file, &s)?,
-        };
-        let attention_bias = k.opt_bool("attention_bias")?.unwrap_or(false);
-        let sliding_window = match architecture {
-            Architecture::Mistral | Architecture::Gemma3 => k.opt_usize("sliding_window")?,
-            Architecture::Qwen2 | Architecture::Qwen3
-                if k.opt_bool("use_sliding_window")?.unwrap_or(false) =>
-            {
+        let (rope_theta, rope_scaling, rope_local_theta) = read_rope(&k, per_layer)?;
+        let sliding_window = match fam.keys.sliding {
+            SlidingRule::None => None,
+            SlidingRule::Window | SlidingRule::PerLayer => k.opt_usize("sliding_window")?,
+            SlidingRule::UseFlag if k.opt_bool("use_sliding_window")?.unwrap_or(false) => {
                 k.opt_usize("sliding_window")?
             }
-            _ => None,
+            SlidingRule::UseFlag => None,
         };
         // Phi: partial_rotary_factor at the top level (older configs) or in rope_parameters
         let partial_rotary_factor = match k.get("rope_parameters") {
@@ -388,53 +284,26 @@ impl ModelConfig {
         let num_hidden_layers = k.usize("num_hidden_layers")?;
         check_size("num_hidden_layers", num_hidden_layers, MAX_LAYERS)
             .with_context(|| format!("{}", file.display()))?;
-        let sliding_layers = if gemma {
-            match k.get("layer_types") {
-                Some(Value::Array(types)) => types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("sliding_attention") => Ok(true),
-                        Some("full_attention") => Ok(false),
-                        _ => bail!(
-                            "{}: layer_types: expected \"sliding_attention\" or \"full_attention\", found {t}",
-                            file.display()
-                        ),
-                    })
-                    .collect::<Result<Vec<bool>>>()?,
-                Some(other) => bail!("{}: layer_types should be a list, found {other}", file.display()),
-                // transformers' default: every sliding_window_pattern-th layer is global
-                None => {
-                    let pattern = k.opt_usize("sliding_window_pattern")?.unwrap_or(6);
-                    if pattern == 0 {
-                        bail!("{}: sliding_window_pattern must be positive", file.display());
-                    }
-                    (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect()
-                }
-            }
+        let sliding_layers = if per_layer {
+            read_layer_types(&k, num_hidden_layers)?
         } else {
             Vec::new()
         };
-        if gemma && sliding_layers.len() != num_hidden_layers {
-            bail!(
-                "{}: layer_types lists {} layers, num_hidden_layers is {num_hidden_layers}",
-                file.display(),
-                sliding_layers.len()
-            );
-        }
-        if gemma && k.get("attn_logit_softcapping").is_some() {
-            bail!(
-                "{}: attn_logit_softcapping is not supported",
-                file.display()
-            );
-        }
         if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
             bail!(
                 "{}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor}",
                 file.display()
             );
         }
+        let attention_bias = k.opt_bool("attention_bias")?.unwrap_or(false);
+        let bias = |rule: BiasRule| match rule {
+            BiasRule::Always => true,
+            BiasRule::Never => false,
+            BiasRule::AttentionBiasKey => attention_bias,
+        };
+        let (eps_key, eps_default) = fam.keys.norm_eps;
         let cfg = Self {
-            architecture,
+            architecture: fam.architecture,
             vocab_size: k.usize("vocab_size")?,
             hidden_size,
             intermediate_size: k.usize("intermediate_size")?,
@@ -442,45 +311,34 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: if phi {
-                k.opt_f64("layer_norm_eps")?.unwrap_or(1e-5)
-            } else {
-                k.opt_f64("rms_norm_eps")?.unwrap_or(1e-6)
-            },
+            rms_norm_eps: k.opt_f64(eps_key)?.unwrap_or(eps_default),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: k.opt_bool("tie_word_embeddings")?.unwrap_or(gemma),
-            qkv_bias: architecture == Architecture::Qwen2 || phi || attention_bias,
-            o_bias: phi || architecture != Architecture::Qwen2 && attention_bias,
+            tie_word_embeddings: k
+                .opt_bool("tie_word_embeddings")?
+                .unwrap_or(fam.keys.tied_by_default),
+            qkv_bias: bias(block.qkv_bias),
+            o_bias: bias(block.o_bias),
             max_position_embeddings: k.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             sliding_window,
             bos_token_id: k.opt_token("bos_token_id"),
             eos_token_id: k.opt_token("eos_token_id"),
-            norm: if phi { NormKind::Layer } else { NormKind::Rms },
-            mlp: match architecture {
-                Architecture::Phi => MlpKind::GeluTanh,
-                Architecture::Gemma3 => MlpKind::GeluTanhGated,
-                _ => MlpKind::SwiGlu,
-            },
-            parallel_block: phi,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            norm: block.norm,
+            mlp: block.mlp,
+            parallel_block: block.parallel_block,
+            qk_norm: block.qk_norm,
             partial_rotary_factor,
-            mlp_bias: phi,
-            lm_head_bias: phi,
-            embed_scale: gemma,
-            norm_offset: gemma,
+            mlp_bias: block.mlp_bias,
+            lm_head_bias: block.lm_head_bias,
+            embed_scale: block.embed_scale,
+            norm_offset: block.norm_offset,
             sliding_layers,
             rope_local_theta,
-            query_pre_attn_scalar: if gemma {
-                Some(k.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0))
-            } else {
-                None
+            query_pre_attn_scalar: match fam.keys.query_pre_attn_scalar {
+                Some(default) => Some(k.opt_f64("query_pre_attn_scalar")?.unwrap_or(default)),
+                None => None,
             },
-            final_logit_softcapping: if gemma {
-                k.opt_f64("final_logit_softcapping")?
-            } else {
-                None
-            },
+            final_logit_softcapping: k.opt_f64("final_logit_softcapping")?,
             context_limit: None,
         };
         cfg.validate()
@@ -601,25 +459,21 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Read the architecture from GGUF metadata (llama.cpp key names).
+    /// Read the configuration from GGUF metadata (llama.cpp key names).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch_name = g.require_str("general.architecture")?;
-        let architecture = match arch_name {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            "phi2" => Architecture::Phi,
-            "gemma3" => Architecture::Gemma3,
-            other => bail!(
-                "{}: unsupported architecture general.architecture = \"{other}\" (supported: llama, qwen2, qwen3, phi2, gemma3)",
-                g.path().display()
-            ),
-        };
-        let gemma = architecture == Architecture::Gemma3;
-        let phi = architecture == Architecture::Phi;
-        if phi && g.tensor_info("blk.0.attn_qkv.weight").is_some() {
+        let fam = Family::by_gguf_arch(arch_name).with_context(|| {
+            format!(
+                "{}: unsupported architecture general.architecture = \"{arch_name}\" (supported: {})",
+                g.path().display(),
+                Family::gguf_archs()
+            )
+        })?;
+        let block = &fam.block;
+        let fused = fam.layout.projections.iter().any(|p| p.fused);
+        if !fused && g.tensor_info("blk.0.attn_qkv.weight").is_some() {
             bail!(
-                "{}: this phi2 file fuses q, k and v (blk.N.attn_qkv, converted from Microsoft's \
+                "{}: this {arch_name} file fuses q, k and v (blk.N.attn_qkv, converted from the \
                  original checkpoint layout), which is not supported; convert the transformers \
                  layout (separate attn_q, attn_k, attn_v) instead",
                 g.path().display()
@@ -676,23 +530,27 @@ impl ModelConfig {
                 g.path().display()
             ),
         };
-        let qkv_bias = g.tensor_info("blk.0.attn_q.bias").is_some();
-        // Phi-2: LayerNorm (attention.layer_norm_epsilon) and the rotated dims per head
-        let rms_norm_eps = if phi {
-            g.require_f64(&key("attention.layer_norm_epsilon"))?
-        } else {
-            g.require_f64(&key("attention.layer_norm_rms_epsilon"))?
+        let rms_norm_eps = match block.norm {
+            NormKind::Layer => g.require_f64(&key("attention.layer_norm_epsilon"))?,
+            NormKind::Rms => g.require_f64(&key("attention.layer_norm_rms_epsilon"))?,
         };
+        // the rotated dims per head (Phi-2's partial rotary)
         let partial_rotary_factor = match g.get(&key("rope.dimension_count")) {
-            Some(_) if phi => g.require_u64(&key("rope.dimension_count"))? as f64 / head_dim as f64,
+            Some(_) if head_dim > 0 => {
+                g.require_u64(&key("rope.dimension_count"))? as f64 / head_dim as f64
+            }
             _ => 1.0,
         };
+        let per_layer = fam.keys.sliding == SlidingRule::PerLayer;
+        let num_hidden_layers = g.require_u64(&key("block_count"))? as usize;
+        check_size(&key("block_count"), num_hidden_layers, MAX_LAYERS)
+            .with_context(|| format!("{}", g.path().display()))?;
         let cfg = Self {
-            architecture,
+            architecture: fam.architecture,
             vocab_size,
             hidden_size,
             intermediate_size: g.require_u64(&key("feed_forward_length"))? as usize,
-            num_hidden_layers: g.require_u64(&key("block_count"))? as usize,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -700,13 +558,14 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
-            qkv_bias,
+            // biases: GGUF files say by the tensors they hold
+            qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
             o_bias: g.tensor_info("blk.0.attn_output.bias").is_some(),
             max_position_embeddings: match g.get(&key("context_length")) {
                 Some(_) => g.require_u64(&key("context_length"))? as usize,
                 None => 4096,
             },
-            sliding_window: if gemma {
+            sliding_window: if per_layer {
                 Some(g.require_u64(&key("attention.sliding_window"))? as usize)
             } else {
                 None
@@ -719,38 +578,28 @@ impl ModelConfig {
                 .get("tokenizer.ggml.eos_token_id")
                 .and_then(|v| v.as_u64())
                 .map(|x| x as u32),
-            norm: if phi { NormKind::Layer } else { NormKind::Rms },
-            mlp: if gemma {
-                MlpKind::GeluTanhGated
-            } else if phi {
-                MlpKind::GeluTanh
-            } else {
-                MlpKind::SwiGlu
-            },
-            parallel_block: phi,
-            qk_norm: gemma || g.tensor_info("blk.0.attn_q_norm.weight").is_some(),
+            norm: block.norm,
+            mlp: block.mlp,
+            parallel_block: block.parallel_block,
+            qk_norm: block.qk_norm,
             partial_rotary_factor,
             mlp_bias: g.tensor_info("blk.0.ffn_up.bias").is_some(),
             lm_head_bias: g.tensor_info("output.bias").is_some(),
-            embed_scale: gemma,
-            norm_offset: gemma,
-            // Gemma-3 GGUF metadata holds no layer pattern, local RoPE base or attention scalar:
+            embed_scale: block.embed_scale,
+            norm_offset: block.norm_offset,
+            // GGUF metadata holds no layer pattern, local RoPE base or attention scalar (Gemma-3):
             // transformers' Gemma3TextConfig defaults (every 6th layer global, 10000, 256), as
             // its GGUF loader uses them
-            sliding_layers: Vec::new(),
-            rope_local_theta: gemma.then_some(10000.0),
-            query_pre_attn_scalar: gemma.then_some(256.0),
+            sliding_layers: if per_layer {
+                (0..num_hidden_layers).map(|i| (i + 1) % 6 != 0).collect()
+            } else {
+                Vec::new()
+            },
+            rope_local_theta: per_layer.then_some(10000.0),
+            query_pre_attn_scalar: fam.keys.query_pre_attn_scalar,
             final_logit_softcapping: None,
             context_limit: None,
         };
-        let mut cfg = cfg;
-        check_size(&key("block_count"), cfg.num_hidden_layers, MAX_LAYERS)
-            .with_context(|| format!("{}", g.path().display()))?;
-        if gemma {
-            cfg.sliding_layers = (0..cfg.num_hidden_layers)
-                .map(|i| (i + 1) % 6 != 0)
-                .collect();
-        }
         cfg.validate()
             .with_context(|| format!("{}", g.path().display()))?;
         Ok(cfg)
@@ -840,11 +689,23 @@ impl ModelConfig {
         }
     }
 
-    /// A Hugging Face `config.json` for this architecture (used when exporting).
-    pub fn to_hf_json(&self) -> Value {
+    /// A Hugging Face `config.json` for this model as its family spells it (what transformers
+    /// >= 5 writes), read back by `from_hf_json` as this same configuration. Used when exporting
+    /// a model whose source is not a Hugging Face directory. Errors name what the family's
+    /// config.json cannot express.
+    pub fn to_hf_json(&self) -> Result<Value> {
+        let fam = self.architecture.family();
+        if fam.keys.dialect == ConfigDialect::QwenV1 {
+            return self.to_qwen_json();
+        }
+        let block = &fam.block;
+        let cannot =
+            |what: &str| anyhow::anyhow!("a {} config.json cannot express {what}", fam.model_type);
+        let (act_key, act) = fam.keys.activation;
+        let (eps_key, _) = fam.keys.norm_eps;
         let mut j = serde_json::json!({
-            "architectures": [self.architecture.hf_class()],
-            "model_type": self.architecture.hf_model_type(),
+            "architectures": [fam.hf_class],
+            "model_type": fam.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -852,20 +713,50 @@ impl ModelConfig {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
+            act_key: act,
+            eps_key: self.rms_norm_eps,
             "tie_word_embeddings": self.tie_word_embeddings,
             "max_position_embeddings": self.max_position_embeddings,
             "torch_dtype": "float32",
         });
-        let o = j.as_object_mut().unwrap();
-        if self.architecture == Architecture::Llama {
-            o.insert("attention_bias".into(), self.qkv_bias.into());
-            o.insert("mlp_bias".into(), false.into());
+        let o = j.as_object_mut().expect("a JSON object");
+        // biases: what the family fixes must hold; what it reads from attention_bias is written
+        let mut attention_bias = None;
+        for (rule, has, what) in [
+            (block.qkv_bias, self.qkv_bias, "q/k/v biases"),
+            (block.o_bias, self.o_bias, "an output projection bias"),
+        ] {
+            match rule {
+                BiasRule::Always if !has => return Err(cannot(&format!("no {what}"))),
+                BiasRule::Never if has => return Err(cannot(what)),
+                BiasRule::AttentionBiasKey => {
+                    if attention_bias.is_some_and(|b| b != has) {
+                        return Err(cannot("q/k/v biases without an output bias or the reverse"));
+                    }
+                    attention_bias = Some(has);
+                }
+                _ => {}
+            }
         }
-        if self.architecture == Architecture::Mistral {
-            o.insert("sliding_window".into(), self.sliding_window.into());
+        if let Some(b) = attention_bias {
+            o.insert("attention_bias".into(), b.into());
+        }
+        if self.mlp_bias != block.mlp_bias {
+            return Err(cannot(if self.mlp_bias {
+                "MLP biases"
+            } else {
+                "an MLP without biases"
+            }));
+        }
+        if self.lm_head_bias != block.lm_head_bias {
+            return Err(cannot(if self.lm_head_bias {
+                "an LM head bias"
+            } else {
+                "an LM head without bias"
+            }));
+        }
+        if !block.mlp_bias {
+            o.insert("mlp_bias".into(), false.into());
         }
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), b.into());
@@ -873,31 +764,152 @@ impl ModelConfig {
         if let Some(e) = self.eos_token_id {
             o.insert("eos_token_id".into(), e.into());
         }
-        match &self.rope_scaling {
-            None => {}
-            Some(RopeScaling::Linear { factor }) => {
-                o.insert(
-                    "rope_scaling".into(),
-                    serde_json::json!({"rope_type": "linear", "factor": factor}),
-                );
+        if let Some(s) = self.query_pre_attn_scalar {
+            if fam.keys.query_pre_attn_scalar.is_none() {
+                return Err(cannot("query_pre_attn_scalar"));
             }
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            }) => {
-                o.insert(
-                    "rope_scaling".into(),
-                    serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings}),
-                );
-            }
-            // transformers has no per-frequency-divisor config; exporting such a model is refused upstream.
-            Some(RopeScaling::Factors { .. }) => {}
+            o.insert("query_pre_attn_scalar".into(), whole_as_integer(s));
         }
-        j
+        if let Some(c) = self.final_logit_softcapping {
+            o.insert("final_logit_softcapping".into(), c.into());
+        }
+        let types = |sliding: &dyn Fn(usize) -> bool| -> Value {
+            (0..self.num_hidden_layers)
+                .map(|i| {
+                    if sliding(i) {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let mut rope = rope_json(self.rope_theta, self.rope_scaling.as_ref())?;
+        if self.partial_rotary_factor != 1.0 {
+            rope.insert(
+                "partial_rotary_factor".into(),
+                self.partial_rotary_factor.into(),
+            );
+        }
+        match fam.keys.sliding {
+            SlidingRule::None if self.sliding_window.is_some() => {
+                return Err(cannot("a sliding window"))
+            }
+            SlidingRule::None => {}
+            SlidingRule::Window => {
+                o.insert("sliding_window".into(), self.sliding_window.into());
+            }
+            SlidingRule::UseFlag => {
+                // every layer slides (max_window_layers 0), as `from_hf_json` reads it
+                o.insert(
+                    "use_sliding_window".into(),
+                    self.sliding_window.is_some().into(),
+                );
+                o.insert("sliding_window".into(), self.sliding_window.into());
+                if self.sliding_window.is_some() {
+                    o.insert("max_window_layers".into(), 0.into());
+                }
+                o.insert(
+                    "layer_types".into(),
+                    types(&|_| self.sliding_window.is_some()),
+                );
+            }
+            SlidingRule::PerLayer => {
+                o.insert("sliding_window".into(), self.sliding_window.into());
+                o.insert("layer_types".into(), types(&|i| self.layer_is_sliding(i)));
+                let local = rope_json(self.rope_local_theta.unwrap_or(10000.0), None)?;
+                rope = serde_json::Map::from_iter([
+                    ("full_attention".to_string(), Value::Object(rope)),
+                    ("sliding_attention".to_string(), Value::Object(local)),
+                ]);
+            }
+        }
+        o.insert("rope_parameters".into(), Value::Object(rope));
+        Ok(j)
     }
+
+    /// Qwen v1's config.json (the later generation of its keys), read back by `from_qwen_json`.
+    fn to_qwen_json(&self) -> Result<Value> {
+        if self.rope_scaling.is_some() || self.sliding_window.is_some() {
+            bail!("a qwen config.json cannot express RoPE scaling or a sliding window");
+        }
+        let mut j = serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.hf_model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            // QWenMLP is intermediate_size / 2 wide
+            "intermediate_size": self.intermediate_size * 2,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "kv_channels": self.head_dim,
+            "layer_norm_epsilon": self.rms_norm_eps,
+            "rotary_emb_base": self.rope_theta,
+            "rotary_pct": self.partial_rotary_factor,
+            "no_bias": !self.o_bias,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "seq_length": self.context_limit.unwrap_or(self.max_position_embeddings),
+            "use_dynamic_ntk": self.context_limit.is_some(),
+            "use_logn_attn": self.context_limit.is_some(),
+            "torch_dtype": "float32",
+        });
+        let o = j.as_object_mut().expect("a JSON object");
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        if let Some(e) = self.eos_token_id {
+            o.insert("eos_token_id".into(), e.into());
+        }
+        Ok(j)
+    }
+}
+
+/// `x` as a JSON integer when it is a whole number: transformers' configs type-check fields such
+/// as query_pre_attn_scalar as int and refuse 256.0.
+fn whole_as_integer(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        (x as i64).into()
+    } else {
+        x.into()
+    }
+}
+
+/// A transformers >= 5 `rope_parameters` table.
+fn rope_json(theta: f64, scaling: Option<&RopeScaling>) -> Result<serde_json::Map<String, Value>> {
+    let mut m = serde_json::Map::new();
+    match scaling {
+        None => {
+            m.insert("rope_type".into(), "default".into());
+        }
+        Some(RopeScaling::Linear { factor }) => {
+            m.insert("rope_type".into(), "linear".into());
+            m.insert("factor".into(), (*factor).into());
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            m.insert("rope_type".into(), "llama3".into());
+            m.insert("factor".into(), (*factor).into());
+            m.insert("low_freq_factor".into(), (*low_freq_factor).into());
+            m.insert("high_freq_factor".into(), (*high_freq_factor).into());
+            m.insert(
+                "original_max_position_embeddings".into(),
+                whole_as_integer(*original_max_position_embeddings),
+            );
+        }
+        // transformers has no per-frequency-divisor configuration (GGUF's rope_freqs)
+        Some(RopeScaling::Factors { .. }) => bail!(
+            "the model's RoPE uses per-frequency factors (GGUF rope_freqs), which a transformers \
+             config cannot express"
+        ),
+    }
+    m.insert("rope_theta".into(), theta.into());
+    Ok(m)
 }
 
 fn parse_rope_scaling(file: &Path, s: &Value) -> Result<Option<RopeScaling>> {
@@ -923,4 +935,83 @@ fn parse_rope_scaling(file: &Path, s: &Value) -> Result<Option<RopeScaling>> {
             file.display()
         ),
     })
+}
+
+/// (rope_theta, rope_scaling, the sliding layers' rope_theta) of a config.json. transformers >= 5
+/// nests rope settings in `rope_parameters` (one table per layer type where layers differ:
+/// `per_layer`); older configs use `rope_theta`, `rope_scaling` and `rope_local_base_freq` at
+/// the top level.
+fn read_rope(k: &JsonKeys, per_layer: bool) -> Result<(f64, Option<RopeScaling>, Option<f64>)> {
+    let file = k.file;
+    let mut rope_params = k.get("rope_parameters").cloned();
+    let mut rope_local_theta = None;
+    if per_layer {
+        let local = rope_params
+            .as_ref()
+            .and_then(|p| p.get("sliding_attention").cloned());
+        rope_local_theta = match &local {
+            Some(p) => {
+                if parse_rope_scaling(file, p)?.is_some() {
+                    bail!(
+                        "{}: rope scaling on the sliding-attention layers is not supported",
+                        file.display()
+                    );
+                }
+                JsonKeys { file, json: p }.opt_f64("rope_theta")?
+            }
+            None => k.opt_f64("rope_local_base_freq")?,
+        }
+        .or(Some(10000.0));
+        if let Some(p) = &rope_params {
+            if p.get("full_attention").is_some() {
+                rope_params = p.get("full_attention").cloned();
+            }
+        }
+    }
+    let rope_theta = match &rope_params {
+        Some(p) => JsonKeys { file, json: p }.opt_f64("rope_theta")?,
+        None => None,
+    }
+    .or(k.opt_f64("rope_theta")?)
+    .unwrap_or(10000.0);
+    let rope_scaling = match rope_params.or_else(|| k.get("rope_scaling").cloned()) {
+        None => None,
+        Some(s) => parse_rope_scaling(file, &s)?,
+    };
+    Ok((rope_theta, rope_scaling, rope_local_theta))
+}
+
+/// Per layer, whether it attends within the sliding window: config.json's `layer_types`, else
+/// transformers' default of every `sliding_window_pattern`-th layer global.
+fn read_layer_types(k: &JsonKeys, num_hidden_layers: usize) -> Result<Vec<bool>> {
+    let file = k.file;
+    let sliding = match k.get("layer_types") {
+        Some(Value::Array(types)) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => bail!(
+                    "{}: layer_types: expected \"sliding_attention\" or \"full_attention\", found {t}",
+                    file.display()
+                ),
+            })
+            .collect::<Result<Vec<bool>>>()?,
+        Some(other) => bail!("{}: layer_types should be a list, found {other}", file.display()),
+        None => {
+            let pattern = k.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+            if pattern == 0 {
+                bail!("{}: sliding_window_pattern must be positive", file.display());
+            }
+            (0..num_hidden_layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    if sliding.len() != num_hidden_layers {
+        bail!(
+            "{}: layer_types lists {} layers, num_hidden_layers is {num_hidden_layers}",
+            file.display(),
+            sliding.len()
+        );
+    }
+    Ok(sliding)
 }

@@ -77,7 +77,7 @@ pub fn export_hf_with_updates(
         serde_json::from_str(&std::fs::read_to_string(&p)?)
             .with_context(|| format!("{}: invalid JSON", p.display()))?
     } else {
-        cfg.to_hf_json()
+        cfg.to_hf_json().context("cannot export")?
     };
     let dtype_name = match precision {
         Precision::F32 => "float32",

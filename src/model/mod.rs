@@ -5,6 +5,7 @@
 pub mod architecture;
 pub mod config;
 pub mod export;
+pub mod family;
 pub mod host_attention;
 pub mod host_mlp;
 pub mod linear;
@@ -21,7 +22,8 @@ pub mod transformer;
 pub mod weights;
 
 pub use architecture::{Layout, Projection, ProjectionSpec};
-pub use config::{Architecture, ModelConfig};
+pub use config::ModelConfig;
+pub use family::{Architecture, Family};
 pub use load::ModelFiles;
 pub use readback::to_f32_vec;
 pub use transformer::{Capture, ForwardOutput, Logits, TokenBatch, Transformer};

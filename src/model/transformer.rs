@@ -1,6 +1,8 @@
-//! The decoder-only transformer of the Llama family (Llama-2/3, Mistral, Qwen2, SmolLM2):
-//! pre-norm blocks x <- x + Attn(RMSNorm(x)); x <- x + MLP(RMSNorm(x)), grouped-query attention
-//! with half-split RoPE, SwiGLU MLP, final RMSNorm and LM head (possibly tied to the embedding).
+//! The decoder-only transformer of every family (`family::FAMILIES`: Llama-2/3, Mistral, Qwen v1,
+//! Qwen2, Qwen3, Phi-2, Gemma-3): embedding, a stack of blocks and a final norm and LM head
+//! (possibly tied to the embedding). The block is stated once, in `DecoderLayer::run` (pre-norm
+//! attention and MLP, sequential or parallel, with the norms, biases and activations the family's
+//! traits give it); every pass composes it. Attention is grouped-query with half-split RoPE.
 //!
 //! Layer numbering (everywhere in layerprune): layers are 0-based; x(l) is the INPUT of layer l;
 //! x(0) is the embedding output and x(L) the last block's output BEFORE the final norm. A block is
@@ -334,16 +336,146 @@ pub fn layer_positions() -> u64 {
     LAYER_POSITIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The residual stream after a block's attention sublayer, as `DecoderLayer::run` leaves it.
+enum AfterAttention<B: Backend> {
+    Computed(Tensor<B, 3>),
+    /// A parallel block adds attention and MLP together: x + attention, formed when asked.
+    Parallel {
+        x: Tensor<B, 3>,
+        attention: Tensor<B, 3>,
+    },
+}
+
+/// The block's intermediate values that partial passes read (`DecoderLayer::run` with
+/// `keep_parts`).
+pub struct BlockParts<B: Backend> {
+    after_attention: AfterAttention<B>,
+    /// The MLP's contribution as it joins the residual stream [batch, seq, hidden] (after
+    /// Gemma's output norm).
+    pub mlp: Tensor<B, 3>,
+}
+
+impl<B: Backend> BlockParts<B> {
+    /// The residual stream after the attention sublayer [batch, seq, hidden]: x plus the
+    /// attention's contribution (x itself when the attention is dropped).
+    pub fn after_attention(&self) -> Tensor<B, 3> {
+        match &self.after_attention {
+            AfterAttention::Computed(y) => y.clone(),
+            AfterAttention::Parallel { x, attention } => x.clone() + attention.clone(),
+        }
+    }
+}
+
+/// One pass of a block (`DecoderLayer::run`).
+pub struct BlockPass<B: Backend> {
+    /// The block's output [batch, seq, hidden].
+    pub out: Tensor<B, 3>,
+    /// This call's keys and values [batch, seq, kv_heads, head_dim] (zeros when the attention
+    /// is dropped: never read).
+    pub kv: LayerKv<B>,
+    /// With `keep_parts`.
+    pub parts: Option<BlockParts<B>>,
+}
+
 impl<B: Backend> DecoderLayer<B> {
+    /// The block, the one statement of its dataflow that every pass composes:
+    ///   h = input_norm(x)
+    ///   a = attn_out_norm(o(attention(h)))          (nothing when the attention is dropped)
+    ///   sequential: y = x + a;  out = y + mlp_out_norm(mlp(pre_mlp_norm(y)))
+    ///   parallel (Phi, no pre_mlp_norm): out = x + (a + mlp(h))
+    /// where a norm the family lacks is the identity. x [batch, seq, hidden] -> out [batch,
+    /// seq, hidden]. With `past`, the new tokens also attend to the cached ones under
+    /// `past.mask`; with `packed` (host attention only), x [1, tokens, hidden] holds rows of
+    /// these lengths back to back (`packing::Packing`), each attending within its own row.
+    /// `keep_parts` also returns the stream after attention and the MLP's contribution.
+    pub fn run(
+        &self,
+        x: Tensor<B, 3>,
+        cfg: &ModelConfig,
+        rope: &RopeBatch<B>,
+        past: Option<Past<B>>,
+        packed: Option<&[usize]>,
+        keep_parts: bool,
+    ) -> BlockPass<B> {
+        let out_norm = |y: Tensor<B, 3>, n: &Option<Norm<B>>| match n {
+            Some(n) => n.forward(y, cfg),
+            None => y,
+        };
+        let h = self.input_norm.forward(x.clone(), cfg);
+        let (attention, kv) = if self.attention_dropped {
+            let [b, t, _] = x.dims();
+            let zeros = || {
+                Tensor::zeros(
+                    [b, t, cfg.num_key_value_heads, cfg.head_dim],
+                    (&x.device(), x.dtype()),
+                )
+            };
+            let kv = LayerKv {
+                k: zeros(),
+                v: zeros(),
+            };
+            (None, kv)
+        } else {
+            let (a, kv) = self.attention(h.clone(), cfg, rope, past, packed);
+            (
+                Some(out_norm(self.o_proj.forward(a), &self.attn_out_norm)),
+                kv,
+            )
+        };
+        let (out, after_attention, mlp) = match &self.pre_mlp_norm {
+            None => {
+                let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
+                match attention {
+                    Some(a) if keep_parts => (
+                        x.clone() + (a.clone() + m.clone()),
+                        Some(AfterAttention::Parallel { x, attention: a }),
+                        Some(m),
+                    ),
+                    Some(a) => (x + (a + m), None, None),
+                    None if keep_parts => (
+                        x.clone() + m.clone(),
+                        Some(AfterAttention::Computed(x)),
+                        Some(m),
+                    ),
+                    None => (x + m, None, None),
+                }
+            }
+            Some(pre) => {
+                let y = match attention {
+                    Some(a) => x + a,
+                    None => x,
+                };
+                let m = out_norm(
+                    self.mlp(pre.forward(y.clone(), cfg), cfg),
+                    &self.mlp_out_norm,
+                );
+                if keep_parts {
+                    (
+                        y.clone() + m.clone(),
+                        Some(AfterAttention::Computed(y)),
+                        Some(m),
+                    )
+                } else {
+                    (y + m, None, None)
+                }
+            }
+        };
+        let parts = match (after_attention, mlp) {
+            (Some(after_attention), Some(mlp)) => Some(BlockParts {
+                after_attention,
+                mlp,
+            }),
+            _ => None,
+        };
+        BlockPass { out, kv, parts }
+    }
+
     /// x [batch, seq, hidden] -> [batch, seq, hidden]
     pub fn forward(&self, x: Tensor<B, 3>, cfg: &ModelConfig, rope: &RopeBatch<B>) -> Tensor<B, 3> {
         self.forward_kv(x, cfg, rope, None, None).0
     }
 
-    /// The block, also returning this call's keys and values (for a prefix cache); with `past`,
-    /// the new tokens also attend to the cached ones under `past.mask`. With `packed` (host
-    /// attention only), x [1, tokens, hidden] holds rows of these lengths back to back
-    /// (`packing::Packing`), each attending within its own row.
+    /// The block (`run`), also returning this call's keys and values (for a prefix cache).
     pub fn forward_kv(
         &self,
         x: Tensor<B, 3>,
@@ -357,54 +489,14 @@ impl<B: Backend> DecoderLayer<B> {
             (rows * positions) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let h = self.input_norm.forward(x.clone(), cfg);
-        let out_norm = |y: Tensor<B, 3>, n: &Option<Norm<B>>| match n {
-            Some(n) => n.forward(y, cfg),
-            None => y,
-        };
-        if self.attention_dropped {
-            let [b, t, _] = x.dims();
-            let zeros = || {
-                Tensor::zeros(
-                    [b, t, cfg.num_key_value_heads, cfg.head_dim],
-                    (&x.device(), x.dtype()),
-                )
-            };
-            let kv = LayerKv {
-                k: zeros(),
-                v: zeros(),
-            };
-            let m = match &self.pre_mlp_norm {
-                None => self.mlp(h, cfg),
-                Some(pre) => out_norm(
-                    self.mlp(pre.forward(x.clone(), cfg), cfg),
-                    &self.mlp_out_norm,
-                ),
-            };
-            return (x + m, kv);
-        }
-        match &self.pre_mlp_norm {
-            // parallel (Phi): x + attn(ln(x)) + mlp(ln(x))
-            None => {
-                let (attn, kv) = self.attention(h.clone(), cfg, rope, past, packed);
-                let y = self.o_proj.forward(attn) + self.mlp(h, cfg);
-                (x + y, kv)
-            }
-            // sequential: x + attn(norm(x)), then + mlp(norm(.)); Gemma norms each output too
-            Some(pre) => {
-                let (attn, kv) = self.attention(h, cfg, rope, past, packed);
-                let x = x + out_norm(self.o_proj.forward(attn), &self.attn_out_norm);
-                let h = pre.forward(x.clone(), cfg);
-                let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
-                (x + m, kv)
-            }
-        }
+        let pass = self.run(x, cfg, rope, past, packed, false);
+        (pass.out, pass.kv)
     }
 
     /// The block split where its MLP joins the residual stream: (y, m), both [batch, seq,
-    /// hidden], with the block's output y + m; y is x plus the attention's output, m the MLP's
-    /// output (in a parallel block both read norm(x)). None where a norm sits between the MLP
-    /// and the add (Gemma's post_feedforward_layernorm), since m is then not the projection's
+    /// hidden], with the block's output y + m (up to rounding in a parallel block); y is the
+    /// stream after attention, m the MLP's output. None where a norm sits between the MLP and
+    /// the add (Gemma's post_feedforward_layernorm), since m is then not the projection's
     /// output.
     pub fn forward_parts(
         &self,
@@ -415,31 +507,8 @@ impl<B: Backend> DecoderLayer<B> {
         if self.mlp_out_norm.is_some() {
             return None;
         }
-        let h = self.input_norm.forward(x.clone(), cfg);
-        if self.attention_dropped {
-            let m = match &self.pre_mlp_norm {
-                None => self.mlp(h, cfg),
-                Some(pre) => self.mlp(pre.forward(x.clone(), cfg), cfg),
-            };
-            return Some((x, m));
-        }
-        Some(match &self.pre_mlp_norm {
-            None => {
-                let (attn, _) = self.attention(h.clone(), cfg, rope, None, None);
-                (x + self.o_proj.forward(attn), self.mlp(h, cfg))
-            }
-            // (y + m differs from forward_kv's x + (attention + mlp) only by rounding)
-            Some(pre) => {
-                let (attn, _) = self.attention(h, cfg, rope, None, None);
-                let attn = self.o_proj.forward(attn);
-                let y = x + match &self.attn_out_norm {
-                    Some(n) => n.forward(attn, cfg),
-                    None => attn,
-                };
-                let m = self.mlp(pre.forward(y.clone(), cfg), cfg);
-                (y, m)
-            }
-        })
+        let parts = self.run(x, cfg, rope, None, None, true).parts?;
+        Some((parts.after_attention(), parts.mlp))
     }
 
     /// The block, also returning the residual stream after its attention sublayer: (y, out),
@@ -451,32 +520,13 @@ impl<B: Backend> DecoderLayer<B> {
         cfg: &ModelConfig,
         rope: &RopeBatch<B>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        if self.attention_dropped {
-            let out = self.forward(x.clone(), cfg, rope);
-            return (x, out);
-        }
-        let h = self.input_norm.forward(x.clone(), cfg);
-        let (attn, _) = self.attention(h.clone(), cfg, rope, None, None);
-        let attn = self.o_proj.forward(attn);
-        match &self.pre_mlp_norm {
-            None => {
-                // as forward_kv adds them: x + (attention + mlp)
-                let out = x.clone() + (attn.clone() + self.mlp(h, cfg));
-                (x + attn, out)
-            }
-            Some(pre) => {
-                let y = x + match &self.attn_out_norm {
-                    Some(n) => n.forward(attn, cfg),
-                    None => attn,
-                };
-                let m = self.mlp(pre.forward(y.clone(), cfg), cfg);
-                let m = match &self.mlp_out_norm {
-                    Some(n) => n.forward(m, cfg),
-                    None => m,
-                };
-                (y.clone(), y + m)
-            }
-        }
+        let pass = self.run(x, cfg, rope, None, None, true);
+        let y = pass
+            .parts
+            .as_ref()
+            .map(BlockParts::after_attention)
+            .expect("run with keep_parts returns the parts");
+        (y, pass.out)
     }
 
     /// The MLP on h [batch, seq, hidden]: SwiGLU down(silu(gate(h)) * up(h)), GeGLU
