@@ -24,3 +24,4 @@ pub mod runner;
 pub mod runtime;
 pub mod source;
 pub mod stages;
+pub mod workers;

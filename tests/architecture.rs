@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("peak_rss", 0),
     ("progress", 0),
     ("runtime", 0),
+    ("workers", 0),
     ("digest", 1),
     ("formats", 2),
     ("source", 2),

@@ -1,7 +1,9 @@
-//! The families beyond Llama (Qwen3, Phi-2) through the paths that iterate the architecture
-//! description: pruning (light and exported in Hugging Face layout) against transformers with the
-//! same layers deleted (tests/fixtures/make_fixtures.py, part "families"), LoRA targets per
-//! family, NF4 of every projection. Full-model parity is in tests/model_parity.rs.
+//! The families beyond Llama (Qwen v1, Qwen3, Phi-2, Gemma-3, OLMo-2) through the paths that
+//! iterate the family description: pruning (light and exported in Hugging Face layout) against
+//! transformers with the same layers deleted (tests/fixtures/make_fixtures.py, parts "families"
+//! and "gguf-pruned"), GGUF-sourced exports of every GGUF family, config.json round trips of
+//! every family, LoRA targets per family, NF4 of every projection. Full-model parity is in
+//! tests/model_parity.rs.
 
 mod common;
 
@@ -115,6 +117,12 @@ fn pruned_matches_transformers(name: &str, keep: &[usize]) {
 #[test]
 fn pruned_qwen3_matches_transformers_light_and_exported() {
     pruned_matches_transformers("tiny-qwen3", &[0, 2]);
+}
+
+/// OLMo-2 pruned, light and exported in Hugging Face layout (config.json from the source).
+#[test]
+fn pruned_olmo2_matches_transformers_light_and_exported() {
+    pruned_matches_transformers("tiny-olmo2", &[0, 2]);
 }
 
 #[test]
@@ -232,8 +240,9 @@ fn qwen1_lora_targets_context_limit_and_nf4() {
 #[test]
 fn lora_attached_equals_merged_and_nf4_for_every_family() {
     let cache = common::temp_cache();
-    let families: [(&str, &[&str], usize); 4] = [
+    let families: [(&str, &[&str], usize); 5] = [
         ("tiny-qwen3", &["gate_proj", "up_proj", "down_proj"], 7),
+        ("tiny-olmo2", &["gate_proj", "up_proj", "down_proj"], 7),
         ("tiny-gemma3", &["gate_proj", "up_proj", "down_proj"], 7),
         ("tiny-phi", &["fc1", "fc2"], 6),
         ("tiny-qwen1", &["w1", "w2", "mlp.c_proj"], 7),
@@ -492,6 +501,11 @@ fn gguf_phi_pruned_exports_as_transformers_reads_it() {
     gguf_export_matches_transformers("tiny-phi", &[0, 2]);
 }
 
+#[test]
+fn gguf_olmo2_pruned_exports_as_transformers_reads_it() {
+    gguf_export_matches_transformers("tiny-olmo2", &[0, 2]);
+}
+
 /// Gemma-3 from GGUF: every 6th layer global by default; the kept global layer 5 becomes layer 1
 /// and keeps its type, RoPE base and window in the exported layer_types and rope_parameters.
 #[test]
@@ -517,11 +531,13 @@ fn every_family_config_round_trips_through_config_json() {
         "tiny-qwen1",
         "tiny-phi",
         "tiny-gemma3",
+        "tiny-olmo2",
         "tiny-llama.gguf",
         "tiny-qwen2.gguf",
         "tiny-qwen3.gguf",
         "tiny-phi.gguf",
         "tiny-gemma3.gguf",
+        "tiny-olmo2.gguf",
     ] {
         configs.push((name.to_string(), open(name, cache.path()).config));
     }

@@ -282,6 +282,24 @@ fn tiny_qwen3_and_phi_gguf_match_transformers() {
     check_model("tiny-phi.gguf", "tiny-phi");
 }
 
+/// OLMo-2 (norms after attention and MLP only, q/k RMSNorm over all heads before RoPE): logits
+/// and every boundary equal to transformers' Olmo2ForCausalLM (make_fixtures.py part
+/// "families"), from the Hugging Face checkpoint and from llama.cpp's olmo2 GGUF layout (F32,
+/// the same weights; part "gguf-pruned").
+#[test]
+fn tiny_olmo2_post_norm_full_width_qk_norm_matches_transformers() {
+    check_model("tiny-olmo2", "tiny-olmo2");
+    check_model("tiny-olmo2.gguf", "tiny-olmo2");
+}
+
+/// Gemma-3 from llama.cpp's gemma3 GGUF layout (norms stored as 1 + w; the layer pattern, local
+/// RoPE base and attention scalar at transformers' defaults): equal to transformers' GGUF
+/// loader on the same file (make_fixtures.py part "gguf-pruned").
+#[test]
+fn tiny_gemma3_gguf_matches_transformers() {
+    check_model("tiny-gemma3.gguf", "tiny-gemma3-gguf");
+}
+
 /// Qwen v1 (QWenLMHeadModel names and config keys, fused c_attn, the MLP's w1/w2 roles,
 /// intermediate_size halved) against transformers' Qwen2 on the same weights
 /// (make_fixtures.py part "qwen1").

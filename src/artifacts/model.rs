@@ -112,7 +112,8 @@ pub enum ModelArtifact {
 }
 
 impl ModelArtifact {
-    /// Read the record of an upstream model artifact (load, prune or heal).
+    /// Read the record of an upstream model artifact (load, prune, heal, heal-linear or
+    /// heal-partial).
     pub fn of(input: &InputArtifact) -> Result<Self> {
         Ok(match input.kind.as_str() {
             LoadRecord::KIND => Self::Base(LoadRecord::of(input)?),

@@ -495,29 +495,15 @@ pub(crate) fn in_batches<T: Sync, R: Send>(
         return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let (next, f) = (&next, &f);
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= items.len() {
-                            return Ok(done);
-                        }
-                        done.push((i, f(&items[i])?));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a scoring worker panicked")))
-            })
-            .collect()
+    let done = crate::workers::scoped_map("scoring", &vec![(); workers], |_, _| {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= items.len() {
+                return Ok(done);
+            }
+            done.push((i, f(&items[i])?));
+        }
     });
     let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
     for part in done {

@@ -38,21 +38,9 @@ pub fn window_losses<B: Backend>(
     let progress = std::sync::Mutex::new(Progress::new(windows.len() as u64, "eval-loss"));
     let workers = workers.clamp(1, windows.len().max(1));
     let per = windows.len().div_ceil(workers).max(1);
-    let parts: Vec<Result<Vec<(f64, usize)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = windows
-            .chunks(per)
-            .map(|c| {
-                let p = &progress;
-                scope.spawn(move || chunk_losses(model, c, batch, Some(p)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a loss worker panicked")))
-            })
-            .collect()
+    let chunks: Vec<_> = windows.chunks(per).collect();
+    let parts = crate::workers::scoped_map("loss", &chunks, |_, c| {
+        chunk_losses(model, c, batch, Some(&progress))
     });
     progress.into_inner().unwrap().finish();
     let mut out = Vec::new();

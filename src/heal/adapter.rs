@@ -15,7 +15,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::model::architecture::{known_modules, parse_module_path};
+use crate::model::family::{known_modules, parse_module_path};
 use crate::model::surgery::{attach_lora, merge_lora, LowRankUpdate};
 use crate::model::{ModelConfig, Projection, Transformer};
 

@@ -3,7 +3,7 @@
 //! healing). Burn's autodiff keeps the logits [rows, vocab] and their log-softmax as graph
 //! tensors (for 4 x 256 tokens of SmolLM2's 49152-token vocabulary, 200 MB each, several per
 //! graph, every one freshly allocated and page-faulted, and libm's scalar `exp` over each). Here
-//! the head runs on blocks of rows of a few MB: the logits z = h W^T (+ bias, Gemma-2's
+//! the head runs on blocks of rows of a few MB: the logits z = h W^T (+ bias, Gemma's final
 //! softcap), each row's log-sum-exp and loss, and at once the gradient dL/dh = (softmax(z) -
 //! onehot(target)) W / n, so the autodiff graph sees only h. The partial fine-tune (which trains
 //! the head) and GPU backends keep the head in the graph (`usable`).
@@ -43,7 +43,7 @@ pub struct HostHead {
     pub bias: Option<Vec<f32>>,
     pub vocab: usize,
     pub hidden: usize,
-    /// Gemma-2's final logit softcapping: z <- cap tanh(z / cap)
+    /// Gemma's final logit softcapping (final_logit_softcapping): z <- cap tanh(z / cap)
     pub softcap: Option<f32>,
 }
 

@@ -69,7 +69,7 @@ fn norm_tensors<B: Backend>(
     role: NormRole,
 ) -> Option<(Tensor<B, 1>, Option<Tensor<B, 1>>)> {
     let n = match role {
-        NormRole::Input => Some(&layer.input_norm),
+        NormRole::Input => layer.input_norm.as_ref(),
         NormRole::AttnOut => layer.attn_out_norm.as_ref(),
         NormRole::PreMlp => layer.pre_mlp_norm.as_ref(),
         NormRole::MlpOut => layer.mlp_out_norm.as_ref(),
@@ -114,7 +114,7 @@ impl PartialSet {
                 layer.attention_dropped
                     && match role {
                         NormRole::Query | NormRole::Key | NormRole::AttnOut => true,
-                        NormRole::Input => layer.pre_mlp_norm.is_some(),
+                        NormRole::Input => !cfg.parallel_block,
                         _ => false,
                     }
             };
@@ -299,7 +299,7 @@ fn set_norm<B: Backend>(
             layer.k_norm = Some(t);
             return Some(());
         }
-        NormRole::Input => &mut layer.input_norm,
+        NormRole::Input => layer.input_norm.as_mut()?,
         NormRole::AttnOut => layer.attn_out_norm.as_mut()?,
         NormRole::PreMlp => layer.pre_mlp_norm.as_mut()?,
         NormRole::MlpOut => layer.mlp_out_norm.as_mut()?,

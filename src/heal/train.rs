@@ -494,23 +494,8 @@ fn micro_step_parts<B: AutodiffBackend, P: Trainable + Sync>(
     let results: Vec<Result<(f64, Vec<Vec<f32>>)>> = if workers == 1 {
         vec![run(0, rows)]
     } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = rows
-                .chunks(per)
-                .enumerate()
-                .map(|(i, part)| {
-                    let run = &run;
-                    scope.spawn(move || run(i * per, part))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker panicked")))
-                })
-                .collect()
-        })
+        let chunks: Vec<_> = rows.chunks(per).collect();
+        crate::workers::scoped_map("training", &chunks, |i, part| run(i * per, part))
     };
     let mut loss = 0.0;
     let mut grads: Option<Vec<Vec<f32>>> = None;

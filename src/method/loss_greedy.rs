@@ -106,21 +106,9 @@ pub fn greedy_removal<B: Backend>(
         loss: Vec::new(),
     };
     for step in 0..steps {
-        let parts: Vec<Result<Vec<(Vec<f64>, f64)>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batches
-                .chunks(per)
-                .map(|c| {
-                    let (kept, progress) = (&kept, &progress);
-                    scope.spawn(move || candidate_losses(model, kept, c, progress))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a loss worker panicked")))
-                })
-                .collect()
+        let chunks: Vec<_> = batches.chunks(per).collect();
+        let parts = crate::workers::scoped_map("loss", &chunks, |_, c| {
+            candidate_losses(model, &kept, c, &progress)
         });
         let mut sums = vec![0.0; kept.len()];
         let mut full = 0.0;

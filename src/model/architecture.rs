@@ -7,7 +7,6 @@
 use anyhow::{bail, Result};
 
 use super::config::ModelConfig;
-use super::family::Architecture;
 
 /// One linear projection of a decoder layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,12 +88,15 @@ pub struct NormSpec {
 }
 
 impl NormSpec {
-    /// The norm's length: hidden_size, or head_dim for per-head q/k norms.
+    /// The norm's length: hidden_size; head_dim for per-head q/k norms, or the whole q or k
+    /// projection's width (`qk_norm_full_width`).
     pub fn size(&self, c: &ModelConfig) -> usize {
         match self.role {
             NormRole::Input | NormRole::AttnOut | NormRole::PreMlp | NormRole::MlpOut => {
                 c.hidden_size
             }
+            NormRole::Query if c.qk_norm_full_width => c.num_attention_heads * c.head_dim,
+            NormRole::Key if c.qk_norm_full_width => c.num_key_value_heads * c.head_dim,
             NormRole::Query | NormRole::Key => c.head_dim,
         }
     }
@@ -169,6 +171,25 @@ const GEMMA3_NORMS: [NormSpec; 6] = [
         role: NormRole::PreMlp,
         name: "pre_feedforward_layernorm",
         gguf: "ffn_norm",
+        bias: false,
+    },
+    NormSpec {
+        role: NormRole::MlpOut,
+        name: "post_feedforward_layernorm",
+        gguf: "post_ffw_norm",
+        bias: false,
+    },
+    Q_NORM,
+    K_NORM,
+];
+
+/// OLMo-2: norms of the attention's and the MLP's outputs only (no norm before either), q/k
+/// norms over the whole projection.
+const OLMO2_NORMS: [NormSpec; 4] = [
+    NormSpec {
+        role: NormRole::AttnOut,
+        name: "post_attention_layernorm",
+        gguf: "post_attention_norm",
         bias: false,
     },
     NormSpec {
@@ -297,6 +318,8 @@ pub(super) static QWEN2: Layout = llama_layout(&LLAMA_NORMS, false);
 pub(super) static QWEN3: Layout = llama_layout(&QWEN3_NORMS, false);
 /// Gemma-3: the Llama projections, Gemma's norms; llama.cpp keeps NEOX RoPE as is.
 pub(super) static GEMMA3: Layout = llama_layout(&GEMMA3_NORMS, false);
+/// OLMo-2: the Llama projections, its own norms; llama.cpp keeps NEOX RoPE as is.
+pub(super) static OLMO2: Layout = llama_layout(&OLMO2_NORMS, false);
 /// Phi-2 (HF layout): one LayerNorm with bias per layer, final_layernorm, LM head with bias.
 pub(super) static PHI: Layout = Layout {
     layer_prefix: "model.layers",
@@ -531,74 +554,6 @@ impl Layout {
     }
 }
 
-/// Every LoRA target name of every architecture, in layout order.
-pub fn known_modules() -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for a in Architecture::ALL {
-        for n in a.layout().projection_names() {
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
-    }
-    names
-}
-
-/// Whether some architecture accepts `target` as a LoRA target; else the reason (ambiguous in
-/// the architecture that has it, or unknown, with the known names).
-pub fn check_target_name(target: &str) -> Result<()> {
-    let mut ambiguous = None;
-    for a in Architecture::ALL {
-        match a.layout().projection_named(target) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("ambiguous") => {
-                ambiguous = Some(format!("{e} ({a:?} layers)"))
-            }
-            Err(_) => {}
-        }
-    }
-    match ambiguous {
-        Some(e) => bail!(e),
-        None => bail!(
-            "unknown module {target:?} (known: {})",
-            known_modules().join(", ")
-        ),
-    }
-}
-
-/// A PEFT module path inside the model ("model.layers.3.mlp.gate_proj") parsed against every
-/// layout: (layer, the target name the layout uses for it: "gate_proj", or "mlp.c_proj" where the
-/// bare name is shared).
-pub fn parse_module_path(path: &str) -> Option<(usize, String)> {
-    for a in Architecture::ALL {
-        let l = a.layout();
-        let Some(rest) = path
-            .strip_prefix(l.layer_prefix)
-            .and_then(|r| r.strip_prefix('.'))
-        else {
-            continue;
-        };
-        let (layer, module) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        // several layouts share a layer prefix (model.layers): the one with this module
-        let Some(spec) = l
-            .projections
-            .iter()
-            .find(|s| !s.fused && s.qualified() == module)
-        else {
-            continue;
-        };
-        let names = l.projection_names();
-        let name = if names.iter().any(|n| n == module) {
-            module.to_string()
-        } else {
-            spec.name.to_string()
-        };
-        return Some((layer, name));
-    }
-    None
-}
-
 impl Projection {
     /// (in_features, out_features) from the config.
     pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
@@ -655,7 +610,7 @@ mod tests {
 
     #[test]
     fn gguf_names_follow_llama_cpp() {
-        let l = Architecture::Llama.layout();
+        let l = &LLAMA;
         assert_eq!(
             l.gguf_name("model.embed_tokens.weight").as_deref(),
             Some("token_embd.weight")
@@ -681,45 +636,20 @@ mod tests {
             Some("blk.1.ffn_down.weight")
         );
         assert_eq!(l.gguf_name("model.layers.1.mlp.nope.weight"), None);
-        assert!(Architecture::Llama.layout().gguf_rope_permuted);
-        assert!(!Architecture::Qwen2.layout().gguf_rope_permuted);
+        assert!(&LLAMA.gguf_rope_permuted);
+        assert!(!&QWEN2.gguf_rope_permuted);
     }
 
     #[test]
     fn projection_tensor_names_round_trip() {
-        let l = Architecture::Llama.layout();
+        let l = &LLAMA;
         for spec in l.projections {
             let name = l.projection_tensor(5, spec, "weight");
             let (layer, back) = l.parse_projection_tensor(&name).unwrap();
             assert_eq!((layer, back.projection), (5, spec.projection));
         }
         assert!(l.projection_named("gate_proj").unwrap().mlp);
-        assert_eq!(
-            parse_module_path("model.layers.3.mlp.down_proj"),
-            Some((3, "down_proj".to_string()))
-        );
-        assert_eq!(
-            parse_module_path("transformer.h.12.mlp.c_proj"),
-            Some((12, "mlp.c_proj".to_string()))
-        );
-        assert_eq!(
-            parse_module_path("transformer.h.0.mlp.w2"),
-            Some((0, "w2".to_string()))
-        );
-        assert_eq!(parse_module_path("transformer.h.0.attn.c_attn"), None);
-        // Phi shares Llama's layer prefix: its modules are found in its own layout
-        assert_eq!(
-            parse_module_path("model.layers.2.mlp.fc1"),
-            Some((2, "fc1".to_string()))
-        );
-        assert_eq!(
-            parse_module_path("model.layers.2.self_attn.dense"),
-            Some((2, "dense".to_string()))
-        );
-        assert_eq!(parse_module_path("model.layers.2.mlp.nope"), None);
-        // llama 7, phi fc1 fc2 dense, qwen w1 w2 attn.c_proj mlp.c_proj
-        assert_eq!(known_modules().len(), 14);
-        let qwen = Architecture::Qwen.layout();
+        let qwen = &QWEN;
         assert_eq!(
             qwen.projection_names(),
             ["attn.c_proj", "w2", "w1", "mlp.c_proj"]
@@ -739,16 +669,12 @@ mod tests {
         );
         let err = qwen.projection_named("c_attn").unwrap_err().to_string();
         assert!(err.contains("fuses q, k and v"), "{err}");
-        let phi = Architecture::Phi.layout();
+        let phi = &PHI;
         assert!(phi.projection(Projection::Gate).is_none());
         assert_eq!(phi.projection(Projection::Up).unwrap().name, "fc1");
         assert!(phi.projection_named("fc2").unwrap().mlp);
         assert_eq!(
-            Architecture::Qwen3
-                .layout()
-                .norm(NormRole::Query)
-                .unwrap()
-                .name,
+            QWEN3.norm(NormRole::Query).unwrap().name,
             "self_attn.q_norm"
         );
         let err = l.projection_named("w1").unwrap_err().to_string();

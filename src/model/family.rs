@@ -5,55 +5,10 @@
 //! block is one entry in `FAMILIES` (plus its layout in `architecture.rs` where its tensor names
 //! differ).
 
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Result};
 
 use super::architecture::{self as layouts, Layout};
-
-/// The families layerprune runs. The serialized names are part of stored records (and so of
-/// cache keys): never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Architecture {
-    Llama,
-    Mistral,
-    Qwen2,
-    /// The Qwen2 block without q/k/v biases and with q/k RMSNorm per head before RoPE.
-    Qwen3,
-    /// Qwen v1 (QWenLMHeadModel, remote code upstream): Qwen2's block with fused q/k/v
-    /// (attn.c_attn) and GPT-2-style names and config keys.
-    Qwen,
-    /// Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary,
-    /// GELU (tanh) MLP fc1/fc2, biases on every linear and on the LM head.
-    Phi,
-    /// Gemma-3 (text): embedding scaled by sqrt(hidden), q/k RMSNorm, norms before and after
-    /// attention and MLP with (1 + w) weights, GELU-tanh gated MLP, sliding-window and global
-    /// layers with their own RoPE bases, attention scaled by query_pre_attn_scalar.
-    Gemma3,
-}
-
-/// The normalisation of a family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NormKind {
-    /// x / sqrt(mean(x^2) + eps) * w
-    #[default]
-    Rms,
-    /// (x - mean) / sqrt(var + eps) * w + b (biased variance, as torch.nn.LayerNorm)
-    Layer,
-}
-
-/// The MLP of a family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum MlpKind {
-    /// down(silu(gate(h)) * up(h))
-    #[default]
-    SwiGlu,
-    /// down(gelu_tanh(up(h))) (Phi's fc2(gelu_new(fc1(h))))
-    GeluTanh,
-    /// down(gelu_tanh(gate(h)) * up(h)) (Gemma's gelu_pytorch_tanh)
-    GeluTanhGated,
-}
+use super::config::{Architecture, MlpKind, NormKind};
 
 /// Where a family's attention biases come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +49,10 @@ pub struct BlockTraits {
     pub mlp: MlpKind,
     /// Attention and MLP read the same normed input and are added together (Phi).
     pub parallel_block: bool,
-    /// Normalisation of each head's q and k before RoPE (Qwen3, Gemma-3).
+    /// Normalisation of q and k before RoPE (Qwen3, Gemma-3, OLMo-2).
     pub qk_norm: bool,
+    /// The q/k norm spans the whole projection (all heads: OLMo-2), not each head.
+    pub qk_norm_full_width: bool,
     /// Embeddings multiplied by sqrt(hidden_size) (Gemma).
     pub embed_scale: bool,
     /// Norm weights stored as offsets from 1 (Gemma, HF layout).
@@ -112,6 +69,7 @@ const LLAMA_BLOCK: BlockTraits = BlockTraits {
     mlp: MlpKind::SwiGlu,
     parallel_block: false,
     qk_norm: false,
+    qk_norm_full_width: false,
     embed_scale: false,
     norm_offset: false,
     qkv_bias: BiasRule::AttentionBiasKey,
@@ -161,7 +119,7 @@ pub struct Family {
 }
 
 /// Every family, in the order error messages list them.
-pub static FAMILIES: [Family; 7] = [
+pub static FAMILIES: [Family; 8] = [
     Family {
         architecture: Architecture::Llama,
         model_type: "llama",
@@ -275,11 +233,27 @@ pub static FAMILIES: [Family; 7] = [
             ..TRANSFORMERS_KEYS
         },
     },
+    Family {
+        architecture: Architecture::Olmo2,
+        model_type: "olmo2",
+        hf_class: "Olmo2ForCausalLM",
+        gguf_arch: Some("olmo2"),
+        layout: &layouts::OLMO2,
+        block: BlockTraits {
+            qk_norm: true,
+            qk_norm_full_width: true,
+            ..LLAMA_BLOCK
+        },
+        keys: ConfigKeys {
+            norm_eps: ("rms_norm_eps", 1e-5),
+            ..TRANSFORMERS_KEYS
+        },
+    },
 ];
 
 impl Architecture {
     /// Every family's architecture, in `FAMILIES` order.
-    pub const ALL: [Architecture; 7] = [
+    pub const ALL: [Architecture; 8] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
@@ -287,6 +261,7 @@ impl Architecture {
         Self::Qwen,
         Self::Phi,
         Self::Gemma3,
+        Self::Olmo2,
     ];
 
     /// This architecture's family entry.
@@ -328,9 +303,106 @@ impl Family {
     }
 }
 
+/// Every LoRA target name of every architecture, in layout order.
+pub fn known_modules() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for f in &FAMILIES {
+        for n in f.layout.projection_names() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
+/// Whether some architecture accepts `target` as a LoRA target; else the reason (ambiguous in
+/// the architecture that has it, or unknown, with the known names).
+pub fn check_target_name(target: &str) -> Result<()> {
+    let mut ambiguous = None;
+    for f in &FAMILIES {
+        match f.layout.projection_named(target) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("ambiguous") => {
+                ambiguous = Some(format!("{e} ({:?} layers)", f.architecture))
+            }
+            Err(_) => {}
+        }
+    }
+    match ambiguous {
+        Some(e) => bail!(e),
+        None => bail!(
+            "unknown module {target:?} (known: {})",
+            known_modules().join(", ")
+        ),
+    }
+}
+
+/// A PEFT module path inside the model ("model.layers.3.mlp.gate_proj") parsed against every
+/// layout: (layer, the target name the layout uses for it: "gate_proj", or "mlp.c_proj" where the
+/// bare name is shared).
+pub fn parse_module_path(path: &str) -> Option<(usize, String)> {
+    for f in &FAMILIES {
+        let l = f.layout;
+        let Some(rest) = path
+            .strip_prefix(l.layer_prefix)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let (layer, module) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        // several layouts share a layer prefix (model.layers): the one with this module
+        let Some(spec) = l
+            .projections
+            .iter()
+            .find(|s| !s.fused && s.qualified() == module)
+        else {
+            continue;
+        };
+        let names = l.projection_names();
+        let name = if names.iter().any(|n| n == module) {
+            module.to_string()
+        } else {
+            spec.name.to_string()
+        };
+        return Some((layer, name));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peft_module_paths_parse_against_every_layout() {
+        assert_eq!(
+            parse_module_path("model.layers.3.mlp.down_proj"),
+            Some((3, "down_proj".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("transformer.h.12.mlp.c_proj"),
+            Some((12, "mlp.c_proj".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("transformer.h.0.mlp.w2"),
+            Some((0, "w2".to_string()))
+        );
+        assert_eq!(parse_module_path("transformer.h.0.attn.c_attn"), None);
+        // Phi shares Llama's layer prefix: its modules are found in its own layout
+        assert_eq!(
+            parse_module_path("model.layers.2.mlp.fc1"),
+            Some((2, "fc1".to_string()))
+        );
+        assert_eq!(
+            parse_module_path("model.layers.2.self_attn.dense"),
+            Some((2, "dense".to_string()))
+        );
+        assert_eq!(parse_module_path("model.layers.2.mlp.nope"), None);
+        // llama 7, phi fc1 fc2 dense, qwen w1 w2 attn.c_proj mlp.c_proj
+        assert_eq!(known_modules().len(), 14);
+    }
 
     #[test]
     fn every_architecture_has_one_entry_and_names_are_unique() {

@@ -4,6 +4,7 @@
 
 pub mod architecture;
 pub mod config;
+pub mod config_files;
 pub mod export;
 pub mod family;
 pub mod host_attention;
@@ -22,8 +23,8 @@ pub mod transformer;
 pub mod weights;
 
 pub use architecture::{Layout, Projection, ProjectionSpec};
-pub use config::ModelConfig;
-pub use family::{Architecture, Family};
+pub use config::{Architecture, ModelConfig};
+pub use family::Family;
 pub use load::ModelFiles;
 pub use readback::to_f32_vec;
 pub use transformer::{Capture, ForwardOutput, Logits, TokenBatch, Transformer};

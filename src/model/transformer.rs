@@ -55,16 +55,19 @@ impl<B: Backend> Norm<B> {
 pub struct DecoderLayer<B: Backend> {
     /// Index of this layer in the original (unpruned) model.
     pub original_index: usize,
-    pub input_norm: Norm<B>,
+    /// The norm of the block's input; None: attention (and a parallel MLP) read x itself
+    /// (OLMo-2 norms only the sublayers' outputs).
+    pub input_norm: Option<Norm<B>>,
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
-    /// Per-head RMSNorms of q and k before RoPE (Qwen3): [head_dim]
+    /// RMSNorms of q and k before RoPE: per head (Qwen3, Gemma-3) [head_dim], or over the
+    /// whole projection (OLMo-2, `qk_norm_full_width`) [heads * head_dim]
     pub q_norm: Option<Tensor<B, 1>>,
     pub k_norm: Option<Tensor<B, 1>>,
-    /// The norm before the MLP; None in a parallel block (Phi: attention and MLP both read
-    /// `input_norm`).
+    /// The norm before the MLP; None: the MLP reads the stream itself (OLMo-2), or, in a
+    /// parallel block (`ModelConfig::parallel_block`, Phi), the input norm's output.
     pub pre_mlp_norm: Option<Norm<B>>,
     /// Norms of the attention's and the MLP's outputs before the residual adds (Gemma).
     pub attn_out_norm: Option<Norm<B>>,
@@ -382,7 +385,7 @@ impl<B: Backend> DecoderLayer<B> {
     ///   h = input_norm(x)
     ///   a = attn_out_norm(o(attention(h)))          (nothing when the attention is dropped)
     ///   sequential: y = x + a;  out = y + mlp_out_norm(mlp(pre_mlp_norm(y)))
-    ///   parallel (Phi, no pre_mlp_norm): out = x + (a + mlp(h))
+    ///   parallel (Phi): out = x + (a + mlp(h))
     /// where a norm the family lacks is the identity. x [batch, seq, hidden] -> out [batch,
     /// seq, hidden]. With `past`, the new tokens also attend to the cached ones under
     /// `past.mask`; with `packed` (host attention only), x [1, tokens, hidden] holds rows of
@@ -401,7 +404,10 @@ impl<B: Backend> DecoderLayer<B> {
             Some(n) => n.forward(y, cfg),
             None => y,
         };
-        let h = self.input_norm.forward(x.clone(), cfg);
+        let h = match &self.input_norm {
+            Some(n) => n.forward(x.clone(), cfg),
+            None => x.clone(),
+        };
         let (attention, kv) = if self.attention_dropped {
             let [b, t, _] = x.dims();
             let zeros = || {
@@ -422,42 +428,39 @@ impl<B: Backend> DecoderLayer<B> {
                 kv,
             )
         };
-        let (out, after_attention, mlp) = match &self.pre_mlp_norm {
-            None => {
-                let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
-                match attention {
-                    Some(a) if keep_parts => (
-                        x.clone() + (a.clone() + m.clone()),
-                        Some(AfterAttention::Parallel { x, attention: a }),
-                        Some(m),
-                    ),
-                    Some(a) => (x + (a + m), None, None),
-                    None if keep_parts => (
-                        x.clone() + m.clone(),
-                        Some(AfterAttention::Computed(x)),
-                        Some(m),
-                    ),
-                    None => (x + m, None, None),
-                }
+        let (out, after_attention, mlp) = if cfg.parallel_block {
+            let m = out_norm(self.mlp(h, cfg), &self.mlp_out_norm);
+            match attention {
+                Some(a) if keep_parts => (
+                    x.clone() + (a.clone() + m.clone()),
+                    Some(AfterAttention::Parallel { x, attention: a }),
+                    Some(m),
+                ),
+                Some(a) => (x + (a + m), None, None),
+                None if keep_parts => (
+                    x.clone() + m.clone(),
+                    Some(AfterAttention::Computed(x)),
+                    Some(m),
+                ),
+                None => (x + m, None, None),
             }
-            Some(pre) => {
-                let y = match attention {
-                    Some(a) => x + a,
-                    None => x,
-                };
-                let m = out_norm(
-                    self.mlp(pre.forward(y.clone(), cfg), cfg),
-                    &self.mlp_out_norm,
-                );
-                if keep_parts {
-                    (
-                        y.clone() + m.clone(),
-                        Some(AfterAttention::Computed(y)),
-                        Some(m),
-                    )
-                } else {
-                    (y + m, None, None)
-                }
+        } else {
+            let y = match attention {
+                Some(a) => x + a,
+                None => x,
+            };
+            let m = out_norm(
+                self.mlp(out_norm(y.clone(), &self.pre_mlp_norm), cfg),
+                &self.mlp_out_norm,
+            );
+            if keep_parts {
+                (
+                    y.clone() + m.clone(),
+                    Some(AfterAttention::Computed(y)),
+                    Some(m),
+                )
+            } else {
+                (y + m, None, None)
             }
         };
         let parts = match (after_attention, mlp) {
@@ -582,20 +585,25 @@ impl<B: Backend> DecoderLayer<B> {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]); // [b, t, n, hd], contiguous
-                                                                          // per-head q/k RMSNorm before RoPE (Qwen3)
-        let head_norm = |y: Tensor<B, 4>, w: &Option<Tensor<B, 1>>| match w {
-            Some(w) => rms_norm(y, w, cfg.rms_norm_eps),
-            None => y,
+        // [b, t, n * hd] -> [b, t, n, hd], contiguous
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]);
+        // q/k RMSNorm before RoPE: over the whole projection [b, t, n * hd] (OLMo-2) or per
+        // head [b, t, n, hd] (Qwen3, Gemma-3)
+        let normed_heads = |y: Tensor<B, 3>, w: &Option<Tensor<B, 1>>, n: usize| match w {
+            Some(w) if cfg.qk_norm_full_width => heads(rms_norm(y, w, cfg.rms_norm_eps), n),
+            Some(w) => rms_norm(heads(y, n), w, cfg.rms_norm_eps),
+            None => heads(y, n),
         };
         let rope = rope.for_layer(self.sliding);
-        let q = rope.apply(head_norm(
-            heads(self.q_proj.forward(h.clone()), nh),
+        let q = rope.apply(normed_heads(
+            self.q_proj.forward(h.clone()),
             &self.q_norm,
+            nh,
         )); // [b, t, nh, hd]
-        let k = rope.apply(head_norm(
-            heads(self.k_proj.forward(h.clone()), nkv),
+        let k = rope.apply(normed_heads(
+            self.k_proj.forward(h.clone()),
             &self.k_norm,
+            nkv,
         )); // [b, t, nkv, hd]
         let v = heads(self.v_proj.forward(h), nkv); // [b, t, nkv, hd]
         let new = LayerKv {
@@ -858,19 +866,8 @@ impl<B: Backend> Transformer<B> {
                 }
             })
             .collect();
-        let outs: Vec<anyhow::Result<ForwardOutput<B>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|p| scope.spawn(move || self.forward(p, capture, logits)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a forward worker panicked")))
-                })
-                .collect()
-        });
+        let outs =
+            crate::workers::scoped_map("forward", &parts, |_, p| self.forward(p, capture, logits));
         let outs = outs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         let cat3 = |v: Vec<Tensor<B, 3>>, dim: usize| Tensor::cat(v, dim);
         let mut logits_all = Vec::new();

@@ -286,8 +286,10 @@ impl<B: Backend> Loader<'_, B> {
         let required = |p: Projection| -> Result<Linear<B>> {
             proj(p)?.with_context(|| format!("{:?} has no {p:?} projection", c.architecture))
         };
-        let input_norm = norm(NormRole::Input)?
-            .with_context(|| format!("{:?} has no input norm", c.architecture))?;
+        let input_norm = norm(NormRole::Input)?;
+        if c.parallel_block && input_norm.is_none() {
+            bail!("{:?}: a parallel block needs an input norm", c.architecture);
+        }
         Ok(DecoderLayer {
             original_index: i,
             input_norm,

@@ -13,7 +13,7 @@ use crate::data::text::TextSpec;
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
-use crate::model::architecture::check_target_name;
+use crate::model::family::check_target_name;
 
 pub use crate::heal::train::Quant;
 

@@ -43,7 +43,7 @@ impl Stage for SelectStage {
         1
     }
     fn description(&self) -> &'static str {
-        "the layers to drop for each n: similarity (argmin of d), simple (deepest before the last), reverse (the last n), cosine_all and bi (all-token cosine and Block Influence)"
+        "the layers to drop for each n: similarity (argmin of d), simple (deepest before the last), reverse (the last n), cosine_all and bi (all-token cosine and Block Influence), loss_greedy (SLEB's greedy removal by loss), attention (LLM-Drop's attention sublayers)"
     }
     fn defaults(&self) -> &'static str {
         include_str!("../../stages/select.toml")
