@@ -29,8 +29,26 @@ pub enum TaskName {
     Winogrande,
 }
 
+/// What a task measures, as the paper's ICLR version contrasts them: recall of facts
+/// (knowledge) or inference from the context (reasoning). Figures group tasks by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskCategory {
+    Knowledge,
+    Reasoning,
+}
+
+impl TaskCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Knowledge => "knowledge",
+            Self::Reasoning => "reasoning",
+        }
+    }
+}
+
 /// Everything known about a task, in one table (`TASKS`): its name, the split it scores, its
-/// metrics, its chance level and, for the paper's next-token scoring, the answer tokens.
+/// metrics, its chance level, its category and, for the paper's next-token scoring, the answer
+/// tokens.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskSpec {
     pub task: TaskName,
@@ -42,6 +60,7 @@ pub struct TaskSpec {
     pub acc_norm: bool,
     /// Accuracy of random guessing.
     pub chance: f64,
+    pub category: TaskCategory,
     /// `prompt = "paper"`: the candidate answer strings whose last token is scored after the
     /// context (choice i is candidate i modulo the number of choices); None: the harness's way.
     pub paper_answers: Option<&'static [&'static str]>,
@@ -54,6 +73,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "hails/mmlu_no_train",
         acc_norm: false,
         chance: 0.25,
+        category: TaskCategory::Knowledge,
         paper_answers: Some(&["A", "B", "C", "D"]),
     },
     TaskSpec {
@@ -62,6 +82,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "hails/mmlu_no_train",
         acc_norm: true,
         chance: 0.25,
+        category: TaskCategory::Knowledge,
         paper_answers: None,
     },
     TaskSpec {
@@ -70,6 +91,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "boolq/none/validation",
         acc_norm: false,
         chance: 0.5,
+        category: TaskCategory::Knowledge,
         paper_answers: Some(&["No", "Yes", " No", " Yes"]),
     },
     TaskSpec {
@@ -78,6 +100,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "ai2_arc/ARC-Easy/validation",
         acc_norm: true,
         chance: 0.25,
+        category: TaskCategory::Reasoning,
         paper_answers: None,
     },
     TaskSpec {
@@ -86,6 +109,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "ai2_arc/ARC-Challenge/validation",
         acc_norm: true,
         chance: 0.25,
+        category: TaskCategory::Reasoning,
         paper_answers: None,
     },
     TaskSpec {
@@ -94,6 +118,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "hellaswag/none/validation",
         acc_norm: true,
         chance: 0.25,
+        category: TaskCategory::Reasoning,
         paper_answers: None,
     },
     TaskSpec {
@@ -102,6 +127,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "piqa/plain_text/validation",
         acc_norm: true,
         chance: 0.5,
+        category: TaskCategory::Reasoning,
         paper_answers: None,
     },
     TaskSpec {
@@ -110,6 +136,7 @@ pub const TASKS: [TaskSpec; 8] = [
         split_dir: "winogrande/winogrande_xl/validation",
         acc_norm: false,
         chance: 0.5,
+        category: TaskCategory::Reasoning,
         paper_answers: None,
     },
 ];
@@ -120,6 +147,15 @@ impl TaskName {
             .iter()
             .find(|s| s.task == self)
             .expect("every task has a spec")
+    }
+
+    /// The names of the tasks of `category`, in table order.
+    pub fn names_in(category: TaskCategory) -> Vec<&'static str> {
+        TASKS
+            .iter()
+            .filter(|s| s.category == category)
+            .map(|s| s.name)
+            .collect()
     }
 
     /// The task named `name` in tables and configs.
@@ -558,6 +594,17 @@ pub fn item_from_row(task: TaskName, row: &Value, i: usize, origin: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_task_has_one_category_and_figures_find_it_there() {
+        let knowledge = TaskName::names_in(TaskCategory::Knowledge);
+        let reasoning = TaskName::names_in(TaskCategory::Reasoning);
+        assert_eq!(knowledge, ["mmlu", "mmlu_cloze", "boolq"]);
+        assert_eq!(knowledge.len() + reasoning.len(), TASKS.len());
+        for spec in &TASKS {
+            assert!(knowledge.contains(&spec.name) != reasoning.contains(&spec.name));
+        }
+    }
 
     #[test]
     fn the_task_table_agrees_with_serde_names() {

@@ -15,7 +15,7 @@ use crate::artifacts::{
     EvalRecord, InputArtifact, LoadRecord, LossRecord, Record, SelectionRecord, SimilarityRecord,
     Variant,
 };
-use crate::data::tasks::TaskName;
+use crate::data::tasks::{TaskCategory, TaskName};
 use crate::method::selection::Strategy;
 use crate::report::figures::{Curve, DistanceGrid, Marker, Panel};
 
@@ -456,15 +456,6 @@ pub fn task_title(task: &str, sel: &[&EvalTableRow]) -> String {
     }
 }
 
-const KNOWLEDGE: [&str; 3] = ["mmlu", "mmlu_cloze", "boolq"];
-const REASONING: [&str; 5] = [
-    "arc_easy",
-    "arc_challenge",
-    "hellaswag",
-    "piqa",
-    "winogrande",
-];
-
 /// The paper's figures from the evaluation rows, each skipped with one log line when the
 /// pipeline does not produce its inputs: Fig. 1(d) (MMLU, BoolQ and loss stacked, every
 /// strategy healed and unhealed), Fig. 5 (similarity against simple: rows MMLU / BoolQ / loss,
@@ -546,26 +537,31 @@ fn paper_figures(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result
         drawn.push("fig5_similarity_vs_simple".to_string());
     }
     // knowledge against reasoning
+    let knowledge = TaskName::names_in(TaskCategory::Knowledge);
+    let reasoning = TaskName::names_in(TaskCategory::Reasoning);
     let has = |tasks: &[&str]| tasks.iter().any(|t| !panel_rows(rows, t).is_empty());
-    if !(has(&KNOWLEDGE) && has(&REASONING)) {
-        tracing::info!("report: no fig_knowledge_vs_reasoning (needs a knowledge task: mmlu, mmlu_cloze, boolq; and a reasoning task: arc, hellaswag, piqa, winogrande)");
+    if !(has(&knowledge) && has(&reasoning)) {
+        tracing::info!(
+            "report: no fig_knowledge_vs_reasoning (needs a knowledge task: {}; and a reasoning task: {})",
+            knowledge.join(", "),
+            reasoning.join(", ")
+        );
     } else {
         let mut panels = Vec::new();
         for s in [Strategy::Similarity, Strategy::Simple] {
             for (variant, state) in [("pruned", "not healed"), ("healed", "healed")] {
                 let mut curves = Vec::new();
-                for (k, task) in KNOWLEDGE.iter().chain(&REASONING).enumerate() {
+                for (k, task) in knowledge.iter().chain(&reasoning).enumerate() {
                     let sel = panel_rows(rows, task);
-                    let label = format!(
-                        "{task} ({})",
-                        if k < KNOWLEDGE.len() {
-                            "knowledge"
-                        } else {
-                            "reasoning"
-                        }
-                    );
+                    let is_reasoning = k >= knowledge.len();
+                    let category = if is_reasoning {
+                        TaskCategory::Reasoning
+                    } else {
+                        TaskCategory::Knowledge
+                    };
+                    let label = format!("{task} ({})", category.as_str());
                     if let Some(mut c) = fraction_curve(&sel, s, variant, label, k, true) {
-                        c.dashed = k >= KNOWLEDGE.len();
+                        c.dashed = is_reasoning;
                         c.marker = Marker::of(c.dashed);
                         curves.push(c);
                     }
@@ -664,8 +660,9 @@ fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<O
             _ => false,
         }
     };
-    let swept: Vec<Vec<&EvalTableRow>> = KNOWLEDGE
-        .into_iter()
+    let knowledge_tasks = TaskName::names_in(TaskCategory::Knowledge);
+    let swept: Vec<Vec<&EvalTableRow>> = knowledge_tasks
+        .iter()
         .map(|t| rank_panel_rows(rows, t))
         .filter(|sel| ranks_in(sel) >= 2)
         .collect();
@@ -675,8 +672,8 @@ fn rank_figure(ctx: &JobContext, rows: &[EvalTableRow], title: &str) -> Result<O
         .or(swept.first())
         .cloned()
         .or_else(|| {
-            KNOWLEDGE
-                .into_iter()
+            knowledge_tasks
+                .iter()
                 .map(|t| panel_rows(rows, t))
                 .find(|sel| !sel.is_empty())
         });
