@@ -133,7 +133,7 @@ fn unsupported_architecture_is_named() {
     let e = open_err(dir.path());
     assert!(
         e.contains(
-            "unsupported architecture model_type = \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, qwen, phi, gemma3_text)"
+            "unsupported architecture model_type = \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, qwen, phi, gemma3_text, olmo2)"
         ),
         "{e}"
     );
