@@ -157,50 +157,40 @@ const K_NORM: NormSpec = NormSpec {
 
 const QWEN3_NORMS: [NormSpec; 4] = [INPUT_NORM, POST_ATTENTION_NORM, Q_NORM, K_NORM];
 
-/// Gemma-3: norms around attention and MLP (the HF name post_attention_layernorm is the
-/// attention's output norm here), per-head q/k norms.
+/// The attention's output norm (Gemma-3, OLMo-2; the HF name post_attention_layernorm, which
+/// in Llama names the norm before the MLP).
+const ATTN_OUT_NORM: NormSpec = NormSpec {
+    role: NormRole::AttnOut,
+    name: "post_attention_layernorm",
+    gguf: "post_attention_norm",
+    bias: false,
+};
+/// The MLP's output norm (Gemma-3, OLMo-2).
+const MLP_OUT_NORM: NormSpec = NormSpec {
+    role: NormRole::MlpOut,
+    name: "post_feedforward_layernorm",
+    gguf: "post_ffw_norm",
+    bias: false,
+};
+
+/// Gemma-3: norms around attention and MLP, per-head q/k norms.
 const GEMMA3_NORMS: [NormSpec; 6] = [
     INPUT_NORM,
-    NormSpec {
-        role: NormRole::AttnOut,
-        name: "post_attention_layernorm",
-        gguf: "post_attention_norm",
-        bias: false,
-    },
+    ATTN_OUT_NORM,
     NormSpec {
         role: NormRole::PreMlp,
         name: "pre_feedforward_layernorm",
         gguf: "ffn_norm",
         bias: false,
     },
-    NormSpec {
-        role: NormRole::MlpOut,
-        name: "post_feedforward_layernorm",
-        gguf: "post_ffw_norm",
-        bias: false,
-    },
+    MLP_OUT_NORM,
     Q_NORM,
     K_NORM,
 ];
 
 /// OLMo-2: norms of the attention's and the MLP's outputs only (no norm before either), q/k
 /// norms over the whole projection.
-const OLMO2_NORMS: [NormSpec; 4] = [
-    NormSpec {
-        role: NormRole::AttnOut,
-        name: "post_attention_layernorm",
-        gguf: "post_attention_norm",
-        bias: false,
-    },
-    NormSpec {
-        role: NormRole::MlpOut,
-        name: "post_feedforward_layernorm",
-        gguf: "post_ffw_norm",
-        bias: false,
-    },
-    Q_NORM,
-    K_NORM,
-];
+const OLMO2_NORMS: [NormSpec; 4] = [ATTN_OUT_NORM, MLP_OUT_NORM, Q_NORM, K_NORM];
 
 const PHI_NORMS: [NormSpec; 1] = [NormSpec {
     bias: true,
