@@ -1,13 +1,17 @@
 """Reference timing for `layerprune bench heal`: PyTorch + PEFT LoRA optimizer steps on the same
 batch (float32 compute, frozen base dense or bitsandbytes NF4 with double quantisation as QLoRA
-loads it, LoRA on gate/up/down, AdamW), one warm-up step, then timed.
+loads it, LoRA on gate/up/down, AdamW), one warm-up step, then timed; with "gc", transformers'
+gradient checkpointing (model.gradient_checkpointing_enable(), non-reentrant, as PEFT's QLoRA
+recipes turn it on).
 
-Usage: python reference_heal_bench.py MODEL BATCH_JSON RANK STEPS THREADS [dense|nf4]
+Usage: python reference_heal_bench.py MODEL BATCH_JSON RANK STEPS THREADS [dense|nf4] [plain|gc]
 BATCH_JSON holds {"rows": [[ids...], ...]} (equal lengths).
-Prints one JSON line: {"seconds_per_step": ..., "tokens_per_s": ..., "loss": ...}.
+Prints one JSON line: {"seconds_per_step": ..., "tokens_per_s": ..., "loss": ...,
+"peak_rss_bytes": ...} (the process's peak resident memory, loading included).
 """
 import json
 import os
+import resource
 import sys
 import time
 
@@ -15,6 +19,7 @@ import time
 def main():
     model_path, batch_path, rank, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     base = sys.argv[6] if len(sys.argv) > 6 else "dense"
+    checkpointing = len(sys.argv) > 7 and sys.argv[7] == "gc"
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -48,6 +53,10 @@ def main():
                         q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
                     setattr(parent, name, q.to("cpu"))
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.05, target_modules=["gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # the embedding is frozen: its output must take a gradient for the checkpointed blocks
+        model.enable_input_require_grads()
     model = get_peft_model(model, config)
     model.train()
     ids = torch.tensor(json.load(open(batch_path))["rows"])
@@ -66,7 +75,9 @@ def main():
     for _ in range(steps):
         loss = step()
     seconds = (time.perf_counter() - start) / steps
-    print(json.dumps({"seconds_per_step": seconds, "tokens_per_s": ids.numel() / seconds, "loss": loss}))
+    # ru_maxrss is in KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds_per_step": seconds, "tokens_per_s": ids.numel() / seconds, "loss": loss, "peak_rss_bytes": peak}))
 
 
 if __name__ == "__main__":

@@ -268,7 +268,8 @@ enum CacheCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// LoRA healing: seconds per optimizer step and tokens/s on one fixed batch (dense and NF4 base).
+    /// LoRA healing: seconds per optimizer step, tokens/s and peak memory on one fixed batch
+    /// (dense and NF4 base), beside PEFT's where LAYERPRUNE_REF_PYTHON is set.
     Heal {
         #[arg(default_value = DEFAULT_MODEL)]
         model: String,
@@ -280,6 +281,14 @@ enum BenchCommand {
         rank: usize,
         #[arg(long, default_value_t = 3)]
         steps: u64,
+        /// The frozen base: dense, nf4 or both (one after the other in this process; the peak
+        /// memory of each is measured from a reset).
+        #[arg(long, value_enum, default_value = "both")]
+        base: commands::bench::HealBase,
+        /// Gradient checkpointing on both sides (transformers' gradient_checkpointing_enable()
+        /// for the reference).
+        #[arg(long)]
+        gradient_checkpointing: bool,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -649,16 +658,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seq_len,
                     rank,
                     steps,
+                    base,
+                    gradient_checkpointing,
                     device,
                 },
         } => {
             let files = ModelFiles::open(source::resolve_model_str(&model, &cache_root)?)?;
             commands::bench::heal(
                 &files,
-                batch,
-                seq_len,
-                rank,
-                steps,
+                &commands::bench::HealSetup {
+                    batch,
+                    seq_len,
+                    rank,
+                    steps,
+                    base,
+                    checkpointing: gradient_checkpointing,
+                },
                 device.backend,
                 device.precision(),
             )?;

@@ -10,8 +10,9 @@ use burn::tensor::DType;
 use common::{fixtures, read_reference, rel_err, RefTensor};
 use layerprune::formats::nf4::{dynamic_map_signed, Nf4Host, NF4};
 use layerprune::heal::adapter::{AdapterSet, LoraConfig, ModuleAdapter};
+use layerprune::heal::gradients::{GradientPass, LossPath};
 use layerprune::heal::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use layerprune::heal::train::{micro_step, micro_step_with, LossPath};
+use layerprune::heal::train::{micro_step, micro_step_with};
 use layerprune::model::ModelFiles;
 use layerprune::source;
 
@@ -166,6 +167,11 @@ fn check(what: &str, ours: &[f32], want: &[f32]) {
 }
 
 fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
+    two_steps_with(variant, nf4, max_norm, false)
+}
+
+/// `two_steps`, checkpointed or not (heal::gradients).
+fn two_steps_with(variant: &str, nf4: bool, max_norm: f64, checkpointing: bool) {
     let r = read_reference(&fixtures().join("reference/lora-step.safetensors"));
     let cache = common::temp_cache();
     let files = tiny_llama(cache.path());
@@ -175,10 +181,11 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
     if nf4 {
         use layerprune::model::Projection;
         // as the heal stage quantises: dequantised once and kept where the device is the host
+        // and the step is not checkpointed
         layerprune::model::surgery::quantize_nf4(
             &mut model,
             &[Projection::Gate, Projection::Up, Projection::Down],
-            layerprune::backend::on_host::<AD>(&Default::default()),
+            layerprune::backend::on_host::<AD>(&Default::default()) && !checkpointing,
         )
         .unwrap();
     }
@@ -193,7 +200,8 @@ fn two_steps(variant: &str, nf4: bool, max_norm: f64) {
     for step in 0..2 {
         let ids = &r[&format!("batch{step}.input_ids")];
         let rows = token_rows(ids);
-        let (loss, mut grads) = micro_step(&mut model, &adapters, &rows, 1.0).unwrap();
+        let pass = GradientPass::checkpointed(checkpointing);
+        let (loss, mut grads) = micro_step_with(&mut model, &adapters, &rows, 1.0, pass).unwrap();
         let want_loss = r[&p(&format!("loss{step}"))].f32[0] as f64;
         assert!(
             ((loss - want_loss) / want_loss).abs() < 1e-5,
@@ -257,9 +265,14 @@ fn the_host_head_loss_gives_the_graph_gradients() {
     }
     let ids = &r["batch0.input_ids"];
     let rows = token_rows(ids);
-    let (loss, grads) = micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Auto).unwrap();
+    let pass = |loss| GradientPass {
+        loss,
+        ..GradientPass::default()
+    };
+    let (loss, grads) =
+        micro_step_with(&mut model, &adapters, &rows, 0.5, pass(LossPath::Auto)).unwrap();
     let (want_loss, want) =
-        micro_step_with(&mut model, &adapters, &rows, 0.5, LossPath::Graph).unwrap();
+        micro_step_with(&mut model, &adapters, &rows, 0.5, pass(LossPath::Graph)).unwrap();
     assert!(
         ((loss - want_loss) / want_loss).abs() < 1e-6,
         "loss {loss} vs {want_loss}"
@@ -278,6 +291,18 @@ fn lora_steps_match_peft_on_a_dense_base() {
 #[test]
 fn lora_steps_match_peft_on_an_nf4_base() {
     two_steps("nf4.", true, 1.0);
+}
+
+/// Gradient checkpointing (layer-by-layer recomputation) against PEFT, on the NF4 base as QLoRA
+/// runs it: a dequantised weight lives only while its block runs.
+#[test]
+fn lora_steps_match_peft_checkpointed_on_an_nf4_base() {
+    two_steps_with("nf4.", true, 1.0, true);
+}
+
+#[test]
+fn lora_steps_match_peft_checkpointed_on_a_dense_base() {
+    two_steps_with("", false, 1.0, true);
 }
 
 #[test]
@@ -356,6 +381,17 @@ fn peft_adapter_layout_matches_peft() {
 /// tensors within 1e-4 relative; the trained tensors come out in Hugging Face names and layout.
 #[test]
 fn partial_finetune_steps_match_pytorch() {
+    partial_steps(false);
+}
+
+/// The same two steps checkpointed: every block recomputed (the tied embedding is trained, so
+/// the stream's gradient goes down to the lookup, whose gradient adds to the head's).
+#[test]
+fn partial_finetune_steps_match_pytorch_checkpointed() {
+    partial_steps(true);
+}
+
+fn partial_steps(checkpointing: bool) {
     use layerprune::heal::partial::{PartialSet, Site};
     use layerprune::heal::train::Trainable;
     let r = read_reference(&fixtures().join("reference/partial-step.safetensors"));
@@ -387,7 +423,9 @@ fn partial_finetune_steps_match_pytorch() {
     for step in 0..2 {
         let ids = &r[&format!("batch{step}.input_ids")];
         let rows = token_rows(ids);
-        let (loss, mut grads) = set.micro_step(&mut model, &rows, 1.0, 0, 0).unwrap();
+        let (loss, mut grads) = set
+            .micro_step(&mut model, &rows, 1.0, 0, 0, checkpointing)
+            .unwrap();
         let want_loss = r[&format!("loss{step}")].f32[0] as f64;
         assert!(
             ((loss - want_loss) / want_loss).abs() < 1e-5,
@@ -476,7 +514,11 @@ fn sub_batches_on_threads_give_the_one_pass_update() {
             );
             let config = layerprune::heal::train::TrainConfig { steps: 2, ..config };
             let state = TrainState::fresh(&config, adapters);
-            train(&mut model, &rows, &config, state, None, &|_| {}, workers).unwrap()
+            let execution = layerprune::heal::train::Execution {
+                workers,
+                checkpointing: false,
+            };
+            train(&mut model, &rows, &config, state, None, &|_| {}, execution).unwrap()
         };
         let one = run(1);
         for workers in [2, 3] {

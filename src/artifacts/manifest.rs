@@ -82,13 +82,24 @@ pub fn json_pointer(path: &str) -> String {
     format!("/{}", path.replace('.', "/"))
 }
 
+/// Parameters that say how a job runs, never what it computes (beyond rounding, as the number
+/// of threads): left out of every key, so that turning them on or off reuses the artifacts.
+/// `gradient_checkpointing` recomputes each block in the backward pass; on flex in f32 the
+/// LoRA gradients are bit-identical to one graph's (tests/heal_parity.rs).
+pub const EXECUTION_PARAMS: &[&str] = &["gradient_checkpointing"];
+
 /// `params` with the value of every source parameter (dotted path -> identity) replaced by
-/// the identity, as keys hash them.
+/// the identity, and the execution parameters left out, as keys hash them.
 pub fn key_params<'a>(
     params: &serde_json::Value,
     identities: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> serde_json::Value {
     let mut out = params.clone();
+    if let Some(obj) = out.as_object_mut() {
+        for name in EXECUTION_PARAMS {
+            obj.remove(*name);
+        }
+    }
     for (path, identity) in identities {
         if let Some(slot) = out.pointer_mut(&json_pointer(path)) {
             *slot = serde_json::Value::String(identity.to_string());

@@ -464,14 +464,44 @@ pub fn mmlu(
 
 pub const HEAL_REFERENCE_SCRIPT: &str = include_str!("../../scripts/reference_heal_bench.py");
 
+/// Which frozen bases `bench heal` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HealBase {
+    Dense,
+    Nf4,
+    Both,
+}
+
+impl HealBase {
+    /// The runs, as "is the base NF4".
+    fn runs(self) -> Vec<bool> {
+        match self {
+            Self::Dense => vec![false],
+            Self::Nf4 => vec![true],
+            Self::Both => vec![false, true],
+        }
+    }
+}
+
+/// What `bench heal` measures.
+#[derive(Debug, Clone, Copy)]
+pub struct HealSetup {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub rank: usize,
+    pub steps: u64,
+    pub base: HealBase,
+    pub checkpointing: bool,
+}
+
 struct HealBench<'a> {
     files: &'a ModelFiles,
     rows: &'a [Vec<u32>],
     rank: usize,
     steps: u64,
     nf4: bool,
-    /// Sub-batches per micro-batch, side by side (the heal stage's default).
-    workers: usize,
+    /// Sub-batches per micro-batch side by side (the heal stage's default), checkpointing.
+    execution: crate::heal::train::Execution,
 }
 
 impl crate::backend::AutodiffTask for HealBench<'_> {
@@ -493,7 +523,7 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         let config = one_batch_config(lora, self.rows.len(), 1e-4);
         let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
         // the heal stage's setup: NF4 base when asked, PEFT-initialised adapters
-        let state = setup(&mut model, &config, quant, None)?;
+        let state = setup(&mut model, &config, quant, None, self.execution)?;
         // one warm-up step, then the timed ones (the same batch every step: `rows` is one batch)
         let state = train(
             &mut model,
@@ -502,7 +532,7 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             state,
             None,
             &|_| {},
-            self.workers,
+            self.execution,
         )?;
         let timed = TrainConfig {
             steps: 1 + self.steps,
@@ -516,7 +546,7 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             state,
             None,
             &|_| {},
-            self.workers,
+            self.execution,
         )?;
         let seconds = start.elapsed().as_secs_f64() / self.steps as f64;
         Ok((
@@ -556,18 +586,29 @@ pub fn one_batch_config(
 /// `layerprune bench heal`: seconds per optimizer step and tokens/s of LoRA healing on one batch.
 pub fn heal(
     files: &ModelFiles,
-    batch: usize,
-    seq_len: usize,
-    rank: usize,
-    steps: u64,
+    setup: &HealSetup,
     backend: BackendKind,
     precision: Precision,
 ) -> Result<()> {
+    let HealSetup {
+        batch,
+        seq_len,
+        rank,
+        steps,
+        base,
+        checkpointing,
+    } = *setup;
     let rows = random_rows(batch, seq_len, 1, files.config.vocab_size as u32, 0x5EED);
     let tokens = (batch * seq_len) as f64;
-    println!("LoRA healing step: batch {batch} x {seq_len} tokens, rank {rank}, gate/up/down, {steps} timed steps, {backend} {precision}, {} CPU threads", cpu_threads());
-    let mut ours = [f64::NAN; 2];
-    for nf4 in [false, true] {
+    let checkpointed = if checkpointing {
+        ", gradient checkpointing"
+    } else {
+        ""
+    };
+    println!("LoRA healing step: batch {batch} x {seq_len} tokens, rank {rank}, gate/up/down, {steps} timed steps, {backend} {precision}, {} CPU threads{checkpointed}", cpu_threads());
+    // per base: seconds per step and peak memory
+    let mut ours = [(f64::NAN, None); 2];
+    for nf4 in base.runs() {
         crate::peak_rss::reset();
         let (sps, loss) = crate::backend::dispatch_autodiff(
             backend,
@@ -578,10 +619,13 @@ pub fn heal(
                 rank,
                 steps,
                 nf4,
-                workers: default_workers(backend),
+                execution: crate::heal::train::Execution {
+                    workers: default_workers(backend),
+                    checkpointing,
+                },
             },
         )?;
-        ours[nf4 as usize] = sps;
+        ours[nf4 as usize] = (sps, crate::peak_rss::peak_bytes());
         println!(
             "layerprune {:5} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {loss:.3}; {})",
             if nf4 { "nf4" } else { "dense" },
@@ -595,8 +639,10 @@ pub fn heal(
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("batch.json");
             std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "rows": rows }))?)?;
-            for (base, what) in [("dense", "peft dense"), ("nf4", "peft + bitsandbytes nf4")] {
-                let args = [files.source.path.display().to_string(), path.display().to_string(), rank.to_string(), steps.to_string(), cpu_threads().to_string(), base.to_string()];
+            for nf4 in base.runs() {
+                let (base, what) = if nf4 { ("nf4", "peft + bitsandbytes nf4") } else { ("dense", "peft dense") };
+                let gc = if checkpointing { "gc" } else { "plain" };
+                let args = [files.source.path.display().to_string(), path.display().to_string(), rank.to_string(), steps.to_string(), cpu_threads().to_string(), base.to_string(), gc.to_string()];
                 let v = match run_reference(&py, HEAL_REFERENCE_SCRIPT, &args) {
                     Ok(v) => v,
                     Err(e) => {
@@ -605,9 +651,14 @@ pub fn heal(
                     }
                 };
                 let sps = v["seconds_per_step"].as_f64().unwrap_or(f64::NAN);
-                println!("{what:16} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {:.3})", tokens / sps, v["loss"].as_f64().unwrap_or(f64::NAN));
-                let ours = ours[(base == "nf4") as usize];
-                println!("ratio            {:>8.2}x (layerprune {base} / {what}, tokens/s)", sps / ours);
+                let peak = v["peak_rss_bytes"].as_u64();
+                let peak_text = peak.map(|b| format!("; peak RSS {}", crate::model::memory::human_bytes(b))).unwrap_or_default();
+                println!("{what:16} {sps:>8.3} s/step  {:>9.1} tokens/s  (loss {:.3}{peak_text})", tokens / sps, v["loss"].as_f64().unwrap_or(f64::NAN));
+                let (our_sps, our_peak) = ours[nf4 as usize];
+                println!("ratio            {:>8.2}x (layerprune {base} / {what}, tokens/s)", sps / our_sps);
+                if let (Some(theirs), Some(ours)) = (peak, our_peak) {
+                    println!("memory ratio     {:>8.2}x (layerprune {base} peak RSS / {what} peak RSS)", ours as f64 / theirs as f64);
+                }
             }
         }
     }

@@ -156,6 +156,8 @@ struct LoraSteps<'a> {
     files: &'a ModelFiles,
     rows: &'a [Vec<u32>],
     nf4: bool,
+    /// Gradient checkpointing (heal::gradients).
+    checkpointing: bool,
     steps: u64,
 }
 
@@ -167,7 +169,7 @@ impl AutodiffTask for LoraSteps<'_> {
         dtype: DType,
     ) -> Result<(Vec<f64>, f64)> {
         use crate::heal::adapter::LoraConfig;
-        use crate::heal::train::{setup, train, Quant, TrainConfig};
+        use crate::heal::train::{setup, train, Execution, Quant, TrainConfig};
         require_dtype::<B>(&device, dtype)?;
         let mut model = self.files.build::<B>(&device, dtype)?;
         let lora = LoraConfig {
@@ -187,17 +189,47 @@ impl AutodiffTask for LoraSteps<'_> {
         };
         let config = super::bench::one_batch_config(lora, self.rows.len(), 1e-3);
         let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
-        let state = setup(&mut model, &config, quant, None)?;
         // one graph per micro-batch on both backends: the comparison is of the kernels
-        let state = train(&mut model, self.rows, &config, state, None, &|_| {}, 1)?;
+        let execution = Execution {
+            workers: 1,
+            checkpointing: self.checkpointing,
+        };
+        let state = setup(&mut model, &config, quant, None, execution)?;
+        let state = train(
+            &mut model,
+            self.rows,
+            &config,
+            state,
+            None,
+            &|_| {},
+            execution,
+        )?;
         let start = Instant::now();
         let rest = TrainConfig {
             steps: self.steps,
             ..config
         };
-        let state = train(&mut model, self.rows, &rest, state, None, &|_| {}, 1)?;
+        let state = train(
+            &mut model,
+            self.rows,
+            &rest,
+            state,
+            None,
+            &|_| {},
+            execution,
+        )?;
         let per_step = start.elapsed().as_secs_f64() / (self.steps - 1).max(1) as f64;
         Ok((state.log.iter().map(|r| r.loss).collect(), per_step))
+    }
+}
+
+/// "dense", "NF4", "NF4 checkpointed": a LoRA check's base and pass.
+fn base_label(nf4: bool, checkpointing: bool) -> String {
+    let base = if nf4 { "NF4" } else { "dense" };
+    if checkpointing {
+        format!("{base} checkpointed")
+    } else {
+        base.to_string()
     }
 }
 
@@ -437,30 +469,33 @@ fn fixture_checks(args: &GpuCheckArgs, checks: &mut Vec<Check>) -> Result<()> {
     let tiny = open(&args.fixtures.join("tiny-llama"), args.cache_root)?;
     let rows = random_rows(6, 24, 1, tiny.config.vocab_size as u32, 11);
     similarity_checks("tiny-llama", &tiny, &rows, args.backend, checks)?;
-    // three LoRA steps on tiny-llama, dense and NF4 base
+    // three LoRA steps on tiny-llama, dense and NF4 base, and NF4 checkpointed (against flex's
+    // one-graph steps: the same losses)
     let rows: Vec<Vec<u32>> = random_rows(2, 24, 1, tiny.config.vocab_size as u32, 7);
-    for nf4 in [false, true] {
-        let steps = |files| LoraSteps {
+    for (nf4, checkpointing) in [(false, false), (true, false), (true, true)] {
+        let steps = |files, checkpointing| LoraSteps {
             files,
             rows: &rows,
             nf4,
+            checkpointing,
             steps: 3,
         };
-        let (reference, _) = dispatch_autodiff(BackendKind::Flex, Precision::F32, steps(&tiny))?;
+        let (reference, _) =
+            dispatch_autodiff(BackendKind::Flex, Precision::F32, steps(&tiny, false))?;
         for (p, tol) in [
             (Precision::F32, TOL_LOSS_F32),
             (Precision::Bf16, TOL_LOSS_BF16),
             (Precision::F16, TOL_LOSS_F16),
         ] {
-            let r =
-                guarded(|| dispatch_autodiff(args.backend, p, steps(&tiny))).map(|(losses, _)| {
+            let r = guarded(|| dispatch_autodiff(args.backend, p, steps(&tiny, checkpointing)))
+                .map(|(losses, _)| {
                     losses
                         .iter()
                         .zip(&reference)
                         .map(|(a, b)| ((a - b) / b).abs())
                         .fold(0f64, f64::max)
                 });
-            let base = if nf4 { "NF4" } else { "dense" };
+            let base = base_label(nf4, checkpointing);
             checks.push(check(
                 &format!("tiny-llama: 3 LoRA steps, {base} base, losses"),
                 p,
@@ -737,7 +772,7 @@ fn speed_checks(args: &GpuCheckArgs, tmp: &Path, report: &mut GpuReport) -> Resu
             }),
             Err(e) => notes.push(format!("forward {p}: {e:#}")),
         }
-        for nf4 in [false, true] {
+        for (nf4, checkpointing) in [(false, false), (true, false), (true, true)] {
             let r = guarded(|| {
                 dispatch_autodiff(
                     args.backend,
@@ -746,11 +781,12 @@ fn speed_checks(args: &GpuCheckArgs, tmp: &Path, report: &mut GpuReport) -> Resu
                         files: &files,
                         rows: &heal_rows,
                         nf4,
+                        checkpointing,
                         steps: 3,
                     },
                 )
             });
-            let base = if nf4 { "NF4" } else { "dense" };
+            let base = base_label(nf4, checkpointing);
             match r {
                 Ok((_, s)) => speed.push(Speed {
                     what: format!("LoRA step, {base} base, {} x {len} tokens", heal_rows.len()),

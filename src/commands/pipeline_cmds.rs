@@ -119,6 +119,9 @@ pub fn plan(
         if let Some(m) = &estimates[i] {
             if memory {
                 println!("  {:width$}  {}", "", m.plan.estimate.breakdown());
+                for (name, value) in &m.plan.settings {
+                    println!("  {:width$}  planned: {name} = {value}", "");
+                }
             }
             if let Some(l) = &limit {
                 // as `run` checks: only jobs that will run

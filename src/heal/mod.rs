@@ -3,6 +3,7 @@
 //! training-free alternative, one least-squares linear map in place of the dropped block.
 
 pub mod adapter;
+pub mod gradients;
 pub mod host_loss;
 pub mod linear_map;
 pub mod optim;

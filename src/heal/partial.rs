@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
 
-use super::train::{loss_and_gradients, LossPath, Trainable};
+use super::gradients::{loss_and_gradients, GradientPass};
+use super::train::{add_gradient, Trainable};
 use crate::formats::host_tensor::{transpose, HostTensor};
 use crate::model::architecture::{NormRole, Projection};
 use crate::model::linear::{BaseWeight, Linear};
@@ -313,6 +314,37 @@ fn set_norm<B: Backend>(
     Some(())
 }
 
+impl PartialSet {
+    /// One micro-batch's loss and the gradients of loss * loss_scale of the trained tensors,
+    /// computed as `pass` says (the trait's `micro_step` with the default pass).
+    pub fn micro_step_with<B: AutodiffBackend>(
+        &self,
+        model: &mut Transformer<B>,
+        rows: &[Vec<u32>],
+        loss_scale: f64,
+        pass: GradientPass,
+    ) -> Result<(f64, Vec<Vec<f32>>)> {
+        let handles = self.attach(model, true)?;
+        // (the head is trained here, so its loss stays in the graph)
+        let mut sums: Vec<Option<Vec<f32>>> = vec![None; handles.len()];
+        let value = loss_and_gradients(model, rows, loss_scale, pass, &mut |grads| {
+            for (h, sum) in handles.iter().zip(sums.iter_mut()) {
+                match h {
+                    Handle::One(t) => add_gradient(sum, t.grad(grads))?,
+                    Handle::Two(t) => add_gradient(sum, t.grad(grads))?,
+                }
+            }
+            Ok(())
+        })?;
+        let out = sums
+            .into_iter()
+            .zip(&self.params)
+            .map(|(g, p)| g.with_context(|| format!("no gradient for {}", p.name)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((value, out))
+    }
+}
+
 impl Trainable for PartialSet {
     fn param_sizes(&self) -> Vec<usize> {
         self.params.iter().map(|p| p.data.len()).collect()
@@ -327,21 +359,15 @@ impl Trainable for PartialSet {
         loss_scale: f64,
         _dropout_seed: u64,
         _first_row: usize,
+        checkpointing: bool,
     ) -> Result<(f64, Vec<Vec<f32>>)> {
         // (no dropout in partial fine-tuning)
-        let handles = self.attach(model, true)?;
-        // (the head is trained here, so its loss stays in the graph)
-        let (value, grads) = loss_and_gradients(model, rows, loss_scale, LossPath::Auto)?;
-        let mut out = Vec::with_capacity(handles.len());
-        for (h, p) in handles.iter().zip(&self.params) {
-            let g = match h {
-                Handle::One(t) => t.grad(&grads).map(to_f32_vec),
-                Handle::Two(t) => t.grad(&grads).map(to_f32_vec),
-            }
-            .with_context(|| format!("no gradient for {}", p.name))??;
-            out.push(g);
-        }
-        Ok((value, out))
+        self.micro_step_with(
+            model,
+            rows,
+            loss_scale,
+            GradientPass::checkpointed(checkpointing),
+        )
     }
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         self.params

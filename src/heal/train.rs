@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::{activation::log_softmax, backend::AutodiffBackend, Int, Tensor, TensorData};
+use burn::tensor::{backend::AutodiffBackend, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use safetensors::tensor::TensorView;
@@ -19,12 +19,11 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::adapter::{AdapterSet, LoraConfig};
-use super::host_loss;
+use super::gradients::{loss_and_gradients, GradientPass};
 use super::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
 use crate::formats::host_tensor::transpose;
-use crate::model::host_attention::host_values;
 use crate::model::surgery::{all_projections, quantize_nf4};
-use crate::model::{to_f32_vec, TokenBatch, Transformer};
+use crate::model::{to_f32_vec, Transformer};
 use crate::progress::Progress;
 
 /// The frozen base of the adapted projections: NF4 with double quantisation (QLoRA) or dense.
@@ -77,7 +76,8 @@ pub trait Trainable: Clone {
     fn param_sizes(&self) -> Vec<usize>;
     fn params_mut(&mut self) -> Vec<&mut Vec<f32>>;
     /// The loss of one micro-batch and the gradients of loss * loss_scale, in parameter order;
-    /// `rows` are the micro-batch's rows first_row.., dropout seeded by `dropout_seed`.
+    /// `rows` are the micro-batch's rows first_row.., dropout seeded by `dropout_seed`;
+    /// `checkpointing`: layer-by-layer recomputation (heal::gradients).
     fn micro_step<B: AutodiffBackend>(
         &self,
         model: &mut Transformer<B>,
@@ -85,6 +85,7 @@ pub trait Trainable: Clone {
         loss_scale: f64,
         dropout_seed: u64,
         first_row: usize,
+        checkpointing: bool,
     ) -> Result<(f64, Vec<Vec<f32>>)>;
     /// Named tensors (name, shape, values) for a checkpoint.
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])>;
@@ -106,10 +107,12 @@ impl Trainable for AdapterSet {
         loss_scale: f64,
         dropout_seed: u64,
         first_row: usize,
+        checkpointing: bool,
     ) -> Result<(f64, Vec<Vec<f32>>)> {
         let handles = self.attach(model, true)?;
         crate::model::surgery::seed_dropout(model, dropout_seed, first_row);
-        adapter_gradients(model, self, handles, rows, loss_scale, LossPath::Auto)
+        let pass = GradientPass::checkpointed(checkpointing);
+        adapter_gradients(model, self, handles, rows, loss_scale, pass)
     }
     fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         let r = self.config.r;
@@ -178,19 +181,20 @@ impl<P: Trainable> TrainState<P> {
 
 /// Prepare a built model for healing: quantise its frozen projections (NF4) if asked, create the
 /// adapters (PEFT's initialisation, seeded), and resume from the newest matching checkpoint.
+/// Where the device is the host and the run is not checkpointed, each NF4 weight is dequantised
+/// once and kept (one graph holds it for the backward pass anyway); checkpointed, a dequantised
+/// weight lives only while its block runs, as in bitsandbytes' QLoRA.
 pub fn setup<B: AutodiffBackend>(
     model: &mut Transformer<B>,
     config: &TrainConfig,
     quant: Quant,
     checkpoints: Option<&Checkpoints>,
+    execution: Execution,
 ) -> Result<TrainState> {
     if quant == Quant::Nf4 {
         let projections = all_projections(model);
-        quantize_nf4(
-            model,
-            &projections,
-            crate::backend::on_host::<B>(&model.device),
-        )?;
+        let keep = crate::backend::on_host::<B>(&model.device) && !execution.checkpointing;
+        quantize_nf4(model, &projections, keep)?;
     }
     let lora = config
         .lora
@@ -356,31 +360,6 @@ impl Checkpoints {
     }
 }
 
-/// Mean next-token cross-entropy of a batch of equal-length windows (autodiff graph).
-pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>]) -> Tensor<B, 1> {
-    let tb = TokenBatch::right_padded(rows, 0);
-    let (b, t) = (tb.batch, tb.seq);
-    let x = model.run_layers(
-        model.embed(tb.to_tensor::<B>(&model.device)),
-        0,
-        model.num_layers(),
-    );
-    let logits = model.head(x.narrow(1, 0, t - 1)); // [b, t-1, vocab]
-    let vocab = logits.dims()[2];
-    // the loss in f32 in every precision
-    let logp = log_softmax(
-        crate::model::transformer::to_f32(logits.reshape([b * (t - 1), vocab])),
-        1,
-    );
-    let targets: Vec<i64> = rows
-        .iter()
-        .flat_map(|r| r[1..].iter().map(|&x| x as i64))
-        .collect();
-    let targets =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b * (t - 1), 1]), &model.device);
-    logp.gather(1, targets).mean().neg()
-}
-
 /// Gradients of the adapters (PEFT layout, module order, A then B) for one micro-batch, and its
 /// loss (dropout masks of seed 0).
 pub fn micro_step<B: AutodiffBackend>(
@@ -389,62 +368,20 @@ pub fn micro_step<B: AutodiffBackend>(
     rows: &[Vec<u32>],
     loss_scale: f64,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    micro_step_with(model, adapters, rows, loss_scale, LossPath::Auto)
+    micro_step_with(model, adapters, rows, loss_scale, GradientPass::default())
 }
 
-/// `micro_step` with the head's loss computed by `path`.
+/// `micro_step` with the gradients computed as `pass` says.
 pub fn micro_step_with<B: AutodiffBackend>(
     model: &mut Transformer<B>,
     adapters: &AdapterSet,
     rows: &[Vec<u32>],
     loss_scale: f64,
-    path: LossPath,
+    pass: GradientPass,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     let handles = adapters.attach(model, true)?;
     crate::model::surgery::seed_dropout(model, 0, 0);
-    adapter_gradients(model, adapters, handles, rows, loss_scale, path)
-}
-
-/// Where the LM head's cross-entropy and its gradient are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossPath {
-    /// On the host where `host_loss::usable` (flex in f32, frozen head), else in the graph.
-    Auto,
-    /// In the autodiff graph (log-softmax and gather over the logits).
-    Graph,
-}
-
-/// The loss of `rows` (mean next-token cross-entropy; equal-length windows) and the gradients
-/// of loss * loss_scale.
-pub fn loss_and_gradients<B: AutodiffBackend>(
-    model: &Transformer<B>,
-    rows: &[Vec<u32>],
-    loss_scale: f64,
-    path: LossPath,
-) -> Result<(f64, B::Gradients)> {
-    if path == LossPath::Graph || !host_loss::usable(model) {
-        let loss = batch_loss(model, rows);
-        let value = to_f32_vec(loss.clone())?[0] as f64;
-        return Ok((value, (loss * loss_scale).backward()));
-    }
-    let tb = TokenBatch::right_padded(rows, 0);
-    let (b, t) = (tb.batch, tb.seq);
-    let x = model.run_layers(
-        model.embed(tb.to_tensor::<B>(&model.device)),
-        0,
-        model.num_layers(),
-    );
-    let h = model.norm.forward(x.narrow(1, 0, t - 1), &model.config); // [b, t-1, hidden]
-    let hidden = h.dims()[2];
-    let targets: Vec<u32> = rows.iter().flat_map(|r| r[1..].iter().copied()).collect();
-    let (value, dh) = host_loss::HostHead::of(model).cross_entropy(
-        &host_values(h.clone().inner()),
-        &targets,
-        loss_scale as f32,
-    )?;
-    let dh = Tensor::<B, 3>::from_data(TensorData::new(dh, [b, t - 1, hidden]), &model.device);
-    // d(sum(h * dh))/dh = dh: the head's gradient enters the graph at h
-    Ok((value, (h * dh).sum().backward()))
+    adapter_gradients(model, adapters, handles, rows, loss_scale, pass)
 }
 
 /// The loss of `rows` and the gradients of the attached adapters `handles`.
@@ -454,19 +391,50 @@ fn adapter_gradients<B: AutodiffBackend>(
     handles: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
     rows: &[Vec<u32>],
     loss_scale: f64,
-    path: LossPath,
+    pass: GradientPass,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    let (value, grads) = loss_and_gradients(model, rows, loss_scale, path)?;
     let r = adapters.config.r;
-    let mut out = Vec::with_capacity(handles.len() * 2);
-    for (m, (a, b)) in adapters.modules.iter().zip(&handles) {
-        let ga = a.grad(&grads).context("no gradient for a LoRA A matrix")?; // [in, r]
-        let gb = b.grad(&grads).context("no gradient for a LoRA B matrix")?; // [r, out]
-        let (ga, gb) = (to_f32_vec(ga)?, to_f32_vec(gb)?);
-        out.push(transpose(&ga, m.in_features, r));
-        out.push(transpose(&gb, r, m.out_features));
+    let mut sums: Vec<Option<Vec<f32>>> = vec![None; handles.len() * 2];
+    let value = loss_and_gradients(model, rows, loss_scale, pass, &mut |grads| {
+        for (k, (a, b)) in handles.iter().enumerate() {
+            add_gradient(&mut sums[2 * k], a.grad(grads))?; // [in, r]
+            add_gradient(&mut sums[2 * k + 1], b.grad(grads))?; // [r, out]
+        }
+        Ok(())
+    })?;
+    let mut out = Vec::with_capacity(sums.len());
+    for (m, pair) in adapters.modules.iter().zip(sums.chunks_exact(2)) {
+        let missing = || format!("no gradient for the LoRA factors of {}", m.peft_name("A"));
+        let ga = pair[0].as_ref().with_context(missing)?;
+        let gb = pair[1].as_ref().with_context(missing)?;
+        out.push(transpose(ga, m.in_features, r));
+        out.push(transpose(gb, r, m.out_features));
     }
     Ok((value, out))
+}
+
+/// sum += g (read back to the host), where the graph gave a gradient.
+pub fn add_gradient<B: burn::tensor::backend::Backend, const D: usize>(
+    sum: &mut Option<Vec<f32>>,
+    g: Option<Tensor<B, D>>,
+) -> Result<()> {
+    let Some(g) = g else { return Ok(()) };
+    let g = to_f32_vec(g)?;
+    match sum {
+        None => *sum = Some(g),
+        Some(s) => s.iter_mut().zip(g).for_each(|(x, y)| *x += y),
+    }
+    Ok(())
+}
+
+/// How the steps of a training run are executed: the same result whatever the values (up to
+/// the summation order of `workers`' sub-batches), so none of it is in a cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
+    /// Sub-batches of a micro-batch side by side (CPU threads; 1 on GPUs).
+    pub workers: usize,
+    /// Layer-by-layer recomputation of the backward pass (heal::gradients).
+    pub checkpointing: bool,
 }
 
 /// One micro-batch's loss and the gradients of loss * loss_scale, its rows split into `workers`
@@ -481,14 +449,21 @@ fn micro_step_parts<B: AutodiffBackend, P: Trainable + Sync>(
     rows: &[Vec<u32>],
     loss_scale: f64,
     dropout_seed: u64,
-    workers: usize,
+    execution: Execution,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    let workers = workers.clamp(1, rows.len().max(1));
+    let workers = execution.workers.clamp(1, rows.len().max(1));
     let per = rows.len().div_ceil(workers).max(1);
     let run = |first: usize, part: &[Vec<u32>]| -> Result<(f64, Vec<Vec<f32>>)> {
         let mut m = model.clone();
         let share = part.len() as f64 / rows.len() as f64;
-        let (loss, g) = params.micro_step(&mut m, part, loss_scale * share, dropout_seed, first)?;
+        let (loss, g) = params.micro_step(
+            &mut m,
+            part,
+            loss_scale * share,
+            dropout_seed,
+            first,
+            execution.checkpointing,
+        )?;
         Ok((loss * share, g))
     };
     let results: Vec<Result<(f64, Vec<Vec<f32>>)>> = if workers == 1 {
@@ -523,8 +498,8 @@ fn add_into(acc: &mut Option<Vec<Vec<f32>>>, g: Vec<Vec<f32>>) {
 
 /// Train from `state` (fresh or resumed) to `config.steps`, checkpointing as configured;
 /// `after_step` sees the state after every optimizer step (and its checkpoint). Each
-/// micro-batch runs as `workers` sub-batches side by side (CPU; 1 on GPUs); a resumed run
-/// ends bit-identical to an uninterrupted one with the same `workers`.
+/// micro-batch runs as `execution.workers` sub-batches side by side (CPU; 1 on GPUs); a resumed
+/// run ends bit-identical to an uninterrupted one with the same `workers`.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend, P: Trainable + Sync>(
     model: &mut Transformer<B>,
@@ -533,7 +508,7 @@ pub fn train<B: AutodiffBackend, P: Trainable + Sync>(
     mut state: TrainState<P>,
     checkpoints: Option<&Checkpoints>,
     after_step: &dyn Fn(&TrainState<P>),
-    workers: usize,
+    execution: Execution,
 ) -> Result<TrainState<P>> {
     if windows.is_empty() {
         bail!("no training windows");
@@ -568,7 +543,7 @@ pub fn train<B: AutodiffBackend, P: Trainable + Sync>(
                 &rows,
                 1.0 / accum as f64,
                 dropout_seed,
-                workers,
+                execution,
             )?;
             if !loss.is_finite() {
                 let last = checkpoints

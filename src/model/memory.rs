@@ -5,7 +5,8 @@
 //! The estimate counts what this implementation holds, not what an ideal one would: weights in
 //! the compute precision (or NF4 as `model::nf4_linear` stores it: 4-bit codes packed eight per
 //! 32-bit word, one absmax per block of 64 in the compute precision), one layer's temporaries at a time in inference,
-//! every layer's saved activations in training (there is no gradient checkpointing), logits
+//! every layer's saved activations in training (checkpointed: every block's input and one
+//! block's saved activations), logits
 //! where the job computes them, LoRA / trainable parameters with their gradient and AdamW's two
 //! moments in f32. The coefficients below were measured on flex with SmolLM2-135M (peak RSS per
 //! job; tests/memory_plan.rs holds the estimate within 25% of the measured peak).
@@ -223,6 +224,46 @@ impl ModelShape {
             .add("autodiff", AUTODIFF_OVERHEAD);
     }
 
+    /// What a checkpointed training step (heal::gradients) over `rows` x `seq` tokens holds
+    /// besides the weights and what is trained: the inputs of the `input_layers` blocks it
+    /// recomputes, one block's saved activations and temporaries (the one being recomputed),
+    /// the stream's gradient in and out of that block, the head's logits for one block of
+    /// positions with their gradients, the graph's own overhead.
+    pub fn add_checkpointed_step(
+        &self,
+        estimate: &mut MemoryEstimate,
+        rows: u64,
+        seq: u64,
+        elem: u64,
+        input_layers: usize,
+    ) {
+        let stream = mul(&[rows, seq, self.d(), elem]);
+        let head_positions = (HEAD_BLOCK_VALUES / (self.cfg.vocab_size as u64).max(1))
+            .clamp(1, mul(&[rows, seq]).max(1));
+        estimate
+            .add("block inputs", mul(&[stream, input_layers as u64]))
+            .add(
+                "one block's saved activations",
+                self.saved_per_layer(rows, seq, elem),
+            )
+            .add("activations", self.layer_temporaries(rows, seq, elem))
+            .add("stream gradients", mul(&[2, stream]))
+            .add(
+                "logits + gradients (one block of positions)",
+                self.logits(head_positions, elem),
+            )
+            .add("autodiff", AUTODIFF_OVERHEAD);
+    }
+
+    /// One layer's projections dequantised from NF4 and kept by the graph of the block being
+    /// recomputed (checkpointed training).
+    pub fn nf4_one_block(&self, elem: u64) -> u64 {
+        mul(&[
+            self.projection_parameters() / (self.layers.max(1) as u64),
+            elem,
+        ])
+    }
+
     /// Keys and values of every kept layer for `rows` x `seq` cached positions.
     pub fn kv_bytes(&self, rows: u64, seq: u64, elem: u64) -> u64 {
         let kv = (self.cfg.num_key_value_heads * self.cfg.head_dim) as u64;
@@ -321,6 +362,10 @@ const SAVED_D: u64 = 6;
 const SAVED_ATTN: u64 = 4;
 const SAVED_I: u64 = 3;
 const SAVED_SCORES: u64 = 4;
+
+/// Logits per block of positions where a checkpointed step computes the head in the graph
+/// (heal::gradients::HEAD_BLOCK_VALUES).
+pub const HEAD_BLOCK_VALUES: u64 = 1 << 24;
 
 /// Copies of the logits alive at the peak of a log-softmax (see `logits`).
 const LOGIT_COPIES: u64 = 4;

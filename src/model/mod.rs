@@ -19,6 +19,7 @@ pub mod packing;
 pub mod readback;
 pub mod rope;
 pub mod surgery;
+pub mod tracking;
 pub mod transformer;
 pub mod weights;
 

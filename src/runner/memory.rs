@@ -139,6 +139,7 @@ pub fn estimate(
     };
     let mut configs: std::collections::BTreeMap<usize, Option<(ModelConfig, u64, String)>> =
         Default::default();
+    let limit = limit(cfg).map(|l| l.bytes);
     (0..graph.jobs.len())
         .map(|i| {
             let job = &graph.jobs[i];
@@ -153,6 +154,16 @@ pub fn estimate(
                 .iter()
                 .map(|&f| n_for_fraction(f, base_layers))
                 .sum();
+            // what the runtime holds besides the job's own work
+            let runtime_parts: Vec<(&'static str, u64)> = if host {
+                vec![
+                    ("model file (mapped)", stored),
+                    ("process", PROCESS_OVERHEAD),
+                ]
+            } else {
+                vec![("device runtime", DEVICE_RUNTIME)]
+            };
+            let held: u64 = runtime_parts.iter().map(|(_, b)| b).sum();
             let target = MemoryTarget {
                 shape: ModelShape {
                     cfg: mcfg,
@@ -162,14 +173,14 @@ pub fn estimate(
                 host,
                 stream_memo_bytes: (runtime.stream_memo_mb as u64) << 20,
                 workers: crate::backend::workers_for(cfg.backend, runtime.cpu_threads),
+                available: limit.map(|l| l.saturating_sub(held)),
             };
             let mut plan = job.kind.memory(&job.params, &target)?;
-            if host {
-                plan.estimate
-                    .add("model file (mapped)", stored)
-                    .add("process", PROCESS_OVERHEAD);
-            } else {
-                plan.estimate.add("device runtime", DEVICE_RUNTIME);
+            let alternative = plan.alternative.as_mut().map(|(_, e)| e);
+            for estimate in std::iter::once(&mut plan.estimate).chain(alternative) {
+                for (name, bytes) in &runtime_parts {
+                    estimate.add(name, *bytes);
+                }
             }
             Some(JobMemory {
                 plan,
@@ -195,17 +206,34 @@ pub fn does_not_fit(stage: &str, label: &str, m: &JobMemory, limit: &MemoryLimit
         .filter(|(n, _)| n.starts_with("weights"))
         .map(|(_, b)| b)
         .sum();
-    let remedy = if weights >= limit.bytes {
+    // a setting that keeps the results, first; alone where it is enough
+    let (setting, enough) = match &m.plan.alternative {
+        Some((setting, estimate)) => (
+            format!(
+                "set stages.{stage}.{setting} (the same results; then about {})",
+                human_bytes(estimate.total())
+            ),
+            estimate.total() <= limit.bytes,
+        ),
+        None => (String::new(), false),
+    };
+    let remedy = if enough {
+        setting
+    } else if weights >= limit.bytes {
         "the weights alone do not fit: use a device with more memory (4-bit inference is not \
          implemented)"
             .to_string()
-    } else if knobs.is_empty() {
-        "lower the job's size".to_string()
     } else {
-        format!(
-            "lower {} (gradient checkpointing is not implemented)",
-            knobs.join(" or ")
-        )
+        let lower = if knobs.is_empty() {
+            "lower the job's size".to_string()
+        } else {
+            format!("lower {}", knobs.join(" or "))
+        };
+        if setting.is_empty() {
+            lower
+        } else {
+            format!("{setting} and {lower}")
+        }
     };
     format!(
         "{label} needs about {} ({}) but {} is {}; {remedy}, or set memory_limit if the device \

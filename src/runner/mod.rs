@@ -902,6 +902,11 @@ fn execute(
         sources.insert(param.clone(), resolved);
     }
     let inputs = input_artifacts(graph, i, store)?;
+    // the settings the memory plan chose for parameters on "auto"
+    let planned = memory::estimate(cfg, graph, cache_root)
+        .swap_remove(i)
+        .map(|m| m.plan.settings)
+        .unwrap_or_default();
     let ctx = JobContext {
         stage: job.stage.clone(),
         kind: kind.to_string(),
@@ -915,6 +920,7 @@ fn execute(
         backend: cfg.backend,
         precision: cfg.precision,
         runtime: runtime.clone(),
+        planned,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.kind.run(&ctx)));
     match result {

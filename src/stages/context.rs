@@ -30,6 +30,8 @@ pub struct JobContext {
     pub precision: Precision,
     /// Process-wide options that change speed or observability, never results.
     pub runtime: RuntimeOptions,
+    /// Settings the job's memory plan chose for parameters on "auto" (`MemoryPlan::settings`).
+    pub planned: BTreeMap<String, serde_json::Value>,
 }
 
 impl JobContext {

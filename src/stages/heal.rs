@@ -4,7 +4,7 @@ use anyhow::Result;
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use super::{canonical, Checkpointing, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::heal::{adapter_dir, MERGED_DIR};
 use crate::artifacts::pruned::EXPORT_DIR;
 use crate::artifacts::{HealRecord, InputArtifact, ModelRef, Record};
@@ -12,7 +12,7 @@ use crate::backend::{dispatch_autodiff, AutodiffTask};
 use crate::data::text::TextSpec;
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
-use crate::heal::train::{setup, train, Checkpoints, LogRow, TrainConfig, TrainState};
+use crate::heal::train::{setup, train, Checkpoints, Execution, LogRow, TrainConfig, TrainState};
 use crate::model::family::check_target_name;
 
 pub use crate::heal::train::Quant;
@@ -39,6 +39,9 @@ pub struct HealParams {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub merge: bool,
+    /// true | false | "auto" (`Checkpointing`); not in the cache key.
+    #[serde(default)]
+    pub gradient_checkpointing: Checkpointing,
     pub text: TextSpec,
 }
 
@@ -124,24 +127,34 @@ struct Heal<'a> {
     checkpoints: &'a Checkpoints,
     /// Sleep after every step (a test hook, from the runtime options).
     step_delay_ms: Option<u64>,
-    /// Sub-batches per micro-batch, side by side.
-    workers: usize,
+    execution: Execution,
 }
 
 impl AutodiffTask for Heal<'_> {
     type Output = TrainState;
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<TrainState> {
         let mut model = self.model.build::<B>(&device, dtype)?;
-        let state = setup(&mut model, &self.config, self.quant, Some(self.checkpoints))?;
+        let state = setup(
+            &mut model,
+            &self.config,
+            self.quant,
+            Some(self.checkpoints),
+            self.execution,
+        )?;
         let lora = &state.params.config;
         tracing::info!(
-            "healing: {} LoRA parameters (r = {}, alpha = {}), {} windows, {} steps of {} sequences",
+            "healing: {} LoRA parameters (r = {}, alpha = {}), {} windows, {} steps of {} sequences{}",
             state.params.num_params(),
             lora.r,
             lora.alpha,
             self.windows.len(),
             self.config.steps,
-            self.config.global_batch
+            self.config.global_batch,
+            if self.execution.checkpointing {
+                ", gradient checkpointing"
+            } else {
+                ""
+            }
         );
         let delay = self.step_delay_ms;
         train(
@@ -155,7 +168,7 @@ impl AutodiffTask for Heal<'_> {
                     std::thread::sleep(std::time::Duration::from_millis(ms));
                 }
             },
-            self.workers,
+            self.execution,
         )
     }
 }
@@ -216,37 +229,49 @@ impl Stage for HealStage {
             })
             .fold(0u64, u64::saturating_add)
             .saturating_mul(sh.layers as u64);
-        // on the host the frozen base is dequantised once and kept (Nf4Weight::keep_dequantized),
-        // one copy that every sub-batch graph reads; elsewhere each sub-batch's graph
-        // (train::micro_step_parts) dequantises and keeps its own
-        let graphs = if on.host {
-            1
-        } else {
-            on.workers.clamp(1, p.micro_batch.max(1)) as u64
-        };
-        let mut estimate = crate::model::memory::MemoryEstimate::default();
-        estimate
-            .add("weights", sh.weight_bytes(e, base))
-            .add(
-                "NF4 dequantised, kept for backward",
-                if base == BaseWeights::Nf4 {
-                    mul(&[
-                        sh.nf4_kept_for_backward(e)
-                            .saturating_add(sh.nf4_transient(e)),
-                        graphs,
-                    ])
+        let graphs = on.workers.clamp(1, p.micro_batch.max(1)) as u64;
+        let estimate = |checkpointing: bool| {
+            let mut estimate = crate::model::memory::MemoryEstimate::default();
+            estimate.add("weights", sh.weight_bytes(e, base));
+            if base == BaseWeights::Nf4 {
+                if checkpointing {
+                    // one block's projections in each sub-batch's graph, and the one being
+                    // dequantised for its matmul
+                    estimate.add(
+                        "NF4 dequantised, one block per graph",
+                        mul(&[sh.nf4_one_block(e), graphs]),
+                    );
+                    estimate.add("NF4 dequantising", sh.nf4_transient(e));
                 } else {
-                    0
-                },
-            )
-            .add(
+                    // on the host the frozen base is dequantised once and kept
+                    // (Nf4Weight::keep_dequantized), one copy that every sub-batch graph
+                    // reads; elsewhere each sub-batch's graph (train::micro_step_parts)
+                    // dequantises and keeps its own
+                    let copies = if on.host { 1 } else { graphs };
+                    estimate.add(
+                        "NF4 dequantised, kept for backward",
+                        mul(&[
+                            sh.nf4_kept_for_backward(e)
+                                .saturating_add(sh.nf4_transient(e)),
+                            copies,
+                        ]),
+                    );
+                }
+            }
+            estimate.add(
                 "LoRA + AdamW",
                 mul(&[lora, crate::model::memory::TRAINABLE_BYTES]),
             );
-        sh.add_training_step(&mut estimate, r, s, e, sh.layers);
+            if checkpointing {
+                sh.add_checkpointed_step(&mut estimate, r, s, e, sh.layers);
+            } else {
+                sh.add_training_step(&mut estimate, r, s, e, sh.layers);
+            }
+            estimate
+        };
+        let plan = super::training_plan(p.gradient_checkpointing, on, estimate);
         Some(
-            super::MemoryPlan::of(estimate)
-                .knob("micro_batch", p.micro_batch)
+            plan.knob("micro_batch", p.micro_batch)
                 .knob("seq_len", p.seq_len),
         )
     }
@@ -268,7 +293,10 @@ impl Stage for HealStage {
                 quant: p.quant,
                 checkpoints: &checkpoints,
                 step_delay_ms: ctx.runtime.heal_step_delay_ms,
-                workers: ctx.workers(),
+                execution: Execution {
+                    workers: ctx.workers(),
+                    checkpointing: super::checkpointing_for(p.gradient_checkpointing, ctx),
+                },
             },
         )?;
         let base_name = base_model_name(input, &model);

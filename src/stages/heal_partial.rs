@@ -5,7 +5,7 @@ use anyhow::Result;
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use super::{canonical, Checkpointing, InputSlot, JobContext, ParamError, Params, Stage};
 use crate::artifacts::heal::MERGED_DIR;
 use crate::artifacts::heal_linear::replaced_dir;
 use crate::artifacts::{ModelRef, PartialHealRecord, Record};
@@ -14,7 +14,7 @@ use crate::data::text::TextSpec;
 use crate::formats::safetensors_dir::write_f32;
 use crate::heal::optim::AdamWConfig;
 use crate::heal::partial::PartialSet;
-use crate::heal::train::{train, Checkpoints, TrainConfig, TrainState};
+use crate::heal::train::{train, Checkpoints, Execution, TrainConfig, TrainState};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +34,9 @@ pub struct PartialHealParams {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub merge: bool,
+    /// true | false | "auto" (`Checkpointing`); not in the cache key.
+    #[serde(default)]
+    pub gradient_checkpointing: Checkpointing,
     pub text: TextSpec,
 }
 
@@ -88,8 +91,7 @@ struct Finetune<'a> {
     config: TrainConfig,
     last_layers: usize,
     checkpoints: &'a Checkpoints,
-    /// Sub-batches per micro-batch, side by side.
-    workers: usize,
+    execution: Execution,
 }
 
 impl AutodiffTask for Finetune<'_> {
@@ -114,7 +116,7 @@ impl AutodiffTask for Finetune<'_> {
             state,
             Some(self.checkpoints),
             &|_| {},
-            self.workers,
+            self.execution,
         )
     }
 }
@@ -159,26 +161,38 @@ impl Stage for PartialHealStage {
         // trained: the last k layers and the LM head (the embedding too when tied)
         let layers_only = sh.layer_parameters(k);
         let head = (sh.cfg.vocab_size * sh.cfg.hidden_size) as u64;
-        let mut estimate = crate::model::memory::MemoryEstimate::default();
-        estimate
-            .add("weights", sh.weight_bytes(e, BaseWeights::Dense))
-            .add(
-                "trained + AdamW",
-                mul(&[layers_only + head, crate::model::memory::TRAINABLE_BYTES]),
-            )
-            .add(
-                // every further sub-batch graph (train::micro_step_parts) uploads its own copy
-                // of the trained tensors and returns full-size f32 gradients to the host
-                "trained copies and gradients of the other sub-batches",
-                mul(&[
-                    on.workers.clamp(1, p.micro_batch.max(1)) as u64 - 1,
-                    layers_only + head,
-                    e + 4,
-                ]),
-            );
-        sh.add_training_step(&mut estimate, r, s, e, k);
+        // checkpointed, the blocks from the lowest trained one up are recomputed (with a tied
+        // embedding trained, every block: its gradient reaches the lookup)
+        let tied = sh.cfg.tie_word_embeddings;
+        let recomputed = if tied { sh.layers } else { k };
+        let estimate = |checkpointing: bool| {
+            let mut estimate = crate::model::memory::MemoryEstimate::default();
+            estimate
+                .add("weights", sh.weight_bytes(e, BaseWeights::Dense))
+                .add(
+                    "trained + AdamW",
+                    mul(&[layers_only + head, crate::model::memory::TRAINABLE_BYTES]),
+                )
+                .add(
+                    // every further sub-batch graph (train::micro_step_parts) uploads its own
+                    // copy of the trained tensors and returns full-size f32 gradients to the
+                    // host
+                    "trained copies and gradients of the other sub-batches",
+                    mul(&[
+                        on.workers.clamp(1, p.micro_batch.max(1)) as u64 - 1,
+                        layers_only + head,
+                        e + 4,
+                    ]),
+                );
+            if checkpointing {
+                sh.add_checkpointed_step(&mut estimate, r, s, e, recomputed);
+            } else {
+                sh.add_training_step(&mut estimate, r, s, e, k);
+            }
+            estimate
+        };
         Some(
-            super::MemoryPlan::of(estimate)
+            super::training_plan(p.gradient_checkpointing, on, estimate)
                 .knob("micro_batch", p.micro_batch)
                 .knob("seq_len", p.seq_len)
                 .knob("last_layers", p.last_layers),
@@ -209,7 +223,10 @@ impl Stage for PartialHealStage {
                 config: config.clone(),
                 last_layers: p.last_layers,
                 checkpoints: &checkpoints,
-                workers: ctx.workers(),
+                execution: Execution {
+                    workers: ctx.workers(),
+                    checkpointing: super::checkpointing_for(p.gradient_checkpointing, ctx),
+                },
             },
         )?;
         let tensors = state.params.hf_tensors()?;

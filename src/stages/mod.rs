@@ -133,6 +133,9 @@ pub struct MemoryTarget {
     /// Sub-batches the job runs side by side (CPU threads on flex, 1 on GPUs): training holds
     /// one autodiff graph per sub-batch.
     pub workers: usize,
+    /// The bytes the job's own work may take (the memory limit less what the runtime holds),
+    /// where the limit is known: settings on "auto" are chosen to fit it.
+    pub available: Option<u64>,
 }
 
 /// A job's estimated peak and the parameters that would lower it (e.g. "micro_batch = 4").
@@ -140,6 +143,13 @@ pub struct MemoryTarget {
 pub struct MemoryPlan {
     pub estimate: crate::model::memory::MemoryEstimate,
     pub knobs: Vec<String>,
+    /// Settings the plan chose for parameters left on "auto" (e.g. gradient_checkpointing):
+    /// the job runs with them (`JobContext::planned`).
+    pub settings: std::collections::BTreeMap<String, serde_json::Value>,
+    /// A setting that lowers the peak without changing the results (e.g.
+    /// "gradient_checkpointing = true") and the estimate with it: what a job that does not fit
+    /// is told first.
+    pub alternative: Option<(String, crate::model::memory::MemoryEstimate)>,
 }
 
 impl MemoryPlan {
@@ -153,17 +163,21 @@ impl MemoryPlan {
             .add("weights", on.shape.weight_bytes(e, BaseWeights::Dense))
             .add("activations", on.shape.layer_temporaries(r, s, e))
             .add("logits", on.shape.logits(logit_rows as u64, e));
-        Self {
-            estimate,
-            knobs: Vec::new(),
-        }
+        Self::of(estimate)
     }
     /// An estimate, no knobs yet.
     pub fn of(estimate: crate::model::memory::MemoryEstimate) -> Self {
         Self {
             estimate,
             knobs: Vec::new(),
+            settings: Default::default(),
+            alternative: None,
         }
+    }
+    /// Record a setting the plan chose.
+    pub fn setting(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.settings.insert(name.into(), value.into());
+        self
     }
     pub fn knob(mut self, name: &str, value: impl std::fmt::Display) -> Self {
         self.knobs.push(format!("{name} (now {value})"));
@@ -233,6 +247,93 @@ pub fn warn_beyond_context(stage: &str, what: &str, len: usize, cfg: &crate::mod
              (max_position_embeddings = {}): positions beyond it were never trained",
             cfg.max_position_embeddings
         );
+    }
+}
+
+/// `gradient_checkpointing` of a training stage: `true`, `false` or `"auto"` (on where the
+/// memory plan needs it to fit the memory limit). How a step is computed, not what: it is in
+/// no cache key (artifacts::manifest::EXECUTION_PARAMS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    On,
+    Off,
+    #[default]
+    Auto,
+}
+
+impl Serialize for Checkpointing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::On => s.serialize_bool(true),
+            Self::Off => s.serialize_bool(false),
+            Self::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Checkpointing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Checkpointing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Checkpointing, E> {
+                Ok(if v {
+                    Checkpointing::On
+                } else {
+                    Checkpointing::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Checkpointing, E> {
+                match v {
+                    "auto" => Ok(Checkpointing::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The memory plan of a training job and whether it runs checkpointed: `estimate(false)` and
+/// `estimate(true)` are its peaks without and with gradient checkpointing; "auto" checkpoints
+/// where the limit is known and the plain step would not fit it.
+pub fn training_plan(
+    setting: Checkpointing,
+    on: &MemoryTarget,
+    estimate: impl Fn(bool) -> crate::model::memory::MemoryEstimate,
+) -> MemoryPlan {
+    let checkpointing = match setting {
+        Checkpointing::On => true,
+        Checkpointing::Off => false,
+        Checkpointing::Auto => {
+            let plain = estimate(false).total();
+            on.available.is_some_and(|a| plain > a)
+        }
+    };
+    let mut plan = MemoryPlan::of(estimate(checkpointing)).setting(CHECKPOINTING, checkpointing);
+    if !checkpointing {
+        plan.alternative = Some((format!("{CHECKPOINTING} = true"), estimate(true)));
+    }
+    plan
+}
+
+/// The parameter name of gradient checkpointing, and the setting the plan chose for it.
+pub const CHECKPOINTING: &str = "gradient_checkpointing";
+
+/// Whether a training job runs checkpointed: its setting, or on "auto" what its memory plan
+/// chose (off where no plan chose).
+pub fn checkpointing_for(setting: Checkpointing, ctx: &JobContext) -> bool {
+    match setting {
+        Checkpointing::On => true,
+        Checkpointing::Off => false,
+        Checkpointing::Auto => ctx
+            .planned
+            .get(CHECKPOINTING)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
     }
 }
 

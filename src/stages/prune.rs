@@ -79,10 +79,7 @@ impl Stage for PruneStage {
                 .shape
                 .weight_bytes(on.elem, crate::model::memory::BaseWeights::Dense),
         );
-        Some(super::MemoryPlan {
-            estimate,
-            knobs: vec!["export (now true)".into()],
-        })
+        Some(super::MemoryPlan::of(estimate).knob("export", true))
     }
     fn run(&self, ctx: &JobContext) -> Result<()> {
         let p: PruneParams = ctx.params()?;
