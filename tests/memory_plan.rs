@@ -61,12 +61,42 @@ lora_rank = 8
 checkpoint_every = 0
 text = { source = "speeches", part = "train", holdout_every = 10 }
 
+[stages.heal_ck]
+kind = "heal"
+inputs = { model = "prune" }
+steps = 1
+global_batch = 4
+micro_batch = 4
+seq_len = 512
+lora_rank = 8
+checkpoint_every = 0
+gradient_checkpointing = true
+text = { source = "speeches", part = "train", holdout_every = 10 }
+
 [stages.loss]
 kind = "eval-loss"
 inputs = { model = ["load"] }
 seq_len = 256
 windows = 16
 batch_size = 8
+text = { source = "speeches", part = "heldout", holdout_every = 10 }
+
+[stages.similarity_nf4]
+kind = "similarity"
+inputs = { model = "load" }
+samples = 16
+seq_len = 256
+batch_size = 8
+weights = "nf4"
+text = { source = "speeches", part = "heldout", holdout_every = 10 }
+
+[stages.loss_nf4]
+kind = "eval-loss"
+inputs = { model = ["load"] }
+seq_len = 256
+windows = 16
+batch_size = 8
+weights = "nf4"
 text = { source = "speeches", part = "heldout", holdout_every = 10 }
 "#;
 
@@ -124,7 +154,10 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
         ("similarity", "similarity"),
         ("heal", "heal"),
         ("heal_dense", "heal_dense"),
+        ("heal_ck", "heal_ck"),
         ("loss", "loss"),
+        ("similarity_nf4", "similarity_nf4"),
+        ("loss_nf4", "loss_nf4"),
     ] {
         let out = layerprune(
             dir.path(),
@@ -229,4 +262,114 @@ fn run_refuses_a_job_that_cannot_fit_and_names_the_knob() {
     let out = env.run(&["plan", "fit.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("memory_limit"), "{}", stderr(&out));
+}
+
+/// The tiny pipeline with a heal whose one-graph step is visibly larger than its checkpointed
+/// one (micro_batch 4 x 256 tokens), `extra` at the top and `setting` in the heal stage.
+fn checkpointing_pipeline(extra: &str, setting: &str) -> String {
+    tiny_pipeline(extra)
+        .replace("seq_len = 32", &format!("seq_len = 256\n{setting}"))
+        .replace("lora_rank = 4", "lora_rank = 4\nquant = \"nf4\"")
+}
+
+/// The heal job's line of `plan`: (key, estimate in MiB).
+fn heal_line(plan: &str) -> (String, f64) {
+    let line = plan
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("heal"))
+        .unwrap_or_else(|| panic!("no heal job in: {plan}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value: f64 = words[2].parse().unwrap();
+    let mib = match words[3] {
+        "MiB" => value,
+        "GiB" => value * 1024.0,
+        other => panic!("unit {other} in: {line}"),
+    };
+    (words[1].to_string(), mib)
+}
+
+/// `gradient_checkpointing = "auto"` (the default): where the one-graph step does not fit the
+/// limit and the checkpointed one does, the plan turns it on and the job runs; an explicit
+/// `false` is refused and told the setting that fits. The setting is in no key, and the
+/// checkpointed run writes the very adapter the one-graph run writes (flex, f32: bit for bit).
+#[test]
+fn auto_checkpointing_fits_a_heal_that_would_not_and_keeps_its_key_and_adapter() {
+    let env = Env::new();
+    let plan_of = |extra: &str, setting: &str| {
+        env.write("ck.toml", &checkpointing_pipeline(extra, setting));
+        let plan = env.run(&["plan", "ck.toml", "--memory"]);
+        assert!(plan.status.success(), "{}", stderr(&plan));
+        stdout(&plan)
+    };
+    // a value that is neither a boolean nor "auto" is a configuration error at its line
+    env.write(
+        "ck.toml",
+        &checkpointing_pipeline("", "gradient_checkpointing = \"sometimes\""),
+    );
+    let bad = env.run(&["plan", "ck.toml"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("stages.heal.gradient_checkpointing")
+            && stderr(&bad).contains("true, false or \"auto\""),
+        "{}",
+        stderr(&bad)
+    );
+    let plain = plan_of("", "gradient_checkpointing = false");
+    let checkpointed = plan_of("", "gradient_checkpointing = true");
+    let (key, plain_mib) = heal_line(&plain);
+    let (ck_key, ck_mib) = heal_line(&checkpointed);
+    assert_eq!(key, ck_key, "the setting is in no key");
+    assert!(
+        ck_mib < plain_mib - 20.0,
+        "checkpointed {ck_mib} MiB vs one graph {plain_mib} MiB"
+    );
+    assert!(checkpointed.contains("block inputs"), "{checkpointed}");
+    // a limit between the two
+    let limit = format!("memory_limit = \"{}MiB\"", ((plain_mib + ck_mib) / 2.0) as u64);
+    let auto = plan_of(&limit, "");
+    assert!(
+        auto.contains("planned: gradient_checkpointing = true"),
+        "{auto}"
+    );
+    assert_eq!(heal_line(&auto), (key.clone(), ck_mib));
+    // explicitly off: refused, told the setting that keeps the results and fits
+    env.write(
+        "ck.toml",
+        &checkpointing_pipeline(&limit, "gradient_checkpointing = false"),
+    );
+    let out = env.run(&["run", "ck.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set stages.heal.gradient_checkpointing = true (the same results"),
+        "{}",
+        stderr(&out)
+    );
+    // on auto it runs, checkpointed
+    env.write("ck.toml", &checkpointing_pipeline(&limit, ""));
+    let out = env.run(&["run", "ck.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gradient checkpointing"),
+        "the heal job ran checkpointed: {}",
+        stderr(&out)
+    );
+    let adapter = |env: &Env| {
+        let dir = env.path("cache/heal");
+        let entry = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().join("adapter").is_dir())
+            .expect("a heal artifact");
+        std::fs::read(entry.path().join("adapter/adapter_model.safetensors")).unwrap()
+    };
+    // the same pipeline with room, in another cache: one graph, the same adapter
+    let roomy = Env::new();
+    roomy.write("ck.toml", &checkpointing_pipeline("", ""));
+    let out = roomy.run(&["run", "ck.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("gradient checkpointing"));
+    assert!(
+        adapter(&env) == adapter(&roomy),
+        "the checkpointed run's adapter differs from the one-graph run's"
+    );
 }

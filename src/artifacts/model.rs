@@ -17,6 +17,7 @@ use super::{
 };
 use crate::heal::adapter::AdapterSet;
 use crate::method::selection::Strategy;
+use crate::model::load::WeightStorage;
 use crate::model::{ModelFiles, Transformer};
 
 /// How a model came about, for result tables.
@@ -285,11 +286,30 @@ impl ModelRef {
 
     /// Build the Burn model (kept layers only).
     pub fn build<B: Backend>(&self, device: &B::Device, dtype: DType) -> Result<Transformer<B>> {
-        let mut model = self.files.build_with_layers(device, dtype, &self.kept)?;
+        self.build_stored(device, dtype, WeightStorage::Dense)
+    }
+
+    /// `build` with the projections held as `storage` says. Dense: a healed model's adapter
+    /// merged, W + (alpha / r) B A; NF4: the adapter attached beside the 4-bit base, as PEFT
+    /// evaluates a QLoRA model (a merge would need a second quantisation).
+    pub fn build_stored<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        storage: WeightStorage,
+    ) -> Result<Transformer<B>> {
+        let mut model = self
+            .files
+            .build_stored(device, dtype, &self.kept, storage)?;
         model.drop_attention(&self.attention_dropped)?;
         if let Some(dir) = &self.adapter {
-            // evaluation in the compute dtype with the adapter merged: W + (alpha / r) B A
-            AdapterSet::load_peft(dir)?.merge_into(&mut model)?;
+            let adapter = AdapterSet::load_peft(dir)?;
+            match storage {
+                WeightStorage::Dense => adapter.merge_into(&mut model)?,
+                WeightStorage::Nf4 => {
+                    adapter.attach(&mut model, false)?;
+                }
+            }
         }
         Ok(model)
     }

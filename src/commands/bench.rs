@@ -321,6 +321,7 @@ pub fn similarity(
             all_tokens: false,
             greedy_samples: 0,
             greedy_steps: 0,
+            weights: crate::model::load::WeightStorage::Dense,
         }),
     )?;
     println!(

@@ -205,8 +205,13 @@ fn checkpointed<B: AutodiffBackend>(
         graph_head_in_blocks(model, top, rows, loss_scale, block, collect)?
     };
     // each block from the top down: recomputed from its input, differentiated at once
-    for (layer, input) in model.layers[lowest..].iter().zip(inputs).rev() {
-        let input = input.require_grad();
+    // (the lowest block's input takes a gradient only where the embedding is trained)
+    for (k, (layer, input)) in model.layers[lowest..].iter().zip(inputs).enumerate().rev() {
+        let input = if k > 0 || trains_embedding {
+            input.require_grad()
+        } else {
+            input
+        };
         let out = layer.forward(input.clone(), &model.config, &rope);
         let grads = (out * dx).sum().backward();
         collect(&grads)?;

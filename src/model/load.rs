@@ -8,6 +8,7 @@ use burn::tensor::{backend::Backend, DType};
 
 use super::config::ModelConfig;
 use super::transformer::Transformer;
+pub use super::weights::WeightStorage;
 use super::weights::{Loader, WeightStore};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors_dir::SafetensorsSet;
@@ -87,11 +88,23 @@ impl ModelFiles {
         dtype: DType,
         keep: &[usize],
     ) -> Result<Transformer<B>> {
+        self.build_stored(device, dtype, keep, WeightStorage::Dense)
+    }
+
+    /// `build_with_layers`, the projections held as `storage` says.
+    pub fn build_stored<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        keep: &[usize],
+        storage: WeightStorage,
+    ) -> Result<Transformer<B>> {
         Loader::<B> {
             store: &self.store,
             cfg: &self.config,
             device,
             dtype,
+            storage,
         }
         .transformer(keep)
         .with_context(|| format!("loading weights from {}", self.source.path.display()))

@@ -12,7 +12,7 @@ use super::linear::{BaseWeight, Linear};
 use super::lora::LoraAdapter;
 use super::nf4_linear::Nf4Weight;
 use super::readback::to_f32_vec;
-use super::transformer::Transformer;
+use super::transformer::{DecoderLayer, Transformer};
 use crate::formats::host_tensor::transpose;
 use crate::formats::nf4::Nf4Host;
 
@@ -218,24 +218,36 @@ pub fn quantize_nf4<B: Backend>(
     projections: &[Projection],
     keep_dequantized: bool,
 ) -> Result<()> {
-    let device = model.device.clone();
-    let dtype = model.dtype;
+    let (device, dtype) = (model.device.clone(), model.dtype);
     for layer in &mut model.layers {
-        for &p in projections {
-            let Some(lin) = layer.projection_mut(p) else {
-                continue;
-            };
-            if let BaseWeight::Dense(w) = &lin.base {
-                let [inp, out] = w.dims();
-                let data = to_f32_vec(w.clone().transpose())?; // [out, in]
-                let q = Nf4Host::quantize(&[out, inp], &data)?;
-                let w = Nf4Weight::from_host(&q, &device, dtype)?;
-                lin.base = BaseWeight::Nf4(if keep_dequantized {
-                    w.keep_dequantized()
-                } else {
-                    w
-                });
-            }
+        quantize_layer_nf4(layer, projections, keep_dequantized, &device, dtype)?;
+    }
+    Ok(())
+}
+
+/// `quantize_nf4` for one layer (a model loaded in NF4 quantises each layer as it is built, so
+/// that one layer at a time is dense on the device).
+pub fn quantize_layer_nf4<B: Backend>(
+    layer: &mut DecoderLayer<B>,
+    projections: &[Projection],
+    keep_dequantized: bool,
+    device: &B::Device,
+    dtype: burn::tensor::DType,
+) -> Result<()> {
+    for &p in projections {
+        let Some(lin) = layer.projection_mut(p) else {
+            continue;
+        };
+        if let BaseWeight::Dense(w) = &lin.base {
+            let [inp, out] = w.dims();
+            let data = to_f32_vec(w.clone().transpose())?; // [out, in]
+            let q = Nf4Host::quantize(&[out, inp], &data)?;
+            let w = Nf4Weight::from_host(&q, device, dtype)?;
+            lin.base = BaseWeight::Nf4(if keep_dequantized {
+                w.keep_dequantized()
+            } else {
+                w
+            });
         }
     }
     Ok(())

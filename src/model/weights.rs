@@ -9,6 +9,7 @@ use super::architecture::{NormRole, Projection};
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::Rope;
+use super::surgery::quantize_layer_nf4;
 use super::transformer::{DecoderLayer, Norm, Transformer};
 use crate::formats::gguf::GgufFile;
 use crate::formats::host_tensor::HostTensor;
@@ -153,11 +154,33 @@ fn upload<B: Backend, const D: usize>(
     ))
 }
 
+/// How a built model holds its layers' projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightStorage {
+    /// In the compute precision.
+    #[default]
+    Dense,
+    /// bitsandbytes NF4 with double quantisation (as the paper's authors loaded every model),
+    /// dequantised blockwise at each use and computed in the compute precision; embeddings,
+    /// norms and the LM head stay in the compute precision. Each layer is quantised as it is
+    /// built, so that one layer at a time is dense on the device.
+    Nf4,
+}
+
+impl WeightStorage {
+    pub fn is_dense(&self) -> bool {
+        *self == Self::Dense
+    }
+}
+
 pub struct Loader<'a, B: Backend> {
     pub store: &'a WeightStore,
     pub cfg: &'a ModelConfig,
     pub device: &'a B::Device,
     pub dtype: DType,
+    /// How the layers' projections are held (NF4: each layer quantised as it is built).
+    pub storage: WeightStorage,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -346,9 +369,16 @@ impl<B: Backend> Loader<'_, B> {
                 self.dtype,
             )?
         };
+        let projections: Vec<_> = layout.projections.iter().map(|s| s.projection).collect();
         let layers = keep
             .iter()
-            .map(|&i| self.layer(i))
+            .map(|&i| {
+                let mut layer = self.layer(i)?;
+                if self.storage == WeightStorage::Nf4 {
+                    quantize_layer_nf4(&mut layer, &projections, false, self.device, self.dtype)?;
+                }
+                Ok(layer)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             config: c.with_layers(layers.len()),

@@ -4,7 +4,9 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL};
+use super::{
+    canonical, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage, ANY_MODEL,
+};
 use crate::artifacts::loss::DEFINITION;
 use crate::artifacts::{LossRecord, ModelRef, Record};
 use crate::backend::{dispatch, BackendTask};
@@ -18,6 +20,10 @@ pub struct EvalLossParams {
     pub seq_len: usize,
     pub windows: usize,
     pub batch_size: usize,
+    /// "dense" or "nf4" (`WeightStorage`); left out of the canonical parameters when dense, so
+    /// existing keys stay as they were.
+    #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
+    pub weights: WeightStorage,
     pub text: TextSpec,
 }
 
@@ -47,12 +53,13 @@ struct Compute<'a> {
     windows: &'a [Vec<u32>],
     batch: usize,
     workers: usize,
+    weights: WeightStorage,
 }
 
 impl BackendTask for Compute<'_> {
     type Output = Vec<(f64, usize)>;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
-        let model = self.model.build::<B>(&device, dtype)?;
+        let model = self.model.build_stored::<B>(&device, dtype, self.weights)?;
         window_losses(&model, self.windows, self.batch, self.workers)
     }
 }
@@ -95,8 +102,8 @@ impl Stage for EvalLossStage {
             0 => p.batch_size,
             w => p.batch_size.min(w),
         };
-        let plan =
-            super::MemoryPlan::inference(on, batch, p.seq_len, batch.saturating_mul(p.seq_len));
+        let logit_rows = batch.saturating_mul(p.seq_len);
+        let plan = super::MemoryPlan::inference_in(on, p.weights, batch, p.seq_len, logit_rows);
         Some(
             plan.knob("batch_size", p.batch_size)
                 .knob("seq_len", p.seq_len),
@@ -127,6 +134,7 @@ impl Stage for EvalLossStage {
                 windows: &windows,
                 batch: p.batch_size,
                 workers: ctx.workers(),
+                weights: p.weights,
             },
         )?;
         let total: f64 = losses.iter().map(|(s, _)| s).sum();

@@ -13,7 +13,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    canonical, InputArtifact, InputSlot, JobContext, ParamError, Params, Stage, ANY_MODEL,
+    canonical, InputArtifact, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage,
+    ANY_MODEL,
 };
 use crate::artifacts::eval::{TaskResult, PROMPTS};
 use crate::artifacts::{write_json, EvalRecord, ModelArtifact, ModelRef, Record};
@@ -48,6 +49,9 @@ pub struct EvalQaParams {
     pub batch_size: usize,
     pub max_length: usize,
     pub data: String,
+    /// "dense" or "nf4" (`WeightStorage`); left out of the canonical parameters when dense.
+    #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
+    pub weights: WeightStorage,
 }
 
 impl Params for EvalQaParams {
@@ -281,9 +285,10 @@ impl Evaluate<'_> {
         let cut = self.model.unchanged_prefix()?;
         Some(Cut {
             base: format!(
-                "{} {} {dtype:?}",
+                "{} {} {dtype:?} {:?}",
                 self.model.files.source.identity(),
-                self.backend
+                self.backend,
+                self.params.weights
             ),
             cut,
             base_layers: self.model.files.config.num_hidden_layers,
@@ -303,7 +308,9 @@ impl BackendTask for Evaluate<'_> {
     type Output = Evaluation;
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Evaluation> {
-        let model = self.model.build::<B>(&device, dtype)?;
+        let model = self
+            .model
+            .build_stored::<B>(&device, dtype, self.params.weights)?;
         let cut = self.cut(dtype);
         let mut out = Evaluation {
             results: Vec::new(),
@@ -365,8 +372,9 @@ impl Stage for EvalQaStage {
     ) -> Option<super::MemoryPlan> {
         let p: EvalQaParams = super::parse_params(params).ok()?;
         // logits at the continuation tokens only: a few per row
-        let mut plan = super::MemoryPlan::inference(
+        let mut plan = super::MemoryPlan::inference_in(
             on,
+            p.weights,
             p.batch_size,
             p.max_length,
             p.batch_size.saturating_mul(16),

@@ -19,6 +19,7 @@ use anyhow::Result;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::model::load::WeightStorage;
 pub use context::{InputArtifact, JobContext};
 
 /// One named input of a stage kind.
@@ -156,11 +157,31 @@ impl MemoryPlan {
     /// Weights of `on`'s model plus one forward pass over `rows` x `seq` tokens, with logits at
     /// `logit_rows` positions: the shape of every inference stage.
     pub fn inference(on: &MemoryTarget, rows: usize, seq: usize, logit_rows: usize) -> Self {
+        Self::inference_in(on, WeightStorage::Dense, rows, seq, logit_rows)
+    }
+    /// `inference` with the projections held as `storage` says (NF4: 4-bit codes and absmax,
+    /// and one weight dequantised at a time for its matmul).
+    pub fn inference_in(
+        on: &MemoryTarget,
+        storage: WeightStorage,
+        rows: usize,
+        seq: usize,
+        logit_rows: usize,
+    ) -> Self {
         use crate::model::memory::BaseWeights;
         let (r, s, e) = (rows as u64, seq as u64, on.elem);
         let mut estimate = crate::model::memory::MemoryEstimate::default();
+        match storage {
+            WeightStorage::Dense => {
+                estimate.add("weights", on.shape.weight_bytes(e, BaseWeights::Dense));
+            }
+            WeightStorage::Nf4 => {
+                estimate
+                    .add("weights (NF4)", on.shape.weight_bytes(e, BaseWeights::Nf4))
+                    .add("NF4 dequantising", on.shape.nf4_transient(e));
+            }
+        }
         estimate
-            .add("weights", on.shape.weight_bytes(e, BaseWeights::Dense))
             .add("activations", on.shape.layer_temporaries(r, s, e))
             .add("logits", on.shape.logits(logit_rows as u64, e));
         Self::of(estimate)

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage};
 use crate::artifacts::similarity::{write_samples, NUMBERING};
 use crate::artifacts::{LoadRecord, Record, SimilarityRecord};
 use crate::backend::{dispatch, BackendTask};
@@ -31,6 +31,9 @@ pub struct SimilarityParams {
     /// Layers removed greedily; 0 = L - 2.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub greedy_steps: usize,
+    /// "dense" or "nf4" (`WeightStorage`); left out of the canonical parameters when dense.
+    #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
+    pub weights: WeightStorage,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -92,6 +95,8 @@ pub struct Measure<'a> {
     /// layers (0 = L - 2).
     pub greedy_samples: usize,
     pub greedy_steps: usize,
+    /// How the model holds its projections.
+    pub weights: WeightStorage,
 }
 
 impl Measure<'_> {
@@ -129,7 +134,10 @@ impl Measure<'_> {
 impl BackendTask for Measure<'_> {
     type Output = Distances;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Distances> {
-        let model = self.files.build::<B>(&device, dtype)?;
+        let all: Vec<usize> = (0..self.files.config.num_hidden_layers).collect();
+        let model = self
+            .files
+            .build_stored::<B>(&device, dtype, &all, self.weights)?;
         self.on(&model)
     }
 }
@@ -169,7 +177,7 @@ impl Stage for SimilarityStage {
         let p: SimilarityParams = super::parse_params(params).ok()?;
         // the batch that will run: never more rows than samples
         let batch = p.batch_size.min(p.samples.max(1));
-        let mut plan = super::MemoryPlan::inference(on, batch, p.seq_len, 0);
+        let mut plan = super::MemoryPlan::inference_in(on, p.weights, batch, p.seq_len, 0);
         if p.greedy_steps > 0 {
             // loss_greedy: the stream below each candidate, and next-token logits per row
             let rows = batch.min(p.greedy_samples.max(1)) as u64;
@@ -220,6 +228,7 @@ impl Stage for SimilarityStage {
                 all_tokens: p.all_tokens,
                 greedy_samples: p.greedy_samples,
                 greedy_steps: p.greedy_steps,
+                weights: p.weights,
             },
         )?;
         let record = SimilarityRecord {
