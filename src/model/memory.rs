@@ -72,6 +72,17 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Where a checkpointed training step computes the head's loss (heal::gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadLoss {
+    /// On the host, in blocks of rows (flex in f32, a frozen head).
+    Host,
+    /// In the graph, in blocks of positions (a frozen head elsewhere).
+    GraphBlocks,
+    /// In one graph (a trained head: partial fine-tuning).
+    GraphWhole,
+}
+
 /// How the layers' projection weights are held.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BaseWeights {
@@ -227,8 +238,8 @@ impl ModelShape {
     /// What a checkpointed training step (heal::gradients) over `rows` x `seq` tokens holds
     /// besides the weights and what is trained: the inputs of the `input_layers` blocks it
     /// recomputes, one block's saved activations and temporaries (the one being recomputed),
-    /// the stream's gradient in and out of that block, the head's logits for one block of
-    /// positions with their gradients, the graph's own overhead.
+    /// the stream's gradient in and out of that block, the head's loss as `head` computes it,
+    /// the graph's own overhead.
     pub fn add_checkpointed_step(
         &self,
         estimate: &mut MemoryEstimate,
@@ -236,10 +247,10 @@ impl ModelShape {
         seq: u64,
         elem: u64,
         input_layers: usize,
+        head: HeadLoss,
     ) {
-        let stream = mul(&[rows, seq, self.d(), elem]);
-        let head_positions = (HEAD_BLOCK_VALUES / (self.cfg.vocab_size as u64).max(1))
-            .clamp(1, mul(&[rows, seq]).max(1));
+        let positions = mul(&[rows, seq]);
+        let stream = mul(&[positions, self.d(), elem]);
         estimate
             .add("block inputs", mul(&[stream, input_layers as u64]))
             .add(
@@ -247,12 +258,25 @@ impl ModelShape {
                 self.saved_per_layer(rows, seq, elem),
             )
             .add("activations", self.layer_temporaries(rows, seq, elem))
-            .add("stream gradients", mul(&[2, stream]))
-            .add(
-                "logits + gradients (one block of positions)",
-                self.logits(head_positions, elem),
-            )
-            .add("autodiff", AUTODIFF_OVERHEAD);
+            .add("stream gradients", mul(&[2, stream]));
+        match head {
+            // the final norm's output and its gradient in f32 on the host; the logits in
+            // blocks of a few MB
+            HeadLoss::Host => estimate.add(
+                "head on the host",
+                mul(&[2, positions, self.d(), 4]),
+            ),
+            HeadLoss::GraphBlocks => {
+                let block = (HEAD_BLOCK_VALUES / (self.cfg.vocab_size as u64).max(1))
+                    .clamp(1, positions.max(1));
+                estimate.add(
+                    "logits + gradients (one block of positions)",
+                    self.logits(block, elem),
+                )
+            }
+            HeadLoss::GraphWhole => estimate.add("logits + gradients", self.logits(positions, elem)),
+        };
+        estimate.add("autodiff", AUTODIFF_OVERHEAD);
     }
 
     /// One layer's projections dequantised from NF4 and kept by the graph of the block being

@@ -206,7 +206,7 @@ impl Stage for HealStage {
         params: &serde_json::Value,
         on: &super::MemoryTarget,
     ) -> Option<super::MemoryPlan> {
-        use crate::model::memory::{mul, BaseWeights};
+        use crate::model::memory::{mul, BaseWeights, HeadLoss};
         let p: HealParams = super::parse_params(params).ok()?;
         let (r, s, e, sh) = (p.micro_batch as u64, p.seq_len as u64, on.elem, &on.shape);
         let base = match p.quant {
@@ -263,7 +263,13 @@ impl Stage for HealStage {
                 mul(&[lora, crate::model::memory::TRAINABLE_BYTES]),
             );
             if checkpointing {
-                sh.add_checkpointed_step(&mut estimate, r, s, e, sh.layers);
+                // the frozen head's loss on the host where it can (heal::host_loss::usable)
+                let head = if on.host && e == 4 {
+                    HeadLoss::Host
+                } else {
+                    HeadLoss::GraphBlocks
+                };
+                sh.add_checkpointed_step(&mut estimate, r, s, e, sh.layers, head);
             } else {
                 sh.add_training_step(&mut estimate, r, s, e, sh.layers);
             }

@@ -185,7 +185,8 @@ impl Stage for PartialHealStage {
                     ]),
                 );
             if checkpointing {
-                sh.add_checkpointed_step(&mut estimate, r, s, e, recomputed);
+                let head = crate::model::memory::HeadLoss::GraphWhole;
+                sh.add_checkpointed_step(&mut estimate, r, s, e, recomputed, head);
             } else {
                 sh.add_training_step(&mut estimate, r, s, e, k);
             }
