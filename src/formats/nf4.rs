@@ -254,13 +254,24 @@ impl Nf4Host {
         out
     }
 
+    /// The values in f32, row-major: code book value times its block's absmax (blocks decoded
+    /// in parallel).
     pub fn dequantize(&self) -> Vec<f32> {
+        use rayon::prelude::*;
         let absmax = self.absmax();
-        self.codes()
-            .iter()
+        let n: usize = self.shape.iter().product();
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(BLOCK)
             .enumerate()
-            .map(|(i, &c)| NF4[c as usize] * absmax[i / BLOCK])
-            .collect()
+            .for_each(|(b, block)| {
+                for (j, v) in block.iter_mut().enumerate() {
+                    let i = b * BLOCK + j;
+                    let byte = self.packed[i / 2];
+                    let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
+                    *v = NF4[code as usize] * absmax[b];
+                }
+            });
+        out
     }
 }
 

@@ -89,13 +89,6 @@ pub fn loss_and_gradients<B: AutodiffBackend>(
     Ok(value)
 }
 
-/// Mean next-token cross-entropy of a batch of equal-length windows (autodiff graph).
-pub fn batch_loss<B: AutodiffBackend>(model: &Transformer<B>, rows: &[Vec<u32>]) -> Tensor<B, 1> {
-    let ids = TokenBatch::right_padded(rows, 0).to_tensor::<B>(&model.device);
-    let x = model.run_layers(model.embed(ids), 0, model.num_layers());
-    graph_loss(model, x, rows)
-}
-
 /// The mean cross-entropy of the head over x [b, t, hidden] (the stream after the last block;
 /// position i predicts rows[.][i + 1]), in the graph, the loss in f32 in every precision.
 fn graph_loss<B: AutodiffBackend>(

@@ -20,12 +20,25 @@ pub struct Nf4Weight<B: Backend> {
     kept: Option<Arc<OnceLock<Tensor<B, 2>>>>,
     /// [out, in] (Hugging Face layout of the quantised matrix)
     pub shape: [usize; 2],
-    /// [out * in / 8] i32 words; element 8w + k is bits 4k..4k+3 of word w
-    words: Tensor<B, 1, Int>,
-    /// [out * in / 64, 1]
-    absmax: Tensor<B, 2>,
-    /// [16]
-    book: Tensor<B, 1>,
+    codes: Codes<B>,
+}
+
+/// Where the codes live and how they are decoded.
+#[derive(Debug, Clone)]
+enum Codes<B: Backend> {
+    /// On the device, decoded by tensor operations.
+    Device {
+        /// [out * in / 8] i32 words; element 8w + k is bits 4k..4k+3 of word w
+        words: Tensor<B, 1, Int>,
+        /// [out * in / 64, 1]
+        absmax: Tensor<B, 2>,
+        /// [16]
+        book: Tensor<B, 1>,
+    },
+    /// The device is the host and computes in f32 (flex): the quantised form itself, decoded on
+    /// the host in parallel (flex runs the device decoding's element-wise operations on one
+    /// thread), to the same values.
+    Host(Arc<Nf4Host>, B::Device),
 }
 
 impl<B: Backend> Nf4Weight<B> {
@@ -37,6 +50,14 @@ impl<B: Backend> Nf4Weight<B> {
         if n % BLOCK != 0 {
             bail!("NF4 on a device needs whole blocks of {BLOCK}; the matrix has {n} values");
         }
+        let shape = [q.shape[0], q.shape[1]];
+        if dtype == DType::F32 && crate::backend::on_host::<B>(device) {
+            return Ok(Self {
+                kept: None,
+                shape,
+                codes: Codes::Host(Arc::new(q.clone()), device.clone()),
+            });
+        }
         let words = Tensor::from_data(
             TensorData::new(pack_words(&q.codes()), [n / 8]),
             (device, DType::I32),
@@ -45,10 +66,12 @@ impl<B: Backend> Nf4Weight<B> {
         let blocks = absmax.len();
         Ok(Self {
             kept: None,
-            shape: [q.shape[0], q.shape[1]],
-            words,
-            absmax: Tensor::from_data(TensorData::new(absmax, [blocks, 1]), (device, dtype)),
-            book: Tensor::from_data(TensorData::new(NF4.to_vec(), [16]), (device, dtype)),
+            shape,
+            codes: Codes::Device {
+                words,
+                absmax: Tensor::from_data(TensorData::new(absmax, [blocks, 1]), (device, dtype)),
+                book: Tensor::from_data(TensorData::new(NF4.to_vec(), [16]), (device, dtype)),
+            },
         })
     }
 
@@ -71,11 +94,21 @@ impl<B: Backend> Nf4Weight<B> {
 
     fn dequantize_now(&self) -> Tensor<B, 2> {
         let [o, i] = self.shape;
+        let (words, absmax, book) = match &self.codes {
+            Codes::Host(q, device) => {
+                return Tensor::from_data(TensorData::new(q.dequantize(), [o, i]), device);
+            }
+            Codes::Device {
+                words,
+                absmax,
+                book,
+            } => (words, absmax, book),
+        };
         // i32 indices: WGSL (wgpu) has no 64-bit integers, and every backend accepts i32;
         // the arithmetic shift's sign bits are masked away
         let nibbles: Vec<Tensor<B, 2, Int>> = (0..8)
             .map(|k| {
-                self.words
+                words
                     .clone()
                     .bitwise_right_shift_scalar((4 * k).elem())
                     .bitwise_and_scalar(15.elem())
@@ -83,12 +116,8 @@ impl<B: Backend> Nf4Weight<B> {
             })
             .collect();
         let codes = Tensor::cat(nibbles, 1).reshape([o * i]); // [out * in]
-        let values = self
-            .book
-            .clone()
-            .select(0, codes)
-            .reshape([o * i / BLOCK, BLOCK]);
-        (values * self.absmax.clone()).reshape([o, i])
+        let values = book.clone().select(0, codes).reshape([o * i / BLOCK, BLOCK]);
+        (values * absmax.clone()).reshape([o, i])
     }
 }
 
