@@ -325,7 +325,10 @@ fn auto_checkpointing_fits_a_heal_that_would_not_and_keeps_its_key_and_adapter()
     );
     assert!(checkpointed.contains("block inputs"), "{checkpointed}");
     // a limit between the two
-    let limit = format!("memory_limit = \"{}MiB\"", ((plain_mib + ck_mib) / 2.0) as u64);
+    let limit = format!(
+        "memory_limit = \"{}MiB\"",
+        ((plain_mib + ck_mib) / 2.0) as u64
+    );
     let auto = plan_of(&limit, "");
     assert!(
         auto.contains("planned: gradient_checkpointing = true"),

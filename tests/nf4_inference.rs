@@ -47,12 +47,18 @@ fn nf4_logits_match_transformers_with_bitsandbytes() {
         // this project's codec (the fixture script's numpy NF4, bit for bit the Rust one)
         let codec = real_positions(&r[&format!("{name}.nf4_codec_logits")].f32, &mask, vocab);
         let e = rel_err(&ours, &codec);
-        assert!(e < 1e-5, "{name}: NF4 logits vs the codec's, relative error {e:e}");
+        assert!(
+            e < 1e-5,
+            "{name}: NF4 logits vs the codec's, relative error {e:e}"
+        );
         // bitsandbytes' weights: the same but for the absmax of one block in a few tensors,
         // where bitsandbytes' native CPU quantiser picks the other of two near-tied codes
         let want = real_positions(&r[&format!("{name}.nf4_logits")].f32, &mask, vocab);
         let e = rel_err(&ours, &want);
-        assert!(e < 3e-4, "{name}: NF4 logits vs bitsandbytes', relative error {e:e}");
+        assert!(
+            e < 3e-4,
+            "{name}: NF4 logits vs bitsandbytes', relative error {e:e}"
+        );
         // the reference's quantisation matters: NF4 is visibly not f32
         let dense = real_positions(&r[&format!("{name}.f32_logits")].f32, &mask, vocab);
         let gap = rel_err(&want, &dense);
@@ -138,16 +144,12 @@ text = {{ source = "text", part = "all" }}
             .flatten()
             .find(|e| e.file_name().to_string_lossy().starts_with(key))
             .unwrap_or_else(|| panic!("no eval-loss artifact {key}"));
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(entry.path().join("loss.json")).unwrap(),
-        )
-        .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path().join("loss.json")).unwrap())
+                .unwrap();
         json["loss"].as_f64().unwrap_or_else(|| panic!("{json}"))
     };
     let (dense, nf4) = (loss(&dense_key), loss(&nf4_key));
     let rel = ((nf4 - dense) / dense).abs();
-    assert!(
-        rel > 1e-6 && rel < 0.2,
-        "NF4 loss {nf4} vs dense {dense}"
-    );
+    assert!(rel > 1e-6 && rel < 0.2, "NF4 loss {nf4} vs dense {dense}");
 }

@@ -253,7 +253,10 @@ fn plan_estimates_the_paper_jobs_from_their_configs() {
     // bf16 absmax per 64), embedding and LM head in bf16: 3.29 GiB
     let (row, heal) = after("heal[fraction=0.125,strategy=simple]");
     let words: Vec<&str> = row.split_whitespace().collect();
-    let gib = words.iter().position(|w| *w == "GiB").expect("an estimate in GiB");
+    let gib = words
+        .iter()
+        .position(|w| *w == "GiB")
+        .expect("an estimate in GiB");
     let total: f64 = words[gib - 1].parse().unwrap();
     assert!(total < 40.0, "healing at the paper's batch: {row}");
     assert!(heal.trim_start().starts_with("weights 3.3 GiB"), "{heal}");
@@ -291,4 +294,36 @@ fn plan_estimates_the_paper_jobs_from_their_configs() {
         assert!(heal.contains(part), "{part}: {heal}");
     }
     assert!(o.contains("peak device memory per job estimated"), "{o}");
+}
+
+/// Where a paper job does not fit, `plan` names the setting that makes it fit first: 4-bit
+/// weights for inference, gradient checkpointing for healing (here turned off), each with what
+/// it does to the results and the estimate with it.
+#[test]
+fn a_paper_job_that_does_not_fit_is_told_the_setting_that_does() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("hub")).unwrap();
+    let f = repo().join("pipelines/paper/llama-2-7b.toml");
+    let out = env
+        .cmd(&[
+            "plan",
+            f.to_str().unwrap(),
+            "--set",
+            "memory_limit=\"16GiB\"",
+            "--set",
+            "stages.heal.gradient_checkpointing=false",
+        ])
+        .env("HF_HUB_CACHE", env.path("hub"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("set stages.similarity.weights = \"nf4\" (4-bit weights"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set stages.heal.gradient_checkpointing = true (the same results; then about"),
+        "{err}"
+    );
 }

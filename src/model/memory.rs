@@ -262,10 +262,7 @@ impl ModelShape {
         match head {
             // the final norm's output and its gradient in f32 on the host; the logits in
             // blocks of a few MB
-            HeadLoss::Host => estimate.add(
-                "head on the host",
-                mul(&[2, positions, self.d(), 4]),
-            ),
+            HeadLoss::Host => estimate.add("head on the host", mul(&[2, positions, self.d(), 4])),
             HeadLoss::GraphBlocks => {
                 let block = (HEAD_BLOCK_VALUES / (self.cfg.vocab_size as u64).max(1))
                     .clamp(1, positions.max(1));
@@ -274,7 +271,9 @@ impl ModelShape {
                     self.logits(block, elem),
                 )
             }
-            HeadLoss::GraphWhole => estimate.add("logits + gradients", self.logits(positions, elem)),
+            HeadLoss::GraphWhole => {
+                estimate.add("logits + gradients", self.logits(positions, elem))
+            }
         };
         estimate.add("autodiff", AUTODIFF_OVERHEAD);
     }

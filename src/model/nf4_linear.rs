@@ -116,7 +116,10 @@ impl<B: Backend> Nf4Weight<B> {
             })
             .collect();
         let codes = Tensor::cat(nibbles, 1).reshape([o * i]); // [out * in]
-        let values = book.clone().select(0, codes).reshape([o * i / BLOCK, BLOCK]);
+        let values = book
+            .clone()
+            .select(0, codes)
+            .reshape([o * i / BLOCK, BLOCK]);
         (values * absmax.clone()).reshape([o, i])
     }
 }

@@ -176,7 +176,7 @@ pub fn estimate(
                 available: limit.map(|l| l.saturating_sub(held)),
             };
             let mut plan = job.kind.memory(&job.params, &target)?;
-            let alternative = plan.alternative.as_mut().map(|(_, e)| e);
+            let alternative = plan.alternative.as_mut().map(|a| &mut a.estimate);
             for estimate in std::iter::once(&mut plan.estimate).chain(alternative) {
                 for (name, bytes) in &runtime_parts {
                     estimate.add(name, *bytes);
@@ -198,42 +198,42 @@ pub fn does_not_fit(stage: &str, label: &str, m: &JobMemory, limit: &MemoryLimit
         .iter()
         .map(|k| format!("stages.{stage}.{k}"))
         .collect();
-    let weights: u64 = m
-        .plan
-        .estimate
-        .parts
-        .iter()
-        .filter(|(n, _)| n.starts_with("weights"))
-        .map(|(_, b)| b)
-        .sum();
-    // a setting that keeps the results, first; alone where it is enough
-    let (setting, enough) = match &m.plan.alternative {
-        Some((setting, estimate)) => (
+    let weights = |e: &crate::model::memory::MemoryEstimate| -> u64 {
+        e.parts
+            .iter()
+            .filter(|(n, _)| n.starts_with("weights"))
+            .map(|(_, b)| b)
+            .sum()
+    };
+    // a setting first (alone where it is enough), then the knobs
+    let (setting, enough, its_weights) = match &m.plan.alternative {
+        Some(a) => (
             format!(
-                "set stages.{stage}.{setting} (the same results; then about {})",
-                human_bytes(estimate.total())
+                "set stages.{stage}.{} ({}; then about {})",
+                a.setting,
+                a.effect,
+                human_bytes(a.estimate.total())
             ),
-            estimate.total() <= limit.bytes,
+            a.estimate.total() <= limit.bytes,
+            weights(&a.estimate),
         ),
-        None => (String::new(), false),
+        None => (String::new(), false, u64::MAX),
+    };
+    let lower = if knobs.is_empty() {
+        "lower the job's size".to_string()
+    } else {
+        format!("lower {}", knobs.join(" or "))
     };
     let remedy = if enough {
         setting
-    } else if weights >= limit.bytes {
-        "the weights alone do not fit: use a device with more memory (4-bit inference is not \
+    } else if weights(&m.plan.estimate) >= limit.bytes && its_weights >= limit.bytes {
+        "the weights alone do not fit: use a device with more memory (layer streaming is not \
          implemented)"
             .to_string()
+    } else if setting.is_empty() {
+        lower
     } else {
-        let lower = if knobs.is_empty() {
-            "lower the job's size".to_string()
-        } else {
-            format!("lower {}", knobs.join(" or "))
-        };
-        if setting.is_empty() {
-            lower
-        } else {
-            format!("{setting} and {lower}")
-        }
+        format!("{setting} and {lower}")
     };
     format!(
         "{label} needs about {} ({}) but {} is {}; {remedy}, or set memory_limit if the device \

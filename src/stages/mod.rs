@@ -147,10 +147,18 @@ pub struct MemoryPlan {
     /// Settings the plan chose for parameters left on "auto" (e.g. gradient_checkpointing):
     /// the job runs with them (`JobContext::planned`).
     pub settings: std::collections::BTreeMap<String, serde_json::Value>,
-    /// A setting that lowers the peak without changing the results (e.g.
-    /// "gradient_checkpointing = true") and the estimate with it: what a job that does not fit
-    /// is told first.
-    pub alternative: Option<(String, crate::model::memory::MemoryEstimate)>,
+    /// A setting that lowers the peak (e.g. "gradient_checkpointing = true") and the estimate
+    /// with it: what a job that does not fit is told first.
+    pub alternative: Option<Alternative>,
+}
+
+/// A setting that lowers a job's peak, what it does to the results, and the estimate with it.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    pub setting: String,
+    /// "the same results", "4-bit weights: the results change a little"
+    pub effect: &'static str,
+    pub estimate: crate::model::memory::MemoryEstimate,
 }
 
 impl MemoryPlan {
@@ -160,7 +168,8 @@ impl MemoryPlan {
         Self::inference_in(on, WeightStorage::Dense, rows, seq, logit_rows)
     }
     /// `inference` with the projections held as `storage` says (NF4: 4-bit codes and absmax,
-    /// and one weight dequantised at a time for its matmul).
+    /// and one weight dequantised at a time for its matmul); dense, with `weights = "nf4"` as
+    /// the alternative.
     pub fn inference_in(
         on: &MemoryTarget,
         storage: WeightStorage,
@@ -168,6 +177,24 @@ impl MemoryPlan {
         seq: usize,
         logit_rows: usize,
     ) -> Self {
+        let mut plan = Self::of(Self::inference_estimate(on, storage, rows, seq, logit_rows));
+        if storage == WeightStorage::Dense {
+            plan.alternative = Some(Alternative {
+                setting: "weights = \"nf4\"".into(),
+                effect:
+                    "4-bit weights, as the paper's authors evaluated: the results change a little",
+                estimate: Self::inference_estimate(on, WeightStorage::Nf4, rows, seq, logit_rows),
+            });
+        }
+        plan
+    }
+    fn inference_estimate(
+        on: &MemoryTarget,
+        storage: WeightStorage,
+        rows: usize,
+        seq: usize,
+        logit_rows: usize,
+    ) -> crate::model::memory::MemoryEstimate {
         use crate::model::memory::BaseWeights;
         let (r, s, e) = (rows as u64, seq as u64, on.elem);
         let mut estimate = crate::model::memory::MemoryEstimate::default();
@@ -184,7 +211,7 @@ impl MemoryPlan {
         estimate
             .add("activations", on.shape.layer_temporaries(r, s, e))
             .add("logits", on.shape.logits(logit_rows as u64, e));
-        Self::of(estimate)
+        estimate
     }
     /// An estimate, no knobs yet.
     pub fn of(estimate: crate::model::memory::MemoryEstimate) -> Self {
@@ -336,7 +363,11 @@ pub fn training_plan(
     };
     let mut plan = MemoryPlan::of(estimate(checkpointing)).setting(CHECKPOINTING, checkpointing);
     if !checkpointing {
-        plan.alternative = Some((format!("{CHECKPOINTING} = true"), estimate(true)));
+        plan.alternative = Some(Alternative {
+            setting: format!("{CHECKPOINTING} = true"),
+            effect: "the same results",
+            estimate: estimate(true),
+        });
     }
     plan
 }
