@@ -165,11 +165,17 @@ impl MemoryPlan {
     /// Weights of `on`'s model plus one forward pass over `rows` x `seq` tokens, with logits at
     /// `logit_rows` positions: the shape of every inference stage.
     pub fn inference(on: &MemoryTarget, rows: usize, seq: usize, logit_rows: usize) -> Self {
-        Self::inference_in(on, WeightStorage::Dense, rows, seq, logit_rows)
+        Self::of(Self::inference_estimate(
+            on,
+            WeightStorage::Dense,
+            rows,
+            seq,
+            logit_rows,
+        ))
     }
-    /// `inference` with the projections held as `storage` says (NF4: 4-bit codes and absmax,
-    /// and one weight dequantised at a time for its matmul); dense, with `weights = "nf4"` as
-    /// the alternative.
+    /// `inference` for a stage with a `weights` parameter, the projections held as `storage`
+    /// says (NF4: 4-bit codes and absmax, and one weight dequantised at a time for its
+    /// matmul); dense, with `weights = "nf4"` as the alternative.
     pub fn inference_in(
         on: &MemoryTarget,
         storage: WeightStorage,
