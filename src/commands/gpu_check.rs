@@ -487,6 +487,12 @@ fn fixture_checks(args: &GpuCheckArgs, checks: &mut Vec<Check>) -> Result<()> {
             (Precision::Bf16, TOL_LOSS_BF16),
             (Precision::F16, TOL_LOSS_F16),
         ] {
+            // checkpointed: f32 only (the recomputation runs the same kernels; every half-
+            // precision run a device lacks is a guarded panic inside Burn's fusion streams,
+            // which has left lavapipe unusable for the rest of a check)
+            if checkpointing && p != Precision::F32 {
+                continue;
+            }
             let r = guarded(|| dispatch_autodiff(args.backend, p, steps(&tiny, checkpointing)))
                 .map(|(losses, _)| {
                     losses
@@ -773,6 +779,9 @@ fn speed_checks(args: &GpuCheckArgs, tmp: &Path, report: &mut GpuReport) -> Resu
             Err(e) => notes.push(format!("forward {p}: {e:#}")),
         }
         for (nf4, checkpointing) in [(false, false), (true, false), (true, true)] {
+            if checkpointing && p != Precision::F32 {
+                continue;
+            }
             let r = guarded(|| {
                 dispatch_autodiff(
                     args.backend,
