@@ -59,6 +59,39 @@ fn bos_post_processor(bos_tok: &str, bos: usize, bos_before_pair: bool) -> Value
         "special_tokens": {bos_tok: {"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}}})
 }
 
+/// The split a byte-level vocabulary's merges were learned with, by `tokenizer.ggml.pre` (as
+/// transformers' GGUF loader picks it): Qwen2's (digits one by one); `None`: GPT-2's own, inside
+/// `ByteLevel`.
+fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
+        _ => None,
+    }
+}
+
+/// Byte-level pre-tokenization: the file's split (`pre_tokenizer_split`) then bytes to the
+/// byte alphabet, or GPT-2's split inside `ByteLevel`.
+fn byte_level_pre_tokenizer(g: &GgufFile) -> Value {
+    let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str());
+    match pre.and_then(pre_tokenizer_split) {
+        Some(split) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        ]}),
+        None => {
+            if let Some(other) = pre.filter(|p| !matches!(*p, "gpt-2" | "default" | "smollm")) {
+                tracing::warn!(
+                    "{}: tokenizer.ggml.pre = \"{other}\" has no split here; GPT-2's is used, \
+                     which may split digits and spaces differently from the model's own tokenizer",
+                    g.path().display()
+                );
+            }
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Engine {
     Hf(Box<tokenizers::Tokenizer>),
@@ -174,7 +207,7 @@ impl TextTokenizer {
             "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "pre_tokenizer": byte_level_pre_tokenizer(g),
             "post_processor": post_processor,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",

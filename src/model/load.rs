@@ -29,10 +29,7 @@ impl ModelFiles {
         let path = source.path.clone();
         let (config, mut tokenizer, store, format) = if path.is_dir() {
             open_hf_dir(&path)?
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        } else if crate::source::is_gguf_file(&path) {
             let g = GgufFile::open(&path)?;
             let config = ModelConfig::from_gguf(&g)?;
             let tokenizer = TextTokenizer::from_gguf(&g)?;

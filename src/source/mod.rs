@@ -258,6 +258,23 @@ pub fn resolve(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
     })
 }
 
+/// A GGUF file: named `*.gguf`, or a file starting with the GGUF magic (a file joined from parts
+/// keeps its parts' name, e.g. `part01.bin`).
+pub fn is_gguf_file(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
 /// Resolve a model source: its layout is checked (a model directory with config.json, or a
 /// .gguf file) before anything is hashed, and only the model's files are hashed.
 pub fn resolve_model(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSource> {
@@ -270,10 +287,7 @@ pub fn resolve_model(spec: &SourceSpec, cache_root: &Path) -> Result<ResolvedSou
                 path.display()
             );
         }
-    } else if !path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    } else if !is_gguf_file(&path) {
         bail!(
             "{}: not a model; expected a Hugging Face model directory (config.json, *.safetensors, \
              tokenizer.json) or a .gguf file",
