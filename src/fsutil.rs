@@ -229,3 +229,17 @@ mod tests {
         assert!(!dir.path().join(".permission-probe").exists());
     }
 }
+
+/// Drop the resident pages of `mmap[offset..offset + len]` from this process (layer streaming:
+/// a weight read from a mapped model file no longer counts in the process's memory once used).
+/// The mapping is read-only and file-backed, so a later read faults the same bytes in again
+/// from the file; a range outside the map, or an OS that refuses, leaves the pages as they are.
+pub fn release_mapped(mmap: &memmap2::Mmap, offset: usize, len: usize) {
+    if len == 0 || offset.checked_add(len).is_none_or(|end| end > mmap.len()) {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: a read-only, file-backed mapping: MADV_DONTNEED only drops pages, which later
+    // accesses read back from the unchanged file; no byte anyone can observe changes.
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+}

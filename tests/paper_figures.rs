@@ -153,14 +153,24 @@ fn assert_figure(dir: &Path, stem: &str, cols: u32, rows: u32) {
     );
 }
 
-/// The robustness rows of a summary.md section: (strategy, heal, task, shots, metric, largest
-/// fraction, fractions evaluated).
-fn robustness_rows(
-    summary: &str,
-) -> BTreeSet<(String, String, String, usize, String, String, usize)> {
+type RobustnessRow = (
+    String,
+    String,
+    String,
+    usize,
+    String,
+    String,
+    String,
+    String,
+    usize,
+);
+
+/// The robustness rows of a summary.md section: (strategy, heal, task, shots, metric, unpruned
+/// (se), largest fraction, at chance from (chance), fractions evaluated).
+fn robustness_rows(summary: &str) -> BTreeSet<RobustnessRow> {
     let table = summary
         .split(
-            "| strategy | heal | task | shots | metric | largest fraction | fractions evaluated |",
+            "| strategy | heal | task | shots | metric | unpruned (se) | largest fraction | at chance from (chance) | fractions evaluated |",
         )
         .nth(1)
         .expect("a robustness table");
@@ -177,26 +187,54 @@ fn robustness_rows(
                 c[3].parse().unwrap(),
                 c[4].to_string(),
                 c[5].to_string(),
-                c[6].parse().unwrap(),
+                c[6].to_string(),
+                c[7].to_string(),
+                c[8].parse().unwrap(),
             )
         })
         .collect()
 }
 
-/// The same rows recomputed from eval.csv (at the most frequent LoRA rank, as the tables are).
-fn robustness_from(
-    rows: &[EvalTableRow],
-) -> BTreeSet<(String, String, String, usize, String, String, usize)> {
-    findings::robustness(&at_main_rank(rows))
+/// The same rows recomputed from eval.csv (at the most frequent LoRA rank, as the tables are):
+/// the lost fraction by its own rule, the first fraction within 2 se of the task's chance.
+fn robustness_from(rows: &[EvalTableRow]) -> BTreeSet<RobustnessRow> {
+    let main = at_main_rank(rows);
+    findings::robustness(&main)
         .into_iter()
         .map(|r| {
+            let chance = layerprune::data::tasks::TaskName::from_name(&r.task)
+                .filter(|_| r.task != "loss")
+                .map(|t| t.spec().chance);
+            let mut points: Vec<&EvalTableRow> = main
+                .iter()
+                .filter(|x| {
+                    layerprune::artifacts::comparison::heal_of(&x.variant) == Some(r.heal.as_str())
+                        && x.strategy == r.strategy
+                        && x.task == r.task
+                        && x.shots == r.shots
+                        && x.metric == r.metric
+                })
+                .collect();
+            points.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+            let at_chance = match chance {
+                Some(c) => match points
+                    .iter()
+                    .find(|p| (p.value - c).abs() <= 2.0 * p.stderr)
+                {
+                    Some(p) => format!("{:.3} ({c})", p.fraction),
+                    None => format!("- ({c})"),
+                },
+                None => String::new(),
+            };
             (
                 r.strategy,
                 r.heal,
                 r.task,
                 r.shots,
                 r.metric,
+                format!("{:.4} ({:.4})", r.base, r.base_stderr),
                 format!("{:.3}", r.max_fraction),
+                at_chance,
                 r.fractions,
             )
         })

@@ -5,7 +5,9 @@
 //!   held-out loss), the largest fraction dropped up to which the score STAYS within two
 //!   standard errors of the unpruned model's: every evaluated fraction up to it satisfies
 //!   |score - base| <= 2 sqrt(se^2 + se_base^2) (both scores measured on the same items, each
-//!   with its own standard error; 0 when the smallest fraction already falls outside).
+//!   with its own standard error; 0 when the smallest fraction already falls outside); and, for
+//!   a task with a chance level, the first evaluated fraction whose score is within two standard
+//!   errors of chance (|score - chance| <= 2 se): where the task is lost.
 //! - Healing: the held-out loss at each healed fraction beside the same model unhealed.
 //! - Where l*(n) sits: the similarity strategy's block start for each n, and how often it is
 //!   the deepest block that keeps the final layer (the simple strategy's [L-n-1, L-1)).
@@ -14,6 +16,7 @@ use serde::Serialize;
 
 use super::comparison::{headline_metric, heal_of, heal_rank, strategy_rank};
 use super::eval_table::EvalTableRow;
+use crate::data::tasks::TaskName;
 use crate::method::selection::{Block, Strategy};
 
 /// One robustness finding.
@@ -25,8 +28,16 @@ pub struct Robustness {
     pub task: String,
     pub shots: usize,
     pub metric: String,
+    /// The unpruned model's score and standard error.
+    pub base: f64,
+    pub base_stderr: f64,
     /// The largest fraction within two standard errors (0 if none).
     pub max_fraction: f64,
+    /// The task's chance level (None: the loss).
+    pub chance: Option<f64>,
+    /// The first evaluated fraction whose score is within two standard errors of chance (None:
+    /// none is, or no chance level).
+    pub at_chance_from: Option<f64>,
     /// Fractions evaluated.
     pub fractions: usize,
 }
@@ -89,13 +100,26 @@ pub fn robustness(rows: &[EvalTableRow]) -> Vec<Robustness> {
                 break;
             }
         }
+        let chance = (task != "loss")
+            .then(|| TaskName::from_name(&task).map(|t| t.spec().chance))
+            .flatten();
+        let at_chance_from = chance.and_then(|c| {
+            points
+                .iter()
+                .find(|p| (p.value - c).abs() <= 2.0 * p.stderr)
+                .map(|p| p.fraction)
+        });
         out.push(Robustness {
             strategy,
             heal,
             task,
             shots,
             metric,
+            base: base.value,
+            base_stderr: base.stderr,
             max_fraction,
+            chance,
+            at_chance_from,
             fractions: points.len(),
         });
     }
@@ -226,6 +250,16 @@ pub struct PublishedAgreement {
     pub mean_abs_diff: f64,
 }
 
+/// The paper's knowledge-task transition (MMLU, Fig. 1d / 2): the fraction of layers dropped
+/// after which the score falls sharply to chance, by model family (paper-spec; approximate, read
+/// from the figures).
+pub const PUBLISHED_TRANSITION: [(&str, &str); 4] = [
+    ("Llama-2 family", "45-55%"),
+    ("Mistral-7B", "35%"),
+    ("Phi-2", "25%"),
+    ("Qwen family", "20%"),
+];
+
 /// The agreement of `starts` ((n, l*(n))) with the published list of `model` (a key of
 /// PUBLISHED_LSTAR, whose L must equal `layers`); None for an unknown model, another depth or no
 /// common n.
@@ -299,6 +333,33 @@ mod tests {
             ("none", 0.1, 3)
         );
         assert_eq!((r[1].heal.as_str(), r[1].max_fraction), ("lora", 0.2));
+        assert_eq!(
+            (r[0].base, r[0].base_stderr, r[0].chance),
+            (0.80, 0.03, Some(0.5))
+        );
+        assert_eq!(r[0].at_chance_from, None, "never within 0.06 of 0.5");
+    }
+
+    #[test]
+    fn a_task_is_lost_at_the_first_fraction_within_two_standard_errors_of_chance() {
+        // MMLU chance 0.25; 2 se = 0.06
+        let rows = vec![
+            row("base", 0.0, "mmlu", "acc", 0.40),
+            row("pruned", 0.1, "mmlu", "acc", 0.38),
+            row("pruned", 0.2, "mmlu", "acc", 0.32),
+            row("pruned", 0.3, "mmlu", "acc", 0.30),
+            row("pruned", 0.4, "mmlu", "acc", 0.33),
+            row("pruned", 0.1, "loss", "loss", 3.0),
+            row("base", 0.0, "loss", "loss", 2.9),
+        ];
+        let r = robustness(&rows);
+        let mmlu = r.iter().find(|r| r.task == "mmlu").unwrap();
+        assert_eq!(mmlu.max_fraction, 0.1);
+        assert_eq!(mmlu.chance, Some(0.25));
+        // 0.32 is 0.07 above chance; 0.30 is within
+        assert_eq!(mmlu.at_chance_from, Some(0.3));
+        let loss = r.iter().find(|r| r.task == "loss").unwrap();
+        assert_eq!((loss.chance, loss.at_chance_from), (None, None));
     }
 
     #[test]

@@ -85,8 +85,10 @@ pub fn json_pointer(path: &str) -> String {
 /// Parameters that say how a job runs, never what it computes (beyond rounding, as the number
 /// of threads): left out of every key, so that turning them on or off reuses the artifacts.
 /// `gradient_checkpointing` recomputes each block in the backward pass; on flex in f32 the
-/// LoRA gradients are bit-identical to one graph's (tests/heal_parity.rs).
-pub const EXECUTION_PARAMS: &[&str] = &["gradient_checkpointing"];
+/// LoRA gradients are bit-identical to one graph's (tests/heal_parity.rs); `stream_weights`
+/// reads the layers' weights from the model file at each use, the same values
+/// (tests/layer_streaming.rs).
+pub const EXECUTION_PARAMS: &[&str] = &["gradient_checkpointing", "stream_weights"];
 
 /// `params` with the value of every source parameter (dotted path -> identity) replaced by
 /// the identity, and the execution parameters left out, as keys hash them.

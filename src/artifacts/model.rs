@@ -298,13 +298,33 @@ impl ModelRef {
         dtype: DType,
         storage: WeightStorage,
     ) -> Result<Transformer<B>> {
-        let mut model = self
-            .files
-            .build_stored(device, dtype, &self.kept, storage)?;
+        self.build_held(device, dtype, storage, false)
+    }
+
+    /// `build_stored`, or with `streamed` the layers' projections read from the model file at
+    /// each use (dense only, `ModelFiles::build_streamed`); a healed model's adapter is then
+    /// merged into each weight as it is read.
+    pub fn build_held<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        storage: WeightStorage,
+        streamed: bool,
+    ) -> Result<Transformer<B>> {
+        let mut model = if streamed {
+            if storage != WeightStorage::Dense {
+                anyhow::bail!("stream_weights reads dense weights from the model file; weights = \"nf4\" holds them quantised in memory: choose one");
+            }
+            self.files.build_streamed(device, dtype, &self.kept)?
+        } else {
+            self.files
+                .build_stored(device, dtype, &self.kept, storage)?
+        };
         model.drop_attention(&self.attention_dropped)?;
         if let Some(dir) = &self.adapter {
             let adapter = AdapterSet::load_peft(dir)?;
             match storage {
+                // streamed: merged at each read, the same values
                 WeightStorage::Dense => adapter.merge_into(&mut model)?,
                 WeightStorage::Nf4 => {
                     adapter.attach(&mut model, false)?;

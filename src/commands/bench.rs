@@ -322,6 +322,7 @@ pub fn similarity(
             greedy_samples: 0,
             greedy_steps: 0,
             weights: crate::model::load::WeightStorage::Dense,
+            streamed: false,
         }),
     )?;
     println!(
@@ -364,6 +365,7 @@ impl BackendTask for MmluBench<'_> {
             data_root: self.data_root,
             workers: default_workers(self.backend),
             backend: self.backend,
+            streamed: false,
         };
         let model = self.model.build::<B>(&device, dtype)?;
         let req = ev.build(TaskName::Mmlu)?;

@@ -200,6 +200,7 @@ impl BackendTask for SweepBench<'_> {
             data_root: self.data_root,
             workers: default_workers(self.backend),
             backend: self.backend,
+            streamed: false,
         };
         let base = self.base.build::<B>(&device, dtype)?;
         let tasks = self

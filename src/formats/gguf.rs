@@ -496,6 +496,15 @@ impl GgufFile {
         self.mmap.get(start..start + len).unwrap_or(&[])
     }
 
+    /// Release the pages of a tensor's bytes that this process holds (`fsutil::release_mapped`).
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.tensor_info(name) {
+            let start = (self.data_start + info.offset) as usize;
+            let len = info.n_bytes().unwrap_or(0) as usize;
+            crate::fsutil::release_mapped(&self.mmap, start, len);
+        }
+    }
+
     /// Dequantise a tensor to f32 in row-major (slowest-first) shape.
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor> {
         let info = self

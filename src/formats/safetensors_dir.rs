@@ -183,6 +183,21 @@ impl SafetensorsSet {
         ))
     }
 
+    /// Release the pages of a tensor's bytes that this process holds (`fsutil::release_mapped`).
+    pub fn release(&self, name: &str) {
+        let Some(&i) = self.index.get(name) else {
+            return;
+        };
+        let shard = &self.shards[i];
+        let Ok(view) = shard.view() else {
+            return;
+        };
+        if let Ok(t) = view.tensor(name) {
+            let offset = t.data().as_ptr() as usize - shard.mmap.as_ptr() as usize;
+            crate::fsutil::release_mapped(&shard.mmap, offset, t.data().len());
+        }
+    }
+
     /// Read one tensor as f32 (bf16/f16/f32 stored).
     pub fn tensor_f32(&self, name: &str) -> Result<HostTensor> {
         let &i = self

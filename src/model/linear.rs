@@ -7,12 +7,15 @@ use burn::tensor::{backend::Backend, module::linear, Tensor};
 
 use super::lora::LoraAdapter;
 use super::nf4_linear::Nf4Weight;
+use super::streamed_linear::StreamedWeight;
 
 #[derive(Debug, Clone)]
 pub enum BaseWeight<B: Backend> {
     /// [in, out]
     Dense(Tensor<B, 2>),
     Nf4(Nf4Weight<B>),
+    /// Read from the model file at each use (layer streaming).
+    Streamed(StreamedWeight<B>),
 }
 
 #[derive(Debug, Clone)]
@@ -32,11 +35,20 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// The base weight [in, out] (dequantised for NF4).
+    pub fn streamed(weight: StreamedWeight<B>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            base: BaseWeight::Streamed(weight),
+            bias,
+            lora: None,
+        }
+    }
+
+    /// The base weight [in, out] (dequantised for NF4, read from the file when streamed).
     pub fn weight(&self) -> Tensor<B, 2> {
         match &self.base {
             BaseWeight::Dense(w) => w.clone(),
             BaseWeight::Nf4(q) => q.dequantize().transpose(),
+            BaseWeight::Streamed(s) => s.weight(),
         }
     }
 
@@ -53,6 +65,7 @@ impl<B: Backend> Linear<B> {
         match &self.base {
             BaseWeight::Dense(w) => w.dims()[0],
             BaseWeight::Nf4(q) => q.shape[1],
+            BaseWeight::Streamed(s) => s.shape[0],
         }
     }
 
@@ -60,6 +73,7 @@ impl<B: Backend> Linear<B> {
         match &self.base {
             BaseWeight::Dense(w) => w.dims()[1],
             BaseWeight::Nf4(q) => q.shape[0],
+            BaseWeight::Streamed(s) => s.shape[1],
         }
     }
 }

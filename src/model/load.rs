@@ -2,6 +2,7 @@
 //! tokenizer.json) or a GGUF file. Weights stay on disk (memory-mapped) until a Burn model is built.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType};
@@ -19,7 +20,7 @@ pub struct ModelFiles {
     pub source: ResolvedSource,
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
-    pub store: WeightStore,
+    pub store: Arc<WeightStore>,
     /// "hf" or "gguf"
     pub format: &'static str,
 }
@@ -47,7 +48,7 @@ impl ModelFiles {
             source,
             config,
             tokenizer,
-            store,
+            store: Arc::new(store),
             format,
         })
     }
@@ -65,10 +66,10 @@ impl ModelFiles {
                 );
             }
         }
-        self.store = WeightStore::Overlay {
+        self.store = Arc::new(WeightStore::Overlay {
             top,
-            base: Box::new(self.store),
-        };
+            base: self.store,
+        });
         Ok(self)
     }
 
@@ -96,15 +97,40 @@ impl ModelFiles {
         keep: &[usize],
         storage: WeightStorage,
     ) -> Result<Transformer<B>> {
+        self.loader(device, dtype, storage, false)
+            .transformer(keep)
+            .with_context(|| format!("loading weights from {}", self.source.path.display()))
+    }
+
+    /// `build_with_layers` with layer streaming: the layers' projections stay in the mapped
+    /// model file and are read at each use (`model::streamed_linear`), so that only the running
+    /// block's weights are resident; the same results as the resident model, bit for bit.
+    pub fn build_streamed<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        keep: &[usize],
+    ) -> Result<Transformer<B>> {
+        self.loader(device, dtype, WeightStorage::Dense, true)
+            .transformer(keep)
+            .with_context(|| format!("loading weights from {}", self.source.path.display()))
+    }
+
+    fn loader<'a, B: Backend>(
+        &'a self,
+        device: &'a B::Device,
+        dtype: DType,
+        storage: WeightStorage,
+        streamed: bool,
+    ) -> Loader<'a, B> {
         Loader::<B> {
             store: &self.store,
             cfg: &self.config,
             device,
             dtype,
             storage,
+            streamed,
         }
-        .transformer(keep)
-        .with_context(|| format!("loading weights from {}", self.source.path.display()))
     }
 }
 

@@ -305,6 +305,26 @@ impl ModelShape {
         with(k) - with(0)
     }
 
+    /// The weights outside the layers (embedding, LM head unless tied, final norm): what a
+    /// streamed model keeps resident.
+    pub fn non_layer_bytes(&self, elem: u64) -> u64 {
+        mul(&[self.layer_parameters_of(0), elem])
+    }
+
+    /// One streamed weight read for its matmul: the f32 values read from the file, their
+    /// transposed copy, and the weight in the compute precision.
+    pub fn streamed_transient(&self, elem: u64) -> u64 {
+        mul(&[self.largest_projection(), 8 + elem])
+    }
+
+    fn layer_parameters_of(&self, layers: usize) -> u64 {
+        ModelShape {
+            cfg: self.cfg.clone(),
+            layers,
+        }
+        .parameters()
+    }
+
     /// One NF4 weight dequantised for its matmul: the eight unpacked nibble tensors and their
     /// concatenation (i32) alive together, and the values.
     pub fn nf4_transient(&self, elem: u64) -> u64 {

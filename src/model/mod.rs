@@ -1,5 +1,5 @@
 //! The model core: architecture descriptions, configuration, the Burn transformer and its
-//! linears (dense, NF4, LoRA), surgery on a built model, and export in Hugging Face layout.
+//! linears (dense, NF4, streamed from the file, LoRA), surgery on a built model, and export in Hugging Face layout.
 //! Bytes-to-values formats (GGUF, safetensors, tokenizer files, NF4 codec) live in `formats`.
 
 pub mod architecture;
@@ -18,6 +18,7 @@ pub mod nll;
 pub mod packing;
 pub mod readback;
 pub mod rope;
+pub mod streamed_linear;
 pub mod surgery;
 pub mod tracking;
 pub mod transformer;

@@ -192,7 +192,8 @@ pub fn seed_dropout<B: Backend>(model: &mut Transformer<B>, seed: u64, first_row
     }
 }
 
-/// Merge the updates into dense base weights (for evaluation): W [in, out] += scale * A^T B^T.
+/// Merge the updates into dense base weights (for evaluation): W [in, out] += scale * A^T B^T
+/// (a streamed weight adds it at each read).
 pub fn merge_lora<B: Backend>(
     model: &mut Transformer<B>,
     updates: &[LowRankUpdate<'_>],
@@ -200,9 +201,13 @@ pub fn merge_lora<B: Backend>(
     for u in updates {
         let (a, b) = u.device_factors(model);
         let lin = target(model, u.layer, u.projection)?;
-        let merged = lin.weight() + a.matmul(b) * u.scale;
+        let base = match &lin.base {
+            // merged at each read, with the same operations
+            BaseWeight::Streamed(w) => BaseWeight::Streamed(w.plus_low_rank(a, b, u.scale)),
+            _ => BaseWeight::Dense(lin.weight() + a.matmul(b) * u.scale),
+        };
         *lin = Linear {
-            base: BaseWeight::Dense(merged),
+            base,
             bias: lin.bias.clone(),
             lora: None,
         };

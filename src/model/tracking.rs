@@ -55,6 +55,8 @@ impl<B: Backend> Linear<B> {
                 BaseWeight::Dense(w) => BaseWeight::Dense(w.clone().set_require_grad(false)),
                 // codes, absmax and code book are never trained
                 BaseWeight::Nf4(q) => BaseWeight::Nf4(q.clone()),
+                // read from the file at each use, never trained
+                BaseWeight::Streamed(w) => BaseWeight::Streamed(w.clone()),
             },
             bias: self.bias.clone().map(|b| b.set_require_grad(false)),
             lora: self.lora.as_ref().map(LoraAdapter::detached),

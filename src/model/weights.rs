@@ -2,6 +2,8 @@
 //! Burn `Transformer` from them. GGUF names are mapped to HF names and llama q/k rows are
 //! un-permuted here, once, so that the model code sees one layout.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
@@ -9,6 +11,7 @@ use super::architecture::{NormRole, Projection};
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::Rope;
+use super::streamed_linear::StreamedWeight;
 use super::surgery::quantize_layer_nf4;
 use super::transformer::{DecoderLayer, Norm, Transformer};
 use crate::formats::gguf::GgufFile;
@@ -22,7 +25,7 @@ pub enum WeightStore {
     /// original layer numbers); every other tensor from `base`.
     Overlay {
         top: SafetensorsSet,
-        base: Box<WeightStore>,
+        base: Arc<WeightStore>,
     },
 }
 
@@ -36,6 +39,26 @@ impl WeightStore {
                 .gguf_name(hf_name)
                 .is_some_and(|n| g.tensor_info(&n).is_some()),
             Self::Overlay { top, base } => top.contains(hf_name) || base.has(hf_name, cfg),
+        }
+    }
+
+    /// Release the mapped file pages holding a tensor (layer streaming), where this process
+    /// holds them.
+    pub fn release(&self, hf_name: &str, cfg: &ModelConfig) {
+        match self {
+            Self::Safetensors(s) => s.release(hf_name),
+            Self::Gguf(g) => {
+                if let Some(n) = cfg.architecture.layout().gguf_name(hf_name) {
+                    g.release(&n)
+                }
+            }
+            Self::Overlay { top, base } => {
+                if top.contains(hf_name) {
+                    top.release(hf_name)
+                } else {
+                    base.release(hf_name, cfg)
+                }
+            }
         }
     }
 
@@ -175,12 +198,56 @@ impl WeightStorage {
 }
 
 pub struct Loader<'a, B: Backend> {
-    pub store: &'a WeightStore,
+    pub store: &'a Arc<WeightStore>,
     pub cfg: &'a ModelConfig,
     pub device: &'a B::Device,
     pub dtype: DType,
     /// How the layers' projections are held (NF4: each layer quantised as it is built).
     pub storage: WeightStorage,
+    /// Layer streaming: the layers' projections stay in the (mapped) model file and are read,
+    /// converted and dropped at each use (`StreamedWeight`); dense storage only.
+    pub streamed: bool,
+}
+
+/// Reads one projection's weight in Hugging Face layout, [rows, in]: the whole stored tensor,
+/// or rows `first..first + rows` of a fused [q; k; v] one. Shareable, for streamed weights.
+#[derive(Clone)]
+struct ProjectionReader {
+    store: Arc<WeightStore>,
+    cfg: Arc<ModelConfig>,
+    name: String,
+    /// The stored tensor's shape: [stored_rows, in].
+    stored: [usize; 2],
+    /// The rows kept: (first, count).
+    rows: (usize, usize),
+    fused: bool,
+}
+
+impl ProjectionReader {
+    fn read(&self) -> Result<HostTensor> {
+        let w = self.store.get(&self.name, &self.cfg)?;
+        let [stored_rows, inp] = self.stored;
+        if w.shape != self.stored {
+            let fused = if self.fused {
+                " (q, k and v fused)"
+            } else {
+                ""
+            };
+            bail!(
+                "tensor {} has shape {:?}, expected [{stored_rows}, {inp}]{fused}",
+                self.name,
+                w.shape
+            );
+        }
+        let (first, rows) = self.rows;
+        if (first, rows) == (0, stored_rows) {
+            return Ok(w);
+        }
+        HostTensor::new(
+            vec![rows, inp],
+            w.data[first * inp..(first + rows) * inp].to_vec(),
+        )
+    }
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -208,21 +275,13 @@ impl<B: Backend> Loader<'_, B> {
 
     /// HF linear weight [out, in] (+ optional bias) -> Linear with W [in, out].
     fn linear(&self, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear<B>> {
-        let wname = format!("{prefix}.weight");
-        let w = self.store.get(&wname, self.cfg)?;
-        if w.shape != [out, inp] {
-            bail!(
-                "tensor {wname} has shape {:?}, expected [{out}, {inp}]",
-                w.shape
-            );
-        }
-        let weight = upload(w.transposed(), [inp, out], &wname, self.device, self.dtype)?;
+        let reader = self.reader(format!("{prefix}.weight"), [out, inp], (0, out), false);
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), out)?)
         } else {
             None
         };
-        Ok(Linear::dense(weight, bias))
+        self.projection(reader, bias)
     }
 
     /// A projection whose rows are a slice of a fused [q; k; v] module (Qwen v1's c_attn):
@@ -238,25 +297,12 @@ impl<B: Backend> Loader<'_, B> {
         let (first, rows) = p.fused_rows(c);
         let (v_first, v_rows) = Projection::V.fused_rows(c);
         let fused_rows = v_first + v_rows;
-        let wname = format!("{prefix}.weight");
-        let w = self.store.get(&wname, c)?;
-        if w.shape != [fused_rows, inp] {
-            bail!(
-                "tensor {wname} has shape {:?}, expected [{fused_rows}, {inp}] (q, k and v fused)",
-                w.shape
-            );
-        }
-        let part = HostTensor::new(
-            vec![rows, inp],
-            w.data[first * inp..(first + rows) * inp].to_vec(),
-        )?;
-        let weight = upload(
-            part.transposed(),
-            [inp, rows],
-            &wname,
-            self.device,
-            self.dtype,
-        )?;
+        let reader = self.reader(
+            format!("{prefix}.weight"),
+            [fused_rows, inp],
+            (first, rows),
+            true,
+        );
         let bias = if bias {
             let bname = format!("{prefix}.bias");
             let b = self.store.get(&bname, c)?;
@@ -271,7 +317,57 @@ impl<B: Backend> Loader<'_, B> {
         } else {
             None
         };
-        Ok(Linear::dense(weight, bias))
+        self.projection(reader, bias)
+    }
+
+    fn reader(
+        &self,
+        name: String,
+        stored: [usize; 2],
+        rows: (usize, usize),
+        fused: bool,
+    ) -> ProjectionReader {
+        ProjectionReader {
+            store: self.store.clone(),
+            cfg: Arc::new(self.cfg.clone()),
+            name,
+            stored,
+            rows,
+            fused,
+        }
+    }
+
+    /// The projection W [in, out] read by `reader`: uploaded now, or, streamed, read once here
+    /// (its shape and values checked, then its file pages released) and again at each use.
+    fn projection(
+        &self,
+        reader: ProjectionReader,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Result<Linear<B>> {
+        let (inp, rows) = (reader.stored[1], reader.rows.1);
+        let w = reader.read()?;
+        if !self.streamed {
+            let weight = upload(
+                w.transposed(),
+                [inp, rows],
+                &reader.name,
+                self.device,
+                self.dtype,
+            )?;
+            return Ok(Linear::dense(weight, bias));
+        }
+        drop(w);
+        reader.store.release(&reader.name, &reader.cfg);
+        let (device, dtype) = (self.device.clone(), self.dtype);
+        let fetch = move || -> Result<Tensor<B, 2>> {
+            let w = reader.read()?;
+            reader.store.release(&reader.name, &reader.cfg);
+            upload(w.transposed(), [inp, rows], &reader.name, &device, dtype)
+        };
+        Ok(Linear::streamed(
+            StreamedWeight::new(Arc::new(fetch), [inp, rows]),
+            bias,
+        ))
     }
 
     /// A norm's weight (and bias, where the spec has one).
@@ -343,6 +439,9 @@ impl<B: Backend> Loader<'_, B> {
                     c.num_hidden_layers
                 );
             }
+        }
+        if self.streamed && self.storage != WeightStorage::Dense {
+            bail!("layer streaming reads dense weights from the model file; NF4 holds them quantised in memory: choose one");
         }
         let layout = c.architecture.layout();
         let embed_name = layout.embed.hf;

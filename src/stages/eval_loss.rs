@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    canonical, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage, ANY_MODEL,
+    canonical, InputSlot, JobContext, ParamError, Params, Stage, Switch, WeightStorage, ANY_MODEL,
 };
 use crate::artifacts::loss::DEFINITION;
 use crate::artifacts::{LossRecord, ModelRef, Record};
@@ -24,6 +24,10 @@ pub struct EvalLossParams {
     /// existing keys stay as they were.
     #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
     pub weights: WeightStorage,
+    /// true | false | "auto" (`Switch`): the layers' weights read from the model file at each
+    /// use, the same results with one block's weights resident; not in the cache key.
+    #[serde(default)]
+    pub stream_weights: Switch,
     pub text: TextSpec,
 }
 
@@ -54,12 +58,15 @@ struct Compute<'a> {
     batch: usize,
     workers: usize,
     weights: WeightStorage,
+    streamed: bool,
 }
 
 impl BackendTask for Compute<'_> {
     type Output = Vec<(f64, usize)>;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Self::Output> {
-        let model = self.model.build_stored::<B>(&device, dtype, self.weights)?;
+        let model = self
+            .model
+            .build_held::<B>(&device, dtype, self.weights, self.streamed)?;
         window_losses(&model, self.windows, self.batch, self.workers)
     }
 }
@@ -103,7 +110,14 @@ impl Stage for EvalLossStage {
             w => p.batch_size.min(w),
         };
         let logit_rows = batch.saturating_mul(p.seq_len);
-        let plan = super::MemoryPlan::inference_in(on, p.weights, batch, p.seq_len, logit_rows);
+        let plan = super::MemoryPlan::inference_in(
+            on,
+            p.weights,
+            p.stream_weights,
+            batch,
+            p.seq_len,
+            logit_rows,
+        );
         Some(
             plan.knob("batch_size", p.batch_size)
                 .knob("seq_len", p.seq_len),
@@ -135,6 +149,7 @@ impl Stage for EvalLossStage {
                 batch: p.batch_size,
                 workers: ctx.workers(),
                 weights: p.weights,
+                streamed: p.stream_weights.for_job(super::STREAMING, ctx),
             },
         )?;
         let total: f64 = losses.iter().map(|(s, _)| s).sum();

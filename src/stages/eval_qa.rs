@@ -13,8 +13,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    canonical, InputArtifact, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage,
-    ANY_MODEL,
+    canonical, InputArtifact, InputSlot, JobContext, ParamError, Params, Stage, Switch,
+    WeightStorage, ANY_MODEL,
 };
 use crate::artifacts::eval::{TaskResult, PROMPTS};
 use crate::artifacts::{write_json, EvalRecord, ModelArtifact, ModelRef, Record};
@@ -52,6 +52,10 @@ pub struct EvalQaParams {
     /// "dense" or "nf4" (`WeightStorage`); left out of the canonical parameters when dense.
     #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
     pub weights: WeightStorage,
+    /// true | false | "auto" (`Switch`): the layers' weights read from the model file at each
+    /// use, the same results with one block's weights resident; not in the cache key.
+    #[serde(default)]
+    pub stream_weights: Switch,
 }
 
 impl Params for EvalQaParams {
@@ -148,6 +152,8 @@ pub struct Evaluate<'a> {
     pub data_root: &'a Path,
     pub workers: usize,
     pub backend: BackendKind,
+    /// Layer streaming (dense weights only; the same results).
+    pub streamed: bool,
 }
 
 impl Evaluate<'_> {
@@ -308,9 +314,9 @@ impl BackendTask for Evaluate<'_> {
     type Output = Evaluation;
 
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Evaluation> {
-        let model = self
-            .model
-            .build_stored::<B>(&device, dtype, self.params.weights)?;
+        let model =
+            self.model
+                .build_held::<B>(&device, dtype, self.params.weights, self.streamed)?;
         let cut = self.cut(dtype);
         let mut out = Evaluation {
             results: Vec::new(),
@@ -375,6 +381,7 @@ impl Stage for EvalQaStage {
         let mut plan = super::MemoryPlan::inference_in(
             on,
             p.weights,
+            p.stream_weights,
             p.batch_size,
             p.max_length,
             p.batch_size.saturating_mul(16),
@@ -405,6 +412,7 @@ impl Stage for EvalQaStage {
             data_root: &data.path,
             workers: ctx.workers(),
             backend: ctx.backend,
+            streamed: p.stream_weights.for_job(super::STREAMING, ctx),
         };
         let evaluation = dispatch(ctx.backend, ctx.precision, task)?;
         let record = EvalRecord {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, Checkpointing, InputSlot, JobContext, ParamError, Params, Stage};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, Switch};
 use crate::artifacts::heal::{adapter_dir, MERGED_DIR};
 use crate::artifacts::pruned::EXPORT_DIR;
 use crate::artifacts::{HealRecord, InputArtifact, ModelRef, Record};
@@ -39,9 +39,9 @@ pub struct HealParams {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub merge: bool,
-    /// true | false | "auto" (`Checkpointing`); not in the cache key.
+    /// true | false | "auto" (`Switch`); not in the cache key.
     #[serde(default)]
-    pub gradient_checkpointing: Checkpointing,
+    pub gradient_checkpointing: Switch,
     pub text: TextSpec,
 }
 
@@ -301,7 +301,7 @@ impl Stage for HealStage {
                 step_delay_ms: ctx.runtime.heal_step_delay_ms,
                 execution: Execution {
                     workers: ctx.workers(),
-                    checkpointing: super::checkpointing_for(p.gradient_checkpointing, ctx),
+                    checkpointing: p.gradient_checkpointing.for_job(super::CHECKPOINTING, ctx),
                 },
             },
         )?;

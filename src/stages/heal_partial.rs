@@ -5,7 +5,7 @@ use anyhow::Result;
 use burn::tensor::{backend::AutodiffBackend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, Checkpointing, InputSlot, JobContext, ParamError, Params, Stage};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, Switch};
 use crate::artifacts::heal::MERGED_DIR;
 use crate::artifacts::heal_linear::replaced_dir;
 use crate::artifacts::{ModelRef, PartialHealRecord, Record};
@@ -34,9 +34,9 @@ pub struct PartialHealParams {
     pub seed: u64,
     pub checkpoint_every: u64,
     pub merge: bool,
-    /// true | false | "auto" (`Checkpointing`); not in the cache key.
+    /// true | false | "auto" (`Switch`); not in the cache key.
     #[serde(default)]
-    pub gradient_checkpointing: Checkpointing,
+    pub gradient_checkpointing: Switch,
     pub text: TextSpec,
 }
 
@@ -226,7 +226,7 @@ impl Stage for PartialHealStage {
                 checkpoints: &checkpoints,
                 execution: Execution {
                     workers: ctx.workers(),
-                    checkpointing: super::checkpointing_for(p.gradient_checkpointing, ctx),
+                    checkpointing: p.gradient_checkpointing.for_job(super::CHECKPOINTING, ctx),
                 },
             },
         )?;

@@ -168,28 +168,51 @@ impl MemoryPlan {
         Self::of(Self::inference_estimate(
             on,
             WeightStorage::Dense,
+            false,
             rows,
             seq,
             logit_rows,
         ))
     }
-    /// `inference` for a stage with a `weights` parameter, the projections held as `storage`
-    /// says (NF4: 4-bit codes and absmax, and one weight dequantised at a time for its
-    /// matmul); dense, with `weights = "nf4"` as the alternative.
+    /// `inference` for a stage with the `weights` and `stream_weights` parameters: the
+    /// projections held as `storage` says (NF4: 4-bit codes and absmax, and one weight
+    /// dequantised at a time for its matmul), or streamed from the model file (dense only; on
+    /// "auto" where the resident model would not fit the limit). A dense resident job is
+    /// offered streaming first (the same results), and NF4 where streaming is off.
     pub fn inference_in(
         on: &MemoryTarget,
         storage: WeightStorage,
+        streaming: Switch,
         rows: usize,
         seq: usize,
         logit_rows: usize,
     ) -> Self {
-        let mut plan = Self::of(Self::inference_estimate(on, storage, rows, seq, logit_rows));
-        if storage == WeightStorage::Dense {
-            plan.alternative = Some(Alternative {
-                setting: "weights = \"nf4\"".into(),
-                effect:
-                    "4-bit weights, as the paper's authors evaluated: the results change a little",
-                estimate: Self::inference_estimate(on, WeightStorage::Nf4, rows, seq, logit_rows),
+        let dense = storage == WeightStorage::Dense;
+        let estimate = |storage, streamed| {
+            Self::inference_estimate(on, storage, streamed, rows, seq, logit_rows)
+        };
+        let streamed = dense
+            && streaming.planned(|| {
+                on.available
+                    .is_some_and(|a| estimate(storage, false).total() > a)
+            });
+        let mut plan = Self::of(estimate(storage, streamed));
+        if dense {
+            plan = plan.setting(STREAMING, streamed);
+        }
+        if dense && !streamed {
+            plan.alternative = Some(if streaming == Switch::Off {
+                Alternative {
+                    setting: format!("{STREAMING} = true"),
+                    effect: "the same results; the layers are read from the model file at each use",
+                    estimate: estimate(WeightStorage::Dense, true),
+                }
+            } else {
+                Alternative {
+                    setting: "weights = \"nf4\"".into(),
+                    effect: "4-bit weights, as the paper's authors evaluated: the results change a little",
+                    estimate: estimate(WeightStorage::Nf4, false),
+                }
             });
         }
         plan
@@ -197,6 +220,7 @@ impl MemoryPlan {
     fn inference_estimate(
         on: &MemoryTarget,
         storage: WeightStorage,
+        streamed: bool,
         rows: usize,
         seq: usize,
         logit_rows: usize,
@@ -204,11 +228,16 @@ impl MemoryPlan {
         use crate::model::memory::BaseWeights;
         let (r, s, e) = (rows as u64, seq as u64, on.elem);
         let mut estimate = crate::model::memory::MemoryEstimate::default();
-        match storage {
-            WeightStorage::Dense => {
+        match (storage, streamed) {
+            (WeightStorage::Dense, false) => {
                 estimate.add("weights", on.shape.weight_bytes(e, BaseWeights::Dense));
             }
-            WeightStorage::Nf4 => {
+            (WeightStorage::Dense, true) => {
+                estimate
+                    .add("weights outside the layers", on.shape.non_layer_bytes(e))
+                    .add("streamed weight", on.shape.streamed_transient(e));
+            }
+            (WeightStorage::Nf4, _) => {
                 estimate
                     .add("weights (NF4)", on.shape.weight_bytes(e, BaseWeights::Nf4))
                     .add("NF4 dequantising", on.shape.nf4_transient(e));
@@ -304,18 +333,19 @@ pub fn warn_beyond_context(stage: &str, what: &str, len: usize, cfg: &crate::mod
     }
 }
 
-/// `gradient_checkpointing` of a training stage: `true`, `false` or `"auto"` (on where the
-/// memory plan needs it to fit the memory limit). How a step is computed, not what: it is in
-/// no cache key (artifacts::manifest::EXECUTION_PARAMS).
+/// An execution setting a job's memory plan may choose: `true`, `false` or `"auto"` (on where
+/// the plan needs it to fit the memory limit): `gradient_checkpointing` of the training stages,
+/// `stream_weights` of the inference stages. How a job computes, not what: such a setting is
+/// in no cache key (artifacts::manifest::EXECUTION_PARAMS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Checkpointing {
+pub enum Switch {
     On,
     Off,
     #[default]
     Auto,
 }
 
-impl Serialize for Checkpointing {
+impl Serialize for Switch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::On => s.serialize_bool(true),
@@ -325,24 +355,20 @@ impl Serialize for Checkpointing {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Checkpointing {
+impl<'de> serde::Deserialize<'de> for Switch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
-            type Value = Checkpointing;
+            type Value = Switch;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("true, false or \"auto\"")
             }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Checkpointing, E> {
-                Ok(if v {
-                    Checkpointing::On
-                } else {
-                    Checkpointing::Off
-                })
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Switch, E> {
+                Ok(if v { Switch::On } else { Switch::Off })
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Checkpointing, E> {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Switch, E> {
                 match v {
-                    "auto" => Ok(Checkpointing::Auto),
+                    "auto" => Ok(Switch::Auto),
                     _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
                 }
             }
@@ -351,22 +377,38 @@ impl<'de> serde::Deserialize<'de> for Checkpointing {
     }
 }
 
+impl Switch {
+    /// The setting as planned: on, off, or on "auto" on where `needed` says.
+    pub fn planned(self, needed: impl FnOnce() -> bool) -> bool {
+        match self {
+            Self::On => true,
+            Self::Off => false,
+            Self::Auto => needed(),
+        }
+    }
+
+    /// Whether a job runs with the setting `name` on: its setting, or on "auto" what its memory
+    /// plan chose (off where no plan chose).
+    pub fn for_job(self, name: &str, ctx: &JobContext) -> bool {
+        self.planned(|| {
+            ctx.planned
+                .get(name)
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+        })
+    }
+}
+
 /// The memory plan of a training job and whether it runs checkpointed: `estimate(false)` and
 /// `estimate(true)` are its peaks without and with gradient checkpointing; "auto" checkpoints
 /// where the limit is known and the plain step would not fit it.
 pub fn training_plan(
-    setting: Checkpointing,
+    setting: Switch,
     on: &MemoryTarget,
     estimate: impl Fn(bool) -> crate::model::memory::MemoryEstimate,
 ) -> MemoryPlan {
-    let checkpointing = match setting {
-        Checkpointing::On => true,
-        Checkpointing::Off => false,
-        Checkpointing::Auto => {
-            let plain = estimate(false).total();
-            on.available.is_some_and(|a| plain > a)
-        }
-    };
+    let checkpointing =
+        setting.planned(|| on.available.is_some_and(|a| estimate(false).total() > a));
     let mut plan = MemoryPlan::of(estimate(checkpointing)).setting(CHECKPOINTING, checkpointing);
     if !checkpointing {
         plan.alternative = Some(Alternative {
@@ -381,19 +423,8 @@ pub fn training_plan(
 /// The parameter name of gradient checkpointing, and the setting the plan chose for it.
 pub const CHECKPOINTING: &str = "gradient_checkpointing";
 
-/// Whether a training job runs checkpointed: its setting, or on "auto" what its memory plan
-/// chose (off where no plan chose).
-pub fn checkpointing_for(setting: Checkpointing, ctx: &JobContext) -> bool {
-    match setting {
-        Checkpointing::On => true,
-        Checkpointing::Off => false,
-        Checkpointing::Auto => ctx
-            .planned
-            .get(CHECKPOINTING)
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-    }
-}
+/// The parameter name of layer streaming, and the setting the plan chose for it.
+pub const STREAMING: &str = "stream_weights";
 
 /// The parameter checks every training stage shares (heal, heal-partial).
 pub fn check_training(

@@ -299,17 +299,43 @@ pub fn write_findings(
             summary,
             "Largest fraction of layers dropped up to which the score stays within two standard \
              errors of the unpruned model (|score - base| <= 2 sqrt(se^2 + se_base^2) at every \
-             evaluated fraction up to it; 0: not even the smallest):\n\n\
-             | strategy | heal | task | shots | metric | largest fraction | fractions evaluated |\n\
-             |---|---|---|---|---|---|---|"
+             evaluated fraction up to it; 0: not even the smallest), and the first fraction whose \
+             score is within two standard errors of chance (|score - chance| <= 2 se; -: none \
+             evaluated):\n\n\
+             | strategy | heal | task | shots | metric | unpruned (se) | largest fraction | at chance from (chance) | fractions evaluated |\n\
+             |---|---|---|---|---|---|---|---|---|"
         )?;
         for r in &robust {
+            let at_chance = match (r.chance, r.at_chance_from) {
+                (Some(c), Some(f)) => format!("{f:.3} ({c})"),
+                (Some(c), None) => format!("- ({c})"),
+                (None, _) => String::new(),
+            };
             writeln!(
                 summary,
-                "| {} | {} | {} | {} | {} | {:.3} | {} |",
-                r.strategy, r.heal, r.task, r.shots, r.metric, r.max_fraction, r.fractions
+                "| {} | {} | {} | {} | {} | {:.4} ({:.4}) | {:.3} | {} | {} |",
+                r.strategy,
+                r.heal,
+                r.task,
+                r.shots,
+                r.metric,
+                r.base,
+                r.base_stderr,
+                r.max_fraction,
+                at_chance,
+                r.fractions
             )?;
         }
+        let transition: Vec<String> = findings::PUBLISHED_TRANSITION
+            .iter()
+            .map(|(family, at)| format!("{family} {at}"))
+            .collect();
+        writeln!(
+            summary,
+            "\nThe paper's MMLU transition (the fraction after which MMLU falls sharply to \
+             chance): {}.",
+            transition.join(", ")
+        )?;
         writeln!(summary)?;
     }
     if !healed.is_empty() {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use burn::tensor::{backend::Backend, DType};
 use serde::{Deserialize, Serialize};
 
-use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, WeightStorage};
+use super::{canonical, InputSlot, JobContext, ParamError, Params, Stage, Switch, WeightStorage};
 use crate::artifacts::similarity::{write_samples, NUMBERING};
 use crate::artifacts::{LoadRecord, Record, SimilarityRecord};
 use crate::backend::{dispatch, BackendTask};
@@ -34,6 +34,10 @@ pub struct SimilarityParams {
     /// "dense" or "nf4" (`WeightStorage`); left out of the canonical parameters when dense.
     #[serde(default, skip_serializing_if = "WeightStorage::is_dense")]
     pub weights: WeightStorage,
+    /// true | false | "auto" (`Switch`): the layers' weights read from the model file at each
+    /// use, the same results with one block's weights resident; not in the cache key.
+    #[serde(default)]
+    pub stream_weights: Switch,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -97,6 +101,8 @@ pub struct Measure<'a> {
     pub greedy_steps: usize,
     /// How the model holds its projections.
     pub weights: WeightStorage,
+    /// Layer streaming (dense weights only).
+    pub streamed: bool,
 }
 
 impl Measure<'_> {
@@ -135,9 +141,12 @@ impl BackendTask for Measure<'_> {
     type Output = Distances;
     fn run<B: Backend>(self, device: B::Device, dtype: DType) -> Result<Distances> {
         let all: Vec<usize> = (0..self.files.config.num_hidden_layers).collect();
-        let model = self
-            .files
-            .build_stored::<B>(&device, dtype, &all, self.weights)?;
+        let model = if self.streamed {
+            self.files.build_streamed::<B>(&device, dtype, &all)?
+        } else {
+            self.files
+                .build_stored::<B>(&device, dtype, &all, self.weights)?
+        };
         self.on(&model)
     }
 }
@@ -177,7 +186,8 @@ impl Stage for SimilarityStage {
         let p: SimilarityParams = super::parse_params(params).ok()?;
         // the batch that will run: never more rows than samples
         let batch = p.batch_size.min(p.samples.max(1));
-        let mut plan = super::MemoryPlan::inference_in(on, p.weights, batch, p.seq_len, 0);
+        let mut plan =
+            super::MemoryPlan::inference_in(on, p.weights, p.stream_weights, batch, p.seq_len, 0);
         if p.greedy_steps > 0 {
             // loss_greedy: the stream below each candidate, and next-token logits per row
             let rows = batch.min(p.greedy_samples.max(1)) as u64;
@@ -229,6 +239,7 @@ impl Stage for SimilarityStage {
                 greedy_samples: p.greedy_samples,
                 greedy_steps: p.greedy_steps,
                 weights: p.weights,
+                streamed: p.stream_weights.for_job(super::STREAMING, ctx),
             },
         )?;
         let record = SimilarityRecord {
