@@ -515,8 +515,13 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
         dtype: DType,
     ) -> Result<(f64, f64)> {
         use crate::heal::adapter::LoraConfig;
-        use crate::heal::train::{setup, train, Quant, TrainConfig};
-        let mut model = self.files.build::<B>(&device, dtype)?;
+        use crate::heal::train::{base_storage, setup, train, Quant, TrainConfig};
+        let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
+        let all: Vec<usize> = (0..self.files.config.num_hidden_layers).collect();
+        let storage = base_storage::<B>(&device, quant, self.execution);
+        let mut model = self
+            .files
+            .build_stored::<B>(&device, dtype, &all, storage)?;
         let lora = LoraConfig {
             r: self.rank,
             alpha: self.rank as f64,
@@ -524,7 +529,6 @@ impl crate::backend::AutodiffTask for HealBench<'_> {
             target_modules: vec!["gate_proj".into(), "up_proj".into(), "down_proj".into()],
         };
         let config = one_batch_config(lora, self.rows.len(), 1e-4);
-        let quant = if self.nf4 { Quant::Nf4 } else { Quant::None };
         // the heal stage's setup: NF4 base when asked, PEFT-initialised adapters
         let state = setup(&mut model, &config, quant, None, self.execution)?;
         // one warm-up step, then the timed ones (the same batch every step: `rows` is one batch)

@@ -179,6 +179,23 @@ impl<P: Trainable> TrainState<P> {
     }
 }
 
+/// How to build the model to heal: with an NF4 base that `setup` will not keep dequantised,
+/// quantised layer by layer as it is built (`WeightStorage::Nf4`), so that the dense model never
+/// exists whole (a 70B model in bf16 would not fit where its NF4 base does); `setup` then finds
+/// the projections quantised already, the same codes.
+pub fn base_storage<B: AutodiffBackend>(
+    device: &B::Device,
+    quant: Quant,
+    execution: Execution,
+) -> crate::model::load::WeightStorage {
+    let keeps_dequantized = crate::backend::on_host::<B>(device) && !execution.checkpointing;
+    if quant == Quant::Nf4 && !keeps_dequantized {
+        crate::model::load::WeightStorage::Nf4
+    } else {
+        crate::model::load::WeightStorage::Dense
+    }
+}
+
 /// Prepare a built model for healing: quantise its frozen projections (NF4) if asked, create the
 /// adapters (PEFT's initialisation, seeded), and resume from the newest matching checkpoint.
 /// Where the device is the host and the run is not checkpointed, each NF4 weight is dequantised

@@ -308,7 +308,17 @@ impl ModelShape {
     /// The weights outside the layers (embedding, LM head unless tied, final norm): what a
     /// streamed model keeps resident.
     pub fn non_layer_bytes(&self, elem: u64) -> u64 {
-        mul(&[self.layer_parameters_of(0), elem])
+        mul(&[self.non_layer_parameters(), elem])
+    }
+
+    /// Parameters outside the layers (embedding, LM head unless tied, final norm).
+    pub fn non_layer_parameters(&self) -> u64 {
+        self.layer_parameters_of(0)
+    }
+
+    /// The embedding read from the file as f32 while it is uploaded (the load's transient).
+    pub fn embedding_read(&self) -> u64 {
+        mul(&[self.cfg.vocab_size as u64, self.d(), 4])
     }
 
     /// One streamed weight read for its matmul: the f32 values read from the file, their

@@ -226,6 +226,7 @@ struct ProjectionReader {
 impl ProjectionReader {
     fn read(&self) -> Result<HostTensor> {
         let w = self.store.get(&self.name, &self.cfg)?;
+        self.store.release(&self.name, &self.cfg);
         let [stored_rows, inp] = self.stored;
         if w.shape != self.stored {
             let fused = if self.fused {
@@ -251,20 +252,23 @@ impl ProjectionReader {
 }
 
 impl<B: Backend> Loader<'_, B> {
+    /// A tensor read for the model being built; the mapped file's pages it touched are released
+    /// at once (the model holds its own copy, or reads it again when streamed), so that the file
+    /// does not stay resident beside the weights.
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        let t = self.store.get(name, self.cfg)?;
+        self.store.release(name, self.cfg);
+        Ok(t)
+    }
+
     fn vector(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        upload(
-            self.store.get(name, self.cfg)?,
-            [len],
-            name,
-            self.device,
-            self.dtype,
-        )
+        upload(self.read(name)?, [len], name, self.device, self.dtype)
     }
 
     /// A norm weight as the forward pass multiplies by it: Gemma's stored offset w becomes 1 + w
     /// (in f32, as transformers' Gemma3RMSNorm computes it), here, once.
     fn norm_weight(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        let mut t = self.store.get(name, self.cfg)?;
+        let mut t = self.read(name)?;
         if self.cfg.norm_offset {
             for w in &mut t.data {
                 *w += 1.0;
@@ -305,7 +309,7 @@ impl<B: Backend> Loader<'_, B> {
         );
         let bias = if bias {
             let bname = format!("{prefix}.bias");
-            let b = self.store.get(&bname, c)?;
+            let b = self.read(&bname)?;
             if b.shape != [fused_rows] {
                 bail!(
                     "tensor {bname} has shape {:?}, expected [{fused_rows}]",
@@ -338,7 +342,8 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// The projection W [in, out] read by `reader`: uploaded now, or, streamed, read once here
-    /// (its shape and values checked, then its file pages released) and again at each use.
+    /// (its shape and values checked) and again at each use; every read releases the file pages
+    /// it touched.
     fn projection(
         &self,
         reader: ProjectionReader,
@@ -357,11 +362,9 @@ impl<B: Backend> Loader<'_, B> {
             return Ok(Linear::dense(weight, bias));
         }
         drop(w);
-        reader.store.release(&reader.name, &reader.cfg);
         let (device, dtype) = (self.device.clone(), self.dtype);
         let fetch = move || -> Result<Tensor<B, 2>> {
             let w = reader.read()?;
-            reader.store.release(&reader.name, &reader.cfg);
             upload(w.transposed(), [inp, rows], &reader.name, &device, dtype)
         };
         Ok(Linear::streamed(
@@ -446,7 +449,7 @@ impl<B: Backend> Loader<'_, B> {
         let layout = c.architecture.layout();
         let embed_name = layout.embed.hf;
         let embed_tokens = upload(
-            self.store.get(embed_name, c)?,
+            self.read(embed_name)?,
             [c.vocab_size, c.hidden_size],
             embed_name,
             self.device,
@@ -459,7 +462,7 @@ impl<B: Backend> Loader<'_, B> {
             }
             embed_tokens.clone().transpose()
         } else {
-            let w = self.store.get(head_name, c)?;
+            let w = self.read(head_name)?;
             upload(
                 w.transposed(),
                 [c.hidden_size, c.vocab_size],

@@ -2,7 +2,7 @@
 //! estimate for the model it runs, plus what the runtime needs), the memory the device has, and
 //! the check `run` makes before any job starts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::backend::{self, BackendKind};
 use crate::formats::gguf::GgufFile;
@@ -83,7 +83,7 @@ fn model_config(
     graph: &JobGraph,
     load: usize,
     cache_root: &Path,
-) -> Option<(ModelConfig, u64, String)> {
+) -> Option<(ModelConfig, String)> {
     let sref = graph.jobs[load].sources.get("model")?;
     if sref.absent.is_some() {
         let SourceSpec::Hf { repo, .. } = &sref.spec else {
@@ -96,32 +96,18 @@ fn model_config(
             .join("configs")
             .join(repo.replace('/', "--"));
         let c = ModelConfig::from_hf_config_file(&dir.join("config.json")).ok()?;
-        return Some((c, 0, dir.join("config.json").display().to_string()));
+        return Some((c, dir.join("config.json").display().to_string()));
     }
     // planning fetches and hashes nothing: a source not yet here has no estimate
     let path = source::locate_present(&sref.spec, cache_root)?;
-    read_config(&path).map(|(c, bytes)| (c, bytes, sref.spec.to_string()))
+    read_config(&path).map(|c| (c, sref.spec.to_string()))
 }
 
-fn read_config(path: &Path) -> Option<(ModelConfig, u64)> {
+fn read_config(path: &Path) -> Option<ModelConfig> {
     if path.is_dir() {
-        let c = ModelConfig::from_hf_config_file(&path.join("config.json")).ok()?;
-        let files: Vec<PathBuf> = std::fs::read_dir(path)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        let bytes = files
-            .iter()
-            .filter_map(|p| p.metadata().ok())
-            .map(|m| m.len())
-            .sum();
-        Some((c, bytes))
+        ModelConfig::from_hf_config_file(&path.join("config.json")).ok()
     } else {
-        let g = GgufFile::open(path).ok()?;
-        let c = ModelConfig::from_gguf(&g).ok()?;
-        Some((c, path.metadata().ok()?.len()))
+        ModelConfig::from_gguf(&GgufFile::open(path).ok()?).ok()
     }
 }
 
@@ -137,14 +123,14 @@ pub fn estimate(
         crate::backend::Precision::F32 => 4,
         _ => 2,
     };
-    let mut configs: std::collections::BTreeMap<usize, Option<(ModelConfig, u64, String)>> =
+    let mut configs: std::collections::BTreeMap<usize, Option<(ModelConfig, String)>> =
         Default::default();
     let limit = limit(cfg).map(|l| l.bytes);
     (0..graph.jobs.len())
         .map(|i| {
             let job = &graph.jobs[i];
             let c = chain(graph, i)?;
-            let (mcfg, stored, origin) = configs
+            let (mcfg, origin) = configs
                 .entry(c.load)
                 .or_insert_with(|| model_config(cfg, graph, c.load, cache_root))
                 .clone()?;
@@ -154,12 +140,10 @@ pub fn estimate(
                 .iter()
                 .map(|&f| n_for_fraction(f, base_layers))
                 .sum();
-            // what the runtime holds besides the job's own work
+            // what the runtime holds besides the job's own work (the model file is memory-mapped,
+            // but the loader releases the pages of every tensor it reads: model::weights)
             let runtime_parts: Vec<(&'static str, u64)> = if host {
-                vec![
-                    ("model file (mapped)", stored),
-                    ("process", PROCESS_OVERHEAD),
-                ]
+                vec![("process", PROCESS_OVERHEAD)]
             } else {
                 vec![("device runtime", DEVICE_RUNTIME)]
             };
@@ -227,8 +211,8 @@ pub fn does_not_fit(stage: &str, label: &str, m: &JobMemory, limit: &MemoryLimit
     let remedy = if enough {
         setting
     } else if weights(&m.plan.estimate) >= limit.bytes && its_weights >= limit.bytes {
-        "the weights alone do not fit: use a device with more memory (layer streaming is not \
-         implemented)"
+        "the weights alone do not fit: use a device with more memory (training does not stream \
+         its layers yet)"
             .to_string()
     } else if setting.is_empty() {
         lower

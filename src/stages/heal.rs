@@ -12,7 +12,9 @@ use crate::backend::{dispatch_autodiff, AutodiffTask};
 use crate::data::text::TextSpec;
 use crate::heal::adapter::LoraConfig;
 use crate::heal::optim::AdamWConfig;
-use crate::heal::train::{setup, train, Checkpoints, Execution, LogRow, TrainConfig, TrainState};
+use crate::heal::train::{
+    base_storage, setup, train, Checkpoints, Execution, LogRow, TrainConfig, TrainState,
+};
 use crate::model::family::check_target_name;
 
 pub use crate::heal::train::Quant;
@@ -133,7 +135,8 @@ struct Heal<'a> {
 impl AutodiffTask for Heal<'_> {
     type Output = TrainState;
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: DType) -> Result<TrainState> {
-        let mut model = self.model.build::<B>(&device, dtype)?;
+        let storage = base_storage::<B>(&device, self.quant, self.execution);
+        let mut model = self.model.build_stored::<B>(&device, dtype, storage)?;
         let state = setup(
             &mut model,
             &self.config,

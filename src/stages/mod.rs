@@ -236,6 +236,10 @@ impl MemoryPlan {
                 estimate
                     .add("weights outside the layers", on.shape.non_layer_bytes(e))
                     .add("streamed weight", on.shape.streamed_transient(e));
+                if on.host {
+                    // read as f32 while it is uploaded (host memory: on a GPU, not the device's)
+                    estimate.add("embedding read (f32)", on.shape.embedding_read());
+                }
             }
             (WeightStorage::Nf4, _) => {
                 estimate
