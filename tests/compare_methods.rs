@@ -386,7 +386,7 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
     for line in table {
         let c: Vec<&str> = line.split('|').map(str::trim).collect();
         let (strategy, heal, task, metric) = (c[1], c[2], c[3], c[5]);
-        let shown: f64 = c[6].parse().unwrap();
+        let shown: f64 = c[7].parse().unwrap();
         let variant = match heal {
             "none" => "pruned",
             "lora" => "healed",
@@ -416,6 +416,11 @@ fn every_strategy_and_healing_method_compared_in_one_sweep() {
             want = num(p, "fraction");
         }
         assert!((shown - want).abs() < 1e-9, "{line}: want {want}");
+        assert_eq!(
+            c[6],
+            format!("{:.4} ({:.4})", num(b, "value"), num(b, "stderr")),
+            "{line}: the unpruned score and its standard error"
+        );
     }
 
     // attention-only prunes keep every layer; their export (o_proj zeroed) is the same model

@@ -296,34 +296,50 @@ fn plan_estimates_the_paper_jobs_from_their_configs() {
     assert!(o.contains("peak device memory per job estimated"), "{o}");
 }
 
-/// Where a paper job does not fit, `plan` names the setting that makes it fit first: 4-bit
-/// weights for inference, gradient checkpointing for healing (here turned off), each with what
-/// it does to the results and the estimate with it.
+/// Where a paper job does not fit, `plan` names the setting that makes it fit first: layer
+/// streaming for inference, gradient checkpointing for healing (both here turned off), each with
+/// what it does to the results and the estimate with it; on "auto" the similarity pass streams.
 #[test]
 fn a_paper_job_that_does_not_fit_is_told_the_setting_that_does() {
     let env = Env::new();
     std::fs::create_dir_all(env.path("hub")).unwrap();
     let f = repo().join("pipelines/paper/llama-2-7b.toml");
-    let out = env
-        .cmd(&[
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
             "plan",
             f.to_str().unwrap(),
+            "--memory",
             "--set",
             "memory_limit=\"16GiB\"",
             "--set",
             "stages.heal.gradient_checkpointing=false",
-        ])
-        .env("HF_HUB_CACHE", env.path("hub"))
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+        ];
+        args.extend_from_slice(extra);
+        let out = env
+            .cmd(&args)
+            .env("HF_HUB_CACHE", env.path("hub"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        (stdout(&out), stderr(&out))
+    };
+    // streaming off: told the setting that keeps the results and fits
+    let (_, err) = plan(&["--set", "stages.similarity.stream_weights=false"]);
     assert!(
-        err.contains("set stages.similarity.weights = \"nf4\" (4-bit weights"),
+        err.contains("set stages.similarity.stream_weights = true (the same results"),
         "{err}"
     );
     assert!(
         err.contains("set stages.heal.gradient_checkpointing = true (the same results; then about"),
         "{err}"
     );
+    // on "auto" (the default) the similarity pass streams and fits: no warning for it
+    let (out, err) = plan(&[]);
+    let similarity = out
+        .split("\n  similarity")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let block: String = similarity.lines().take(3).collect::<Vec<_>>().join("\n");
+    assert!(block.contains("planned: stream_weights = true"), "{block}");
+    assert!(!err.contains("similarity needs about"), "{err}");
 }
