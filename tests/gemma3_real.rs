@@ -80,23 +80,7 @@ fn gemma3_every_boundary_and_the_tokenizer_match_transformers() {
     assert_eq!(files.config.num_hidden_layers, 18);
     assert!(files.tokenizer.adds_bos);
     let reference = reference();
-    for case in reference["tokenizer_cases"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let ids: Vec<u64> = files
-            .tokenizer
-            .encode(text)
-            .unwrap()
-            .into_iter()
-            .map(u64::from)
-            .collect();
-        let want: Vec<u64> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect();
-        assert_eq!(ids, want, "{text:?}");
-    }
+    common::assert_tokenizer_cases(&files.tokenizer, &reference["tokenizer_cases"]);
     let model = files
         .build::<common::B>(&Default::default(), DType::F32)
         .unwrap();

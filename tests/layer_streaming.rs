@@ -8,7 +8,7 @@
 mod common;
 
 use burn::tensor::DType;
-use common::cli::{stderr, stdout, Env};
+use common::cli::{plan_job_line as job_line, stderr, stdout, Env};
 use common::{fixtures, B};
 use layerprune::heal::adapter::AdapterSet;
 use layerprune::model::{to_f32_vec, Capture, Logits, ModelFiles, TokenBatch, Transformer};
@@ -164,23 +164,6 @@ text = {{ source = "text", part = "all" }}
         smollm2().display(),
         fixtures().join("text").display()
     )
-}
-
-/// A job's (key, estimate in MiB) from `plan --memory`.
-fn job_line(plan: &str, label: &str) -> (String, f64) {
-    let line = plan
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(label))
-        .unwrap_or_else(|| panic!("no {label} job in: {plan}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let value: f64 = words[2].parse().unwrap();
-    let mib = match words[3] {
-        "KiB" => value / 1024.0,
-        "MiB" => value,
-        "GiB" => value * 1024.0,
-        other => panic!("unit {other} in: {line}"),
-    };
-    (words[1].to_string(), mib)
 }
 
 fn artifact_bytes(env: &Env, kind: &str, file: &str) -> Vec<u8> {

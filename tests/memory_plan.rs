@@ -299,18 +299,7 @@ fn checkpointing_pipeline(extra: &str, setting: &str) -> String {
 
 /// The heal job's line of `plan`: (key, estimate in MiB).
 fn heal_line(plan: &str) -> (String, f64) {
-    let line = plan
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("heal"))
-        .unwrap_or_else(|| panic!("no heal job in: {plan}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let value: f64 = words[2].parse().unwrap();
-    let mib = match words[3] {
-        "MiB" => value,
-        "GiB" => value * 1024.0,
-        other => panic!("unit {other} in: {line}"),
-    };
-    (words[1].to_string(), mib)
+    common::cli::plan_job_line(plan, "heal")
 }
 
 /// `gradient_checkpointing = "auto"` (the default): where the one-graph step does not fit the

@@ -103,3 +103,22 @@ pub fn forward_json(source: &str, prompt: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A job's (short key, estimate in MiB) from the output of `plan --memory`: the line whose first
+/// word is `label`.
+#[allow(dead_code)]
+pub fn plan_job_line(plan: &str, label: &str) -> (String, f64) {
+    let line = plan
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label))
+        .unwrap_or_else(|| panic!("no {label} job in: {plan}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value: f64 = words[2].parse().unwrap();
+    let mib = match words[3] {
+        "KiB" => value / 1024.0,
+        "MiB" => value,
+        "GiB" => value * 1024.0,
+        other => panic!("unit {other} in: {line}"),
+    };
+    (words[1].to_string(), mib)
+}

@@ -150,3 +150,27 @@ pub fn words(seed: usize, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Each `{"text", "ids"}` case of a reference's `tokenizer_cases` encodes to the same ids.
+#[allow(dead_code)]
+pub fn assert_tokenizer_cases(
+    tokenizer: &layerprune::formats::tokenizer::TextTokenizer,
+    cases: &serde_json::Value,
+) {
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u64> = tokenizer
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .map(u64::from)
+            .collect();
+        let want: Vec<u64> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, want, "{text:?}");
+    }
+}
