@@ -18,7 +18,11 @@ def main():
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    if model_path.endswith(".gguf"):
+    # a GGUF by name or by its magic bytes (a file joined from parts keeps its parts' name)
+    is_gguf = model_path.endswith(".gguf") or (
+        os.path.isfile(model_path) and open(model_path, "rb").read(4) == b"GGUF"
+    )
+    if is_gguf:
         model = AutoModelForCausalLM.from_pretrained(
             os.path.dirname(model_path), gguf_file=os.path.basename(model_path), dtype=torch.float32
         )
