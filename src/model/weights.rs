@@ -42,8 +42,16 @@ impl WeightStore {
         }
     }
 
-    /// Release the mapped file pages holding a tensor (layer streaming), where this process
-    /// holds them.
+    /// `get`, then the mapped file's pages the read touched released: what building a model
+    /// reads (the model holds its own copy, or reads the tensor again when streamed), so that
+    /// the file does not stay resident beside the weights.
+    pub fn get_released(&self, hf_name: &str, cfg: &ModelConfig) -> Result<HostTensor> {
+        let t = self.get(hf_name, cfg)?;
+        self.release(hf_name, cfg);
+        Ok(t)
+    }
+
+    /// Release the mapped file pages holding a tensor, where this process holds them.
     pub fn release(&self, hf_name: &str, cfg: &ModelConfig) {
         match self {
             Self::Safetensors(s) => s.release(hf_name),
@@ -225,8 +233,7 @@ struct ProjectionReader {
 
 impl ProjectionReader {
     fn read(&self) -> Result<HostTensor> {
-        let w = self.store.get(&self.name, &self.cfg)?;
-        self.store.release(&self.name, &self.cfg);
+        let w = self.store.get_released(&self.name, &self.cfg)?;
         let [stored_rows, inp] = self.stored;
         if w.shape != self.stored {
             let fused = if self.fused {
@@ -252,13 +259,8 @@ impl ProjectionReader {
 }
 
 impl<B: Backend> Loader<'_, B> {
-    /// A tensor read for the model being built; the mapped file's pages it touched are released
-    /// at once (the model holds its own copy, or reads it again when streamed), so that the file
-    /// does not stay resident beside the weights.
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let t = self.store.get(name, self.cfg)?;
-        self.store.release(name, self.cfg);
-        Ok(t)
+        self.store.get_released(name, self.cfg)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
